@@ -1,0 +1,153 @@
+"""The exception hierarchy of scconv-surgery.
+
+Every error the library raises on purpose derives from :class:`ScconvError` and carries the
+offending input as fields, so the CLI can build its message, JSON and exit code from them.
+Where a caller would naturally expect a built-in type, that type is a second base (as PEFT's
+``NoMatchingPeftModuleError(PeftError, ValueError)`` does).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class ScconvError(Exception):
+    """Base class of every error raised by scconv-surgery on purpose."""
+
+
+class UnknownModelError(ScconvError, LookupError):
+    """A model name that neither timm nor torchvision knows.
+
+    Attributes:
+        name: the name as given.
+        suggestions: close known names (``difflib``), best first.
+    """
+
+    def __init__(self, name: str, suggestions: Sequence[str] = ()):
+        self.name = name
+        self.suggestions = tuple(suggestions)
+        hint = f" Did you mean: {', '.join(self.suggestions)}?" if self.suggestions else ""
+        super().__init__(
+            f"unknown model {name!r}: neither timm nor torchvision knows it.{hint} "
+            "Use 'timm:NAME' or 'torchvision:NAME' to pick a library."
+        )
+
+
+class PretrainedWeightsError(ScconvError, OSError):
+    """Pretrained weights could not be found in the local cache nor downloaded.
+
+    Attributes:
+        name: the model name.
+    """
+
+    def __init__(self, name: str, cause: str):
+        self.name = name
+        super().__init__(
+            f"could not load pretrained weights for {name!r}: {cause}. They are not in the "
+            "local cache and could not be downloaded (offline?). Pass a local file with "
+            "--weights FILE (Python: weights=...) instead of --pretrained."
+        )
+
+
+class WeightsFileError(ScconvError, ValueError):
+    """A ``--weights`` file that is missing, unreadable, or does not fit the model.
+
+    Attributes:
+        path: the file as given.
+        missing_keys: model keys the file lacks (empty when the file itself is the problem).
+        unexpected_keys: file keys the model lacks.
+    """
+
+    def __init__(self, path: str, problem: str, missing_keys: Sequence[str] = (),
+                 unexpected_keys: Sequence[str] = ()):
+        self.path = path
+        self.missing_keys = tuple(missing_keys)
+        self.unexpected_keys = tuple(unexpected_keys)
+        super().__init__(f"weights file {path!r}: {problem}")
+
+
+class NothingSelectedError(ScconvError, ValueError):
+    """The rules selected no conv to replace.
+
+    Attributes:
+        reasons: skip reason -> number of convs skipped for it.
+    """
+
+    def __init__(self, reasons: dict[str, int]):
+        self.reasons = dict(reasons)
+        summary = ", ".join(f"{n} {r}" for r, n in sorted(self.reasons.items(), key=lambda x: -x[1]))
+        super().__init__(f"no conv was selected for replacement (skipped: {summary or 'no convs found'})")
+
+
+class UnmatchedRuleError(ScconvError, ValueError):
+    """An include rule matched no conv of the model.
+
+    Attributes:
+        patterns: the include patterns that matched nothing.
+    """
+
+    def __init__(self, patterns: Sequence[str]):
+        self.patterns = tuple(patterns)
+        super().__init__(
+            f"include pattern(s) matched no conv: {', '.join(map(repr, self.patterns))}. "
+            "Patterns match the full dotted module name (glob, or 're:' for a regex); "
+            "run with --dry-run to list the names."
+        )
+
+
+class InvalidRuleError(ScconvError, ValueError):
+    """A rule that cannot be used (for example a bad regex).
+
+    Attributes:
+        pattern: the rule's pattern.
+        index: the rule's position (0-based) among the rules given.
+    """
+
+    def __init__(self, pattern: str, index: int, problem: str):
+        self.pattern = pattern
+        self.index = index
+        super().__init__(f"rule {index} ({pattern!r}): {problem}")
+
+
+class OutputPathError(ScconvError, OSError):
+    """An output path that cannot be written.
+
+    Attributes:
+        path: the path as given.
+    """
+
+    def __init__(self, path: str, problem: str):
+        self.path = path
+        super().__init__(f"output {path!r}: {problem}")
+
+
+class CheckpointError(ScconvError, ValueError):
+    """A file that is not a loadable scconv checkpoint, or one that does not fit its model.
+
+    Attributes:
+        path: the checkpoint path.
+        missing_keys: keys the rebuilt model expects but the file lacks.
+        unexpected_keys: keys in the file that the rebuilt model lacks.
+    """
+
+    def __init__(self, path: str, problem: str, missing_keys: Sequence[str] = (),
+                 unexpected_keys: Sequence[str] = ()):
+        self.path = path
+        self.missing_keys = tuple(missing_keys)
+        self.unexpected_keys = tuple(unexpected_keys)
+        super().__init__(f"checkpoint {path!r}: {problem}")
+
+
+class ShapeMismatchError(ScconvError, RuntimeError):
+    """A replacement whose output shape differs from the conv it replaced.
+
+    Attributes:
+        name: the module name.
+        expected: the conv's output shape.
+        actual: the replacement's output shape.
+    """
+
+    def __init__(self, name: str, expected: tuple[int, ...], actual: tuple[int, ...]):
+        self.name = name
+        self.expected = tuple(expected)
+        self.actual = tuple(actual)
+        super().__init__(f"replacement for {name!r} returns shape {self.actual}, the conv returned {self.expected}")
