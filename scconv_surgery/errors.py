@@ -151,3 +151,15 @@ class ShapeMismatchError(ScconvError, RuntimeError):
         self.expected = tuple(expected)
         self.actual = tuple(actual)
         super().__init__(f"replacement for {name!r} returns shape {self.actual}, the conv returned {self.expected}")
+
+
+class PlanMismatchError(ScconvError, ValueError):
+    """A plan that names a module the model does not hold as the planned conv.
+
+    Attributes:
+        name: the planned module name.
+    """
+
+    def __init__(self, name: str, problem: str):
+        self.name = name
+        super().__init__(f"{name!r}: {problem}")

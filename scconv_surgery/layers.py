@@ -18,7 +18,6 @@ that a :class:`ScConv` is a drop-in for a dense k x k convolution.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from enum import Enum
 from typing import Any
@@ -387,7 +386,3 @@ class ScConv(nn.Module):
                 f"gn_groups={self.sru.gn.num_groups}, gate_threshold={c.gate_threshold}, "
                 f"stride_policy={c.stride_policy.value}")
 
-
-def conv_output_size(size: int, stride: int) -> int:
-    """Output length of a 'same'-padded odd-kernel conv of the given stride: ``ceil(size / s)``."""
-    return math.ceil(size / stride)

@@ -1,0 +1,39 @@
+"""scconv-surgery: replace the convolutions of a model with SCConv (Li, Wen and He, CVPR 2023).
+
+The pipeline, one step per module: :func:`create_model` (models) -> :func:`plan_conversion`
+(plan) -> :func:`apply_plan` (apply) -> :func:`compare_counts` (counting) ->
+:func:`save_checkpoint` / :func:`load` (checkpoint). :func:`convert` plans and applies in one
+call on any ``nn.Module``.
+"""
+from .apply import apply_plan, build_replacement, convert
+from .checkpoint import build_manifest, load, read_checkpoint, save_checkpoint
+from .counting import CountReport, Counts, compare_counts, count_model
+from .errors import (
+    CheckpointError,
+    InvalidRuleError,
+    NothingSelectedError,
+    OutputPathError,
+    PlanMismatchError,
+    PretrainedWeightsError,
+    ScconvError,
+    ShapeMismatchError,
+    UnknownModelError,
+    UnmatchedRuleError,
+    WeightsFileError,
+)
+from .layers import CRU, SRU, ScConv, ScConvConfig, StridePolicy, Variant
+from .models import ModelSource, create_model, default_input_size
+from .plan import Action, ConvSpec, Decision, Plan, SkipReason, plan_conversion
+from .rules import Rule, RuleAction
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "convert", "plan_conversion", "apply_plan", "build_replacement", "load", "save_checkpoint",
+    "read_checkpoint", "build_manifest", "count_model", "compare_counts", "create_model",
+    "default_input_size", "ScConv", "SRU", "CRU", "ScConvConfig", "Variant", "StridePolicy",
+    "Rule", "RuleAction", "Plan", "Decision", "ConvSpec", "Action", "SkipReason", "Counts",
+    "CountReport", "ModelSource", "ScconvError", "UnknownModelError", "PretrainedWeightsError",
+    "WeightsFileError", "InvalidRuleError", "UnmatchedRuleError", "NothingSelectedError",
+    "OutputPathError", "CheckpointError", "PlanMismatchError", "ShapeMismatchError",
+]

@@ -1,0 +1,116 @@
+"""Applying a :class:`~scconv_surgery.plan.Plan`: build each replacement and swap it in.
+
+:func:`apply_plan` mutates the model it is given (and says so); :func:`convert` plans and
+applies on a deep copy unless ``inplace=True``.
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .errors import PlanMismatchError
+from .layers import ScConv, ScConvConfig
+from .plan import ConvSpec, Decision, Plan, plan_conversion
+from .rules import Rule
+
+__all__ = ["build_replacement", "apply_plan", "convert"]
+
+
+def build_replacement(decision: Decision, *, device: torch.device | str | None = None,
+                      dtype: torch.dtype | None = None) -> ScConv:
+    """The :class:`ScConv` that replaces the conv of a ``replace`` decision.
+
+    Raises:
+        ValueError: the decision is not a replacement.
+    """
+    if not decision.is_replaced or decision.config is None:
+        raise ValueError(f"{decision.name!r} is not planned for replacement")
+    spec = decision.spec
+    return ScConv(spec.in_channels, spec.out_channels, kernel_size=spec.kernel_size[0],
+                  stride=spec.stride[0], config=decision.config, device=device, dtype=dtype)
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+def apply_plan(model: nn.Module, plan: Plan, *, seed: int | None = 0) -> nn.Module:
+    """Replace, **in place**, every conv that ``plan`` marks ``replace`` by SCConv.
+
+    Each replacement takes the conv's device, dtype, train/eval mode and forward hooks; a conv
+    under several names (aliases) gets one replacement set under all of them. New parameters
+    are initialised on the CPU from ``torch.manual_seed(seed)``, in plan order, then moved, so
+    one plan and seed always give the same tensors on any device (the global RNG is left as
+    it was).
+
+    Args:
+        model: the model the plan was made for; it is modified.
+        plan: from :func:`~scconv_surgery.plan.plan_conversion` or a checkpoint's manifest.
+        seed: initialisation seed; None draws from the current global RNG.
+
+    Returns:
+        ``model`` itself.
+
+    Raises:
+        PlanMismatchError: a planned name is not a conv of ``model`` with the recorded spec (the
+            model is left unchanged).
+    """
+    targets = []
+    for decision in plan.replaced:  # check everything before mutating anything
+        try:
+            conv = model.get_submodule(decision.name)
+        except AttributeError:
+            conv = None
+        if not isinstance(conv, nn.Conv2d) or ConvSpec.from_conv(conv) != decision.spec:
+            found = type(conv).__name__ if conv is not None else "nothing"
+            raise PlanMismatchError(decision.name, f"is {found}, not the planned conv "
+                                    f"{decision.spec.to_dict()}: the plan does not fit this model")
+        targets.append((decision, conv))
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        for decision, conv in targets:
+            is_meta = conv.weight.is_meta
+            layer = build_replacement(decision, device="meta" if is_meta else "cpu")
+            layer = layer.to(device=conv.weight.device, dtype=conv.weight.dtype)
+            layer.train(conv.training)
+            for attr in ("_forward_pre_hooks", "_forward_hooks", "_forward_hooks_with_kwargs",
+                         "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called"):
+                getattr(layer, attr).update(getattr(conv, attr))
+            for name in (decision.name, *decision.aliases):
+                _set_submodule(model, name, layer)
+    return model
+
+
+def convert(model: nn.Module, rules: Sequence[Rule] = (), *, config: ScConvConfig | None = None,
+            seed: int | None = 0, inplace: bool = False) -> tuple[nn.Module, Plan]:
+    """Plan and apply SCConv replacements on any ``nn.Module``.
+
+    Args:
+        model: the model to convert.
+        rules: include / exclude rules; empty replaces every eligible conv.
+        config: SCConv hyperparameters (default: the paper's).
+        seed: initialisation seed of the new modules.
+        inplace: modify ``model`` itself; by default a deep copy is converted and ``model`` is
+            left untouched.
+
+    Returns:
+        ``(converted model, plan)``.
+
+    Raises:
+        InvalidRuleError: a rule cannot be evaluated.
+
+    Example:
+        >>> import torchvision
+        >>> model, plan = convert(torchvision.models.resnet50())
+        >>> len(plan.replaced)  # the 3x3 conv of each of the 16 bottlenecks
+        16
+    """
+    plan = plan_conversion(model, rules, config=config)
+    target = model if inplace else copy.deepcopy(model)
+    return apply_plan(target, plan, seed=seed), plan

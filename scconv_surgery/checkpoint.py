@@ -1,0 +1,185 @@
+"""The checkpoint: one file holding a manifest and a state_dict, and :func:`load`.
+
+A ``.pt`` checkpoint is ``torch.save`` of a dict of plain values and tensors only::
+
+    {"format": "scconv-surgery", "format_version": 1, "manifest": {...}, "state_dict": {...}}
+
+so it loads with ``torch.load(weights_only=True)``; no pickled modules. The manifest records
+how to rebuild the base model (:class:`~scconv_surgery.models.ModelSource`), the exact list
+of replaced convs with their specs, aliases and SCConv hyperparameters, the rules, the seed,
+the counts, and library versions. :func:`load` rebuilds the base model, replays the
+replacements by exact name and loads the state_dict strictly. Writes are atomic: a temporary
+file in the output's directory, then a rename.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .apply import apply_plan
+from .errors import CheckpointError, OutputPathError, PlanMismatchError
+from .models import ModelSource, build_model
+from .plan import Decision, Plan
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "build_manifest", "check_output_path", "save_checkpoint",
+           "read_checkpoint", "load"]
+
+FORMAT = "scconv-surgery"
+FORMAT_VERSION = 1
+SUFFIXES = (".pt", ".pth")
+
+
+def library_versions() -> dict[str, str]:
+    """Installed versions of this package and of what a checkpoint depends on."""
+    versions = {}
+    for dist in ("scconv-surgery", "torch", "torchvision", "timm", "fvcore"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = "not installed"
+    return versions
+
+
+def build_manifest(source: ModelSource, plan: Plan, *, seed: int | None, input_size: tuple[int, int, int],
+                   counts: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The manifest stored in a checkpoint: plain JSON-ready values only.
+
+    Args:
+        source: how the base model was built.
+        plan: the applied plan; its replaced decisions are stored in full.
+        seed: the initialisation seed of the new modules.
+        input_size: ``(C, H, W)`` the counts were made at.
+        counts: the report's totals (``CountReport.to_dict()``), if counted.
+    """
+    return {
+        "source": source.to_dict(),
+        "versions": library_versions(),
+        "seed": seed,
+        "input_size": list(input_size),
+        "rules": [r.to_dict() for r in plan.rules],
+        "replaced": [d.to_dict() for d in plan.replaced],
+        "counts": dict(counts) if counts is not None else None,
+    }
+
+
+def check_output_path(path: str | os.PathLike) -> Path:
+    """Check that a checkpoint can be written at ``path``, before any work is done.
+
+    Raises:
+        OutputPathError: the suffix is not ``.pt``/``.pth``, the directory does not exist or is
+            not writable, or the path is a directory.
+    """
+    path = Path(path)
+    if path.suffix not in SUFFIXES:
+        raise OutputPathError(str(path), f"unsupported suffix {path.suffix!r}; use one of {', '.join(SUFFIXES)}")
+    if path.is_dir():
+        raise OutputPathError(str(path), "is a directory; give a file name such as model.pt")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputPathError(str(path), f"directory {str(parent)!r} does not exist; create it first")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputPathError(str(path), f"directory {str(parent)!r} is not writable")
+    return path
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, manifest: Mapping[str, Any]) -> Path:
+    """Write ``model``'s state_dict and ``manifest`` to ``path`` atomically.
+
+    Raises:
+        OutputPathError: see :func:`check_output_path`; nothing is left at ``path`` on failure.
+    """
+    path = check_output_path(path)
+    state_dict = {k: v.detach() for k, v in model.state_dict().items()}
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "manifest": dict(manifest),
+               "state_dict": state_dict}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> dict[str, Any]:
+    """Read and validate a checkpoint file without building the model.
+
+    Returns:
+        The payload dict (``format``, ``format_version``, ``manifest``, ``state_dict``).
+
+    Raises:
+        CheckpointError: the file is missing, unreadable, not an scconv checkpoint (the
+            message says what it looks like instead), or of a newer format version.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(str(path), "no such file")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        raise CheckpointError(str(path), f"unreadable or truncated ({type(err).__name__})") from err
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        if isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
+            kind = "a plain state_dict"
+        else:
+            kind = f"a {type(payload).__name__} without format={FORMAT!r}"
+        raise CheckpointError(str(path), f"not an scconv-surgery checkpoint: it holds {kind}. "
+                              "Create one with 'scconv convert MODEL --out FILE'")
+    version = payload.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(str(path), f"format_version {version!r} is newer than this release "
+                              f"reads ({FORMAT_VERSION}); upgrade scconv-surgery")
+    return payload
+
+
+def load(path: str | os.PathLike, *, map_location: Any = "cpu") -> nn.Module:
+    """Load a converted model from a checkpoint, ready for fine-tuning or inference.
+
+    Rebuilds the base model from the manifest (without downloading weights), replays the
+    recorded replacements by exact name (no rules are evaluated), and loads the state_dict
+    strictly.
+
+    Args:
+        path: a checkpoint written by ``scconv convert`` or :func:`save_checkpoint`.
+        map_location: as for ``torch.load``.
+
+    Returns:
+        The converted model, in eval mode.
+
+    Raises:
+        CheckpointError: see :func:`read_checkpoint`; or the rebuilt model does not fit the
+            recorded replacements or the state_dict (the missing and unexpected keys are
+            listed).
+        UnknownModelError: the installed timm / torchvision does not know the base model.
+    """
+    payload = read_checkpoint(path, map_location=map_location)
+    manifest = payload["manifest"]
+    model = build_model(ModelSource.from_dict(manifest["source"]))
+    plan = Plan(tuple(Decision.from_dict(d) for d in manifest["replaced"]))
+    try:
+        apply_plan(model, plan, seed=None)
+    except PlanMismatchError as err:
+        raise CheckpointError(str(path), f"the rebuilt base model does not fit: {err}") from err
+    state_dict = payload["state_dict"]
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(str(path), f"state_dict does not fit the rebuilt model: missing {missing}, "
+                              f"unexpected {unexpected}", missing, unexpected)
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as err:  # shape mismatches
+        raise CheckpointError(str(path), f"state_dict does not fit the rebuilt model: {err}") from err
+    if isinstance(map_location, (str, torch.device)):
+        model.to(map_location)
+    return model.eval()

@@ -1,0 +1,170 @@
+"""Counting parameters and multiply-adds (MACs) before and after a conversion.
+
+MACs come from fvcore's ``FlopCountAnalysis`` (fvcore/nn/flop_count.py), which counts one
+fused multiply-add as one "flop"; we call these numbers MACs, as timm's benchmark and the
+SCConv paper's tables do. fvcore traces the model with ``torch.jit``, which PyTorch has
+deprecated; where tracing fails we fall back to ``torch.utils.flop_counter.FlopCounterMode``,
+which counts 2 FLOPs per MAC (halved here), and say which counter produced the numbers.
+
+Parameters come from ``model.parameters()`` (a shared tensor counted once), not the
+state_dict. Counting runs in eval mode and leaves the model as it found it.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["Counts", "CountReport", "count_model", "compare_counts"]
+
+FVCORE = "fvcore"
+FALLBACK = "torch.utils.flop_counter"
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Parameters and MACs of one model at one input size.
+
+    Attributes:
+        params: parameter count (shared tensors once).
+        macs: multiply-adds for one forward of a batch of 1 (fvcore's "flops").
+        macs_by_operator: MACs per counted operator, e.g. ``{"conv": ..., "linear": ...}``.
+        macs_by_module: MACs per module name (fvcore only; empty with the fallback).
+        uncounted_ops: operators the counter met but does not count, with call counts.
+        counter: ``"fvcore"`` or ``"torch.utils.flop_counter"`` (the fallback).
+        note: why the fallback was used, else empty.
+    """
+
+    params: int
+    macs: int
+    macs_by_operator: Mapping[str, int] = field(default_factory=dict)
+    macs_by_module: Mapping[str, int] = field(default_factory=dict)
+    uncounted_ops: Mapping[str, int] = field(default_factory=dict)
+    counter: str = FVCORE
+    note: str = ""
+
+    def to_dict(self, *, by_module: bool = False) -> dict[str, Any]:
+        d = {"params": self.params, "macs": self.macs, "macs_by_operator": dict(self.macs_by_operator),
+             "uncounted_ops": dict(self.uncounted_ops), "counter": self.counter, "note": self.note}
+        if by_module:
+            d["macs_by_module"] = dict(self.macs_by_module)
+        return d
+
+
+def _percent(before: int, after: int) -> float:
+    return 100.0 * (after - before) / before if before else 0.0
+
+
+@dataclass(frozen=True)
+class CountReport:
+    """Counts before and after a conversion, at one input size.
+
+    Attributes:
+        input_size: ``(C, H, W)`` of the counting input (batch 1).
+        before: counts of the original model.
+        after: counts of the converted model.
+    """
+
+    input_size: tuple[int, int, int]
+    before: Counts
+    after: Counts
+
+    @property
+    def params_delta(self) -> int:
+        return self.after.params - self.before.params
+
+    @property
+    def macs_delta(self) -> int:
+        return self.after.macs - self.before.macs
+
+    @property
+    def uncounted_added(self) -> dict[str, int]:
+        """Uncounted operators the conversion added: after minus before, positive counts."""
+        return dict(Counter(self.after.uncounted_ops) - Counter(self.before.uncounted_ops))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "input_size": list(self.input_size),
+            "unit": "MACs (fvcore counts one fused multiply-add as one flop)",
+            "before": self.before.to_dict(),
+            "after": self.after.to_dict(),
+            "params_delta": self.params_delta,
+            "params_delta_percent": round(_percent(self.before.params, self.after.params), 3),
+            "macs_delta": self.macs_delta,
+            "macs_delta_percent": round(_percent(self.before.macs, self.after.macs), 3),
+            "uncounted_added": self.uncounted_added,
+        }
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Put every submodule in eval mode; restore each one's own mode afterwards."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def _count_fvcore(model: nn.Module, x: torch.Tensor) -> tuple[int, dict, dict, dict]:
+    from fvcore.nn import FlopCountAnalysis
+
+    logging.getLogger("fvcore").setLevel(logging.ERROR)
+    analysis = (FlopCountAnalysis(model, x).unsupported_ops_warnings(False)
+                .uncalled_modules_warnings(False).tracer_warnings("none"))
+    total = int(analysis.total())
+    return (total, {k: int(v) for k, v in analysis.by_operator().items()},
+            {k: int(v) for k, v in analysis.by_module().items()},
+            {k: int(v) for k, v in analysis.unsupported_ops().items()})
+
+
+def _count_fallback(model: nn.Module, x: torch.Tensor) -> tuple[int, dict]:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    mode = FlopCounterMode(display=False)
+    with mode:
+        model(x)
+    by_operator = {str(op).split(".")[-2] if "." in str(op) else str(op): int(n) // 2
+                   for op, n in mode.get_flop_counts().get("Global", {}).items()}
+    return int(mode.get_total_flops()) // 2, by_operator
+
+
+def count_model(model: nn.Module, input_size: tuple[int, int, int]) -> Counts:
+    """Count parameters and MACs of ``model`` for one input of shape ``(1, *input_size)``.
+
+    Runs in eval mode under ``torch.no_grad`` on the model's device and dtype, and restores
+    every submodule's train/eval mode afterwards; adds no hooks, buffers or parameters.
+
+    Args:
+        model: any ``nn.Module`` taking one image tensor.
+        input_size: ``(C, H, W)``.
+
+    Returns:
+        :class:`Counts`; ``counter`` says whether fvcore or the fallback produced them.
+    """
+    first = next(model.parameters(), None)
+    device = first.device if first is not None else torch.device("cpu")
+    dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
+    x = torch.zeros(1, *input_size, device=device, dtype=dtype)
+    params = sum(p.numel() for p in model.parameters())
+    with _eval_mode(model), torch.no_grad():
+        try:
+            macs, by_operator, by_module, uncounted = _count_fvcore(model, x)
+            return Counts(params, macs, by_operator, by_module, uncounted, FVCORE)
+        except Exception as err:  # fvcore's jit trace: deprecated, may fail; never fail the run
+            note = f"fvcore failed ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+            macs, by_operator = _count_fallback(model, x)
+            return Counts(params, macs, by_operator, {}, {}, FALLBACK, note)
+
+
+def compare_counts(before: nn.Module, after: nn.Module, input_size: tuple[int, int, int]) -> CountReport:
+    """Count two models on the same input size: see :func:`count_model`."""
+    return CountReport(tuple(input_size), count_model(before, input_size), count_model(after, input_size))

@@ -1,0 +1,261 @@
+"""Model loading: ``timm:`` / ``torchvision:`` names to ``nn.Module``, weights, close-name hints.
+
+A bare name is looked up in timm first, then torchvision (timm: ``parse_model_name`` in
+timm/models/_factory.py; torchvision: ``get_model`` in torchvision/models/_api.py). The
+:class:`ModelSource` value records how the model was built, so a checkpoint can rebuild it.
+"""
+from __future__ import annotations
+
+import contextlib
+import difflib
+import hashlib
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import PretrainedWeightsError, UnknownModelError, WeightsFileError
+
+__all__ = ["ModelSource", "create_model", "build_model", "load_weights_file", "default_input_size"]
+
+LIBRARIES = ("timm", "torchvision")
+DEFAULT_INPUT_SIZE = (3, 224, 224)
+_WRAPPER_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")  # timm/torchvision trainers
+_KEY_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """How a base model was built: enough to rebuild it without the weights.
+
+    Attributes:
+        library: ``"timm"`` or ``"torchvision"``.
+        name: the model name in that library (a timm name may carry a ``.tag``).
+        kwargs: constructor keyword arguments, e.g. ``{"num_classes": 10}``.
+        weights: where the weights came from: ``{"kind": "random"}``,
+            ``{"kind": "pretrained", "tag": ...}`` or
+            ``{"kind": "file", "name": ..., "sha256": ...}``.
+    """
+
+    library: str
+    name: str
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    weights: Mapping[str, Any] = field(default_factory=lambda: {"kind": "random"})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"library": self.library, "name": self.name, "kwargs": dict(self.kwargs),
+                "weights": dict(self.weights)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ModelSource:
+        return cls(library=d["library"], name=d["name"], kwargs=dict(d.get("kwargs", {})),
+                   weights=dict(d.get("weights", {"kind": "random"})))
+
+
+def _timm_names() -> list[str]:
+    import timm
+    return timm.list_models()
+
+
+def _torchvision_names() -> list[str]:
+    import torchvision
+    return torchvision.models.list_models()
+
+
+def _resolve(name: str) -> tuple[str, str]:
+    """Split ``name`` into (library, model name); a bare name tries timm, then torchvision.
+
+    Raises:
+        UnknownModelError: no library knows the name; carries close names.
+    """
+    import timm
+
+    library, sep, model_name = name.partition(":")
+    if not sep:
+        library, model_name = "", name
+    elif library not in LIBRARIES:
+        raise UnknownModelError(name, [f"{lib}:{model_name}" for lib in LIBRARIES])
+    if library in ("", "timm") and timm.is_model(model_name):
+        return "timm", model_name
+    if library in ("", "torchvision") and model_name in _torchvision_names():
+        return "torchvision", model_name
+    pool = {"timm": _timm_names, "torchvision": _torchvision_names}
+    candidates: list[str] = []
+    for lib in ([library] if library else LIBRARIES):
+        candidates += pool[lib]()
+    raise UnknownModelError(name, difflib.get_close_matches(model_name, candidates, n=5, cutoff=0.6))
+
+
+@contextlib.contextmanager
+def _hf_hub_offline() -> Iterator[None]:
+    """Make huggingface_hub read only its local cache (fails fast instead of retrying)."""
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
+
+
+def _build(library: str, name: str, kwargs: Mapping[str, Any], pretrained: bool) -> nn.Module:
+    if library == "timm":
+        import timm
+
+        if not pretrained:
+            return timm.create_model(name, pretrained=False, **kwargs)
+        try:
+            with _hf_hub_offline():  # the cache first: no network wait when weights are cached
+                return timm.create_model(name, pretrained=True, **kwargs)
+        except Exception:
+            from huggingface_hub import constants
+            if constants.HF_HUB_OFFLINE:
+                raise
+        return timm.create_model(name, pretrained=True, **kwargs)
+    import torchvision
+
+    return torchvision.models.get_model(name, weights="DEFAULT" if pretrained else None, **kwargs)
+
+
+def create_model(name: str, *, pretrained: bool = False, weights: str | os.PathLike | None = None,
+                 num_classes: int | None = None) -> tuple[nn.Module, ModelSource]:
+    """Build a model by name, with pretrained weights, a local weights file, or neither.
+
+    Args:
+        name: ``resnet50`` (timm first, then torchvision), ``timm:NAME`` or
+            ``torchvision:NAME``.
+        pretrained: load the library's pretrained weights (from its cache, else downloaded).
+        weights: a local weights file (see :func:`load_weights_file`); excludes ``pretrained``.
+        num_classes: classifier size passed to the constructor.
+
+    Returns:
+        ``(model, source)``: the model in eval mode on CPU, and how it was built.
+
+    Raises:
+        UnknownModelError: the name is unknown (with close names).
+        PretrainedWeightsError: ``pretrained`` and the weights are neither cached nor
+            downloadable.
+        WeightsFileError: the weights file is missing, unreadable or does not fit.
+        ValueError: both ``pretrained`` and ``weights``.
+    """
+    if pretrained and weights is not None:
+        raise ValueError("pass either pretrained=True or weights=FILE, not both")
+    library, model_name = _resolve(name)
+    kwargs = {} if num_classes is None else {"num_classes": int(num_classes)}
+    try:
+        model = _build(library, model_name, kwargs, pretrained)
+    except Exception as err:
+        if pretrained:
+            raise PretrainedWeightsError(name, f"{type(err).__name__}: {err}".splitlines()[0]) from err
+        raise
+    weights_info: dict[str, Any] = {"kind": "random"}
+    if pretrained:
+        tag = getattr(model, "pretrained_cfg", {}).get("tag") if library == "timm" else "DEFAULT"
+        weights_info = {"kind": "pretrained", "tag": tag}
+    elif weights is not None:
+        weights_info = load_weights_file(model, weights)
+    return model.eval(), ModelSource(library, model_name, kwargs, weights_info)
+
+
+def build_model(source: ModelSource) -> nn.Module:
+    """Rebuild the base model of ``source`` with freshly initialised weights, in eval mode.
+
+    Raises:
+        UnknownModelError: the installed timm / torchvision does not know ``source.name``.
+    """
+    library, name = _resolve(f"{source.library}:{source.name}")
+    return _build(library, name, source.kwargs, pretrained=False).eval()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a state_dict file, unwrapped from trainer checkpoints and wrapper prefixes."""
+    if not path.is_file():
+        raise WeightsFileError(str(path), "no such file")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            obj: Any = load_file(str(path))
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise WeightsFileError(
+            str(path), f"not a readable PyTorch or safetensors file ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''})") from err
+    if isinstance(obj, Mapping):
+        for key in _WRAPPER_KEYS:
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsFileError(str(path), "holds no state_dict (expected a mapping of names to "
+                               f"tensors, or one under {', '.join(_WRAPPER_KEYS)})")
+    state_dict = {}
+    for key, value in obj.items():
+        for prefix in _KEY_PREFIXES:
+            key = key.removeprefix(prefix)
+        state_dict[key] = value
+    return state_dict
+
+
+def load_weights_file(model: nn.Module, path: str | os.PathLike) -> dict[str, Any]:
+    """Load a local weights file into ``model`` (in place, strictly).
+
+    Accepts a plain state_dict (``.pt``/``.pth``/``.bin`` via ``torch.load(weights_only=True)``,
+    or ``.safetensors``), and timm / torchvision training checkpoints (the state_dict under
+    ``state_dict``, ``model``, ``state_dict_ema`` or ``model_ema``), with ``module.`` (DDP) and
+    ``_orig_mod.`` (torch.compile) prefixes stripped.
+
+    Returns:
+        ``{"kind": "file", "name": file name, "sha256": hex digest}`` for the manifest.
+
+    Raises:
+        WeightsFileError: the file is missing, unreadable, holds no state_dict, or its keys or
+            shapes do not fit the model (the error lists them).
+    """
+    path = Path(path)
+    state_dict = _read_state_dict(path)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    if missing or unexpected:
+        raise WeightsFileError(str(path), f"does not fit the model: {len(missing)} missing key(s) "
+                               f"{missing[:5]}, {len(unexpected)} unexpected key(s) {unexpected[:5]}",
+                               missing, unexpected)
+    wrong = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+             for k, v in state_dict.items() if v.shape != own[k].shape]
+    if wrong:
+        raise WeightsFileError(str(path), "shape mismatch: " + "; ".join(wrong[:5]) +
+                               (" (use --num-classes to match the classifier)" if len(wrong) <= 2 else ""))
+    model.load_state_dict(state_dict, strict=True)
+    return {"kind": "file", "name": path.name, "sha256": _sha256(path)}
+
+
+def default_input_size(model: nn.Module, source: ModelSource | None = None) -> tuple[int, int, int]:
+    """The model's own input size ``(C, H, W)``.
+
+    timm's ``pretrained_cfg["input_size"]``; for torchvision, the crop size of the default
+    weights' transforms (299 for inception_v3); else ``(3, 224, 224)``.
+    """
+    cfg = getattr(model, "pretrained_cfg", None)
+    if isinstance(cfg, Mapping) and cfg.get("input_size"):
+        return tuple(int(v) for v in cfg["input_size"])  # type: ignore[return-value]
+    if source is not None and source.library == "torchvision":
+        import torchvision
+
+        with contextlib.suppress(Exception):
+            crop = torchvision.models.get_model_weights(source.name).DEFAULT.transforms.keywords["crop_size"]
+            return (3, int(crop), int(crop))
+    return DEFAULT_INPUT_SIZE

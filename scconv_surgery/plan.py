@@ -1,0 +1,294 @@
+"""Planning: one :class:`Decision` per conv of a model (replace, or skip with a reason).
+
+Planning reads the model and never changes it. The :class:`Plan` it returns is a plain value:
+the dry run prints it, the report reads it and the checkpoint stores its replaced entries, so
+that :func:`scconv_surgery.load` replays it by exact name without evaluating rules again.
+
+Eligibility (DESIGN section 3): a dense (groups 1) conv with a square odd kernel of 3
+(other odd kernels only if a rule names them; never 1x1), dilation 1, zero padding of
+``k // 2`` ('same'), a uniform stride (skipped under the ``skip`` stride policy), and channel
+counts SCConv can map (:func:`~scconv_surgery.layers.scconv_constraint_error`).
+"""
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import torch
+from torch import nn
+
+from .layers import ScConv, ScConvConfig, StridePolicy, scconv_constraint_error
+from .rules import Rule, RuleAction, match_rules, validate_rules
+
+__all__ = ["Action", "SkipReason", "ConvSpec", "Decision", "Plan", "plan_conversion",
+           "find_convs", "TIMM_SAME_SHAPE_CONVS"]
+
+PLAN_SCHEMA_VERSION = 1
+
+# timm's nn.Conv2d subclasses whose output shape equals a 'same'-padded conv for k=3,
+# dilation 1 (timm/layers/conv2d_same.py, timm/layers/std_conv.py).
+TIMM_SAME_SHAPE_CONVS = frozenset({"Conv2dSame", "StdConv2d", "StdConv2dSame", "ScaledStdConv2d",
+                                   "ScaledStdConv2dSame"})
+_DYNAMIC_SAME_PADDING = frozenset({"Conv2dSame", "StdConv2dSame", "ScaledStdConv2dSame"})
+
+
+class Action(str, Enum):
+    """What happens to one conv."""
+
+    REPLACE = "replace"
+    SKIP = "skip"
+
+
+class SkipReason(str, Enum):
+    """Why a conv is not replaced (a closed set: JSON carries these strings)."""
+
+    NOT_SELECTED = "not_selected"  # include rules exist and none matched
+    EXCLUDED = "excluded"  # an exclude rule matched
+    POINTWISE = "pointwise"  # 1x1 kernel: SCConv would cost more
+    KERNEL = "kernel"  # non-square, even, or not 3 without a rule asking
+    DILATED = "dilated"  # dilation != 1
+    GROUPED = "grouped"  # groups != 1 (grouped or depthwise)
+    PADDING = "padding"  # padding other than zeros of k // 2
+    STRIDE = "stride"  # non-uniform stride, or stride policy 'skip'
+    CHANNELS = "channels"  # channel counts SCConv cannot map
+    CONV_SUBCLASS = "conv_subclass"  # an nn.Conv2d subclass with its own forward
+
+
+@dataclass(frozen=True)
+class ConvSpec:
+    """The constructor arguments of an ``nn.Conv2d`` (PyTorch's names)."""
+
+    in_channels: int
+    out_channels: int
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int] | str
+    dilation: tuple[int, int]
+    groups: int
+    bias: bool
+    padding_mode: str
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d) -> ConvSpec:
+        padding = conv.padding if isinstance(conv.padding, str) else tuple(conv.padding)
+        return cls(conv.in_channels, conv.out_channels, tuple(conv.kernel_size), tuple(conv.stride),
+                   padding, tuple(conv.dilation), conv.groups, conv.bias is not None, conv.padding_mode)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"in_channels": self.in_channels, "out_channels": self.out_channels,
+                "kernel_size": list(self.kernel_size), "stride": list(self.stride),
+                "padding": self.padding if isinstance(self.padding, str) else list(self.padding),
+                "dilation": list(self.dilation), "groups": self.groups, "bias": self.bias,
+                "padding_mode": self.padding_mode}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ConvSpec:
+        padding = d["padding"] if isinstance(d["padding"], str) else tuple(d["padding"])
+        return cls(d["in_channels"], d["out_channels"], tuple(d["kernel_size"]), tuple(d["stride"]),
+                   padding, tuple(d["dilation"]), d["groups"], d["bias"], d["padding_mode"])
+
+    @property
+    def params(self) -> int:
+        """Parameter count of the conv: weight plus bias."""
+        k = self.kernel_size[0] * self.kernel_size[1]
+        return self.out_channels * (self.in_channels // self.groups) * k + (self.out_channels if self.bias else 0)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What happens to one conv, and why.
+
+    Attributes:
+        name: the conv's full dotted name (the first under ``named_modules()``).
+        aliases: its other names, when one conv object is reachable under several.
+        class_name: the conv's class, e.g. ``Conv2d`` or ``Conv2dSame``.
+        spec: the conv's constructor arguments.
+        action: ``replace`` or ``skip``.
+        reason: why it is skipped (None when replaced).
+        detail: the reason in words (which constraint failed), or what replaces it.
+        rule_index: the index of the rule that decided, None for the default rule.
+        config: SCConv hyperparameters when replaced, else None.
+        params_before: the conv's parameter count.
+        params_after: the replacement's parameter count (equal to ``params_before`` if skipped).
+    """
+
+    name: str
+    aliases: tuple[str, ...]
+    class_name: str
+    spec: ConvSpec
+    action: Action
+    reason: SkipReason | None
+    detail: str
+    rule_index: int | None
+    config: ScConvConfig | None
+    params_before: int
+    params_after: int
+
+    @property
+    def is_replaced(self) -> bool:
+        return self.action is Action.REPLACE
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "aliases": list(self.aliases), "class_name": self.class_name,
+                "spec": self.spec.to_dict(), "action": self.action.value,
+                "reason": self.reason.value if self.reason else None, "detail": self.detail,
+                "rule_index": self.rule_index,
+                "config": self.config.to_dict() if self.config else None,
+                "params_before": self.params_before, "params_after": self.params_after}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Decision:
+        return cls(d["name"], tuple(d.get("aliases", ())), d["class_name"], ConvSpec.from_dict(d["spec"]),
+                   Action(d["action"]), SkipReason(d["reason"]) if d.get("reason") else None,
+                   d.get("detail", ""), d.get("rule_index"),
+                   ScConvConfig(**d["config"]) if d.get("config") else None,
+                   d["params_before"], d["params_after"])
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A decision for every conv of a model, in module order, and the rules that made them.
+
+    Attributes:
+        decisions: one per distinct conv object.
+        rules: the rules as given (empty: the default rule).
+        rule_matches: for each rule, the number of convs its pattern matched.
+    """
+
+    decisions: tuple[Decision, ...]
+    rules: tuple[Rule, ...] = ()
+    rule_matches: tuple[int, ...] = field(default=())
+
+    @property
+    def replaced(self) -> tuple[Decision, ...]:
+        return tuple(d for d in self.decisions if d.is_replaced)
+
+    @property
+    def skipped(self) -> tuple[Decision, ...]:
+        return tuple(d for d in self.decisions if not d.is_replaced)
+
+    def skip_summary(self) -> dict[str, int]:
+        """Skip reason -> number of convs skipped for it."""
+        return dict(Counter(d.reason.value for d in self.skipped if d.reason))
+
+    def unmatched_includes(self) -> tuple[str, ...]:
+        """Patterns of include rules that matched no conv."""
+        return tuple(r.pattern for r, n in zip(self.rules, self.rule_matches)
+                     if r.action is RuleAction.INCLUDE and n == 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": PLAN_SCHEMA_VERSION,
+            "convs": len(self.decisions),
+            "replaced": len(self.replaced),
+            "skipped": len(self.skipped),
+            "skip_reasons": self.skip_summary(),
+            "rules": [dict(r.to_dict(), matched=n) for r, n in zip(self.rules, self.rule_matches)],
+            "decisions": [d.to_dict() for d in self.decisions],
+        }
+
+
+def find_convs(model: nn.Module) -> list[tuple[str, tuple[str, ...], nn.Conv2d]]:
+    """Every distinct ``nn.Conv2d`` (subclasses included) as ``(name, aliases, module)``.
+
+    Names come from ``named_modules(remove_duplicate=False)``; the first name of a module
+    is its name, the others its aliases.
+    """
+    names: dict[int, list[str]] = {}
+    modules: dict[int, nn.Conv2d] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        if isinstance(module, nn.Conv2d) and name:
+            names.setdefault(id(module), []).append(name)
+            modules[id(module)] = module
+    return [(n[0], tuple(n[1:]), modules[key]) for key, n in names.items()]
+
+
+def _ineligibility(conv: nn.Conv2d, spec: ConvSpec, config: ScConvConfig) -> tuple[SkipReason, str] | None:
+    """Why ``conv`` cannot be replaced under ``config``, or None if it can."""
+    cls = type(conv).__name__
+    if type(conv) is not nn.Conv2d and cls not in TIMM_SAME_SHAPE_CONVS:
+        return SkipReason.CONV_SUBCLASS, f"{cls} subclasses nn.Conv2d with its own forward"
+    kh, kw = spec.kernel_size
+    if (kh, kw) == (1, 1):
+        return SkipReason.POINTWISE, "1x1 conv: SCConv would add cost, not remove it"
+    if kh != kw:
+        return SkipReason.KERNEL, f"non-square kernel {kh}x{kw}"
+    if kh != 3:
+        return SkipReason.KERNEL, f"kernel {kh}x{kw}: only 3x3 convs are replaced by default"
+    if spec.groups != 1:
+        kind = "depthwise" if spec.groups == spec.in_channels else "grouped"
+        return SkipReason.GROUPED, f"{kind} conv (groups={spec.groups}); SCConv replaces dense convs"
+    if spec.dilation != (1, 1):
+        return SkipReason.DILATED, f"dilation {spec.dilation[0]}x{spec.dilation[1]}"
+    if spec.padding_mode != "zeros":
+        return SkipReason.PADDING, f"padding_mode={spec.padding_mode!r}; only zero padding"
+    same = cls in _DYNAMIC_SAME_PADDING or spec.padding in ((kh // 2, kw // 2), "same")
+    if not same:
+        return SkipReason.PADDING, f"padding {spec.padding} is not kernel_size // 2 = {kh // 2}"
+    sh, sw = spec.stride
+    if sh != sw:
+        return SkipReason.STRIDE, f"non-uniform stride {sh}x{sw}"
+    if sh > 1 and config.stride_policy is StridePolicy.SKIP:
+        return SkipReason.STRIDE, f"stride {sh} and stride_policy 'skip'"
+    problem = scconv_constraint_error(spec.in_channels, spec.out_channels, config)
+    if problem:
+        return SkipReason.CHANNELS, problem
+    return None
+
+
+def _params_after(spec: ConvSpec, config: ScConvConfig, cache: dict) -> int:
+    """Parameter count of the replacement, from a module built on the meta device."""
+    key = (spec.in_channels, spec.out_channels, spec.kernel_size[0], spec.stride[0], config)
+    if key not in cache:
+        layer = ScConv(spec.in_channels, spec.out_channels, kernel_size=spec.kernel_size[0],
+                       stride=spec.stride[0], config=config, device="meta")
+        cache[key] = sum(p.numel() for p in layer.parameters())
+    return cache[key]
+
+
+def plan_conversion(model: nn.Module, rules: Sequence[Rule] = (), *,
+                    config: ScConvConfig | None = None) -> Plan:
+    """Decide, for every conv of ``model``, whether it is replaced by SCConv and why.
+
+    Never modifies ``model``.
+
+    Args:
+        model: any ``nn.Module``.
+        rules: ordered include / exclude rules (:mod:`scconv_surgery.rules`); empty selects
+            every eligible conv.
+        config: SCConv hyperparameters for every replaced conv (default: the paper's).
+
+    Returns:
+        A :class:`Plan` with one decision per distinct ``nn.Conv2d``, in module order.
+
+    Raises:
+        InvalidRuleError: a rule cannot be evaluated (bad regex).
+    """
+    config = config or ScConvConfig()
+    rules = tuple(rules)
+    validate_rules(rules)
+    matches = [0] * len(rules)
+    decisions = []
+    cache: dict = {}
+    with torch.no_grad():
+        for name, aliases, conv in find_convs(model):
+            all_names = (name, *aliases)
+            for index, rule in enumerate(rules):
+                matches[index] += any(rule.matches(n) for n in all_names)
+            selected, rule_index = match_rules(all_names, rules)
+            spec = ConvSpec.from_conv(conv)
+            reason = _ineligibility(conv, spec, config)
+            if reason is None and not selected:
+                reason = ((SkipReason.EXCLUDED, f"excluded by rule {rule_index} ({rules[rule_index].pattern!r})")
+                          if rule_index is not None else (SkipReason.NOT_SELECTED, "no include rule matched"))
+            if reason is None:
+                after = _params_after(spec, config, cache)
+                decisions.append(Decision(name, aliases, type(conv).__name__, spec, Action.REPLACE, None,
+                                          "replaced by SCConv", rule_index, config, spec.params, after))
+            else:
+                decisions.append(Decision(name, aliases, type(conv).__name__, spec, Action.SKIP, reason[0],
+                                          reason[1], rule_index, None, spec.params, spec.params))
+    return Plan(tuple(decisions), rules, tuple(matches))
