@@ -36,6 +36,12 @@ FORMAT_VERSION = 1
 SUFFIXES = (".pt", ".pth")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def library_versions() -> dict[str, str]:
     """Installed versions of this package and of what a checkpoint depends on."""
     versions = {}
@@ -103,6 +109,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, manifest: Mapping
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -115,12 +116,14 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
 
 
 def _count_fvcore(model: nn.Module, x: torch.Tensor) -> tuple[int, dict, dict, dict]:
-    from fvcore.nn import FlopCountAnalysis
+    with warnings.catch_warnings():  # torch.jit's deprecation notice, once per trace
+        warnings.simplefilter("ignore", FutureWarning)
+        from fvcore.nn import FlopCountAnalysis
 
-    logging.getLogger("fvcore").setLevel(logging.ERROR)
-    analysis = (FlopCountAnalysis(model, x).unsupported_ops_warnings(False)
-                .uncalled_modules_warnings(False).tracer_warnings("none"))
-    total = int(analysis.total())
+        logging.getLogger("fvcore").setLevel(logging.ERROR)
+        analysis = (FlopCountAnalysis(model, x).unsupported_ops_warnings(False)
+                    .uncalled_modules_warnings(False).tracer_warnings("none"))
+        total = int(analysis.total())
     return (total, {k: int(v) for k, v in analysis.by_operator().items()},
             {k: int(v) for k, v in analysis.by_module().items()},
             {k: int(v) for k, v in analysis.unsupported_ops().items()})

@@ -213,14 +213,14 @@ def _ineligibility(conv: nn.Conv2d, spec: ConvSpec, config: ScConvConfig) -> tup
         return SkipReason.CONV_SUBCLASS, f"{cls} subclasses nn.Conv2d with its own forward"
     kh, kw = spec.kernel_size
     if (kh, kw) == (1, 1):
-        return SkipReason.POINTWISE, "1x1 conv: SCConv would add cost, not remove it"
+        return SkipReason.POINTWISE, "1x1 kernel: SCConv would cost more"
     if kh != kw:
         return SkipReason.KERNEL, f"non-square kernel {kh}x{kw}"
     if kh != 3:
-        return SkipReason.KERNEL, f"kernel {kh}x{kw}: only 3x3 convs are replaced by default"
+        return SkipReason.KERNEL, f"kernel {kh}x{kw}: only 3x3 by default"
     if spec.groups != 1:
         kind = "depthwise" if spec.groups == spec.in_channels else "grouped"
-        return SkipReason.GROUPED, f"{kind} conv (groups={spec.groups}); SCConv replaces dense convs"
+        return SkipReason.GROUPED, f"{kind} (groups={spec.groups}): dense convs only"
     if spec.dilation != (1, 1):
         return SkipReason.DILATED, f"dilation {spec.dilation[0]}x{spec.dilation[1]}"
     if spec.padding_mode != "zeros":

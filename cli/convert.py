@@ -1,0 +1,94 @@
+"""``scconv convert MODEL``: replace convs with SCConv, report, and save a checkpoint."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from scconv_surgery.layers import ScConvConfig, StridePolicy, Variant
+from scconv_surgery.pipeline import run_conversion
+from scconv_surgery.rules import Rule, RuleAction
+
+from .output import Output
+from .render import render_conversion
+
+
+def parse_input_size(value: str | None) -> tuple[int, int, int] | None:
+    """``3x224x224`` -> (3, 224, 224); ``224x224`` and ``224`` imply 3 channels."""
+    if value is None:
+        return None
+    try:
+        parts = [int(p) for p in value.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts = [3, parts[0], parts[0]]
+    elif len(parts) == 2:
+        parts = [3, *parts]
+    if len(parts) != 3 or min(parts) < 1:
+        raise typer.BadParameter(f"{value!r} is not a size; use CxHxW such as 3x224x224 (or HxW, or H)")
+    return tuple(parts)  # type: ignore[return-value]
+
+
+def convert(
+    model: Annotated[str, typer.Argument(
+        help="Model name: 'resnet50' (timm first, then torchvision), 'timm:NAME' or 'torchvision:NAME'.",
+        show_default=False)],
+    *,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Checkpoint to write (.pt). Required unless --dry-run.", show_default=False,
+        dir_okay=False)] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Plan and count, print what would change and what would be saved; write nothing.")] = False,
+    json_output: Annotated[bool, typer.Option(
+        "--json", help="Write one JSON document to stdout (logs and progress go to stderr).")] = False,
+    include: Annotated[list[str] | None, typer.Option(
+        "--include", "-i", help="Replace only convs whose full dotted name matches this glob ('*' crosses dots) "
+        "or 're:REGEX' (full match). Repeatable; never comma-split.", show_default=False)] = None,
+    exclude: Annotated[list[str] | None, typer.Option(
+        "--exclude", "-x", help="Never replace convs whose name matches this pattern; exclude wins over include. "
+        "Repeatable.", show_default=False)] = None,
+    variant: Annotated[Variant, typer.Option(
+        help="'paper': the paper's equations. 'seed': the seed document's code, defects included.")] = Variant.PAPER,
+    stride_policy: Annotated[StridePolicy, typer.Option(
+        help="Strided convs: 'inside' strides GWC/PWC1/PWC2 and pools the reused channels; 'pool' average-pools "
+        "first; 'skip' leaves them alone.")] = StridePolicy.INSIDE,
+    input_size: Annotated[str | None, typer.Option(
+        help="Input size CxHxW to count at, e.g. 3x256x256. Default: the model's pretrained_cfg input_size, "
+        "else 3x224x224.", show_default=False)] = None,
+    pretrained: Annotated[bool, typer.Option(
+        "--pretrained", help="Start from the library's pretrained weights (from its cache, else downloaded).")] = False,
+    weights: Annotated[Path | None, typer.Option(
+        help="Start from a local weights file: a state_dict (.pt/.pth/.safetensors) or a timm/torchvision "
+        "training checkpoint.", show_default=False, dir_okay=False)] = None,
+    num_classes: Annotated[int | None, typer.Option(
+        help="Classifier size passed to the model constructor.", min=1, show_default=False)] = None,
+    seed: Annotated[int, typer.Option(help="Seed that initialises the new SCConv parameters.")] = 0,
+    allow_unmatched: Annotated[bool, typer.Option(
+        "--allow-unmatched", help="Do not fail (exit 3) when an --include pattern matches no conv.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of unexpected errors.")] = False,
+) -> None:
+    """Replace the convs of MODEL with SCConv, report the change and save a checkpoint.
+
+    Exit codes: 0 success; 1 unexpected failure; 2 bad input (unknown model, unreadable or invalid file, bad option); 3 an --include matched nothing, or no conv was selected.
+    """
+    output = Output(json=json_output, debug=debug)
+    if out is None and not dry_run:
+        raise typer.BadParameter("give --out FILE.pt, or --dry-run to write nothing", param_hint="'--out'")
+    if pretrained and weights is not None:
+        raise typer.BadParameter("--pretrained and --weights are exclusive; pass one", param_hint="'--weights'")
+    size = parse_input_size(input_size)
+    rules = [Rule(p, RuleAction.INCLUDE) for p in include or []] + [Rule(p, RuleAction.EXCLUDE) for p in exclude or []]
+    config = ScConvConfig(variant=variant, stride_policy=stride_policy)
+    with output.errors(), output.progress() as step:
+        result = run_conversion(model, rules=rules, config=config, pretrained=pretrained, weights=weights,
+                                num_classes=num_classes, input_size=size, out=out, dry_run=dry_run,
+                                seed=seed, allow_unmatched=allow_unmatched, on_step=step)
+    for rule, matched in zip(result.plan.rules, result.plan.rule_matches):
+        if rule.action is RuleAction.EXCLUDE and matched == 0:
+            output.warn(f"--exclude {rule.pattern!r} matched no conv")
+    if json_output:
+        output.emit_json(result.to_dict())
+    else:
+        render_conversion(output.console, result)

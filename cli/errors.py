@@ -1,0 +1,42 @@
+"""Exit codes, and the one table that maps library errors to them (see README, "Exit codes")."""
+from __future__ import annotations
+
+from typing import Any
+
+from scconv_surgery.errors import (
+    NothingSelectedError,
+    ScconvError,
+    ShapeMismatchError,
+    UnmatchedRuleError,
+)
+
+EXIT_OK = 0
+EXIT_UNEXPECTED = 1  # a bug or an environment failure: run again with --debug
+EXIT_BAD_INPUT = 2  # unknown model, unreadable or invalid file, bad option (as Click's usage errors)
+EXIT_NOTHING_SELECTED = 3  # an include rule matched nothing, or no conv was selected
+
+# Looked up along the exception's MRO, so the most specific class wins whatever the order.
+ERROR_EXIT_CODES: dict[type[BaseException], int] = {
+    UnmatchedRuleError: EXIT_NOTHING_SELECTED,
+    NothingSelectedError: EXIT_NOTHING_SELECTED,
+    ShapeMismatchError: EXIT_UNEXPECTED,
+    ScconvError: EXIT_BAD_INPUT,
+}
+
+_FIELDS = ("name", "suggestions", "path", "patterns", "pattern", "index", "reasons",
+           "missing_keys", "unexpected_keys", "expected", "actual")
+
+
+def exit_code_for(err: BaseException) -> int:
+    """The exit code of an exception: the first class of its MRO in :data:`ERROR_EXIT_CODES`."""
+    for cls in type(err).__mro__:
+        if cls in ERROR_EXIT_CODES:
+            return ERROR_EXIT_CODES[cls]
+    return EXIT_UNEXPECTED
+
+
+def error_document(err: BaseException, code: int) -> dict[str, Any]:
+    """The JSON form of an error (written to stderr under ``--json``)."""
+    fields = {f: getattr(err, f) for f in _FIELDS if hasattr(err, f)}
+    fields = {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}
+    return {"error": {"type": type(err).__name__, "message": str(err), "exit_code": code, **fields}}

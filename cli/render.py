@@ -1,0 +1,101 @@
+"""Rich renderers: pure functions from library values to tables (no decisions here)."""
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from scconv_surgery.counting import CountReport
+from scconv_surgery.pipeline import ConversionResult
+from scconv_surgery.plan import Decision, Plan
+
+
+def human(n: float, unit: str = "") -> str:
+    """``25557032 -> '25.56 M'``, ``4111512576 -> '4.112 G'`` (decimal prefixes)."""
+    for scale, prefix, digits in ((1e9, "G", 3), (1e6, "M", 2), (1e3, "K", 1)):
+        if abs(n) >= scale:
+            return f"{n / scale:.{digits}f} {prefix}{unit}"
+    return f"{n:g} {unit}".rstrip()
+
+
+def _pair(values: tuple[int, int] | list[int]) -> str:
+    a, b = values
+    return str(a) if a == b else f"{a}x{b}"
+
+
+def plan_table(plan: Plan) -> Table:
+    """One row per conv: name, class, channels, kernel, stride, decision, reason, params."""
+    table = Table(title=f"{len(plan.replaced)} of {len(plan.decisions)} convs replaced", title_justify="left")
+    for column, justify in (("name", "left"), ("class", "left"), ("in -> out", "right"), ("kernel", "right"),
+                            ("stride", "right"), ("decision", "left"), ("reason", "left"),
+                            ("params before -> after", "right")):
+        table.add_column(column, justify=justify, overflow="fold",
+                         no_wrap=column in ("name", "in -> out", "params before -> after"))
+    for d in plan.decisions:
+        table.add_row(*_decision_row(d))
+    return table
+
+
+def _decision_row(d: Decision) -> list[str]:
+    name = d.name + "".join(f"\n  = {alias}" for alias in d.aliases)
+    decision = "[green]replace[/]" if d.is_replaced else "skip"
+    reason = d.detail if not d.is_replaced else (
+        f"rule {d.rule_index}" if d.rule_index is not None else "default rule")
+    params = (f"{d.params_before:,} -> {d.params_after:,}" if d.is_replaced else f"{d.params_before:,}")
+    spec = d.spec
+    return [name, d.class_name, f"{spec.in_channels} -> {spec.out_channels}", _pair(spec.kernel_size),
+            _pair(spec.stride), decision, reason, params]
+
+
+def counts_table(report: CountReport) -> Table:
+    """Totals before and after, the delta and percent, with units and the counter named."""
+    b, a = report.before, report.after
+    size = "x".join(map(str, report.input_size))
+    table = Table(title=f"Totals at input 1x{size} (counted by {a.counter})", title_justify="left")
+    for column in ("", "before", "after", "delta", "delta %"):
+        table.add_column(column, justify="right" if column else "left")
+    for label, x, y in (("params", b.params, a.params), ("MACs", b.macs, a.macs)):
+        pct = 100.0 * (y - x) / x if x else 0.0
+        table.add_row(label, human(x), human(y), human(y - x), f"{pct:+.2f}%")
+    return table
+
+
+def uncounted_table(report: CountReport) -> Table:
+    """Operators the counter does not count, before and after (what the surgery added)."""
+    table = Table(title="Not counted in MACs (calls per forward)", title_justify="left")
+    for column in ("operator", "before", "after"):
+        table.add_column(column, justify="left" if column == "operator" else "right")
+    ops = sorted(set(report.before.uncounted_ops) | set(report.after.uncounted_ops))
+    for op in ops:
+        table.add_row(op, str(report.before.uncounted_ops.get(op, 0)), str(report.after.uncounted_ops.get(op, 0)))
+    return table
+
+
+def render_conversion(console: Console, result: ConversionResult) -> None:
+    """The human report of ``scconv convert``."""
+    source = result.source
+    console.print(f"[bold]{source.library}:{source.name}[/]  weights: {source.weights.get('kind')}"
+                  f"  variant: {_variants(result.plan)}  seed: {result.seed}", highlight=False)
+    console.print(plan_table(result.plan))
+    skips = result.plan.skip_summary()
+    if skips:
+        console.print("skipped: " + ", ".join(f"{n} {reason}" for reason, n in sorted(skips.items())),
+                      highlight=False)
+    console.print(counts_table(result.report))
+    console.print("MACs: fvcore counts one fused multiply-add as one flop; M = 1e6, G = 1e9.", highlight=False)
+    for report in (result.report.before, result.report.after):
+        if report.note:
+            console.print(f"[yellow]note:[/] {report.note}; MACs from torch.utils.flop_counter, halved",
+                          highlight=False)
+    console.print(uncounted_table(result.report))
+    if result.dry_run:
+        target = f"would write {result.output}: " if result.output else "with --out FILE.pt it would write "
+        tensors = len(result.model.state_dict())
+        console.print(f"[bold]dry run:[/] {target}{tensors} state_dict tensors and a manifest of "
+                      f"{len(result.plan.replaced)} replaced convs; nothing written.", highlight=False)
+    else:
+        console.print(f"[bold]wrote[/] {result.output}  (load with scconv_surgery.load({str(result.output)!r}))",
+                      highlight=False)
+
+
+def _variants(plan: Plan) -> str:
+    return ", ".join(sorted({d.config.variant.value for d in plan.replaced if d.config})) or "-"

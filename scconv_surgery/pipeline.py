@@ -1,0 +1,117 @@
+"""The main job end to end: load a model by name, plan, apply, count, save.
+
+:func:`run_conversion` is what ``scconv convert`` calls; it checks every input (output path,
+rules) before doing any work, never mutates the base model, and writes nothing when a check
+fails.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from .apply import apply_plan
+from .checkpoint import build_manifest, check_output_path, save_checkpoint
+from .counting import CountReport, compare_counts
+from .errors import NothingSelectedError, UnmatchedRuleError
+from .layers import ScConvConfig
+from .models import ModelSource, create_model, default_input_size
+from .plan import Plan, plan_conversion
+from .rules import Rule, validate_rules
+
+__all__ = ["ConversionResult", "run_conversion", "RESULT_SCHEMA_VERSION"]
+
+RESULT_SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ConversionResult:
+    """What one conversion did.
+
+    Attributes:
+        source: how the base model was built.
+        plan: the decision for every conv.
+        report: parameters and MACs before and after.
+        model: the converted model (a copy; the base model is untouched).
+        output: the checkpoint path (written unless ``dry_run``), or None.
+        seed: the initialisation seed of the new modules.
+        dry_run: nothing was written.
+    """
+
+    source: ModelSource
+    plan: Plan
+    report: CountReport
+    model: nn.Module
+    output: Path | None
+    seed: int
+    dry_run: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``--json`` document (``schema_version`` at the root)."""
+        return {"schema_version": RESULT_SCHEMA_VERSION, "model": self.source.to_dict(),
+                "dry_run": self.dry_run, "output": str(self.output) if self.output else None,
+                "seed": self.seed, "plan": self.plan.to_dict(), "counts": self.report.to_dict()}
+
+
+def _noop(message: str) -> None:
+    pass
+
+
+def run_conversion(name: str, *, rules: Sequence[Rule] = (), config: ScConvConfig | None = None,
+                   pretrained: bool = False, weights: str | os.PathLike | None = None,
+                   num_classes: int | None = None, input_size: tuple[int, int, int] | None = None,
+                   out: str | os.PathLike | None = None, dry_run: bool = False, seed: int = 0,
+                   allow_unmatched: bool = False,
+                   on_step: Callable[[str], None] = _noop) -> ConversionResult:
+    """Convert the model ``name`` and save a checkpoint at ``out`` unless ``dry_run``.
+
+    Args:
+        name: ``resnet50``, ``timm:NAME`` or ``torchvision:NAME``.
+        rules: include / exclude rules; empty replaces every eligible conv.
+        config: SCConv hyperparameters (default: the paper's).
+        pretrained, weights, num_classes: see :func:`~scconv_surgery.models.create_model`.
+        input_size: ``(C, H, W)`` to count at; default the model's own
+            (:func:`~scconv_surgery.models.default_input_size`).
+        out: checkpoint path (``.pt``), checked first even in a dry run.
+        dry_run: plan, apply to a copy and count, but write nothing.
+        seed: initialisation seed of the new modules (stored in the manifest).
+        allow_unmatched: do not fail when an include rule matches no conv.
+        on_step: called with a short message as each step starts (progress display).
+
+    Returns:
+        A :class:`ConversionResult`.
+
+    Raises:
+        OutputPathError: ``out`` cannot be written (checked before any work).
+        InvalidRuleError: a rule cannot be evaluated.
+        UnknownModelError, PretrainedWeightsError, WeightsFileError: see ``create_model``.
+        UnmatchedRuleError: an include rule matched no conv (unless ``allow_unmatched``).
+        NothingSelectedError: no conv is replaced.
+    """
+    out_path = check_output_path(out) if out is not None else None
+    validate_rules(rules)
+    config = config or ScConvConfig()
+    on_step(f"building {name}")
+    base, source = create_model(name, pretrained=pretrained, weights=weights, num_classes=num_classes)
+    on_step("planning")
+    plan = plan_conversion(base, rules, config=config)
+    unmatched = plan.unmatched_includes()
+    if unmatched and not allow_unmatched:
+        raise UnmatchedRuleError(unmatched)
+    if not plan.replaced:
+        raise NothingSelectedError(plan.skip_summary())
+    on_step(f"replacing {len(plan.replaced)} convs")
+    converted = apply_plan(copy.deepcopy(base), plan, seed=seed)
+    size = tuple(input_size) if input_size else default_input_size(base, source)
+    on_step(f"counting at {'x'.join(map(str, size))}")
+    report = compare_counts(base, converted, size)
+    if out_path is not None and not dry_run:
+        on_step(f"saving {out_path}")
+        manifest = build_manifest(source, plan, seed=seed, input_size=size, counts=report.to_dict())
+        save_checkpoint(out_path, converted, manifest)
+    return ConversionResult(source, plan, report, converted, out_path, seed, dry_run)
