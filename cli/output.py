@@ -67,7 +67,7 @@ class Output:
             if self.debug:
                 self.console.print(traceback.format_exc(), highlight=False, markup=False)
             if self.json:
-                self.console.print_json(json.dumps(error_document(err, code)))
+                sys.stderr.write(json.dumps(error_document(err, code)) + "\n")  # one line, unstyled
             elif code == EXIT_UNEXPECTED:
                 self.console.print(f"[red]error:[/] unexpected {type(err).__name__}: {escape(str(err))}", highlight=False)
                 if not self.debug:

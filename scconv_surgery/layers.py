@@ -139,11 +139,19 @@ def gamma_ratio(gamma: torch.Tensor, eps: float = GAMMA_SUM_EPS) -> torch.Tensor
             sum near 0 gives large but finite weights.
 
     Returns:
-        Shape ``(1, C, 1, 1)``, ready to broadcast over ``(N, C, H, W)``.
+        Shape ``(1, C, 1, 1)``, ready to broadcast over ``(N, C, H, W)``, in ``gamma``'s dtype.
+
+    Note:
+        Computed in float32 and clamped to ``gamma``'s finite range, so that in float16 a sum
+        near 0 gives the largest finite weight rather than ``inf`` (``0 * inf`` would be NaN).
     """
-    total = gamma.sum()
-    denom = torch.copysign(total.abs().clamp_min(eps), total)
-    return (gamma / denom).reshape(1, -1, 1, 1)
+    work = gamma.to(torch.promote_types(gamma.dtype, torch.float32))
+    total = work.sum()
+    ratio = work / torch.copysign(total.abs().clamp_min(eps), total)
+    if torch.finfo(gamma.dtype).max < torch.finfo(work.dtype).max:  # float16 / bfloat16
+        limit = torch.finfo(gamma.dtype).max
+        ratio = ratio.clamp(-limit, limit)
+    return ratio.to(gamma.dtype).reshape(1, -1, 1, 1)
 
 
 def reconstruct(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:

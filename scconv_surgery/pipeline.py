@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from .apply import apply_plan
@@ -79,7 +80,8 @@ def run_conversion(name: str, *, rules: Sequence[Rule] = (), config: ScConvConfi
             (:func:`~scconv_surgery.models.default_input_size`).
         out: checkpoint path (``.pt``), checked first even in a dry run.
         dry_run: plan, apply to a copy and count, but write nothing.
-        seed: initialisation seed of the new modules (stored in the manifest).
+        seed: initialisation seed of the new modules, and of the base model when it has
+            neither pretrained nor file weights (stored in the manifest).
         allow_unmatched: do not fail when an include rule matches no conv.
         on_step: called with a short message as each step starts (progress display).
 
@@ -97,7 +99,9 @@ def run_conversion(name: str, *, rules: Sequence[Rule] = (), config: ScConvConfi
     validate_rules(rules)
     config = config or ScConvConfig()
     on_step(f"building {name}")
-    base, source = create_model(name, pretrained=pretrained, weights=weights, num_classes=num_classes)
+    with torch.random.fork_rng(devices=[]):  # a randomly initialised base is reproducible too
+        torch.manual_seed(seed)
+        base, source = create_model(name, pretrained=pretrained, weights=weights, num_classes=num_classes)
     on_step("planning")
     plan = plan_conversion(base, rules, config=config)
     unmatched = plan.unmatched_includes()

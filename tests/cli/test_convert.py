@@ -1,0 +1,168 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from scconv_surgery import load
+from scconv_surgery.cli.app import app
+from scconv_surgery.cli.errors import EXIT_BAD_INPUT, EXIT_NOTHING_SELECTED
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, list(args))
+
+
+def assert_clean_error(result, code, *words):
+    assert result.exit_code == code, result.output
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
+    for word in words:
+        assert word in result.stderr, result.stderr
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_dry_run_json_lists_every_conv_of_resnet50(in_tmp, resnet50_bottleneck_conv2):
+    result = invoke("convert", "resnet50", "--dry-run", "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)  # exactly one JSON document on stdout
+    assert doc["schema_version"] == 1 and doc["dry_run"] is True and doc["output"] is None
+    decisions = doc["plan"]["decisions"]
+    assert len(decisions) == 53
+    assert all(d["action"] in ("replace", "skip") and (d["action"] == "replace" or d["reason"]) for d in decisions)
+    assert {d["name"] for d in decisions if d["action"] == "replace"} == resnet50_bottleneck_conv2
+    counts = doc["counts"]
+    assert counts["input_size"] == [3, 224, 224]
+    assert (counts["before"]["params"], counts["after"]["params"]) == (25_557_032, 16_530_280)
+    assert (counts["before"]["macs"], counts["after"]["macs"]) == (4_111_512_576, 2_672_765_952)
+    assert counts["uncounted_added"]["aten::sigmoid"] == 16
+    assert os.listdir(in_tmp) == []
+
+
+def test_convert_writes_a_checkpoint_that_loads(in_tmp):
+    result = invoke("convert", "torchvision:resnet18", "--out", "m.pt", "--input-size", "3x64x64",
+                    "--include", "layer3.*", "--include", "layer4.*", "--exclude", "layer4.1.*")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""  # humans get stderr; stdout stays empty without --json
+    assert "wrote m.pt" in result.stderr and "1x3x64x64" in result.stderr
+    model = load("m.pt")
+    replaced = sorted(name for name, m in model.named_modules() if type(m).__name__ == "ScConv")
+    assert replaced == ["layer3.0.conv1", "layer3.0.conv2", "layer3.1.conv1", "layer3.1.conv2",
+                        "layer4.0.conv1", "layer4.0.conv2"]
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
+
+
+def test_json_convert_reports_the_output(in_tmp):
+    result = invoke("convert", "resnet18", "-o", "r.pt", "--json", "--input-size", "96",
+                    "--variant", "seed", "--stride-policy", "skip", "--seed", "7")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["output"] == "r.pt" and doc["seed"] == 7 and doc["counts"]["input_size"] == [3, 96, 96]
+    replaced = [d for d in doc["plan"]["decisions"] if d["action"] == "replace"]
+    assert len(replaced) == 13  # 16 3x3 convs less the 3 strided ones
+    assert {d["config"]["variant"] for d in replaced} == {"seed"}
+    assert torch.load("r.pt", weights_only=True)["manifest"]["seed"] == 7
+
+
+def test_unknown_model_suggests_names(in_tmp):
+    result = invoke("convert", "resnet5O", "--out", "m.pt")
+    assert_clean_error(result, EXIT_BAD_INPUT, "unknown model 'resnet5O'", "resnet50")
+    assert os.listdir(in_tmp) == []
+
+
+def test_json_errors_go_to_stderr_as_json(in_tmp):
+    result = invoke("convert", "resnet5O", "--dry-run", "--json")
+    assert_clean_error(result, EXIT_BAD_INPUT)
+    error = json.loads(result.stderr.splitlines()[-1])["error"]  # after the progress lines
+    assert error["type"] == "UnknownModelError" and error["exit_code"] == 2 and "resnet50" in error["suggestions"]
+
+
+@pytest.mark.parametrize("case, args, words", [
+    ("missing output directory", ["--out", "nope/m.pt"], ["nope", "does not exist"]),
+    ("output is a directory", ["--out", "adir.pt"], ["is a directory"]),
+    ("missing weights file", ["--out", "m.pt", "--weights", "missing.pth"], ["missing.pth", "no such file"]),
+    ("weights not a checkpoint", ["--out", "m.pt", "--weights", "junk.pth"], ["junk.pth", "not a readable"]),
+    ("no --out nor --dry-run", [], ["--out"]),
+    ("bad input size", ["--dry-run", "--input-size", "3x224x"], ["CxHxW"]),
+    ("pretrained and weights", ["--out", "m.pt", "--pretrained", "--weights", "junk.pth"], ["exclusive"]),
+    ("bad regex", ["--dry-run", "--include", "re:layer[1"], ["invalid regular expression"]),
+])
+def test_bad_input_exits_2_and_leaves_nothing(case, args, words, in_tmp):
+    (in_tmp / "adir.pt").mkdir()
+    (in_tmp / "junk.pth").write_text("not a checkpoint")
+    result = invoke("convert", "torchvision:resnet18", *args)
+    assert result.exit_code == EXIT_BAD_INPUT, result.output
+    assert result.stdout == "" and "Traceback" not in result.stderr
+    for word in words:
+        assert word in result.stderr, result.stderr
+    assert sorted(os.listdir(in_tmp)) == ["adir.pt", "junk.pth"]
+
+
+def test_pretrained_offline_says_use_weights(in_tmp, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HOME", str(in_tmp / "hf"))
+    result = invoke("convert", "timm:resnet18", "--pretrained", "--out", "m.pt")
+    assert_clean_error(result, EXIT_BAD_INPUT, "pretrained", "--weights")
+    assert not (in_tmp / "m.pt").exists()
+
+
+def test_weights_file_is_used_and_recorded(in_tmp):
+    torch.manual_seed(1)
+    import torchvision
+
+    reference = torchvision.models.resnet18(num_classes=3)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in reference.state_dict().items()}}, "w.pth")
+    result = invoke("convert", "torchvision:resnet18", "--weights", "w.pth", "--num-classes", "3",
+                    "--out", "m.pt", "--input-size", "64", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["model"]["weights"]["name"] == "w.pth"
+    model = load("m.pt")
+    assert torch.equal(model.fc.weight, reference.fc.weight)
+    assert torch.equal(model.layer1[0].bn2.running_var, reference.layer1[0].bn2.running_var)
+
+
+def test_include_matching_nothing_exits_3(in_tmp):
+    result = invoke("convert", "torchvision:resnet18", "--dry-run", "--include", "layer1.*",
+                    "--include", "layer9.*")
+    assert_clean_error(result, EXIT_NOTHING_SELECTED, "layer9.*")
+    allowed = invoke("convert", "torchvision:resnet18", "--dry-run", "--include", "layer1.*",
+                     "--include", "layer9.*", "--allow-unmatched", "--input-size", "32")
+    assert allowed.exit_code == 0, allowed.output
+
+
+def test_comma_is_not_a_separator(in_tmp):
+    result = invoke("convert", "torchvision:resnet18", "--dry-run", "--include", "layer1.0.conv1,layer1.0.conv2")
+    assert_clean_error(result, EXIT_NOTHING_SELECTED, "'layer1.0.conv1,layer1.0.conv2'")
+
+
+def test_nothing_selected_exits_3(in_tmp):
+    result = invoke("convert", "torchvision:resnet18", "--dry-run", "--exclude", "*")
+    assert_clean_error(result, EXIT_NOTHING_SELECTED, "no conv was selected", "excluded")
+
+
+def test_unmatched_exclude_is_a_warning(in_tmp):
+    result = invoke("convert", "torchvision:resnet18", "--dry-run", "--exclude", "nothing.*", "--input-size", "32")
+    assert result.exit_code == 0, result.output
+    assert "warning" in result.stderr and "nothing.*" in result.stderr
+
+
+def test_installed_console_script_help():
+    exe = shutil.which("scconv") or os.path.join(os.path.dirname(sys.executable), "scconv")
+    done = subprocess.run([exe, "convert", "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    for option in ("--out", "--dry-run", "--json", "--include", "--exclude", "--variant", "--stride-policy",
+                   "--input-size", "--pretrained", "--weights", "--num-classes", "--seed", "--allow-unmatched"):
+        assert option in done.stdout

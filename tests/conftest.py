@@ -1,0 +1,65 @@
+"""Shared fixtures: toy models named after their edge case, and small real models."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+
+class TinyConvNet(nn.Module):
+    """Two eligible 3x3 convs (one strided, one widening) around a 1x1 and a stem."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)  # in_channels=3: too few for SCConv
+        self.block1 = nn.Conv2d(16, 16, 3, padding=1, bias=False)
+        self.block2 = nn.Conv2d(16, 32, 3, stride=2, padding=1, bias=False)
+        self.proj = nn.Conv2d(32, 32, 1)
+        self.head = nn.Linear(32, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        x = torch.relu(self.block1(x))
+        x = torch.relu(self.proj(self.block2(x)))
+        return self.head(x.mean((2, 3)))
+
+
+class AliasedConvNet(nn.Module):
+    """One conv object reachable under two names (``conv`` and ``again``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(16, 16, 3, padding=1)
+        self.again = self.conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.again(self.conv(x))
+
+
+class OwnForwardConv(nn.Conv2d):
+    """An nn.Conv2d subclass with a forward of its own (doubles the output)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 2 * super().forward(x)
+
+
+class SubclassConvNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = OwnForwardConv(16, 16, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+@pytest.fixture
+def tiny_net() -> TinyConvNet:
+    torch.manual_seed(0)
+    return TinyConvNet().eval()
+
+
+@pytest.fixture(scope="session")
+def resnet50_bottleneck_conv2() -> set[str]:
+    """The 3x3 conv of each of resnet50's 16 bottleneck blocks (stage depths 3, 4, 6, 3)."""
+    return {f"layer{stage}.{block}.conv2" for stage, depth in zip((1, 2, 3, 4), (3, 4, 6, 3))
+            for block in range(depth)}

@@ -1,0 +1,90 @@
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import AliasedConvNet
+from scconv_surgery.apply import apply_plan, convert
+from scconv_surgery.errors import PlanMismatchError
+from scconv_surgery.layers import ScConv
+from scconv_surgery.plan import plan_conversion
+
+
+def test_convert_leaves_the_input_model_untouched(tiny_net):
+    before = copy.deepcopy(tiny_net.state_dict())
+    converted, plan = convert(tiny_net)
+    assert [d.name for d in plan.replaced] == ["block1", "block2"]
+    assert type(tiny_net.block1) is nn.Conv2d
+    assert isinstance(converted.block1, ScConv) and isinstance(converted.block2, ScConv)
+    assert tiny_net.state_dict().keys() == before.keys()
+    assert all(torch.equal(v, before[k]) for k, v in tiny_net.state_dict().items())
+
+
+def test_untouched_layers_keep_their_weights(tiny_net):
+    converted, _ = convert(tiny_net)
+    for name in ("stem.weight", "proj.weight", "head.weight"):
+        assert torch.equal(converted.state_dict()[name], tiny_net.state_dict()[name])
+
+
+def test_replacements_are_drop_ins(tiny_net):
+    x = torch.randn(2, 3, 15, 15)
+    converted, _ = convert(tiny_net)
+    shapes = {}
+    for name in ("block1", "block2"):
+        getattr(tiny_net, name).register_forward_hook(lambda m, i, o, n=name: shapes.__setitem__(n, o.shape))
+    tiny_net(x)
+    with torch.no_grad():
+        h = torch.relu(converted.stem(x))
+        assert converted.block1(h).shape == shapes["block1"]
+        assert converted.block2(h).shape == shapes["block2"] == (2, 32, 8, 8)
+    assert converted(x).shape == (2, 10)
+
+
+def test_same_seed_same_tensors_and_global_rng_untouched(tiny_net):
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    a, _ = convert(tiny_net, seed=0)
+    assert torch.equal(torch.rand(1), expected_next)  # conversion did not consume the global RNG
+    b, _ = convert(tiny_net, seed=0)
+    c, _ = convert(tiny_net, seed=1)
+    for key, value in a.state_dict().items():
+        assert torch.equal(value, b.state_dict()[key]), key
+    assert not torch.equal(a.block1.cru.gwc.weight, c.block1.cru.gwc.weight)
+
+
+def test_mode_dtype_and_hooks_are_carried(tiny_net):
+    tiny_net.double().train()
+    tiny_net.block2.eval()
+    calls = []
+    tiny_net.block1.register_forward_hook(lambda m, i, o: calls.append(o.shape))
+    converted, _ = convert(tiny_net)
+    assert converted.block1.training and not converted.block2.training
+    assert converted.block1.cru.gwc.weight.dtype == torch.float64
+    converted(torch.randn(1, 3, 8, 8, dtype=torch.float64))
+    assert calls == [(1, 16, 8, 8)]
+
+
+def test_aliases_share_one_replacement():
+    converted, plan = convert(AliasedConvNet())
+    assert converted.conv is converted.again
+    assert isinstance(converted.conv, ScConv)
+    assert sum(1 for m in converted.modules() if isinstance(m, ScConv)) == 1
+
+
+def test_meta_device_conversion_allocates_nothing(tiny_net):
+    meta = copy.deepcopy(tiny_net).to("meta")
+    converted, _ = convert(meta, inplace=True)
+    assert converted is meta
+    assert converted.block1.cru.gwc.weight.is_meta
+
+
+def test_apply_plan_checks_everything_before_mutating(tiny_net):
+    plan = plan_conversion(tiny_net)
+    other = copy.deepcopy(tiny_net)
+    other.block2 = nn.Conv2d(16, 32, 3, padding=1)  # stride differs from the plan's spec
+    with pytest.raises(PlanMismatchError, match="block2") as info:
+        apply_plan(other, plan)
+    assert info.value.name == "block2"
+    assert type(other.block1) is nn.Conv2d  # block1 came first in the plan and was not replaced

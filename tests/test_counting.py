@@ -1,0 +1,87 @@
+import copy
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+from scconv_surgery import counting
+from scconv_surgery.apply import convert
+from scconv_surgery.counting import compare_counts, count_model
+from scconv_surgery.layers import ScConv, ScConvConfig
+
+
+def _scconv_conv_macs(c_in: int, c_out: int, out_area: int, in_area: int, k: int = 3, g: int = 2) -> int:
+    """Closed form (DESIGN section 2, alpha 1/2, r 2): squeezes at the input resolution,
+    GWC / PWC1 / PWC2 at the output resolution (stride policy 'inside')."""
+    up, low = c_in // 2, c_in - c_in // 2
+    squeeze = (up * (up // 2) + low * (low // 2)) * in_area
+    gwc = (up // 2 // g) * c_out * k * k * out_area
+    pwc1 = (up // 2) * c_out * out_area
+    pwc2 = (low // 2) * (c_out - low // 2) * out_area
+    return squeeze + gwc + pwc1 + pwc2
+
+
+@pytest.mark.parametrize("c_in, c_out, stride, size", [
+    (16, 16, 1, 14), (64, 64, 1, 8), (64, 128, 2, 16), (128, 64, 2, 7), (256, 256, 1, 7),
+])
+def test_scconv_conv_macs_equal_the_closed_form(c_in, c_out, stride, size):
+    layer = ScConv(c_in, c_out, stride=stride)
+    counts = count_model(layer, (c_in, size, size))
+    out = -(-size // stride)
+    assert counts.counter == "fvcore"
+    assert counts.macs_by_operator["conv"] == _scconv_conv_macs(c_in, c_out, out * out, size * size)
+
+
+def test_dense_conv_macs_and_params():
+    conv = nn.Conv2d(64, 64, 3, padding=1, bias=False)
+    counts = count_model(conv, (64, 56, 56))
+    assert counts.macs == 64 * 64 * 9 * 56 * 56
+    assert counts.params == 64 * 64 * 9
+
+
+def test_resnet50_golden_totals():
+    torch.manual_seed(0)
+    model = timm.create_model("resnet50")
+    converted, _ = convert(model)
+    report = compare_counts(model, converted, (3, 224, 224))
+    assert (report.before.params, report.after.params) == (25_557_032, 16_530_280)
+    assert (report.before.macs, report.after.macs) == (4_111_512_576, 2_672_765_952)
+    assert report.after.uncounted_ops["aten::sigmoid"] == 16
+    assert report.uncounted_added["aten::softmax"] == 16
+    assert "aten::max_pool2d" not in report.uncounted_added  # present before and after
+    doc = report.to_dict()
+    assert doc["params_delta"] == 16_530_280 - 25_557_032
+    assert doc["macs_delta_percent"] == round(100 * (2_672_765_952 - 4_111_512_576) / 4_111_512_576, 3)
+
+
+def test_shared_parameters_counted_once():
+    conv = nn.Conv2d(8, 8, 3, padding=1)
+    assert count_model(nn.Sequential(conv, conv), (8, 4, 4)).params == 8 * 8 * 9 + 8
+
+
+def test_counting_leaves_the_model_as_it_was(tiny_net):
+    tiny_net.train()
+    tiny_net.proj.eval()
+    keys = list(tiny_net.state_dict())
+    count_model(tiny_net, (3, 32, 32))
+    assert tiny_net.training and tiny_net.block1.training and not tiny_net.proj.training
+    assert list(tiny_net.state_dict()) == keys
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in tiny_net.modules())
+
+
+def test_fallback_counter_when_fvcore_fails(monkeypatch):
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18").eval()
+    fvcore_counts = count_model(model, (3, 224, 224))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("tracing failed")
+
+    monkeypatch.setattr(counting, "_count_fvcore", broken)
+    fallback = count_model(model, (3, 224, 224))
+    assert fallback.counter == "torch.utils.flop_counter"
+    assert "tracing failed" in fallback.note
+    dense = fvcore_counts.macs_by_operator["conv"] + fvcore_counts.macs_by_operator["linear"]
+    assert abs(fallback.macs - dense) / dense < 0.01
+    assert fallback.params == fvcore_counts.params

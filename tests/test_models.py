@@ -1,0 +1,133 @@
+import urllib.error
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from scconv_surgery.errors import PretrainedWeightsError, UnknownModelError, WeightsFileError
+from scconv_surgery.models import ModelSource, build_model, create_model, default_input_size
+
+
+@pytest.mark.parametrize("name, library, model_name", [
+    ("resnet18", "timm", "resnet18"),
+    ("timm:resnet18", "timm", "resnet18"),
+    ("torchvision:resnet18", "torchvision", "resnet18"),
+    ("vgg11", "timm", "vgg11"),
+    ("torchvision:vgg11", "torchvision", "vgg11"),
+    ("mobilenet_v3_small", "torchvision", "mobilenet_v3_small"),  # torchvision's name, unknown to timm
+])
+def test_names_resolve_timm_first(name, library, model_name):
+    _, source = create_model(name)
+    assert (source.library, source.name) == (library, model_name)
+    assert source.weights == {"kind": "random"}
+
+
+def test_unknown_name_suggests_close_names():
+    with pytest.raises(UnknownModelError, match="resnet50") as info:
+        create_model("resnet5O")
+    assert "resnet50" in info.value.suggestions
+    assert info.value.name == "resnet5O"
+
+
+def test_unknown_library_prefix():
+    with pytest.raises(UnknownModelError, match="timm:resnet50"):
+        create_model("tf:resnet50")
+
+
+def test_num_classes_reaches_the_constructor():
+    model, source = create_model("torchvision:resnet18", num_classes=7)
+    assert model.fc.out_features == 7
+    assert source.kwargs == {"num_classes": 7}
+    assert build_model(source).fc.out_features == 7
+
+
+def test_pretrained_offline_fails_with_a_hint_to_use_weights(monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # no cache, no network: fails at once
+    monkeypatch.setenv("HF_HOME", "/nonexistent-scconv-test")
+    with pytest.raises(PretrainedWeightsError, match="--weights"):
+        create_model("timm:resnet18", pretrained=True)
+
+
+def test_pretrained_torchvision_download_failure(monkeypatch, tmp_path):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    monkeypatch.setattr("torchvision.models._api.load_state_dict_from_url", offline, raising=False)
+    with pytest.raises(PretrainedWeightsError, match="--weights") as info:
+        create_model("torchvision:resnet18", pretrained=True)
+    assert info.value.name == "torchvision:resnet18"
+
+
+def _reference_state_dict():
+    torch.manual_seed(3)
+    model, _ = create_model("torchvision:resnet18", num_classes=5)
+    for p in model.parameters():
+        p.data.normal_()
+    return model.state_dict()
+
+
+@pytest.mark.parametrize("layout", ["plain", "state_dict+module.", "model+_orig_mod.", "state_dict_ema",
+                                    "safetensors"])
+def test_weights_file_layouts(layout, tmp_path):
+    reference = _reference_state_dict()
+    path = tmp_path / ("w.safetensors" if layout == "safetensors" else "w.pth")
+    if layout == "plain":
+        torch.save(reference, path)
+    elif layout == "state_dict+module.":
+        torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in reference.items()}}, path)
+    elif layout == "model+_orig_mod.":
+        torch.save({"model": {f"_orig_mod.{k}": v for k, v in reference.items()}, "optimizer": {}}, path)
+    elif layout == "state_dict_ema":
+        torch.save({"state_dict_ema": reference}, path)
+    else:
+        save_file({k: v.contiguous() for k, v in reference.items()}, str(path))
+    model, source = create_model("torchvision:resnet18", weights=path, num_classes=5)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, reference[key]), key
+    assert source.weights["kind"] == "file" and source.weights["name"] == path.name
+    assert len(source.weights["sha256"]) == 64
+
+
+@pytest.mark.parametrize("case", ["missing", "not a checkpoint", "no tensors", "wrong keys", "wrong head"])
+def test_bad_weights_files(case, tmp_path):
+    path = tmp_path / "w.pt"
+    if case == "not a checkpoint":
+        path.write_text("hello")
+    elif case == "no tensors":
+        torch.save({"epoch": 1}, path)
+    elif case == "wrong keys":
+        torch.save({"fc.weight": torch.zeros(5, 512), "nonsense": torch.zeros(1)}, path)
+    elif case == "wrong head":
+        torch.save(_reference_state_dict(), path)  # 5 classes; the model below has 1000
+    expected = {"missing": "no such file", "not a checkpoint": "not a readable", "no tensors": "no state_dict",
+                "wrong keys": "missing key", "wrong head": "shape mismatch"}[case]
+    with pytest.raises(WeightsFileError, match=expected) as info:
+        create_model("torchvision:resnet18", weights=path)
+    assert info.value.path == str(path)
+    if case == "wrong keys":
+        assert "nonsense" in info.value.unexpected_keys
+        assert "conv1.weight" in info.value.missing_keys
+
+
+def test_pretrained_and_weights_are_exclusive(tmp_path):
+    with pytest.raises(ValueError, match="not both"):
+        create_model("resnet18", pretrained=True, weights=tmp_path / "w.pt")
+
+
+@pytest.mark.parametrize("name, size", [
+    ("timm:resnet50", (3, 224, 224)),
+    ("timm:inception_v3", (3, 299, 299)),
+    ("torchvision:inception_v3", (3, 299, 299)),
+    ("torchvision:resnet18", (3, 224, 224)),
+])
+def test_default_input_size(name, size):
+    model, source = create_model(name)
+    assert default_input_size(model, source) == size
+
+
+def test_model_source_round_trip():
+    source = ModelSource("timm", "resnet50", {"num_classes": 3}, {"kind": "pretrained", "tag": "a1_in1k"})
+    assert ModelSource.from_dict(source.to_dict()) == source

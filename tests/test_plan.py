@@ -1,0 +1,142 @@
+import copy
+
+import pytest
+import timm
+import torch
+import torchvision
+from torch import nn
+
+from conftest import AliasedConvNet, SubclassConvNet
+from scconv_surgery.errors import InvalidRuleError
+from scconv_surgery.layers import ScConvConfig, StridePolicy
+from scconv_surgery.plan import Action, ConvSpec, SkipReason, plan_conversion
+from scconv_surgery.rules import Rule, RuleAction
+
+
+def _scconv_params(c_in: int, c_out: int, k: int = 3) -> int:
+    """DESIGN section 2 with alpha 1/2, r 2, g 2, generalised to C_out: convs + GN affine + GWC bias."""
+    up, low = c_in // 2, c_in - c_in // 2
+    squeeze = up * (up // 2) + low * (low // 2)
+    gwc = (up // 2 // 2) * c_out * k * k
+    pwc1 = (up // 2) * c_out
+    pwc2 = (low // 2) * (c_out - low // 2)
+    return squeeze + gwc + pwc1 + pwc2 + 2 * c_in + c_out
+
+
+@pytest.mark.parametrize("library", ["timm", "torchvision"])
+def test_resnet50_default_plan_replaces_exactly_the_bottleneck_3x3(library, resnet50_bottleneck_conv2):
+    model = (timm.create_model("resnet50") if library == "timm" else torchvision.models.resnet50())
+    plan = plan_conversion(model)
+    assert len(plan.decisions) == 53  # stem + 16 x 3 + 4 downsample
+    assert {d.name for d in plan.replaced} == resnet50_bottleneck_conv2
+    assert plan.skip_summary() == {"kernel": 1, "pointwise": 36}
+    stem = next(d for d in plan.decisions if d.name == "conv1")
+    assert (stem.reason, stem.detail) == (SkipReason.KERNEL, "kernel 7x7: only 3x3 by default")
+    by_name = {d.name: d for d in plan.decisions}
+    assert by_name["layer1.0.conv2"].params_after == _scconv_params(64, 64) == 7616
+    assert by_name["layer4.0.conv2"].spec.stride == (2, 2)
+    assert by_name["layer4.0.conv2"].params_after == _scconv_params(512, 512)
+    assert by_name["layer4.0.conv2"].params_before == 512 * 512 * 9
+
+
+def test_plan_does_not_touch_the_model(tiny_net):
+    before = copy.deepcopy(tiny_net.state_dict())
+    modules = dict(tiny_net.named_modules())
+    plan_conversion(tiny_net, [Rule("block*")])
+    assert dict(tiny_net.named_modules()) == modules
+    for key, value in tiny_net.state_dict().items():
+        assert torch.equal(value, before[key])
+
+
+INELIGIBLE = [  # (case, conv, reason, words in the detail)
+    ("1x1", nn.Conv2d(16, 16, 1), SkipReason.POINTWISE, "1x1"),
+    ("5x5 without a rule", nn.Conv2d(16, 16, 5, padding=2), SkipReason.KERNEL, "5x5"),
+    ("non-square", nn.Conv2d(16, 16, (1, 3), padding=(0, 1)), SkipReason.KERNEL, "non-square"),
+    ("dilated", nn.Conv2d(16, 16, 3, padding=2, dilation=2), SkipReason.DILATED, "dilation 2x2"),
+    ("depthwise", nn.Conv2d(16, 16, 3, padding=1, groups=16), SkipReason.GROUPED, "depthwise"),
+    ("grouped", nn.Conv2d(16, 16, 3, padding=1, groups=2), SkipReason.GROUPED, "grouped"),
+    ("reflect padding", nn.Conv2d(16, 16, 3, padding=1, padding_mode="reflect"), SkipReason.PADDING, "reflect"),
+    ("valid padding", nn.Conv2d(16, 16, 3), SkipReason.PADDING, "not kernel_size // 2"),
+    ("non-uniform stride", nn.Conv2d(16, 16, 3, stride=(2, 1), padding=1), SkipReason.STRIDE, "2x1"),
+    ("too few channels", nn.Conv2d(3, 16, 3, padding=1), SkipReason.CHANNELS, "in_channels=3"),
+    ("odd out_channels", nn.Conv2d(16, 15, 3, padding=1), SkipReason.CHANNELS, "gwc_groups"),
+]
+
+
+@pytest.mark.parametrize("case, conv, reason, words", INELIGIBLE, ids=[c[0] for c in INELIGIBLE])
+def test_ineligible_convs_are_skipped_with_the_failed_constraint(case, conv, reason, words):
+    plan = plan_conversion(nn.Sequential(conv))
+    (decision,) = plan.decisions
+    assert decision.action is Action.SKIP
+    assert decision.reason is reason
+    assert words in decision.detail
+    assert decision.params_after == decision.params_before == ConvSpec.from_conv(conv).params
+
+
+def test_padding_same_string_is_eligible():
+    (decision,) = plan_conversion(nn.Sequential(nn.Conv2d(16, 16, 3, padding="same"))).decisions
+    assert decision.is_replaced
+
+
+@pytest.mark.parametrize("policy, replaced", [("inside", True), ("pool", True), ("skip", False)])
+def test_stride_policy(policy, replaced):
+    model = nn.Sequential(nn.Conv2d(16, 32, 3, stride=2, padding=1))
+    (decision,) = plan_conversion(model, config=ScConvConfig(stride_policy=policy)).decisions
+    assert decision.is_replaced is replaced
+    if not replaced:
+        assert decision.reason is SkipReason.STRIDE
+        assert "stride_policy 'skip'" in decision.detail
+    else:
+        assert decision.config.stride_policy is StridePolicy(policy)
+
+
+def test_conv_subclass_with_its_own_forward_is_skipped():
+    (decision,) = plan_conversion(SubclassConvNet()).decisions
+    assert decision.reason is SkipReason.CONV_SUBCLASS
+    assert decision.class_name == "OwnForwardConv"
+    assert "own forward" in decision.detail
+
+
+def test_timm_conv2d_same_is_replaceable():
+    from timm.layers import Conv2dSame
+
+    (decision,) = plan_conversion(nn.Sequential(Conv2dSame(16, 16, 3, stride=2))).decisions
+    assert decision.is_replaced
+    assert decision.class_name == "Conv2dSame"
+
+
+def test_aliases_are_one_decision():
+    plan = plan_conversion(AliasedConvNet())
+    (decision,) = plan.decisions
+    assert (decision.name, decision.aliases) == ("conv", ("again",))
+    assert decision.is_replaced
+
+
+def test_include_and_exclude(tiny_net):
+    plan = plan_conversion(tiny_net, [Rule("block*"), Rule("block2", RuleAction.EXCLUDE)])
+    decisions = {d.name: d for d in plan.decisions}
+    assert [d.name for d in plan.replaced] == ["block1"]
+    assert decisions["block1"].rule_index == 0
+    assert (decisions["block2"].reason, decisions["block2"].rule_index) == (SkipReason.EXCLUDED, 1)
+    assert decisions["proj"].reason is SkipReason.POINTWISE  # ineligibility comes first
+    assert plan.rule_matches == (2, 1)
+
+
+def test_include_that_matches_nothing_is_reported(tiny_net):
+    plan = plan_conversion(tiny_net, [Rule("block1"), Rule("layer1.*")])
+    assert plan.unmatched_includes() == ("layer1.*",)
+    assert plan.decisions[2].reason is SkipReason.NOT_SELECTED
+
+
+def test_bad_regex_raises_before_planning(tiny_net):
+    with pytest.raises(InvalidRuleError):
+        plan_conversion(tiny_net, [Rule("re:(")])
+
+
+def test_plan_to_dict_round_trips_decisions(tiny_net):
+    from scconv_surgery.plan import Decision
+
+    plan = plan_conversion(tiny_net)
+    doc = plan.to_dict()
+    assert (doc["convs"], doc["replaced"], doc["skipped"]) == (4, 2, 2)
+    assert [Decision.from_dict(d) for d in doc["decisions"]] == list(plan.decisions)
