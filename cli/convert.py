@@ -1,14 +1,16 @@
 """``scconv convert MODEL``: replace convs with SCConv, report, and save a checkpoint."""
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+import yaml
 
 from scconv_surgery.layers import ScConvConfig, StridePolicy, Variant
 from scconv_surgery.pipeline import run_conversion
-from scconv_surgery.rules import Rule, RuleAction
+from scconv_surgery.rules import PRESETS, RuleAction, assemble_rules
 
 from .output import Output
 from .render import render_conversion
@@ -31,6 +33,24 @@ def parse_input_size(value: str | None) -> tuple[int, int, int] | None:
     return tuple(parts)  # type: ignore[return-value]
 
 
+Preset = Enum("Preset", {name: name for name in PRESETS}, type=str)  # type: ignore[misc]
+
+
+def parse_model_kwargs(items: list[str] | None) -> dict[str, Any]:
+    """``["output_stride=8", "drop_rate=0.1"]`` -> ``{"output_stride": 8, "drop_rate": 0.1}``.
+
+    Values are read as YAML scalars: ``8`` is an int, ``0.1`` a float, ``true`` a bool, ``null``
+    None, anything else a string.
+    """
+    kwargs: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise typer.BadParameter(f"{item!r} is not KEY=VALUE (e.g. output_stride=8)", param_hint="'--model-kwargs'")
+        kwargs[key] = yaml.safe_load(value) if value else ""
+    return kwargs
+
+
 def convert(
     model: Annotated[str, typer.Argument(
         help="Model name: 'resnet50' (timm first, then torchvision), 'timm:NAME' or 'torchvision:NAME'.",
@@ -49,6 +69,12 @@ def convert(
     exclude: Annotated[list[str] | None, typer.Option(
         "--exclude", "-x", help="Never replace convs whose name matches this pattern; exclude wins over include. "
         "Repeatable.", show_default=False)] = None,
+    preset: Annotated[Preset | None, typer.Option(
+        help="Rules that go first: 'paper' = the paper's ResNet placement (conv2 of each residual block); "
+        "'all' = every eligible conv (the default).", show_default=False)] = None,
+    rules_file: Annotated[Path | None, typer.Option(
+        "--rules", help="Rules file (.yaml, .yml or .toml): ordered include/exclude rules with structural filters "
+        "and hyperparameters. --include/--exclude add to its rules.", show_default=False, dir_okay=False)] = None,
     variant: Annotated[Variant, typer.Option(
         help="'paper': the paper's equations. 'seed': the seed document's code, defects included.")] = Variant.PAPER,
     stride_policy: Annotated[StridePolicy, typer.Option(
@@ -64,6 +90,9 @@ def convert(
         "training checkpoint.", show_default=False, dir_okay=False)] = None,
     num_classes: Annotated[int | None, typer.Option(
         help="Classifier size passed to the model constructor.", min=1, show_default=False)] = None,
+    model_kwargs: Annotated[list[str] | None, typer.Option(
+        "--model-kwargs", help="Constructor argument KEY=VALUE (value read as YAML: 8, 0.1, true, text), e.g. "
+        "output_stride=8. Repeatable; recorded in the checkpoint.", show_default=False)] = None,
     seed: Annotated[int, typer.Option(help="Seed that initialises the new SCConv parameters.")] = 0,
     allow_unmatched: Annotated[bool, typer.Option(
         "--allow-unmatched", help="Do not fail (exit 3) when an --include pattern matches no conv.")] = False,
@@ -79,15 +108,18 @@ def convert(
     if pretrained and weights is not None:
         raise typer.BadParameter("--pretrained and --weights are exclusive; pass one", param_hint="'--weights'")
     size = parse_input_size(input_size)
-    rules = [Rule(p, RuleAction.INCLUDE) for p in include or []] + [Rule(p, RuleAction.EXCLUDE) for p in exclude or []]
+    kwargs = parse_model_kwargs(model_kwargs)
     config = ScConvConfig(variant=variant, stride_policy=stride_policy)
     with output.errors(), output.progress() as step:
+        rules = assemble_rules(preset=preset.value if preset else None, rules_file=rules_file,
+                               include=include or (), exclude=exclude or ())
         result = run_conversion(model, rules=rules, config=config, pretrained=pretrained, weights=weights,
-                                num_classes=num_classes, input_size=size, out=out, dry_run=dry_run,
+                                num_classes=num_classes, model_kwargs=kwargs, input_size=size, out=out,
+                                dry_run=dry_run,
                                 seed=seed, allow_unmatched=allow_unmatched, on_step=step)
     for rule, matched in zip(result.plan.rules, result.plan.rule_matches):
         if rule.action is RuleAction.EXCLUDE and matched == 0:
-            output.warn(f"--exclude {rule.pattern!r} matched no conv")
+            output.warn(f"exclude rule {rule.pattern!r} matched no conv")
     if json_output:
         output.emit_json(result.to_dict())
     else:

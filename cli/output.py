@@ -18,10 +18,10 @@ from .errors import EXIT_UNEXPECTED, error_document, exit_code_for
 
 
 def _stderr_console() -> Console:
-    """Rich on stderr; 120 columns when not a terminal (logs, CI) so tables stay readable."""
+    """Rich on stderr; 140 columns when not a terminal (logs, CI) so tables stay readable."""
     console = Console(stderr=True)
     if not console.is_terminal and "COLUMNS" not in os.environ:
-        console = Console(stderr=True, width=120)
+        console = Console(stderr=True, width=140)
     return console
 
 

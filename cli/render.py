@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from scconv_surgery.counting import CountReport
+from scconv_surgery.layers import ScConvConfig
 from scconv_surgery.pipeline import ConversionResult
-from scconv_surgery.plan import Decision, Plan
+from scconv_surgery.plan import ConvSpec, Decision, Plan
 
 
 def human(n: float, unit: str = "") -> str:
@@ -23,27 +25,60 @@ def _pair(values: tuple[int, int] | list[int]) -> str:
 
 
 def plan_table(plan: Plan) -> Table:
-    """One row per conv: name, class, channels, kernel, stride, decision, reason, params."""
+    """One row per conv: name (and aliases), class, conv shape, deciding rule, decision, reason,
+    params before -> after."""
     table = Table(title=f"{len(plan.replaced)} of {len(plan.decisions)} convs replaced", title_justify="left")
-    for column, justify in (("name", "left"), ("class", "left"), ("in -> out", "right"), ("kernel", "right"),
-                            ("stride", "right"), ("decision", "left"), ("reason", "left"),
-                            ("params before -> after", "right")):
-        table.add_column(column, justify=justify, overflow="fold",
-                         no_wrap=column in ("name", "in -> out", "params before -> after"))
+    table.add_column("name", no_wrap=True)
+    table.add_column("class", no_wrap=True)
+    table.add_column("conv", no_wrap=True)
+    table.add_column("rule", justify="right", no_wrap=True)
+    table.add_column("decision", no_wrap=True)
+    table.add_column("reason / hyperparameters", min_width=30, overflow="fold")
+    table.add_column("params", justify="right", no_wrap=True)
     for d in plan.decisions:
         table.add_row(*_decision_row(d))
     return table
 
 
+def conv_summary(spec: ConvSpec) -> str:
+    """``64->128 3x3 s2``, with ``d2`` / ``g32`` only where dilation / groups are not 1."""
+    text = f"{spec.in_channels}->{spec.out_channels} {spec.kernel_size[0]}x{spec.kernel_size[1]} s{_pair(spec.stride)}"
+    if spec.dilation != (1, 1):
+        text += f" d{_pair(spec.dilation)}"
+    if spec.groups != 1:
+        text += f" g{spec.groups}"
+    return text
+
+
 def _decision_row(d: Decision) -> list[str]:
     name = d.name + "".join(f"\n  = {alias}" for alias in d.aliases)
     decision = "[green]replace[/]" if d.is_replaced else "skip"
-    reason = d.detail if not d.is_replaced else (
-        f"rule {d.rule_index}" if d.rule_index is not None else "default rule")
+    reason = escape(d.detail) if not d.is_replaced else _config_summary(d)
     params = (f"{d.params_before:,} -> {d.params_after:,}" if d.is_replaced else f"{d.params_before:,}")
-    spec = d.spec
-    return [name, d.class_name, f"{spec.in_channels} -> {spec.out_channels}", _pair(spec.kernel_size),
-            _pair(spec.stride), decision, reason, params]
+    rule = "-" if d.rule_index is None else str(d.rule_index)
+    return [escape(name), d.class_name, conv_summary(d.spec), rule, decision, reason, params]
+
+
+def _config_summary(d: Decision) -> str:
+    """What differs from the paper's defaults in a replacement's hyperparameters."""
+    if d.config is None:
+        return ""
+    default = ScConvConfig().to_dict()
+    changed = [f"{k}={v}" for k, v in d.config.to_dict().items() if v != default[k]]
+    return ", ".join(changed)
+
+
+def rules_table(plan: Plan) -> Table:
+    """Each rule as given, and how many convs it matched."""
+    table = Table(title="Rules (in order; exclude wins, later includes override)", title_justify="left")
+    for column in ("#", "action", "pattern", "filters / hyperparameters", "matched"):
+        table.add_column(column, justify="right" if column in ("#", "matched") else "left")
+    for index, (rule, matched) in enumerate(zip(plan.rules, plan.rule_matches)):
+        extra = {k: v for k, v in rule.to_dict().items() if k not in ("include", "exclude")}
+        style = "red" if matched == 0 else ""
+        table.add_row(str(index), rule.action.value, escape(rule.pattern),
+                      ", ".join(f"{k}={v}" for k, v in extra.items()), f"[{style}]{matched}[/]" if style else str(matched))
+    return table
 
 
 def counts_table(report: CountReport) -> Table:
@@ -61,7 +96,7 @@ def counts_table(report: CountReport) -> Table:
 
 def uncounted_table(report: CountReport) -> Table:
     """Operators the counter does not count, before and after (what the surgery added)."""
-    table = Table(title="Not counted in MACs (calls per forward)", title_justify="left")
+    table = Table(title="Uncounted operators (calls)", title_justify="left")
     for column in ("operator", "before", "after"):
         table.add_column(column, justify="left" if column == "operator" else "right")
     ops = sorted(set(report.before.uncounted_ops) | set(report.after.uncounted_ops))
@@ -76,6 +111,10 @@ def render_conversion(console: Console, result: ConversionResult) -> None:
     console.print(f"[bold]{source.library}:{source.name}[/]  weights: {source.weights.get('kind')}"
                   f"  variant: {_variants(result.plan)}  seed: {result.seed}", highlight=False)
     console.print(plan_table(result.plan))
+    console.print("conv: in->out channels, kernel, s=stride, d=dilation, g=groups (shown when not 1); "
+                  "rule: the rule that decided (- = none)", style="dim", highlight=False)
+    if result.plan.rules:
+        console.print(rules_table(result.plan))
     skips = result.plan.skip_summary()
     if skips:
         console.print("skipped: " + ", ".join(f"{n} {reason}" for reason, n in sorted(skips.items())),

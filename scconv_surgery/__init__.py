@@ -5,16 +5,18 @@ The pipeline, one step per module: :func:`create_model` (models) -> :func:`plan_
 :func:`save_checkpoint` / :func:`load` (checkpoint). :func:`convert` plans and applies in one
 call on any ``nn.Module``.
 """
-from .apply import apply_plan, build_replacement, convert
+from .apply import apply_plan, build_replacement, check_shapes, convert
 from .checkpoint import build_manifest, load, read_checkpoint, save_checkpoint
 from .counting import CountReport, Counts, compare_counts, count_model
 from .errors import (
     CheckpointError,
     InvalidRuleError,
+    ModelArgumentError,
     NothingSelectedError,
     OutputPathError,
     PlanMismatchError,
     PretrainedWeightsError,
+    RulesFileError,
     ScconvError,
     ShapeMismatchError,
     UnknownModelError,
@@ -24,7 +26,7 @@ from .errors import (
 from .layers import CRU, SRU, ScConv, ScConvConfig, StridePolicy, Variant
 from .models import ModelSource, create_model, default_input_size
 from .plan import Action, ConvSpec, Decision, Plan, SkipReason, plan_conversion
-from .rules import Rule, RuleAction
+from .rules import Rule, RuleAction, assemble_rules, load_rules_file
 
 __version__ = "0.1.0"
 
@@ -36,4 +38,5 @@ __all__ = [
     "CountReport", "ModelSource", "ScconvError", "UnknownModelError", "PretrainedWeightsError",
     "WeightsFileError", "InvalidRuleError", "UnmatchedRuleError", "NothingSelectedError",
     "OutputPathError", "CheckpointError", "PlanMismatchError", "ShapeMismatchError",
+    "RulesFileError", "ModelArgumentError", "check_shapes", "load_rules_file", "assemble_rules",
 ]

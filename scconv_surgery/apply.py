@@ -6,17 +6,18 @@ applies on a deep copy unless ``inplace=True``.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from .errors import PlanMismatchError
+from .errors import PlanMismatchError, ShapeMismatchError
 from .layers import ScConv, ScConvConfig
 from .plan import ConvSpec, Decision, Plan, plan_conversion
 from .rules import Rule
 
-__all__ = ["build_replacement", "apply_plan", "convert"]
+__all__ = ["build_replacement", "apply_plan", "convert", "check_shapes"]
 
 
 def build_replacement(decision: Decision, *, device: torch.device | str | None = None,
@@ -85,6 +86,51 @@ def apply_plan(model: nn.Module, plan: Plan, *, seed: int | None = 0) -> nn.Modu
             for name in (decision.name, *decision.aliases):
                 _set_submodule(model, name, layer)
     return model
+
+
+def _output_shapes(model: nn.Module, names: Sequence[str], x: torch.Tensor) -> dict[str, tuple[int, ...]]:
+    """Output shape of each named module on one forward of ``x`` (eval mode, no grad)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    handles = []
+    modes = [(m, m.training) for m in model.modules()]
+
+    def record(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Any, out: torch.Tensor) -> None:  # returns None: output kept
+            shapes.setdefault(name, tuple(out.shape))
+        return hook
+
+    try:
+        for name in names:
+            handles.append(model.get_submodule(name).register_forward_hook(record(name)))
+        model.eval()
+        with torch.no_grad():
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, training in modes:
+            module.training = training
+    return shapes
+
+
+def check_shapes(base: nn.Module, converted: nn.Module, plan: Plan, input_size: tuple[int, int, int]) -> None:
+    """Check, with one forward of each model, that every replacement returns its conv's shape.
+
+    Both models run in eval mode on a zero input of shape ``(1, *input_size)``; no hook or
+    mode change is left behind.
+
+    Raises:
+        ShapeMismatchError: a replaced module's output shape differs (names the first such).
+    """
+    names = [d.name for d in plan.replaced]
+    first = next(base.parameters(), None)
+    x = torch.zeros(1, *input_size, device=first.device if first is not None else "cpu",
+                    dtype=first.dtype if first is not None else torch.float32)
+    expected = _output_shapes(base, names, x)
+    actual = _output_shapes(converted, names, x)
+    for name in names:
+        if name in expected and expected[name] != actual.get(name):
+            raise ShapeMismatchError(name, expected[name], actual.get(name, ()))
 
 
 def convert(model: nn.Module, rules: Sequence[Rule] = (), *, config: ScConvConfig | None = None,

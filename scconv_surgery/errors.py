@@ -163,3 +163,34 @@ class PlanMismatchError(ScconvError, ValueError):
     def __init__(self, name: str, problem: str):
         self.name = name
         super().__init__(f"{name!r}: {problem}")
+
+
+class RulesFileError(ScconvError, ValueError):
+    """A rules file that cannot be used.
+
+    Attributes:
+        path: the file.
+        index: the rule's position (0-based) in the file's ``rules`` list, or None for the file.
+        key: the offending key, or None.
+    """
+
+    def __init__(self, path: str, index: int | None, key: str | None, problem: str):
+        self.path = path
+        self.index = index
+        self.key = key
+        where = "".join([f", rule {index}" if index is not None else "", f", key {key!r}" if key is not None else ""])
+        super().__init__(f"rules file {path!r}{where}: {problem}")
+
+
+class ModelArgumentError(ScconvError, TypeError):
+    """The model's constructor rejected the keyword arguments given.
+
+    Attributes:
+        name: the model name.
+        kwargs: the keyword arguments passed.
+    """
+
+    def __init__(self, name: str, kwargs: dict, problem: str):
+        self.name = name
+        self.kwargs = dict(kwargs)
+        super().__init__(f"model {name!r} rejected the constructor arguments {self.kwargs}: {problem}")

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import PretrainedWeightsError, UnknownModelError, WeightsFileError
+from .errors import ModelArgumentError, PretrainedWeightsError, UnknownModelError, WeightsFileError
 
 __all__ = ["ModelSource", "create_model", "build_model", "load_weights_file", "default_input_size"]
 
@@ -123,7 +123,8 @@ def _build(library: str, name: str, kwargs: Mapping[str, Any], pretrained: bool)
 
 
 def create_model(name: str, *, pretrained: bool = False, weights: str | os.PathLike | None = None,
-                 num_classes: int | None = None) -> tuple[nn.Module, ModelSource]:
+                 num_classes: int | None = None,
+                 model_kwargs: Mapping[str, Any] | None = None) -> tuple[nn.Module, ModelSource]:
     """Build a model by name, with pretrained weights, a local weights file, or neither.
 
     Args:
@@ -132,6 +133,8 @@ def create_model(name: str, *, pretrained: bool = False, weights: str | os.PathL
         pretrained: load the library's pretrained weights (from its cache, else downloaded).
         weights: a local weights file (see :func:`load_weights_file`); excludes ``pretrained``.
         num_classes: classifier size passed to the constructor.
+        model_kwargs: other constructor keyword arguments, e.g. ``{"output_stride": 8}``
+            (recorded, so a checkpoint rebuilds the same architecture).
 
     Returns:
         ``(model, source)``: the model in eval mode on CPU, and how it was built.
@@ -142,13 +145,20 @@ def create_model(name: str, *, pretrained: bool = False, weights: str | os.PathL
             downloadable.
         WeightsFileError: the weights file is missing, unreadable or does not fit.
         ValueError: both ``pretrained`` and ``weights``.
+        ModelArgumentError: the constructor rejects a keyword argument.
     """
     if pretrained and weights is not None:
         raise ValueError("pass either pretrained=True or weights=FILE, not both")
     library, model_name = _resolve(name)
-    kwargs = {} if num_classes is None else {"num_classes": int(num_classes)}
+    kwargs = dict(model_kwargs or {})
+    if num_classes is not None:
+        kwargs["num_classes"] = int(num_classes)
     try:
         model = _build(library, model_name, kwargs, pretrained)
+    except TypeError as err:
+        if kwargs:
+            raise ModelArgumentError(name, kwargs, str(err)) from err
+        raise
     except Exception as err:
         if pretrained:
             raise PretrainedWeightsError(name, f"{type(err).__name__}: {err}".splitlines()[0]) from err

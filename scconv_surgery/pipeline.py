@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .apply import apply_plan
+from .apply import apply_plan, check_shapes
 from .checkpoint import build_manifest, check_output_path, save_checkpoint
 from .counting import CountReport, compare_counts
 from .errors import NothingSelectedError, UnmatchedRuleError
@@ -65,7 +65,8 @@ def _noop(message: str) -> None:
 
 def run_conversion(name: str, *, rules: Sequence[Rule] = (), config: ScConvConfig | None = None,
                    pretrained: bool = False, weights: str | os.PathLike | None = None,
-                   num_classes: int | None = None, input_size: tuple[int, int, int] | None = None,
+                   num_classes: int | None = None, model_kwargs: Mapping[str, Any] | None = None,
+                   input_size: tuple[int, int, int] | None = None,
                    out: str | os.PathLike | None = None, dry_run: bool = False, seed: int = 0,
                    allow_unmatched: bool = False,
                    on_step: Callable[[str], None] = _noop) -> ConversionResult:
@@ -75,7 +76,8 @@ def run_conversion(name: str, *, rules: Sequence[Rule] = (), config: ScConvConfi
         name: ``resnet50``, ``timm:NAME`` or ``torchvision:NAME``.
         rules: include / exclude rules; empty replaces every eligible conv.
         config: SCConv hyperparameters (default: the paper's).
-        pretrained, weights, num_classes: see :func:`~scconv_surgery.models.create_model`.
+        pretrained, weights, num_classes, model_kwargs: see
+            :func:`~scconv_surgery.models.create_model`.
         input_size: ``(C, H, W)`` to count at; default the model's own
             (:func:`~scconv_surgery.models.default_input_size`).
         out: checkpoint path (``.pt``), checked first even in a dry run.
@@ -94,6 +96,7 @@ def run_conversion(name: str, *, rules: Sequence[Rule] = (), config: ScConvConfi
         UnknownModelError, PretrainedWeightsError, WeightsFileError: see ``create_model``.
         UnmatchedRuleError: an include rule matched no conv (unless ``allow_unmatched``).
         NothingSelectedError: no conv is replaced.
+        ShapeMismatchError: a replacement does not return its conv's shape (nothing is saved).
     """
     out_path = check_output_path(out) if out is not None else None
     validate_rules(rules)
@@ -101,7 +104,8 @@ def run_conversion(name: str, *, rules: Sequence[Rule] = (), config: ScConvConfi
     on_step(f"building {name}")
     with torch.random.fork_rng(devices=[]):  # a randomly initialised base is reproducible too
         torch.manual_seed(seed)
-        base, source = create_model(name, pretrained=pretrained, weights=weights, num_classes=num_classes)
+        base, source = create_model(name, pretrained=pretrained, weights=weights, num_classes=num_classes,
+                                    model_kwargs=model_kwargs)
     on_step("planning")
     plan = plan_conversion(base, rules, config=config)
     unmatched = plan.unmatched_includes()
@@ -112,6 +116,8 @@ def run_conversion(name: str, *, rules: Sequence[Rule] = (), config: ScConvConfi
     on_step(f"replacing {len(plan.replaced)} convs")
     converted = apply_plan(copy.deepcopy(base), plan, seed=seed)
     size = tuple(input_size) if input_size else default_input_size(base, source)
+    on_step(f"checking output shapes at {'x'.join(map(str, size))}")
+    check_shapes(base, converted, plan, size)
     on_step(f"counting at {'x'.join(map(str, size))}")
     report = compare_counts(base, converted, size)
     if out_path is not None and not dry_run:

@@ -17,11 +17,10 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-import torch
 from torch import nn
 
 from .layers import ScConv, ScConvConfig, StridePolicy, scconv_constraint_error
-from .rules import Rule, RuleAction, match_rules, validate_rules
+from .rules import Rule, RuleAction, match_rules, merged_config, validate_rules
 
 __all__ = ["Action", "SkipReason", "ConvSpec", "Decision", "Plan", "plan_conversion",
            "find_convs", "TIMM_SAME_SHAPE_CONVS"]
@@ -206,18 +205,28 @@ def find_convs(model: nn.Module) -> list[tuple[str, tuple[str, ...], nn.Conv2d]]
     return [(n[0], tuple(n[1:]), modules[key]) for key, n in names.items()]
 
 
-def _ineligibility(conv: nn.Conv2d, spec: ConvSpec, config: ScConvConfig) -> tuple[SkipReason, str] | None:
-    """Why ``conv`` cannot be replaced under ``config``, or None if it can."""
+def _ineligibility(conv: nn.Conv2d, spec: ConvSpec, config: ScConvConfig, *, kernel_asked: bool = False,
+                   class_asked: bool = False) -> tuple[SkipReason, str] | None:
+    """Why ``conv`` cannot be replaced under ``config``, or None if it can.
+
+    ``kernel_asked``: an include rule names this conv's kernel size (odd kernels other than 3
+    become eligible). ``class_asked``: an include rule names this conv's class (an
+    ``nn.Conv2d`` subclass with its own forward becomes eligible).
+    """
     cls = type(conv).__name__
-    if type(conv) is not nn.Conv2d and cls not in TIMM_SAME_SHAPE_CONVS:
-        return SkipReason.CONV_SUBCLASS, f"{cls} subclasses nn.Conv2d with its own forward"
+    if type(conv) is not nn.Conv2d and cls not in TIMM_SAME_SHAPE_CONVS and not class_asked:
+        return SkipReason.CONV_SUBCLASS, f"{cls} subclasses nn.Conv2d with its own forward; name it in a rule's conv_class"
     kh, kw = spec.kernel_size
     if (kh, kw) == (1, 1):
         return SkipReason.POINTWISE, "1x1 kernel: SCConv would cost more"
     if kh != kw:
         return SkipReason.KERNEL, f"non-square kernel {kh}x{kw}"
-    if kh != 3:
-        return SkipReason.KERNEL, f"kernel {kh}x{kw}: only 3x3 by default"
+    if kh % 2 == 0:
+        return SkipReason.KERNEL, f"even kernel {kh}x{kw}"
+    if kh != 3 and not kernel_asked:
+        return SkipReason.KERNEL, f"kernel {kh}x{kw}: 3x3 only, unless a rule sets kernel_size: {kh}"
+    if cls in _DYNAMIC_SAME_PADDING and kh != 3:
+        return SkipReason.KERNEL, f"{cls} with kernel {kh}x{kw}: output shape matches only for 3x3"
     if spec.groups != 1:
         kind = "depthwise" if spec.groups == spec.in_channels else "grouped"
         return SkipReason.GROUPED, f"{kind} (groups={spec.groups}): dense convs only"
@@ -259,7 +268,8 @@ def plan_conversion(model: nn.Module, rules: Sequence[Rule] = (), *,
         model: any ``nn.Module``.
         rules: ordered include / exclude rules (:mod:`scconv_surgery.rules`); empty selects
             every eligible conv.
-        config: SCConv hyperparameters for every replaced conv (default: the paper's).
+        config: SCConv hyperparameters for every replaced conv (default: the paper's); the
+            matching include rules' hyperparameters override it, later rules last.
 
     Returns:
         A :class:`Plan` with one decision per distinct ``nn.Conv2d``, in module order.
@@ -267,28 +277,31 @@ def plan_conversion(model: nn.Module, rules: Sequence[Rule] = (), *,
     Raises:
         InvalidRuleError: a rule cannot be evaluated (bad regex).
     """
-    config = config or ScConvConfig()
+    base = config or ScConvConfig()
     rules = tuple(rules)
     validate_rules(rules)
     matches = [0] * len(rules)
     decisions = []
     cache: dict = {}
-    with torch.no_grad():
-        for name, aliases, conv in find_convs(model):
-            all_names = (name, *aliases)
-            for index, rule in enumerate(rules):
-                matches[index] += any(rule.matches(n) for n in all_names)
-            selected, rule_index = match_rules(all_names, rules)
-            spec = ConvSpec.from_conv(conv)
-            reason = _ineligibility(conv, spec, config)
-            if reason is None and not selected:
-                reason = ((SkipReason.EXCLUDED, f"excluded by rule {rule_index} ({rules[rule_index].pattern!r})")
-                          if rule_index is not None else (SkipReason.NOT_SELECTED, "no include rule matched"))
-            if reason is None:
-                after = _params_after(spec, config, cache)
-                decisions.append(Decision(name, aliases, type(conv).__name__, spec, Action.REPLACE, None,
-                                          "replaced by SCConv", rule_index, config, spec.params, after))
-            else:
-                decisions.append(Decision(name, aliases, type(conv).__name__, spec, Action.SKIP, reason[0],
-                                          reason[1], rule_index, None, spec.params, spec.params))
+    for name, aliases, conv in find_convs(model):
+        spec = ConvSpec.from_conv(conv)
+        cls = type(conv).__name__
+        matching = [i for i, rule in enumerate(rules) if rule.matches_conv((name, *aliases), spec, cls)]
+        for index in matching:
+            matches[index] += 1
+        selected, rule_index = match_rules(matching, rules)
+        config = merged_config(base, matching, rules)
+        includes = [rules[i] for i in matching if rules[i].action is RuleAction.INCLUDE]
+        reason = _ineligibility(conv, spec, config, kernel_asked=any(r.kernel_size for r in includes),
+                                class_asked=any(r.conv_class for r in includes))
+        if reason is None and not selected:
+            reason = ((SkipReason.EXCLUDED, f"excluded by rule {rule_index} ({rules[rule_index].pattern!r})")
+                      if rule_index is not None else (SkipReason.NOT_SELECTED, "no include rule matched"))
+        if reason is None:
+            after = _params_after(spec, config, cache)
+            decisions.append(Decision(name, aliases, cls, spec, Action.REPLACE, None, "replaced by SCConv",
+                                      rule_index, config, spec.params, after))
+        else:
+            decisions.append(Decision(name, aliases, cls, spec, Action.SKIP, reason[0], reason[1],
+                                      rule_index, None, spec.params, spec.params))
     return Plan(tuple(decisions), rules, tuple(matches))

@@ -23,27 +23,32 @@ def test_pattern_semantics(case, pattern, name, expected):
     assert Rule(pattern).matches(name) is expected
 
 
+def _select(names, rules):
+    """match_rules over the rules whose pattern matches one of ``names``."""
+    return match_rules([i for i, r in enumerate(rules) if any(r.matches(n) for n in names)], rules)
+
+
 def test_exclude_wins_over_a_later_include():
     rules = [Rule("*", INC), Rule("layer1.*", EXC), Rule("layer1.0.conv2", INC)]
-    assert match_rules(["layer1.0.conv2"], rules) == (False, 1)
-    assert match_rules(["layer2.0.conv2"], rules) == (True, 0)
+    assert _select(["layer1.0.conv2"], rules) == (False, 1)
+    assert _select(["layer2.0.conv2"], rules) == (True, 0)
 
 
 def test_last_matching_include_decides():
     rules = [Rule("layer*", INC), Rule("layer2.*", INC)]
-    assert match_rules(["layer2.0.conv2"], rules) == (True, 1)
-    assert match_rules(["layer3.0.conv2"], rules) == (True, 0)
+    assert _select(["layer2.0.conv2"], rules) == (True, 1)
+    assert _select(["layer3.0.conv2"], rules) == (True, 0)
 
 
 def test_no_include_rules_select_everything_not_excluded():
-    assert match_rules(["a.b"], []) == (True, None)
-    assert match_rules(["a.b"], [Rule("c.*", EXC)]) == (True, None)
-    assert match_rules(["a.b"], [Rule("c.*", INC)]) == (False, None)
+    assert _select(["a.b"], []) == (True, None)
+    assert _select(["a.b"], [Rule("c.*", EXC)]) == (True, None)
+    assert _select(["a.b"], [Rule("c.*", INC)]) == (False, None)
 
 
 def test_any_alias_matching_counts():
-    assert match_rules(["conv", "again"], [Rule("again", INC)]) == (True, 0)
-    assert match_rules(["conv", "again"], [Rule("again", EXC)]) == (False, 0)
+    assert _select(["conv", "again"], [Rule("again", INC)]) == (True, 0)
+    assert _select(["conv", "again"], [Rule("again", EXC)]) == (False, 0)
 
 
 def test_comma_is_part_of_the_pattern():
