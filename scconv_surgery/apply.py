@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._modes import eval_mode
 from .errors import PlanMismatchError, ShapeMismatchError
 from .layers import ScConv, ScConvConfig
 from .plan import ConvSpec, Decision, Plan, plan_conversion
@@ -88,49 +89,49 @@ def apply_plan(model: nn.Module, plan: Plan, *, seed: int | None = 0) -> nn.Modu
     return model
 
 
-def _output_shapes(model: nn.Module, names: Sequence[str], x: torch.Tensor) -> dict[str, tuple[int, ...]]:
-    """Output shape of each named module on one forward of ``x`` (eval mode, no grad)."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    handles = []
-    modes = [(m, m.training) for m in model.modules()]
+def _conv_shapes(model: nn.Module, names: Sequence[str], x: torch.Tensor) -> dict[str, tuple[tuple, tuple]]:
+    """(input shape, output shape) of each named module on one forward of ``x`` (eval, no grad)."""
+    shapes: dict[str, tuple[tuple, tuple]] = {}
 
     def record(name: str) -> Callable[..., None]:
         def hook(module: nn.Module, args: Any, out: torch.Tensor) -> None:  # returns None: output kept
-            shapes.setdefault(name, tuple(out.shape))
+            shapes.setdefault(name, (tuple(args[0].shape), tuple(out.shape)))
         return hook
 
+    handles = [model.get_submodule(name).register_forward_hook(record(name)) for name in names]
     try:
-        for name in names:
-            handles.append(model.get_submodule(name).register_forward_hook(record(name)))
-        model.eval()
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             model(x)
     finally:
         for handle in handles:
             handle.remove()
-        for module, training in modes:
-            module.training = training
     return shapes
 
 
 def check_shapes(base: nn.Module, converted: nn.Module, plan: Plan, input_size: tuple[int, int, int]) -> None:
-    """Check, with one forward of each model, that every replacement returns its conv's shape.
+    """Check that every replacement returns the shape its conv returned.
 
-    Both models run in eval mode on a zero input of shape ``(1, *input_size)``; no hook or
-    mode change is left behind.
+    One forward of ``base`` on a zero input ``(1, *input_size)`` records each planned conv's
+    input and output shapes; each replacement in ``converted`` then runs alone on a zero input
+    of its conv's input shape, so a mismatch is pinned to its layer. Eval mode and no grad;
+    no hook or mode change is left behind.
 
     Raises:
-        ShapeMismatchError: a replaced module's output shape differs (names the first such).
+        ShapeMismatchError: a replacement's output shape differs (names the first such layer).
     """
     names = [d.name for d in plan.replaced]
     first = next(base.parameters(), None)
-    x = torch.zeros(1, *input_size, device=first.device if first is not None else "cpu",
-                    dtype=first.dtype if first is not None else torch.float32)
-    expected = _output_shapes(base, names, x)
-    actual = _output_shapes(converted, names, x)
+    kw = {"device": first.device, "dtype": first.dtype} if first is not None else {}
+    shapes = _conv_shapes(base, names, torch.zeros(1, *input_size, **kw))
     for name in names:
-        if name in expected and expected[name] != actual.get(name):
-            raise ShapeMismatchError(name, expected[name], actual.get(name, ()))
+        if name not in shapes:  # not called by the model's forward
+            continue
+        in_shape, expected = shapes[name]
+        module = converted.get_submodule(name)
+        with eval_mode(module), torch.no_grad():
+            actual = tuple(module(torch.zeros(in_shape, **kw)).shape)
+        if actual != expected:
+            raise ShapeMismatchError(name, expected, actual)
 
 
 def convert(model: nn.Module, rules: Sequence[Rule] = (), *, config: ScConvConfig | None = None,

@@ -11,16 +11,17 @@ state_dict. Counting runs in eval mode and leaves the model as it found it.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import warnings
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+
+from ._modes import eval_mode
 
 __all__ = ["Counts", "CountReport", "count_model", "compare_counts"]
 
@@ -103,18 +104,6 @@ class CountReport:
         }
 
 
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Put every submodule in eval mode; restore each one's own mode afterwards."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training
-
-
 def _count_fvcore(model: nn.Module, x: torch.Tensor) -> tuple[int, dict, dict, dict]:
     with warnings.catch_warnings():  # torch.jit's deprecation notice, once per trace
         warnings.simplefilter("ignore", FutureWarning)
@@ -158,7 +147,7 @@ def count_model(model: nn.Module, input_size: tuple[int, int, int]) -> Counts:
     dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
     x = torch.zeros(1, *input_size, device=device, dtype=dtype)
     params = sum(p.numel() for p in model.parameters())
-    with _eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         try:
             macs, by_operator, by_module, uncounted = _count_fvcore(model, x)
             return Counts(params, macs, by_operator, by_module, uncounted, FVCORE)

@@ -219,6 +219,9 @@ def _ineligibility(conv: nn.Conv2d, spec: ConvSpec, config: ScConvConfig, *, ker
     kh, kw = spec.kernel_size
     if (kh, kw) == (1, 1):
         return SkipReason.POINTWISE, "1x1 kernel: SCConv would cost more"
+    if spec.groups != 1:
+        kind = "depthwise" if spec.groups == spec.in_channels else "grouped"
+        return SkipReason.GROUPED, f"{kind} (groups={spec.groups}): dense convs only"
     if kh != kw:
         return SkipReason.KERNEL, f"non-square kernel {kh}x{kw}"
     if kh % 2 == 0:
@@ -227,9 +230,6 @@ def _ineligibility(conv: nn.Conv2d, spec: ConvSpec, config: ScConvConfig, *, ker
         return SkipReason.KERNEL, f"kernel {kh}x{kw}: 3x3 only, unless a rule sets kernel_size: {kh}"
     if cls in _DYNAMIC_SAME_PADDING and kh != 3:
         return SkipReason.KERNEL, f"{cls} with kernel {kh}x{kw}: output shape matches only for 3x3"
-    if spec.groups != 1:
-        kind = "depthwise" if spec.groups == spec.in_channels else "grouped"
-        return SkipReason.GROUPED, f"{kind} (groups={spec.groups}): dense convs only"
     if spec.dilation != (1, 1):
         return SkipReason.DILATED, f"dilation {spec.dilation[0]}x{spec.dilation[1]}"
     if spec.padding_mode != "zeros":

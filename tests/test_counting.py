@@ -1,4 +1,3 @@
-import copy
 
 import pytest
 import timm
@@ -8,7 +7,7 @@ from torch import nn
 from scconv_surgery import counting
 from scconv_surgery.apply import convert
 from scconv_surgery.counting import compare_counts, count_model
-from scconv_surgery.layers import ScConv, ScConvConfig
+from scconv_surgery.layers import ScConv
 
 
 def _scconv_conv_macs(c_in: int, c_out: int, out_area: int, in_area: int, k: int = 3, g: int = 2) -> int:

@@ -445,7 +445,7 @@ def test_paper_cru_matches_hand_reference(name, cin, cout, stride):
     x = torch.randn(2, cin, 8, 8)
     up = cin // 2  # int(alpha * C) with alpha = 1/2
     low = cin - up
-    up_sq, low_sq = up // 2, low // 2  # r = 2
+    low_sq = low // 2  # r = 2
     p = {k: v.detach() for k, v in cru.state_dict().items()}
     assert p["pwc2.weight"].shape == (cout - low_sq, low_sq, 1, 1)
 

@@ -166,3 +166,64 @@ def test_installed_console_script_help():
     for option in ("--out", "--dry-run", "--json", "--include", "--exclude", "--variant", "--stride-policy",
                    "--input-size", "--pretrained", "--weights", "--num-classes", "--seed", "--allow-unmatched"):
         assert option in done.stdout
+
+
+def test_rules_file_preset_and_flags(in_tmp):
+    (in_tmp / "r.toml").write_text('[[rules]]\ninclude = "layer4.*"\nalpha = 0.75\n')
+    result = invoke("convert", "torchvision:resnet18", "--dry-run", "--json", "--rules", "r.toml",
+                    "--include", "layer1.0.conv2", "--input-size", "64")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    replaced = {d["name"]: d for d in doc["plan"]["decisions"] if d["action"] == "replace"}
+    assert set(replaced) == {"layer1.0.conv2", "layer4.0.conv1", "layer4.0.conv2", "layer4.1.conv1",
+                             "layer4.1.conv2"}
+    assert replaced["layer4.1.conv2"]["config"]["alpha"] == 0.75
+    assert replaced["layer1.0.conv2"]["config"]["alpha"] == 0.5
+    assert [(r.get("include"), r["matched"]) for r in doc["plan"]["rules"]] == [("layer4.*", 5), ("layer1.0.conv2", 1)]
+
+
+def test_preset_paper(in_tmp):
+    result = invoke("convert", "torchvision:resnet18", "--dry-run", "--json", "--preset", "paper", "--input-size", "64")
+    assert result.exit_code == 0, result.output
+    replaced = [d["name"] for d in json.loads(result.stdout)["plan"]["decisions"] if d["action"] == "replace"]
+    assert replaced == [f"layer{s}.{b}.conv2" for s in (1, 2, 3, 4) for b in (0, 1)]
+
+
+def test_invalid_rules_file_exits_2(in_tmp):
+    (in_tmp / "r.yaml").write_text("rules:\n  - include: 'layer1.*'\n  - include: 'x'\n    kernal_size: 3\n")
+    result = invoke("convert", "torchvision:resnet18", "--out", "m.pt", "--rules", "r.yaml")
+    assert_clean_error(result, EXIT_BAD_INPUT, "r.yaml", "rule 1", "'kernal_size'", "did you mean 'kernel_size'")
+    assert not (in_tmp / "m.pt").exists()
+
+
+def test_model_kwargs_are_passed_and_recorded(in_tmp):
+    result = invoke("convert", "timm:resnet50", "--model-kwargs", "output_stride=8", "--out", "m.pt",
+                    "--input-size", "64", "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["model"]["kwargs"] == {"output_stride": 8}
+    assert doc["plan"]["skip_reasons"]["dilated"] == 8
+    assert load("m.pt").layer4[2].conv2.dilation == (4, 4)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--model-kwargs", "output_stride"], ["KEY=VALUE"]),
+    (["--model-kwargs", "no_such_argument=1"], ["no_such_argument"]),
+])
+def test_bad_model_kwargs(args, words, in_tmp):
+    result = invoke("convert", "timm:resnet18", "--dry-run", *args)
+    assert_clean_error(result, EXIT_BAD_INPUT, *words)
+
+
+def test_shape_mismatch_names_the_layer_and_saves_nothing(in_tmp, monkeypatch):
+    from scconv_surgery import apply
+    from scconv_surgery.layers import ScConv
+
+    def wrong(decision, **kwargs):  # a replacement that halves the resolution
+        return ScConv(decision.spec.in_channels, decision.spec.out_channels, stride=2, config=decision.config)
+
+    monkeypatch.setattr(apply, "build_replacement", wrong)
+    result = invoke("convert", "torchvision:resnet18", "--out", "m.pt", "--include", "layer1.0.conv2",
+                    "--input-size", "64")
+    assert_clean_error(result, 1, "layer1.0.conv2", "(1, 64, 8, 8)", "(1, 64, 16, 16)")
+    assert not (in_tmp / "m.pt").exists()

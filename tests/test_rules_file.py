@@ -1,0 +1,170 @@
+"""Rules files (YAML / TOML), presets, and the shipped examples."""
+from pathlib import Path
+
+import pytest
+import timm
+
+from scconv_surgery.errors import RulesFileError
+from scconv_surgery.layers import ScConvConfig
+from scconv_surgery.plan import plan_conversion
+from scconv_surgery.rules import PRESETS, Rule, RuleAction, assemble_rules, load_rules_file
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "rules"
+
+YAML = """
+preset: paper
+rules:
+  - include: "layer4.*"
+    alpha: 0.75
+    min_in_channels: 256
+  - exclude: "re:layer4\\\\.0\\\\..*"
+"""
+TOML = """
+preset = "paper"
+[[rules]]
+include = "layer4.*"
+alpha = 0.75
+min_in_channels = 256
+[[rules]]
+exclude = 're:layer4\\.0\\..*'
+"""
+
+
+def test_yaml_and_toml_give_the_same_rules(tmp_path):
+    (tmp_path / "r.yaml").write_text(YAML)
+    (tmp_path / "r.toml").write_text(TOML)
+    yaml_file, toml_file = load_rules_file(tmp_path / "r.yaml"), load_rules_file(tmp_path / "r.toml")
+    expected = (Rule("layer4.*", RuleAction.INCLUDE, alpha=0.75, min_in_channels=256),
+                Rule(r"re:layer4\.0\..*", RuleAction.EXCLUDE))
+    assert yaml_file.rules == toml_file.rules == expected
+    assert yaml_file.preset == toml_file.preset == "paper"
+
+
+def test_assemble_orders_preset_file_then_flags(tmp_path):
+    (tmp_path / "r.yaml").write_text(YAML)
+    rules = assemble_rules(rules_file=tmp_path / "r.yaml", include=["fc"], exclude=["conv1"])
+    assert rules[0] == PRESETS["paper"][0]
+    assert [r.pattern for r in rules[1:]] == ["layer4.*", r"re:layer4\.0\..*", "fc", "conv1"]
+    assert [r.action for r in rules[3:]] == [RuleAction.INCLUDE, RuleAction.EXCLUDE]
+    # a preset on the command line replaces the file's
+    assert assemble_rules(preset="all", rules_file=tmp_path / "r.yaml")[0].pattern == "layer4.*"
+
+
+REJECTED = [  # (case, file text, rule index, key, words in the message)
+    ("unknown key with a suggestion", "rules:\n  - include: a\n    alpah: 0.5\n", 0, "alpah", "did you mean 'alpha'"),
+    ("wrong type", "rules:\n  - include: a\n  - include: b\n    kernel_size: three\n", 1, "kernel_size", "must be int"),
+    ("bool is not an int", "rules:\n  - include: a\n    stride: true\n", 0, "stride", "must be int"),
+    ("bad choice", "rules:\n  - include: a\n    variant: fast\n", 0, "variant", "paper, seed"),
+    ("bad regex", "rules:\n  - include: 're:layer[1'\n", 0, "include", "invalid regular expression"),
+    ("contradictory bounds", "rules:\n  - include: a\n    min_in_channels: 64\n    max_in_channels: 32\n", 0, None,
+     "min_in_channels=64 is above max_in_channels=32"),
+    ("hyperparameter on an exclude", "rules:\n  - exclude: a\n    alpha: 0.75\n", 0, None, "exclude rule cannot"),
+    ("1x1 include", "rules:\n  - include: a\n    kernel_size: 1\n", 0, None, "odd kernels of 3 or more"),
+    ("out-of-range hyperparameter", "rules:\n  - include: a\n    alpha: 1.5\n", 0, None, "alpha must be in (0, 1)"),
+    ("both include and exclude", "rules:\n  - include: a\n    exclude: b\n", 0, None, "exactly one"),
+    ("neither include nor exclude", "rules:\n  - stride: 2\n", 0, None, "exactly one"),
+    ("empty pattern", "rules:\n  - include: ''\n", 0, "include", "non-empty"),
+    ("rule not a mapping", "rules:\n  - layer1.*\n", 0, None, "must be a mapping"),
+    ("unknown top-level key", "rule:\n  - include: a\n", None, "rule", "unknown top-level key"),
+    ("rules not a list", "rules: layer1.*\n", None, "rules", "must be a list"),
+    ("unknown preset", "preset: fancy\n", None, "preset", "unknown preset 'fancy'"),
+    ("not YAML", "rules: [unclosed\n", None, None, "not valid YAML"),
+]
+
+
+@pytest.mark.parametrize("case, text, index, key, words", REJECTED, ids=[c[0] for c in REJECTED])
+def test_rejected_files_name_the_file_rule_and_key(case, text, index, key, words, tmp_path):
+    path = tmp_path / "rules.yaml"
+    path.write_text(text)
+    with pytest.raises(RulesFileError) as info:
+        load_rules_file(path)
+    err = info.value
+    assert (err.path, err.index, err.key) == (str(path), index, key)
+    assert words in str(err)
+    assert str(path) in str(err)
+
+
+def test_toml_errors_and_file_errors(tmp_path):
+    bad = tmp_path / "r.toml"
+    bad.write_text("[[rules]\ninclude = 'a'\n")
+    with pytest.raises(RulesFileError, match="not valid TOML"):
+        load_rules_file(bad)
+    with pytest.raises(RulesFileError, match="no such file"):
+        load_rules_file(tmp_path / "missing.yaml")
+    other = tmp_path / "r.json"
+    other.write_text("{}")
+    with pytest.raises(RulesFileError, match="unknown suffix"):
+        load_rules_file(other)
+
+
+@pytest.fixture(scope="module")
+def resnet50():
+    return timm.create_model("resnet50")
+
+
+@pytest.fixture(scope="module")
+def resnet18():
+    return timm.create_model("resnet18")
+
+
+def _replaced(model, rules, **config):
+    plan = plan_conversion(model, rules, config=ScConvConfig(**config))
+    return {d.name: d for d in plan.replaced}
+
+
+def test_presets_on_resnet18_and_resnet50(resnet18, resnet50, resnet50_bottleneck_conv2):
+    basic_conv2 = {f"layer{s}.{b}.conv2" for s in (1, 2, 3, 4) for b in (0, 1)}
+    assert set(_replaced(resnet18, PRESETS["paper"])) == basic_conv2
+    assert len(_replaced(resnet18, PRESETS["all"])) == 16
+    assert set(_replaced(resnet50, PRESETS["paper"])) == resnet50_bottleneck_conv2
+    assert set(_replaced(resnet50, PRESETS["all"])) == resnet50_bottleneck_conv2
+
+
+def test_example_paper_resnet(resnet50, resnet50_bottleneck_conv2):
+    rules = assemble_rules(rules_file=EXAMPLES / "paper_resnet.yaml")
+    assert set(_replaced(resnet50, rules)) == resnet50_bottleneck_conv2
+
+
+def test_example_last_two_stages(resnet50):
+    rules = assemble_rules(rules_file=EXAMPLES / "last_two_stages.yaml")
+    expected = {f"layer3.{b}.conv2" for b in range(6)} | {f"layer4.{b}.conv2" for b in range(3)}
+    assert set(_replaced(resnet50, rules)) == expected
+
+
+def test_example_alpha_last_stage(resnet50, resnet50_bottleneck_conv2):
+    replaced = _replaced(resnet50, assemble_rules(rules_file=EXAMPLES / "alpha_last_stage.toml"))
+    assert set(replaced) == resnet50_bottleneck_conv2
+    assert {n: d.config.alpha for n, d in replaced.items() if n.startswith("layer4")} == {
+        "layer4.0.conv2": 0.75, "layer4.1.conv2": 0.75, "layer4.2.conv2": 0.75}
+    assert replaced["layer3.0.conv2"].config.alpha == 0.5
+    # alpha 3/4 on C=512: up=384 -> 192, low=128 -> 64; GWC 192/2*9*512 + PWC1 192*512 + PWC2 64*448
+    expected = 384 * 192 + 128 * 64 + 96 * 9 * 512 + 512 + 192 * 512 + 64 * 448 + 2 * 512
+    assert replaced["layer4.1.conv2"].params_after == expected
+
+
+def test_later_include_overrides_and_filters(resnet50):
+    rules = [Rule("*", alpha=0.75), Rule("layer1.*", alpha=0.25, squeeze_ratio=4),
+             Rule("*", RuleAction.INCLUDE, stride=2, variant="seed")]
+    replaced = _replaced(resnet50, rules)
+    one = replaced["layer1.1.conv2"].config
+    assert (one.alpha, one.squeeze_ratio, one.variant.value) == (0.25, 4, "paper")
+    strided = replaced["layer2.0.conv2"].config
+    assert (strided.alpha, strided.squeeze_ratio, strided.variant.value) == (0.75, 2, "seed")
+    assert replaced["layer2.0.conv2"].rule_index == 2
+
+
+def test_kernel_size_rule_makes_5x5_eligible():
+    from torch import nn
+
+    model = nn.Sequential(nn.Conv2d(16, 16, 5, padding=2), nn.Conv2d(16, 16, 7, padding=3))
+    plan = plan_conversion(model, [Rule("*", kernel_size=5)])
+    assert [d.is_replaced for d in plan.decisions] == [True, False]
+    assert plan.decisions[1].reason.value == "kernel"  # the rule asked for 5x5 only
+    assert plan.rule_matches == (1,)
+
+
+def test_conv_class_rule_makes_a_subclass_eligible():
+    from conftest import SubclassConvNet
+
+    plan = plan_conversion(SubclassConvNet(), [Rule("*", conv_class="OwnForwardConv")])
+    assert plan.decisions[0].is_replaced
