@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import typer
 
-from . import convert
+from . import convert, report
 
 
 def create_app() -> typer.Typer:
@@ -23,6 +23,7 @@ def create_app() -> typer.Typer:
         """scconv: SCConv model surgery."""
 
     app.command("convert", no_args_is_help=True)(convert.convert)
+    app.command("report", no_args_is_help=True)(report.report)
     return app
 
 

@@ -13,24 +13,8 @@ from scconv_surgery.pipeline import run_conversion
 from scconv_surgery.rules import PRESETS, RuleAction, assemble_rules
 
 from .output import Output
+from .params import CountElementwiseOpt, DebugOpt, InputSizeOpt, JsonOpt, parse_input_size
 from .render import render_conversion
-
-
-def parse_input_size(value: str | None) -> tuple[int, int, int] | None:
-    """``3x224x224`` -> (3, 224, 224); ``224x224`` and ``224`` imply 3 channels."""
-    if value is None:
-        return None
-    try:
-        parts = [int(p) for p in value.lower().split("x")]
-    except ValueError:
-        parts = []
-    if len(parts) == 1:
-        parts = [3, parts[0], parts[0]]
-    elif len(parts) == 2:
-        parts = [3, *parts]
-    if len(parts) != 3 or min(parts) < 1:
-        raise typer.BadParameter(f"{value!r} is not a size; use CxHxW such as 3x224x224 (or HxW, or H)")
-    return tuple(parts)  # type: ignore[return-value]
 
 
 Preset = Enum("Preset", {name: name for name in PRESETS}, type=str)  # type: ignore[misc]
@@ -61,8 +45,7 @@ def convert(
         dir_okay=False)] = None,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Plan and count, print what would change and what would be saved; write nothing.")] = False,
-    json_output: Annotated[bool, typer.Option(
-        "--json", help="Write one JSON document to stdout (logs and progress go to stderr).")] = False,
+    json_output: JsonOpt = False,
     include: Annotated[list[str] | None, typer.Option(
         "--include", "-i", help="Replace only convs whose full dotted name matches this glob ('*' crosses dots) "
         "or 're:REGEX' (full match). Repeatable; never comma-split.", show_default=False)] = None,
@@ -80,9 +63,7 @@ def convert(
     stride_policy: Annotated[StridePolicy, typer.Option(
         help="Strided convs: 'inside' strides GWC/PWC1/PWC2 and pools the reused channels; 'pool' average-pools "
         "first; 'skip' leaves them alone.")] = StridePolicy.INSIDE,
-    input_size: Annotated[str | None, typer.Option(
-        help="Input size CxHxW to count at, e.g. 3x256x256. Default: the model's pretrained_cfg input_size, "
-        "else 3x224x224.", show_default=False)] = None,
+    input_size: InputSizeOpt = None,
     pretrained: Annotated[bool, typer.Option(
         "--pretrained", help="Start from the library's pretrained weights (from its cache, else downloaded).")] = False,
     weights: Annotated[Path | None, typer.Option(
@@ -94,9 +75,10 @@ def convert(
         "--model-kwargs", help="Constructor argument KEY=VALUE (value read as YAML: 8, 0.1, true, text), e.g. "
         "output_stride=8. Repeatable; recorded in the checkpoint.", show_default=False)] = None,
     seed: Annotated[int, typer.Option(help="Seed that initialises the new SCConv parameters.")] = 0,
+    count_elementwise: CountElementwiseOpt = False,
     allow_unmatched: Annotated[bool, typer.Option(
         "--allow-unmatched", help="Do not fail (exit 3) when an --include pattern matches no conv.")] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of unexpected errors.")] = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Replace the convs of MODEL with SCConv, report the change and save a checkpoint.
 
@@ -116,7 +98,8 @@ def convert(
         result = run_conversion(model, rules=rules, config=config, pretrained=pretrained, weights=weights,
                                 num_classes=num_classes, model_kwargs=kwargs, input_size=size, out=out,
                                 dry_run=dry_run,
-                                seed=seed, allow_unmatched=allow_unmatched, on_step=step)
+                                seed=seed, allow_unmatched=allow_unmatched, count_elementwise=count_elementwise,
+                                on_step=step)
     for rule, matched in zip(result.plan.rules, result.plan.rule_matches):
         if rule.action is RuleAction.EXCLUDE and matched == 0:
             output.warn(f"exclude rule {rule.pattern!r} matched no conv")

@@ -83,15 +83,94 @@ def rules_table(plan: Plan) -> Table:
 
 def counts_table(report: CountReport) -> Table:
     """Totals before and after, the delta and percent, with units and the counter named."""
-    b, a = report.before, report.after
     size = "x".join(map(str, report.input_size))
-    table = Table(title=f"Totals at input 1x{size} (counted by {a.counter})", title_justify="left")
+    table = Table(title=f"Totals at input 1x{size} (counted by {report.after.counter})", title_justify="left")
     for column in ("", "before", "after", "delta", "delta %"):
         table.add_column(column, justify="right" if column else "left")
-    for label, x, y in (("params", b.params, a.params), ("MACs", b.macs, a.macs)):
+    for label, x, y in _total_rows(report):
         pct = 100.0 * (y - x) / x if x else 0.0
         table.add_row(label, human(x), human(y), human(y - x), f"{pct:+.2f}%")
     return table
+
+
+def _total_rows(report: CountReport) -> list[tuple[str, int, int]]:
+    b, a = report.before, report.after
+    rows = [("params", b.params, a.params), ("MACs", b.macs, a.macs)]
+    if a.elementwise_ops or b.elementwise_ops:
+        rows.append(("elementwise ops", b.elementwise_ops, a.elementwise_ops))
+    return rows
+
+
+def layers_table(report: CountReport) -> Table:
+    """One row per replaced conv: params and MACs before -> after at the report's input size."""
+    table = Table(title="Replaced layers", title_justify="left")
+    for column in ("name", "params before", "params after", "MACs before", "MACs after", "MACs delta %"):
+        table.add_column(column, justify="left" if column == "name" else "right", no_wrap=True)
+    for layer in report.layers:
+        pct = 100.0 * (layer.macs_after - layer.macs_before) / layer.macs_before if layer.macs_before else 0.0
+        table.add_row(escape(layer.name), f"{layer.params_before:,}", f"{layer.params_after:,}",
+                      human(layer.macs_before), human(layer.macs_after), f"{pct:+.1f}%")
+    return table
+
+
+def render_counts(console: Console, report: CountReport) -> None:
+    """Per-layer rows, totals, the MACs note, the counter's note and the uncounted operators."""
+    if report.layers:
+        console.print(layers_table(report))
+    console.print(counts_table(report))
+    console.print("MACs: fvcore counts one fused multiply-add as one flop; M = 1e6, G = 1e9.", highlight=False)
+    if report.after.elementwise_ops:
+        console.print("elementwise ops: one per element of sigmoid, mul, add, where, softmax, ... (output) and "
+                      "mean, sum, avg_pool2d (input); not included in MACs.", highlight=False)
+    for counts in (report.before, report.after):
+        if counts.note:
+            console.print(f"[yellow]note:[/] {escape(counts.note)}; MACs from torch.utils.flop_counter, halved",
+                          highlight=False)
+    console.print(uncounted_table(report))
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    align = ["---"] + ["---:"] * (len(header) - 1)
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def counts_markdown(report: CountReport, title: str) -> str:
+    """The report as GitHub-flavoured Markdown: totals, then one row per replaced layer."""
+    size = "x".join(map(str, report.input_size))
+    parts = [f"### {title}", "", f"Input 1x{size}, counted by {report.after.counter}. MACs: fvcore counts one "
+             "fused multiply-add as one flop; M = 1e6, G = 1e9.", ""]
+    totals = []
+    for label, x, y in _total_rows(report):
+        pct = 100.0 * (y - x) / x if x else 0.0
+        totals.append([label, human(x), human(y), human(y - x), f"{pct:+.2f}%"])
+    parts += [_markdown_table(["", "before", "after", "delta", "delta %"], totals), ""]
+    if report.layers:
+        rows = [[f"`{l.name}`", f"{l.params_before:,}", f"{l.params_after:,}", human(l.macs_before),
+                 human(l.macs_after)] for l in report.layers]
+        parts += [_markdown_table(["layer", "params before", "params after", "MACs before", "MACs after"], rows), ""]
+    added = report.uncounted_added
+    if added:
+        parts += ["Operators not counted in MACs that the conversion added (calls): "
+                  + ", ".join(f"`{op}` {n}" for op, n in sorted(added.items())) + ".", ""]
+    return "\n".join(parts)
+
+
+def counts_csv(report: CountReport) -> str:
+    """The report as CSV: a ``total`` row, then a ``layer`` row per replaced conv (raw counts)."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["scope", "name", "params_before", "params_after", "macs_before", "macs_after", "input_size"])
+    size = "x".join(map(str, report.input_size))
+    writer.writerow(["total", "", report.before.params, report.after.params, report.before.macs, report.after.macs,
+                     size])
+    for l in report.layers:
+        writer.writerow(["layer", l.name, l.params_before, l.params_after, l.macs_before, l.macs_after, size])
+    return buffer.getvalue()
 
 
 def uncounted_table(report: CountReport) -> Table:
@@ -119,13 +198,7 @@ def render_conversion(console: Console, result: ConversionResult) -> None:
     if skips:
         console.print("skipped: " + ", ".join(f"{n} {reason}" for reason, n in sorted(skips.items())),
                       highlight=False)
-    console.print(counts_table(result.report))
-    console.print("MACs: fvcore counts one fused multiply-add as one flop; M = 1e6, G = 1e9.", highlight=False)
-    for report in (result.report.before, result.report.after):
-        if report.note:
-            console.print(f"[yellow]note:[/] {report.note}; MACs from torch.utils.flop_counter, halved",
-                          highlight=False)
-    console.print(uncounted_table(result.report))
+    render_counts(console, result.report)
     if result.dry_run:
         target = f"would write {result.output}: " if result.output else "with --out FILE.pt it would write "
         tensors = len(result.model.state_dict())

@@ -29,7 +29,7 @@ from .models import ModelSource, build_model
 from .plan import Decision, Plan
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "build_manifest", "check_output_path", "save_checkpoint",
-           "read_checkpoint", "load"]
+           "read_checkpoint", "recorded_plan", "rebuild", "load"]
 
 FORMAT = "scconv-surgery"
 FORMAT_VERSION = 1
@@ -148,6 +148,28 @@ def read_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> di
     return payload
 
 
+def recorded_plan(manifest: Mapping[str, Any]) -> Plan:
+    """The plan a manifest records: its replaced convs, as decisions."""
+    return Plan(tuple(Decision.from_dict(d) for d in manifest["replaced"]))
+
+
+def rebuild(path: str | os.PathLike, manifest: Mapping[str, Any], base: nn.Module | None = None) -> nn.Module:
+    """The converted architecture a manifest describes, with fresh (unloaded) weights.
+
+    Builds the base model from ``manifest["source"]`` (or modifies ``base``, if given, in
+    place) and replays the recorded replacements by exact name.
+
+    Raises:
+        CheckpointError: the recorded plan does not fit the rebuilt base model.
+        UnknownModelError: the base model is unknown to the installed timm / torchvision.
+    """
+    model = base if base is not None else build_model(ModelSource.from_dict(manifest["source"]))
+    try:
+        return apply_plan(model, recorded_plan(manifest), seed=None)
+    except PlanMismatchError as err:
+        raise CheckpointError(str(path), f"the rebuilt base model does not fit: {err}") from err
+
+
 def load(path: str | os.PathLike, *, map_location: Any = "cpu") -> nn.Module:
     """Load a converted model from a checkpoint, ready for fine-tuning or inference.
 
@@ -169,13 +191,7 @@ def load(path: str | os.PathLike, *, map_location: Any = "cpu") -> nn.Module:
         UnknownModelError: the installed timm / torchvision does not know the base model.
     """
     payload = read_checkpoint(path, map_location=map_location)
-    manifest = payload["manifest"]
-    model = build_model(ModelSource.from_dict(manifest["source"]))
-    plan = Plan(tuple(Decision.from_dict(d) for d in manifest["replaced"]))
-    try:
-        apply_plan(model, plan, seed=None)
-    except PlanMismatchError as err:
-        raise CheckpointError(str(path), f"the rebuilt base model does not fit: {err}") from err
+    model = rebuild(path, payload["manifest"])
     state_dict = payload["state_dict"]
     own = model.state_dict()
     missing = sorted(set(own) - set(state_dict))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,10 +23,20 @@ from torch import nn
 
 from ._modes import eval_mode
 
-__all__ = ["Counts", "CountReport", "count_model", "compare_counts"]
+__all__ = ["Counts", "CountReport", "LayerCount", "count_model", "compare_counts", "ELEMENTWISE_OPS"]
 
 FVCORE = "fvcore"
 FALLBACK = "torch.utils.flop_counter"
+
+# Elementwise operators SCConv adds, counted with --count-elementwise as one op per element:
+# of the output for maps, of the input for reductions and pooling (fvcore's
+# ``elementwise_flop_counter``). Reported apart from MACs.
+ELEMENTWISE_OPS: dict[str, tuple[float, float]] = {  # op: (input_scale, output_scale)
+    **{f"aten::{op}": (0, 1) for op in ("sigmoid", "mul", "mul_", "add", "add_", "sub", "div", "where",
+                                          "softmax", "abs", "clamp_min", "copysign")},
+    **{f"aten::{op}": (1, 0) for op in ("mean", "sum", "avg_pool2d")},
+}
+_ELEMENTWISE_NAMES = frozenset(op.split("::")[1] for op in ELEMENTWISE_OPS)
 
 
 @dataclass(frozen=True)
@@ -41,6 +51,9 @@ class Counts:
         uncounted_ops: operators the counter met but does not count, with call counts.
         counter: ``"fvcore"`` or ``"torch.utils.flop_counter"`` (the fallback).
         note: why the fallback was used, else empty.
+        elementwise_ops: with ``count_elementwise``, the elementwise operations of
+            :data:`ELEMENTWISE_OPS` (one per element; not included in ``macs``), else 0.
+        elementwise_by_operator: the same per operator.
     """
 
     params: int
@@ -50,10 +63,14 @@ class Counts:
     uncounted_ops: Mapping[str, int] = field(default_factory=dict)
     counter: str = FVCORE
     note: str = ""
+    elementwise_ops: int = 0
+    elementwise_by_operator: Mapping[str, int] = field(default_factory=dict)
 
     def to_dict(self, *, by_module: bool = False) -> dict[str, Any]:
         d = {"params": self.params, "macs": self.macs, "macs_by_operator": dict(self.macs_by_operator),
-             "uncounted_ops": dict(self.uncounted_ops), "counter": self.counter, "note": self.note}
+             "uncounted_ops": dict(self.uncounted_ops), "counter": self.counter, "note": self.note,
+             "elementwise_ops": self.elementwise_ops,
+             "elementwise_by_operator": dict(self.elementwise_by_operator)}
         if by_module:
             d["macs_by_module"] = dict(self.macs_by_module)
         return d
@@ -64,6 +81,28 @@ def _percent(before: int, after: int) -> float:
 
 
 @dataclass(frozen=True)
+class LayerCount:
+    """One replaced conv: parameters and MACs before and after (MACs at the report's input size).
+
+    Attributes:
+        name: the module name.
+        params_before, params_after: parameter counts of the conv and of its replacement.
+        macs_before, macs_after: MACs of the module (fvcore's per-module count; 0 if the model's
+            forward does not call it, or with the fallback counter).
+    """
+
+    name: str
+    params_before: int
+    params_after: int
+    macs_before: int
+    macs_after: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "params_before": self.params_before, "params_after": self.params_after,
+                "macs_before": self.macs_before, "macs_after": self.macs_after}
+
+
+@dataclass(frozen=True)
 class CountReport:
     """Counts before and after a conversion, at one input size.
 
@@ -71,11 +110,13 @@ class CountReport:
         input_size: ``(C, H, W)`` of the counting input (batch 1).
         before: counts of the original model.
         after: counts of the converted model.
+        layers: one row per replaced conv, in plan order.
     """
 
     input_size: tuple[int, int, int]
     before: Counts
     after: Counts
+    layers: tuple[LayerCount, ...] = ()
 
     @property
     def params_delta(self) -> int:
@@ -101,21 +142,27 @@ class CountReport:
             "macs_delta": self.macs_delta,
             "macs_delta_percent": round(_percent(self.before.macs, self.after.macs), 3),
             "uncounted_added": self.uncounted_added,
+            "elementwise_ops_delta": self.after.elementwise_ops - self.before.elementwise_ops,
+            "layers": [layer.to_dict() for layer in self.layers],
         }
 
 
-def _count_fvcore(model: nn.Module, x: torch.Tensor) -> tuple[int, dict, dict, dict]:
+def _count_fvcore(model: nn.Module, x: torch.Tensor, count_elementwise: bool
+                  ) -> tuple[dict[str, Counter], dict[str, int]]:
+    """fvcore's counts per module and operator, and the operators it did not count."""
     with warnings.catch_warnings():  # torch.jit's deprecation notice, once per trace
         warnings.simplefilter("ignore", FutureWarning)
         from fvcore.nn import FlopCountAnalysis
+        from fvcore.nn.jit_handles import elementwise_flop_counter
 
         logging.getLogger("fvcore").setLevel(logging.ERROR)
         analysis = (FlopCountAnalysis(model, x).unsupported_ops_warnings(False)
                     .uncalled_modules_warnings(False).tracer_warnings("none"))
-        total = int(analysis.total())
-    return (total, {k: int(v) for k, v in analysis.by_operator().items()},
-            {k: int(v) for k, v in analysis.by_module().items()},
-            {k: int(v) for k, v in analysis.unsupported_ops().items()})
+        if count_elementwise:
+            analysis.set_op_handle(**{op: elementwise_flop_counter(i, o) for op, (i, o) in ELEMENTWISE_OPS.items()})
+        by_module = analysis.by_module_and_operator()
+        uncounted = {k: int(v) for k, v in analysis.unsupported_ops().items()}
+    return by_module, uncounted
 
 
 def _count_fallback(model: nn.Module, x: torch.Tensor) -> tuple[int, dict]:
@@ -129,7 +176,8 @@ def _count_fallback(model: nn.Module, x: torch.Tensor) -> tuple[int, dict]:
     return int(mode.get_total_flops()) // 2, by_operator
 
 
-def count_model(model: nn.Module, input_size: tuple[int, int, int]) -> Counts:
+def count_model(model: nn.Module, input_size: tuple[int, int, int], *,
+                count_elementwise: bool = False) -> Counts:
     """Count parameters and MACs of ``model`` for one input of shape ``(1, *input_size)``.
 
     Runs in eval mode under ``torch.no_grad`` on the model's device and dtype, and restores
@@ -138,6 +186,8 @@ def count_model(model: nn.Module, input_size: tuple[int, int, int]) -> Counts:
     Args:
         model: any ``nn.Module`` taking one image tensor.
         input_size: ``(C, H, W)``.
+        count_elementwise: also count the elementwise operators of :data:`ELEMENTWISE_OPS`
+            (reported as ``elementwise_ops``, never added to ``macs``; fvcore only).
 
     Returns:
         :class:`Counts`; ``counter`` says whether fvcore or the fallback produced them.
@@ -149,14 +199,33 @@ def count_model(model: nn.Module, input_size: tuple[int, int, int]) -> Counts:
     params = sum(p.numel() for p in model.parameters())
     with eval_mode(model), torch.no_grad():
         try:
-            macs, by_operator, by_module, uncounted = _count_fvcore(model, x)
-            return Counts(params, macs, by_operator, by_module, uncounted, FVCORE)
+            by_module, uncounted = _count_fvcore(model, x, count_elementwise)
         except Exception as err:  # fvcore's jit trace: deprecated, may fail; never fail the run
             note = f"fvcore failed ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
             macs, by_operator = _count_fallback(model, x)
             return Counts(params, macs, by_operator, {}, {}, FALLBACK, note)
+    total = by_module.get("", Counter())
+    macs_by_operator = {op: int(n) for op, n in total.items() if op not in _ELEMENTWISE_NAMES}
+    elementwise = {op: int(n) for op, n in total.items() if op in _ELEMENTWISE_NAMES}
+    macs_by_module = {name: int(sum(n for op, n in ops.items() if op not in _ELEMENTWISE_NAMES))
+                      for name, ops in by_module.items()}
+    return Counts(params, sum(macs_by_operator.values()), macs_by_operator, macs_by_module, uncounted, FVCORE,
+                  "", sum(elementwise.values()), elementwise)
 
 
-def compare_counts(before: nn.Module, after: nn.Module, input_size: tuple[int, int, int]) -> CountReport:
-    """Count two models on the same input size: see :func:`count_model`."""
-    return CountReport(tuple(input_size), count_model(before, input_size), count_model(after, input_size))
+def compare_counts(before: nn.Module, after: nn.Module, input_size: tuple[int, int, int], *,
+                   replaced: Sequence[Any] = (), count_elementwise: bool = False) -> CountReport:
+    """Count two models on the same input size (see :func:`count_model`).
+
+    Args:
+        before, after: the original and the converted model.
+        input_size: ``(C, H, W)``.
+        replaced: the plan's replaced :class:`~scconv_surgery.plan.Decision` values, for the
+            per-layer rows.
+        count_elementwise: see :func:`count_model`.
+    """
+    counts_before = count_model(before, input_size, count_elementwise=count_elementwise)
+    counts_after = count_model(after, input_size, count_elementwise=count_elementwise)
+    layers = tuple(LayerCount(d.name, d.params_before, d.params_after, counts_before.macs_by_module.get(d.name, 0),
+                              counts_after.macs_by_module.get(d.name, 0)) for d in replaced)
+    return CountReport(tuple(input_size), counts_before, counts_after, layers)

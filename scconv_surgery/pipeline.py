@@ -17,15 +17,15 @@ import torch
 from torch import nn
 
 from .apply import apply_plan, check_shapes
-from .checkpoint import build_manifest, check_output_path, save_checkpoint
+from .checkpoint import build_manifest, check_output_path, read_checkpoint, rebuild, recorded_plan, save_checkpoint
 from .counting import CountReport, compare_counts
 from .errors import NothingSelectedError, UnmatchedRuleError
 from .layers import ScConvConfig
-from .models import ModelSource, create_model, default_input_size
+from .models import ModelSource, build_model, create_model, default_input_size
 from .plan import Plan, plan_conversion
 from .rules import Rule, validate_rules
 
-__all__ = ["ConversionResult", "run_conversion", "RESULT_SCHEMA_VERSION"]
+__all__ = ["ConversionResult", "run_conversion", "CheckpointReport", "recount_checkpoint", "RESULT_SCHEMA_VERSION"]
 
 RESULT_SCHEMA_VERSION = 1
 
@@ -68,7 +68,7 @@ def run_conversion(name: str, *, rules: Sequence[Rule] = (), config: ScConvConfi
                    num_classes: int | None = None, model_kwargs: Mapping[str, Any] | None = None,
                    input_size: tuple[int, int, int] | None = None,
                    out: str | os.PathLike | None = None, dry_run: bool = False, seed: int = 0,
-                   allow_unmatched: bool = False,
+                   allow_unmatched: bool = False, count_elementwise: bool = False,
                    on_step: Callable[[str], None] = _noop) -> ConversionResult:
     """Convert the model ``name`` and save a checkpoint at ``out`` unless ``dry_run``.
 
@@ -85,6 +85,7 @@ def run_conversion(name: str, *, rules: Sequence[Rule] = (), config: ScConvConfi
         seed: initialisation seed of the new modules, and of the base model when it has
             neither pretrained nor file weights (stored in the manifest).
         allow_unmatched: do not fail when an include rule matches no conv.
+        count_elementwise: also count SCConv's elementwise operators (apart from MACs).
         on_step: called with a short message as each step starts (progress display).
 
     Returns:
@@ -119,9 +120,62 @@ def run_conversion(name: str, *, rules: Sequence[Rule] = (), config: ScConvConfi
     on_step(f"checking output shapes at {'x'.join(map(str, size))}")
     check_shapes(base, converted, plan, size)
     on_step(f"counting at {'x'.join(map(str, size))}")
-    report = compare_counts(base, converted, size)
+    report = compare_counts(base, converted, size, replaced=plan.replaced, count_elementwise=count_elementwise)
     if out_path is not None and not dry_run:
         on_step(f"saving {out_path}")
         manifest = build_manifest(source, plan, seed=seed, input_size=size, counts=report.to_dict())
         save_checkpoint(out_path, converted, manifest)
     return ConversionResult(source, plan, report, converted, out_path, seed, dry_run)
+
+
+@dataclass(frozen=True)
+class CheckpointReport:
+    """Counts of a saved checkpoint against its base model.
+
+    Attributes:
+        path: the checkpoint.
+        source: its base model.
+        plan: its replaced convs (as recorded).
+        report: parameters and MACs before and after.
+    """
+
+    path: Path
+    source: ModelSource
+    plan: Plan
+    report: CountReport
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema_version": RESULT_SCHEMA_VERSION, "checkpoint": str(self.path),
+                "model": self.source.to_dict(), "replaced": [d.name for d in self.plan.replaced],
+                "counts": self.report.to_dict()}
+
+
+def recount_checkpoint(path: str | os.PathLike, *, input_size: tuple[int, int, int] | None = None,
+                       count_elementwise: bool = False,
+                       on_step: Callable[[str], None] = _noop) -> CheckpointReport:
+    """Count a checkpoint's converted model against its base model, at any input size.
+
+    The base model is rebuilt from the manifest and the recorded replacements are replayed
+    on a copy; counts do not depend on weights, so the state_dict is not loaded.
+
+    Args:
+        path: a checkpoint written by ``scconv convert``.
+        input_size: ``(C, H, W)``; default the one recorded in the manifest.
+        count_elementwise: also count SCConv's elementwise operators.
+
+    Raises:
+        CheckpointError: the file is not a readable checkpoint, or its plan does not fit the
+            rebuilt base model.
+        UnknownModelError: the base model is unknown to the installed timm / torchvision.
+    """
+    on_step(f"reading {path}")
+    manifest = read_checkpoint(path)["manifest"]
+    source = ModelSource.from_dict(manifest["source"])
+    on_step(f"building {source.library}:{source.name}")
+    base = build_model(source)
+    converted = rebuild(path, manifest, base=copy.deepcopy(base))
+    plan = recorded_plan(manifest)
+    size = tuple(input_size) if input_size else tuple(manifest.get("input_size") or default_input_size(base, source))
+    on_step(f"counting at {'x'.join(map(str, size))}")
+    report = compare_counts(base, converted, size, replaced=plan.replaced, count_elementwise=count_elementwise)
+    return CheckpointReport(Path(path), source, plan, report)

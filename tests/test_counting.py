@@ -84,3 +84,30 @@ def test_fallback_counter_when_fvcore_fails(monkeypatch):
     dense = fvcore_counts.macs_by_operator["conv"] + fvcore_counts.macs_by_operator["linear"]
     assert abs(fallback.macs - dense) / dense < 0.01
     assert fallback.params == fvcore_counts.params
+
+
+def test_per_layer_rows_and_elementwise_counts(tiny_net):
+    converted, plan = convert(tiny_net)
+    report = compare_counts(tiny_net, converted, (3, 16, 16), replaced=plan.replaced, count_elementwise=True)
+    rows = {layer.name: layer for layer in report.layers}
+    assert list(rows) == ["block1", "block2"]
+    assert (rows["block1"].params_before, rows["block1"].macs_before) == (16 * 16 * 9, 16 * 16 * 9 * 16 * 16)
+    # block2: 16 -> 32, stride 2 at 16x16: output 8x8
+    assert rows["block2"].macs_before == 32 * 16 * 9 * 8 * 8
+    assert rows["block2"].macs_after == (_scconv_conv_macs(16, 32, 8 * 8, 16 * 16)
+                                         + report.after.macs_by_module["block2.sru.gn"])
+    assert rows["block2"].params_after == plan.replaced[1].params_after
+    # elementwise ops never enter MACs, so MACs equal those counted without them
+    plain = compare_counts(tiny_net, converted, (3, 16, 16))
+    assert report.after.macs == plain.after.macs and plain.after.elementwise_ops == 0
+    # SRU of block1 (16 channels at 16x16): one sigmoid per element
+    assert report.after.elementwise_by_operator["sigmoid"] == 16 * 16 * 16 + 16 * 16 * 16
+    assert report.after.elementwise_ops > report.before.elementwise_ops
+
+
+def test_report_to_dict_has_layers_and_units(tiny_net):
+    converted, plan = convert(tiny_net)
+    doc = compare_counts(tiny_net, converted, (3, 16, 16), replaced=plan.replaced).to_dict()
+    assert doc["unit"].startswith("MACs")
+    assert [row["name"] for row in doc["layers"]] == ["block1", "block2"]
+    assert doc["input_size"] == [3, 16, 16]

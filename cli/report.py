@@ -1,0 +1,57 @@
+"""``scconv report CHECKPOINT``: re-count a saved checkpoint against its base model."""
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from scconv_surgery.pipeline import recount_checkpoint
+
+from .output import Output
+from .params import CountElementwiseOpt, DebugOpt, InputSizeOpt, JsonOpt, parse_input_size
+from .render import counts_csv, counts_markdown, render_counts
+
+
+class ReportFormat(str, Enum):
+    """Output formats of ``scconv report``."""
+
+    TABLE = "table"  # Rich tables on stderr
+    JSON = "json"  # one JSON document on stdout
+    MARKDOWN = "markdown"  # GitHub-flavoured Markdown on stdout
+    CSV = "csv"  # CSV on stdout
+
+
+def report(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint written by 'scconv convert'.", dir_okay=False,
+                                               show_default=False)],
+    *,
+    input_size: InputSizeOpt = None,
+    output_format: Annotated[ReportFormat, typer.Option(
+        "--format", help="table (Rich, on stderr), json, markdown or csv (on stdout).")] = ReportFormat.TABLE,
+    json_output: JsonOpt = False,
+    count_elementwise: CountElementwiseOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Re-count a checkpoint's parameters and MACs against its base model, at any input size.
+
+    The default input size is the one recorded in the checkpoint. Exit codes as for convert: 2 for a file that is not a readable checkpoint.
+    """
+    fmt = ReportFormat.JSON if json_output else output_format
+    output = Output(json=fmt is ReportFormat.JSON, debug=debug)
+    size = parse_input_size(input_size)
+    with output.errors(), output.progress() as step:
+        result = recount_checkpoint(checkpoint, input_size=size, count_elementwise=count_elementwise, on_step=step)
+    source = result.source
+    if fmt is ReportFormat.JSON:
+        output.emit_json(result.to_dict())
+    elif fmt is ReportFormat.MARKDOWN:
+        sys.stdout.write(counts_markdown(result.report, f"{source.library}:{source.name} -> SCConv ({checkpoint.name})"))
+    elif fmt is ReportFormat.CSV:
+        sys.stdout.write(counts_csv(result.report))
+    else:
+        output.console.print(f"[bold]{checkpoint}[/]: {source.library}:{source.name}, "
+                             f"{len(result.plan.replaced)} convs replaced", highlight=False)
+        render_counts(output.console, result.report)
