@@ -84,7 +84,7 @@ def rules_table(plan: Plan) -> Table:
 def counts_table(report: CountReport) -> Table:
     """Totals before and after, the delta and percent, with units and the counter named."""
     size = "x".join(map(str, report.input_size))
-    table = Table(title=f"Totals at input 1x{size} (counted by {report.after.counter})", title_justify="left")
+    table = Table(title=f"Totals at input 1x{size}", title_justify="left")
     for column in ("", "before", "after", "delta", "delta %"):
         table.add_column(column, justify="right" if column else "left")
     for label, x, y in _total_rows(report):
@@ -118,15 +118,17 @@ def render_counts(console: Console, report: CountReport) -> None:
     if report.layers:
         console.print(layers_table(report))
     console.print(counts_table(report))
-    console.print("MACs: fvcore counts one fused multiply-add as one flop; M = 1e6, G = 1e9.", highlight=False)
+    console.print(f"Counted by {report.after.counter}. MACs: fvcore counts one fused multiply-add as one flop; "
+                  "M = 1e6, G = 1e9.", highlight=False)
     if report.after.elementwise_ops:
         console.print("elementwise ops: one per element of sigmoid, mul, add, where, softmax, ... (output) and "
                       "mean, sum, avg_pool2d (input); not included in MACs.", highlight=False)
-    for counts in (report.before, report.after):
-        if counts.note:
-            console.print(f"[yellow]note:[/] {escape(counts.note)}; MACs from torch.utils.flop_counter, halved",
-                          highlight=False)
-    console.print(uncounted_table(report))
+    notes = {counts.note for counts in (report.before, report.after) if counts.note}
+    for note in sorted(notes):
+        console.print(f"[yellow]note:[/] {escape(note)}; MACs from torch.utils.flop_counter (2 FLOPs per MAC, "
+                      "halved), which does not list uncounted operators", highlight=False)
+    if report.before.uncounted_ops or report.after.uncounted_ops:
+        console.print(uncounted_table(report))
 
 
 def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
