@@ -91,7 +91,7 @@ def test_fallback_counter_is_named_in_the_report(checkpoint, monkeypatch):
     path, _ = checkpoint
     out = runner.invoke(app, ["report", str(path)])
     assert out.exit_code == 0, out.output
-    assert "counted by torch.utils.flop_counter" in out.stderr
+    assert "Counted by torch.utils.flop_counter" in out.stderr
     assert "jit tracing is gone" in out.stderr
     doc = json.loads(runner.invoke(app, ["report", str(path), "--json"]).stdout)
     assert doc["counts"]["after"]["counter"] == "torch.utils.flop_counter"
