@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import typer
 
-from . import convert, report
+from . import convert, report, verify
 
 
 def create_app() -> typer.Typer:
@@ -24,6 +24,7 @@ def create_app() -> typer.Typer:
 
     app.command("convert", no_args_is_help=True)(convert.convert)
     app.command("report", no_args_is_help=True)(report.report)
+    app.command("verify", no_args_is_help=True)(verify.verify)
     return app
 
 

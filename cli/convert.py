@@ -36,9 +36,9 @@ def parse_model_kwargs(items: list[str] | None) -> dict[str, Any]:
 
 
 def convert(
-    model: Annotated[str, typer.Argument(
-        help="Model name: 'resnet50' (timm first, then torchvision), 'timm:NAME' or 'torchvision:NAME'.",
-        show_default=False)],
+    model: Annotated[str | None, typer.Argument(
+        help="Model name: 'resnet50' (timm first, then torchvision), 'timm:NAME' or 'torchvision:NAME'. "
+        "Omit it with --factory.", show_default=False)] = None,
     *,
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", help="Checkpoint to write (.pt). Required unless --dry-run.", show_default=False,
@@ -71,11 +71,17 @@ def convert(
         "training checkpoint.", show_default=False, dir_okay=False)] = None,
     num_classes: Annotated[int | None, typer.Option(
         help="Classifier size passed to the model constructor.", min=1, show_default=False)] = None,
+    factory: Annotated[str | None, typer.Option(
+        help="Build your own model: 'package.module:function', called with --model-kwargs and --num-classes "
+        "(the working directory is importable). Recorded so that load() rebuilds it.", show_default=False)] = None,
     model_kwargs: Annotated[list[str] | None, typer.Option(
         "--model-kwargs", help="Constructor argument KEY=VALUE (value read as YAML: 8, 0.1, true, text), e.g. "
         "output_stride=8. Repeatable; recorded in the checkpoint.", show_default=False)] = None,
     seed: Annotated[int, typer.Option(help="Seed that initialises the new SCConv parameters.")] = 0,
     count_elementwise: CountElementwiseOpt = False,
+    reset_bn_stats: Annotated[bool, typer.Option(
+        "--reset-bn-stats", help="Reset the running statistics of the BatchNorm right after each replaced conv "
+        "(they were gathered on the dense conv's outputs); the report lists them either way.")] = False,
     allow_unmatched: Annotated[bool, typer.Option(
         "--allow-unmatched", help="Do not fail (exit 3) when an --include pattern matches no conv.")] = False,
     debug: DebugOpt = False,
@@ -87,6 +93,9 @@ def convert(
     output = Output(json=json_output, debug=debug)
     if out is None and not dry_run:
         raise typer.BadParameter("give --out FILE.pt, or --dry-run to write nothing", param_hint="'--out'")
+    if (model is None) == (factory is None):
+        raise typer.BadParameter("give a MODEL name or --factory package.module:function (one of them)",
+                                 param_hint="'MODEL'")
     if pretrained and weights is not None:
         raise typer.BadParameter("--pretrained and --weights are exclusive; pass one", param_hint="'--weights'")
     size = parse_input_size(input_size)
@@ -95,11 +104,12 @@ def convert(
     with output.errors(), output.progress() as step:
         rules = assemble_rules(preset=preset.value if preset else None, rules_file=rules_file,
                                include=include or (), exclude=exclude or ())
-        result = run_conversion(model, rules=rules, config=config, pretrained=pretrained, weights=weights,
+        name = model if model is not None else f"factory:{factory}"
+        result = run_conversion(name, rules=rules, config=config, pretrained=pretrained, weights=weights,
                                 num_classes=num_classes, model_kwargs=kwargs, input_size=size, out=out,
                                 dry_run=dry_run,
                                 seed=seed, allow_unmatched=allow_unmatched, count_elementwise=count_elementwise,
-                                on_step=step)
+                                reset_bn_stats=reset_bn_stats, on_step=step)
     for rule, matched in zip(result.plan.rules, result.plan.rule_matches):
         if rule.action is RuleAction.EXCLUDE and matched == 0:
             output.warn(f"exclude rule {rule.pattern!r} matched no conv")

@@ -14,6 +14,7 @@ EXIT_OK = 0
 EXIT_UNEXPECTED = 1  # a bug or an environment failure: run again with --debug
 EXIT_BAD_INPUT = 2  # unknown model, unreadable or invalid file, bad option (as Click's usage errors)
 EXIT_NOTHING_SELECTED = 3  # an include rule matched nothing, or no conv was selected
+EXIT_VERIFY_FAILED = 4  # scconv verify: a check failed
 
 # Looked up along the exception's MRO, so the most specific class wins whatever the order.
 ERROR_EXIT_CODES: dict[type[BaseException], int] = {
@@ -23,8 +24,8 @@ ERROR_EXIT_CODES: dict[type[BaseException], int] = {
     ScconvError: EXIT_BAD_INPUT,
 }
 
-_FIELDS = ("name", "suggestions", "path", "patterns", "pattern", "index", "reasons",
-           "missing_keys", "unexpected_keys", "expected", "actual")
+_FIELDS = ("name", "suggestions", "path", "patterns", "pattern", "index", "key", "reasons",
+           "missing_keys", "unexpected_keys", "expected", "actual", "factory", "kwargs")
 
 
 def exit_code_for(err: BaseException) -> int:

@@ -201,6 +201,15 @@ def render_conversion(console: Console, result: ConversionResult) -> None:
         console.print("skipped: " + ", ".join(f"{n} {reason}" for reason, n in sorted(skips.items())),
                       highlight=False)
     render_counts(console, result.report)
+    reinitialized = result.source.weights.get("reinitialized")
+    if reinitialized:
+        console.print(f"[yellow]classifier re-initialised[/] (its shape differs from the weights file): "
+                      f"{', '.join(reinitialized)}", highlight=False)
+    if result.stale_batchnorms:
+        state = "reset" if result.reset_bn_stats else "kept (pass --reset-bn-stats to reset them)"
+        console.print(f"BatchNorm statistics after a replaced conv, {state}: {len(result.stale_batchnorms)} "
+                      f"layers ({', '.join(result.stale_batchnorms[:4])}{', ...' if len(result.stale_batchnorms) > 4 else ''})",
+                      highlight=False)
     if result.dry_run:
         target = f"would write {result.output}: " if result.output else "with --out FILE.pt it would write "
         tensors = len(result.model.state_dict())

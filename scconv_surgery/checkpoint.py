@@ -4,7 +4,10 @@ A ``.pt`` checkpoint is ``torch.save`` of a dict of plain values and tensors onl
 
     {"format": "scconv-surgery", "format_version": 1, "manifest": {...}, "state_dict": {...}}
 
-so it loads with ``torch.load(weights_only=True)``; no pickled modules. The manifest records
+so it loads with ``torch.load(weights_only=True)``; no pickled modules. A ``.safetensors``
+checkpoint holds the same tensors, with ``format``, ``format_version`` and the manifest (as
+JSON) in the file's metadata; a tensor shared under several names is stored once and the
+other names are listed in the metadata's ``shared`` map. The manifest records
 how to rebuild the base model (:class:`~scconv_surgery.models.ModelSource`), the exact list
 of replaced convs with their specs, aliases and SCConv hyperparameters, the rules, the seed,
 the counts, and library versions. :func:`load` rebuilds the base model, replays the
@@ -13,9 +16,10 @@ file in the output's directory, then a rename.
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -33,7 +37,8 @@ __all__ = ["FORMAT", "FORMAT_VERSION", "build_manifest", "check_output_path", "s
 
 FORMAT = "scconv-surgery"
 FORMAT_VERSION = 1
-SUFFIXES = (".pt", ".pth")
+SUFFIXES = (".pt", ".pth", ".safetensors")
+SAFETENSORS = ".safetensors"
 
 
 def _umask() -> int:
@@ -54,7 +59,8 @@ def library_versions() -> dict[str, str]:
 
 
 def build_manifest(source: ModelSource, plan: Plan, *, seed: int | None, input_size: tuple[int, int, int],
-                   counts: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                   counts: Mapping[str, Any] | None = None, new_parameters: Sequence[str] = (),
+                   stale_batchnorms: Sequence[str] = (), reset_bn_stats: bool = False) -> dict[str, Any]:
     """The manifest stored in a checkpoint: plain JSON-ready values only.
 
     Args:
@@ -63,6 +69,9 @@ def build_manifest(source: ModelSource, plan: Plan, *, seed: int | None, input_s
         seed: the initialisation seed of the new modules.
         input_size: ``(C, H, W)`` the counts were made at.
         counts: the report's totals (``CountReport.to_dict()``), if counted.
+        new_parameters: names of the parameters the replacements added.
+        stale_batchnorms: BatchNorm layers right after a replaced conv (statistics stale).
+        reset_bn_stats: whether their running statistics were reset before saving.
     """
     return {
         "source": source.to_dict(),
@@ -72,6 +81,9 @@ def build_manifest(source: ModelSource, plan: Plan, *, seed: int | None, input_s
         "rules": [r.to_dict() for r in plan.rules],
         "replaced": [d.to_dict() for d in plan.replaced],
         "counts": dict(counts) if counts is not None else None,
+        "new_parameters": list(new_parameters),
+        "stale_batchnorms": list(stale_batchnorms),
+        "reset_bn_stats": reset_bn_stats,
     }
 
 
@@ -95,26 +107,64 @@ def check_output_path(path: str | os.PathLike) -> Path:
     return path
 
 
+def _write_safetensors(f: Any, state_dict: Mapping[str, torch.Tensor], manifest: Mapping[str, Any]) -> None:
+    from safetensors.torch import save
+
+    tensors: dict[str, torch.Tensor] = {}
+    shared: dict[str, str] = {}
+    seen: dict[tuple, str] = {}
+    for name, tensor in state_dict.items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.dtype)
+        if tensor.numel() and key in seen:
+            shared[name] = seen[key]
+            continue
+        seen[key] = name
+        tensors[name] = tensor.contiguous()
+    metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "manifest": json.dumps(manifest),
+                "shared": json.dumps(shared)}
+    f.write(save(tensors, metadata=metadata))
+
+
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, manifest: Mapping[str, Any]) -> Path:
     """Write ``model``'s state_dict and ``manifest`` to ``path`` atomically.
+
+    The suffix picks the form: ``.pt``/``.pth`` (``torch.save``) or ``.safetensors``.
 
     Raises:
         OutputPathError: see :func:`check_output_path`; nothing is left at ``path`` on failure.
     """
     path = check_output_path(path)
     state_dict = {k: v.detach() for k, v in model.state_dict().items()}
-    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "manifest": dict(manifest),
-               "state_dict": state_dict}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+            if path.suffix == SAFETENSORS:
+                _write_safetensors(f, {k: v.cpu() for k, v in state_dict.items()}, manifest)
+            else:
+                torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "manifest": dict(manifest),
+                            "state_dict": state_dict}, f)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _read_safetensors(path: Path, map_location: Any) -> dict[str, Any]:
+    from safetensors import safe_open
+
+    device = str(map_location) if isinstance(map_location, (str, torch.device)) else "cpu"
+    with safe_open(str(path), framework="pt", device=device) as f:
+        metadata = f.metadata() or {}
+        if metadata.get("format") != FORMAT:
+            return {"kind": "a safetensors file without scconv metadata (plain weights?)"}
+        state_dict = {name: f.get_tensor(name) for name in f.keys()}
+    for name, original in json.loads(metadata.get("shared", "{}")).items():
+        state_dict[name] = state_dict[original]
+    version = metadata.get("format_version", "")
+    return {"format": FORMAT, "format_version": int(version) if version.isdigit() else version,
+            "manifest": json.loads(metadata["manifest"]), "state_dict": state_dict}
 
 
 def read_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> dict[str, Any]:
@@ -131,11 +181,16 @@ def read_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> di
     if not path.is_file():
         raise CheckpointError(str(path), "no such file")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        if path.suffix == SAFETENSORS:
+            payload = _read_safetensors(path, map_location)
+        else:
+            payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
         raise CheckpointError(str(path), f"unreadable or truncated ({type(err).__name__})") from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        if isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
+        if isinstance(payload, dict) and "kind" in payload:
+            kind = payload["kind"]
+        elif isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
             kind = "a plain state_dict"
         else:
             kind = f"a {type(payload).__name__} without format={FORMAT!r}"

@@ -194,3 +194,15 @@ class ModelArgumentError(ScconvError, TypeError):
         self.name = name
         self.kwargs = dict(kwargs)
         super().__init__(f"model {name!r} rejected the constructor arguments {self.kwargs}: {problem}")
+
+
+class FactoryError(ScconvError, LookupError):
+    """A ``--factory package.module:function`` that cannot be imported or does not build a model.
+
+    Attributes:
+        factory: the factory as given.
+    """
+
+    def __init__(self, factory: str, problem: str):
+        self.factory = factory
+        super().__init__(f"factory {factory!r}: {problem}")

@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import difflib
 import hashlib
+import importlib
 import os
+import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,11 +20,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import ModelArgumentError, PretrainedWeightsError, UnknownModelError, WeightsFileError
+from .errors import FactoryError, ModelArgumentError, PretrainedWeightsError, UnknownModelError, WeightsFileError
 
 __all__ = ["ModelSource", "create_model", "build_model", "load_weights_file", "default_input_size"]
 
 LIBRARIES = ("timm", "torchvision")
+FACTORY = "factory"  # ModelSource.library of a user's function: name = "package.module:function"
 DEFAULT_INPUT_SIZE = (3, 224, 224)
 _WRAPPER_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")  # timm/torchvision trainers
 _KEY_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers
@@ -33,8 +36,9 @@ class ModelSource:
     """How a base model was built: enough to rebuild it without the weights.
 
     Attributes:
-        library: ``"timm"`` or ``"torchvision"``.
-        name: the model name in that library (a timm name may carry a ``.tag``).
+        library: ``"timm"``, ``"torchvision"`` or ``"factory"``.
+        name: the model name in that library (a timm name may carry a ``.tag``); for a
+            factory, ``"package.module:function"``.
         kwargs: constructor keyword arguments, e.g. ``{"num_classes": 10}``.
         weights: where the weights came from: ``{"kind": "random"}``,
             ``{"kind": "pretrained", "tag": ...}`` or
@@ -75,6 +79,8 @@ def _resolve(name: str) -> tuple[str, str]:
     import timm
 
     library, sep, model_name = name.partition(":")
+    if library == FACTORY:
+        return FACTORY, model_name
     if not sep:
         library, model_name = "", name
     elif library not in LIBRARIES:
@@ -103,7 +109,35 @@ def _hf_hub_offline() -> Iterator[None]:
         constants.HF_HUB_OFFLINE = before
 
 
+def _import_factory(factory: str) -> Any:
+    """The function ``package.module:function`` names; the working directory is searched too."""
+    module_name, sep, attr = factory.partition(":")
+    if not sep or not module_name or not attr:
+        raise FactoryError(factory, "expected 'package.module:function'")
+    try:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name != module_name.split(".")[0] or os.getcwd() in sys.path:
+                raise
+            sys.path.insert(0, os.getcwd())  # console scripts do not put the working directory on sys.path
+            module = importlib.import_module(module_name)
+    except Exception as err:
+        raise FactoryError(factory, f"cannot import {module_name!r} ({type(err).__name__}: {err})") from err
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise FactoryError(factory, f"module {module_name!r} has no function {attr!r}")
+    return fn
+
+
 def _build(library: str, name: str, kwargs: Mapping[str, Any], pretrained: bool) -> nn.Module:
+    if library == FACTORY:
+        if pretrained:
+            raise FactoryError(name, "--pretrained needs a timm or torchvision model; pass --weights FILE")
+        model = _import_factory(name)(**kwargs)
+        if not isinstance(model, nn.Module):
+            raise FactoryError(name, f"returned {type(model).__name__}, not an nn.Module")
+        return model
     if library == "timm":
         import timm
 
@@ -128,8 +162,9 @@ def create_model(name: str, *, pretrained: bool = False, weights: str | os.PathL
     """Build a model by name, with pretrained weights, a local weights file, or neither.
 
     Args:
-        name: ``resnet50`` (timm first, then torchvision), ``timm:NAME`` or
-            ``torchvision:NAME``.
+        name: ``resnet50`` (timm first, then torchvision), ``timm:NAME``,
+            ``torchvision:NAME``, or ``factory:package.module:function`` (the function is
+            called with the constructor keyword arguments and returns the model).
         pretrained: load the library's pretrained weights (from its cache, else downloaded).
         weights: a local weights file (see :func:`load_weights_file`); excludes ``pretrained``.
         num_classes: classifier size passed to the constructor.
@@ -141,6 +176,7 @@ def create_model(name: str, *, pretrained: bool = False, weights: str | os.PathL
 
     Raises:
         UnknownModelError: the name is unknown (with close names).
+        FactoryError: the factory cannot be imported or does not return an ``nn.Module``.
         PretrainedWeightsError: ``pretrained`` and the weights are neither cached nor
             downloadable.
         WeightsFileError: the weights file is missing, unreadable or does not fit.
@@ -159,6 +195,8 @@ def create_model(name: str, *, pretrained: bool = False, weights: str | os.PathL
         if kwargs:
             raise ModelArgumentError(name, kwargs, str(err)) from err
         raise
+    except FactoryError:
+        raise
     except Exception as err:
         if pretrained:
             raise PretrainedWeightsError(name, f"{type(err).__name__}: {err}".splitlines()[0]) from err
@@ -168,7 +206,7 @@ def create_model(name: str, *, pretrained: bool = False, weights: str | os.PathL
         tag = getattr(model, "pretrained_cfg", {}).get("tag") if library == "timm" else "DEFAULT"
         weights_info = {"kind": "pretrained", "tag": tag}
     elif weights is not None:
-        weights_info = load_weights_file(model, weights)
+        weights_info = load_weights_file(model, weights, reinit_classifier=num_classes is not None)
     return model.eval(), ModelSource(library, model_name, kwargs, weights_info)
 
 
@@ -190,7 +228,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Tensors of a state_dict file, unwrapped from trainer checkpoints and wrapper prefixes."""
     if not path.is_file():
         raise WeightsFileError(str(path), "no such file")
@@ -220,7 +258,18 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state_dict
 
 
-def load_weights_file(model: nn.Module, path: str | os.PathLike) -> dict[str, Any]:
+def classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
+    """Module names of the classifier: timm's ``pretrained_cfg["classifier"]``, else the last
+    ``nn.Linear`` (or 1x1 conv head) in module order."""
+    cfg = getattr(model, "pretrained_cfg", None)
+    if isinstance(cfg, Mapping) and cfg.get("classifier"):
+        names = cfg["classifier"]
+        return tuple(names) if isinstance(names, (list, tuple)) else (names,)
+    heads = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return (heads[-1],) if heads else ()
+
+
+def load_weights_file(model: nn.Module, path: str | os.PathLike, *, reinit_classifier: bool = False) -> dict[str, Any]:
     """Load a local weights file into ``model`` (in place, strictly).
 
     Accepts a plain state_dict (``.pt``/``.pth``/``.bin`` via ``torch.load(weights_only=True)``,
@@ -228,15 +277,23 @@ def load_weights_file(model: nn.Module, path: str | os.PathLike) -> dict[str, An
     ``state_dict``, ``model``, ``state_dict_ema`` or ``model_ema``), with ``module.`` (DDP) and
     ``_orig_mod.`` (torch.compile) prefixes stripped.
 
+    Args:
+        model: the model to load into.
+        path: the weights file.
+        reinit_classifier: when only the classifier's shapes differ (``num_classes`` was
+            changed), keep the model's freshly initialised classifier and load the rest, as
+            timm does; the keys are reported.
+
     Returns:
-        ``{"kind": "file", "name": file name, "sha256": hex digest}`` for the manifest.
+        ``{"kind": "file", "name": file name, "sha256": hex digest, "reinitialized": [keys]}``
+        for the manifest.
 
     Raises:
         WeightsFileError: the file is missing, unreadable, holds no state_dict, or its keys or
             shapes do not fit the model (the error lists them).
     """
     path = Path(path)
-    state_dict = _read_state_dict(path)
+    state_dict = read_state_dict(path)
     own = model.state_dict()
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
@@ -244,13 +301,17 @@ def load_weights_file(model: nn.Module, path: str | os.PathLike) -> dict[str, An
         raise WeightsFileError(str(path), f"does not fit the model: {len(missing)} missing key(s) "
                                f"{missing[:5]}, {len(unexpected)} unexpected key(s) {unexpected[:5]}",
                                missing, unexpected)
-    wrong = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-             for k, v in state_dict.items() if v.shape != own[k].shape]
-    if wrong:
-        raise WeightsFileError(str(path), "shape mismatch: " + "; ".join(wrong[:5]) +
-                               (" (use --num-classes to match the classifier)" if len(wrong) <= 2 else ""))
+    wrong = [k for k, v in state_dict.items() if v.shape != own[k].shape]
+    heads = classifier_prefixes(model)
+    in_head = all(any(k.startswith(f"{h}.") for h in heads) for k in wrong)
+    if wrong and not (reinit_classifier and in_head):
+        details = "; ".join(f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}" for k in wrong[:5])
+        hint = " (pass --num-classes to re-initialise the classifier)" if in_head else ""
+        raise WeightsFileError(str(path), f"shape mismatch: {details}{hint}")
+    for key in wrong:  # the classifier keeps its fresh initialisation
+        state_dict[key] = own[key]
     model.load_state_dict(state_dict, strict=True)
-    return {"kind": "file", "name": path.name, "sha256": _sha256(path)}
+    return {"kind": "file", "name": path.name, "sha256": _sha256(path), "reinitialized": sorted(wrong)}
 
 
 def default_input_size(model: nn.Module, source: ModelSource | None = None) -> tuple[int, int, int]:

@@ -20,6 +20,7 @@ from .apply import apply_plan, check_shapes
 from .checkpoint import build_manifest, check_output_path, read_checkpoint, rebuild, recorded_plan, save_checkpoint
 from .counting import CountReport, compare_counts
 from .errors import NothingSelectedError, UnmatchedRuleError
+from .finetune import new_parameter_names, reset_batchnorm_stats, stale_batchnorms
 from .layers import ScConvConfig
 from .models import ModelSource, build_model, create_model, default_input_size
 from .plan import Plan, plan_conversion
@@ -42,6 +43,8 @@ class ConversionResult:
         output: the checkpoint path (written unless ``dry_run``), or None.
         seed: the initialisation seed of the new modules.
         dry_run: nothing was written.
+        stale_batchnorms: BatchNorm layers right after a replaced conv.
+        reset_bn_stats: whether their running statistics were reset.
     """
 
     source: ModelSource
@@ -51,12 +54,15 @@ class ConversionResult:
     output: Path | None
     seed: int
     dry_run: bool
+    stale_batchnorms: tuple[str, ...] = ()
+    reset_bn_stats: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """The ``--json`` document (``schema_version`` at the root)."""
         return {"schema_version": RESULT_SCHEMA_VERSION, "model": self.source.to_dict(),
                 "dry_run": self.dry_run, "output": str(self.output) if self.output else None,
-                "seed": self.seed, "plan": self.plan.to_dict(), "counts": self.report.to_dict()}
+                "seed": self.seed, "plan": self.plan.to_dict(), "counts": self.report.to_dict(),
+                "stale_batchnorms": list(self.stale_batchnorms), "reset_bn_stats": self.reset_bn_stats}
 
 
 def _noop(message: str) -> None:
@@ -68,7 +74,7 @@ def run_conversion(name: str, *, rules: Sequence[Rule] = (), config: ScConvConfi
                    num_classes: int | None = None, model_kwargs: Mapping[str, Any] | None = None,
                    input_size: tuple[int, int, int] | None = None,
                    out: str | os.PathLike | None = None, dry_run: bool = False, seed: int = 0,
-                   allow_unmatched: bool = False, count_elementwise: bool = False,
+                   allow_unmatched: bool = False, count_elementwise: bool = False, reset_bn_stats: bool = False,
                    on_step: Callable[[str], None] = _noop) -> ConversionResult:
     """Convert the model ``name`` and save a checkpoint at ``out`` unless ``dry_run``.
 
@@ -86,6 +92,8 @@ def run_conversion(name: str, *, rules: Sequence[Rule] = (), config: ScConvConfi
             neither pretrained nor file weights (stored in the manifest).
         allow_unmatched: do not fail when an include rule matches no conv.
         count_elementwise: also count SCConv's elementwise operators (apart from MACs).
+        reset_bn_stats: reset the running statistics of the BatchNorms right after a
+            replaced conv (they were gathered on the dense conv's outputs).
         on_step: called with a short message as each step starts (progress display).
 
     Returns:
@@ -119,13 +127,18 @@ def run_conversion(name: str, *, rules: Sequence[Rule] = (), config: ScConvConfi
     size = tuple(input_size) if input_size else default_input_size(base, source)
     on_step(f"checking output shapes at {'x'.join(map(str, size))}")
     check_shapes(base, converted, plan, size)
+    stale = stale_batchnorms(converted, [d.name for d in plan.replaced], size)
+    if reset_bn_stats:
+        reset_batchnorm_stats(converted, stale)
     on_step(f"counting at {'x'.join(map(str, size))}")
     report = compare_counts(base, converted, size, replaced=plan.replaced, count_elementwise=count_elementwise)
     if out_path is not None and not dry_run:
         on_step(f"saving {out_path}")
-        manifest = build_manifest(source, plan, seed=seed, input_size=size, counts=report.to_dict())
+        manifest = build_manifest(source, plan, seed=seed, input_size=size, counts=report.to_dict(),
+                                  new_parameters=new_parameter_names(converted), stale_batchnorms=stale,
+                                  reset_bn_stats=reset_bn_stats)
         save_checkpoint(out_path, converted, manifest)
-    return ConversionResult(source, plan, report, converted, out_path, seed, dry_run)
+    return ConversionResult(source, plan, report, converted, out_path, seed, dry_run, tuple(stale), reset_bn_stats)
 
 
 @dataclass(frozen=True)
@@ -179,3 +192,93 @@ def recount_checkpoint(path: str | os.PathLike, *, input_size: tuple[int, int, i
     on_step(f"counting at {'x'.join(map(str, size))}")
     report = compare_counts(base, converted, size, replaced=plan.replaced, count_elementwise=count_elementwise)
     return CheckpointReport(Path(path), source, plan, report)
+
+
+@dataclass(frozen=True)
+class Check:
+    """One verification check: what was checked, whether it passed, and the detail."""
+
+    name: str
+    passed: bool
+    detail: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "passed": self.passed, "detail": self.detail}
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """The outcome of :func:`verify_checkpoint`.
+
+    Attributes:
+        path: the checkpoint.
+        checks: each check, in order.
+    """
+
+    path: Path
+    checks: tuple[Check, ...]
+
+    @property
+    def passed(self) -> bool:
+        return all(check.passed for check in self.checks)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema_version": RESULT_SCHEMA_VERSION, "checkpoint": str(self.path), "passed": self.passed,
+                "checks": [c.to_dict() for c in self.checks]}
+
+
+def verify_checkpoint(path: str | os.PathLike, *, weights: str | os.PathLike | None = None,
+                      input_size: tuple[int, int, int] | None = None,
+                      on_step: Callable[[str], None] = _noop) -> VerifyResult:
+    """Check that a checkpoint loads and runs, and optionally that it kept the source weights.
+
+    Checks: the checkpoint loads strictly; a forward at the recorded input size (batch 2,
+    eval mode) gives the base model's output shape and finite values; with ``weights``, every
+    tensor outside the replaced modules equals the weights file's (except the classifier keys
+    re-initialised for ``num_classes`` and BatchNorm statistics reset by ``--reset-bn-stats``).
+
+    Raises:
+        CheckpointError, UnknownModelError: the checkpoint cannot be loaded at all.
+        WeightsFileError: ``weights`` cannot be read.
+    """
+    from .checkpoint import load
+    from .models import read_state_dict
+
+    on_step(f"loading {path}")
+    manifest = read_checkpoint(path)["manifest"]
+    model = load(path)
+    checks = [Check("loads", True, f"{len(manifest['replaced'])} replaced convs, state_dict loaded strictly")]
+    size = tuple(input_size or manifest.get("input_size") or (3, 224, 224))
+    on_step(f"forward at 2x{'x'.join(map(str, size))}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        x = torch.randn(2, *size)
+    base = build_model(ModelSource.from_dict(manifest["source"]))
+    with torch.no_grad():
+        out, expected = model(x), base(x)
+    checks.append(Check("output shape", tuple(out.shape) == tuple(expected.shape),
+                        f"{tuple(out.shape)} (base model: {tuple(expected.shape)})"))
+    finite = bool(torch.isfinite(out).all())
+    checks.append(Check("finite output", finite, "all finite" if finite else "NaN or inf in the output"))
+    if weights is not None:
+        on_step(f"comparing with {weights}")
+        source_weights = read_state_dict(Path(weights))
+        replaced = [d["name"] for d in manifest["replaced"]]
+        reinitialized = set(manifest["source"].get("weights", {}).get("reinitialized", []))
+        reset = set(manifest.get("stale_batchnorms", [])) if manifest.get("reset_bn_stats") else set()
+        compared, differ, missing = 0, [], []
+        for key, value in model.state_dict().items():
+            module = key.rsplit(".", 1)[0]
+            if any(key.startswith(f"{r}.") for r in replaced) or key in reinitialized or module in reset:
+                continue
+            if key not in source_weights:
+                missing.append(key)
+            elif not torch.equal(value, source_weights[key].to(value.dtype)):
+                differ.append(key)
+            compared += 1
+        ok = not differ and not missing
+        detail = (f"{compared} untouched tensors equal the weights file" if ok else
+                  f"{len(differ)} differ ({', '.join(differ[:5])}), {len(missing)} missing from the file "
+                  f"({', '.join(missing[:5])})")
+        checks.append(Check("untouched weights", ok, detail))
+    return VerifyResult(Path(path), tuple(checks))

@@ -1,0 +1,42 @@
+"""``scconv verify CHECKPOINT``: load it, run it, and optionally compare with the source weights."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from scconv_surgery.pipeline import verify_checkpoint
+
+from .errors import EXIT_VERIFY_FAILED
+from .output import Output
+from .params import DebugOpt, InputSizeOpt, JsonOpt, parse_input_size
+
+
+def verify(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint written by 'scconv convert'.", dir_okay=False,
+                                               show_default=False)],
+    *,
+    weights: Annotated[Path | None, typer.Option(
+        help="The weights file the conversion started from: every untouched tensor must equal it.",
+        dir_okay=False, show_default=False)] = None,
+    input_size: InputSizeOpt = None,
+    json_output: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Load CHECKPOINT, run a forward at its recorded input size, check the output shape and finiteness, and with --weights that untouched layers equal the source weights.
+
+    Exit codes: 0 every check passed; 4 a check failed; 2 the checkpoint or weights file cannot be read.
+    """
+    output = Output(json=json_output, debug=debug)
+    size = parse_input_size(input_size)
+    with output.errors(), output.progress() as step:
+        result = verify_checkpoint(checkpoint, weights=weights, input_size=size, on_step=step)
+    if json_output:
+        output.emit_json(result.to_dict())
+    else:
+        for check in result.checks:
+            mark = "[green]ok[/]  " if check.passed else "[red]FAIL[/]"
+            output.console.print(f"{mark} {check.name}: {check.detail}", highlight=False)
+    if not result.passed:
+        raise typer.Exit(EXIT_VERIFY_FAILED)
