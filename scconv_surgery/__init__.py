@@ -10,6 +10,7 @@ from .checkpoint import build_manifest, load, read_checkpoint, save_checkpoint
 from .counting import CountReport, Counts, compare_counts, count_model
 from .errors import (
     CheckpointError,
+    FactoryError,
     InvalidRuleError,
     ModelArgumentError,
     NothingSelectedError,
@@ -23,6 +24,7 @@ from .errors import (
     UnmatchedRuleError,
     WeightsFileError,
 )
+from .finetune import new_parameter_names, param_groups, reset_batchnorm_stats, stale_batchnorms
 from .layers import CRU, SRU, ScConv, ScConvConfig, StridePolicy, Variant
 from .models import ModelSource, create_model, default_input_size
 from .plan import Action, ConvSpec, Decision, Plan, SkipReason, plan_conversion
@@ -38,5 +40,6 @@ __all__ = [
     "CountReport", "ModelSource", "ScconvError", "UnknownModelError", "PretrainedWeightsError",
     "WeightsFileError", "InvalidRuleError", "UnmatchedRuleError", "NothingSelectedError",
     "OutputPathError", "CheckpointError", "PlanMismatchError", "ShapeMismatchError",
-    "RulesFileError", "ModelArgumentError", "check_shapes", "load_rules_file", "assemble_rules",
+    "RulesFileError", "ModelArgumentError", "FactoryError", "check_shapes", "load_rules_file", "assemble_rules",
+    "param_groups", "new_parameter_names", "stale_batchnorms", "reset_batchnorm_stats",
 ]

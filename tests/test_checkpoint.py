@@ -152,3 +152,66 @@ def test_base_model_that_no_longer_fits_the_plan(saved, tmp_path):
 
 def test_public_load_is_the_checkpoint_load():
     assert scconv_surgery.load is load
+
+
+GOLDEN = __import__("pathlib").Path(__file__).parent / "golden"
+
+
+def test_a_checkpoint_of_an_earlier_release_keeps_loading():
+    """tests/golden/v1_test_resnet.pt was written by release 0.1.0 (format version 1)."""
+    from safetensors.torch import load_file
+
+    io = load_file(str(GOLDEN / "v1_test_resnet_io.safetensors"))
+    model = load(GOLDEN / "v1_test_resnet.pt")
+    with torch.no_grad():
+        torch.testing.assert_close(model(io["input"]), io["output"], rtol=1e-5, atol=1e-5)
+
+
+def test_pt_and_safetensors_load_to_identical_models(saved, tmp_path):
+    path, result = saved
+    manifest = torch.load(path, weights_only=True)["manifest"]
+    st = checkpoint.save_checkpoint(tmp_path / "m.safetensors", result.model, manifest)
+    a, b = load(path), load(st)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(a(x), b(x))
+    assert read_checkpoint(st)["manifest"] == manifest
+
+
+def test_safetensors_shared_tensors_are_stored_once(tmp_path):
+    from safetensors import safe_open
+
+    from scconv_surgery.apply import convert
+    from scconv_surgery.checkpoint import build_manifest
+    from scconv_surgery.models import ModelSource
+    from conftest import AliasedConvNet
+
+    model, plan = convert(AliasedConvNet())
+    source = ModelSource("factory", "conftest:AliasedConvNet")
+    path = checkpoint.save_checkpoint(tmp_path / "a.safetensors", model,
+                                      build_manifest(source, plan, seed=0, input_size=(16, 8, 8)))
+    with safe_open(str(path), "pt") as f:
+        stored = set(f.keys())
+    assert all(k.startswith("conv.") for k in stored)  # "again.*" are the same tensors
+    loaded = load(path)
+    assert loaded.conv is loaded.again
+    x = torch.randn(1, 16, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
+def test_safetensors_without_scconv_metadata(tmp_path, tiny_net):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "plain.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny_net.state_dict().items()}, str(path))
+    with pytest.raises(CheckpointError, match="safetensors file without scconv metadata"):
+        load(path)
+
+
+def test_manifest_lists_new_parameters_and_stale_batchnorms(saved):
+    path, result = saved
+    manifest = torch.load(path, weights_only=True)["manifest"]
+    assert len(manifest["new_parameters"]) == 16 * 8
+    assert manifest["stale_batchnorms"] == list(result.stale_batchnorms)
+    assert "layer1.0.bn2" in manifest["stale_batchnorms"] and manifest["reset_bn_stats"] is False
