@@ -1,9 +1,21 @@
 """The ``scconv`` application: the root Typer app and ``main()``."""
 from __future__ import annotations
 
+import signal
+import warnings
+from typing import Annotated
+
 import typer
 
 from . import convert, report, verify
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from scconv_surgery import __version__
+
+        print(f"scconv-surgery {__version__}")
+        raise typer.Exit()
 
 
 def create_app() -> typer.Typer:
@@ -19,7 +31,8 @@ def create_app() -> typer.Typer:
     )
 
     @app.callback()
-    def root() -> None:
+    def root(version: Annotated[bool, typer.Option("--version", help="Print the version and exit.",
+                                                   callback=_print_version, is_eager=True)] = False) -> None:
         """scconv: SCConv model surgery."""
 
     app.command("convert", no_args_is_help=True)(convert.convert)
@@ -31,8 +44,16 @@ def create_app() -> typer.Typer:
 app = create_app()
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds: a checkpoint being written is removed, not left half-written
+
+
 def main() -> None:
     """Console-script entry point."""
+    signal.signal(signal.SIGTERM, _terminate)
+    # deprecation notices of the model libraries are not the user's business
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(timm|torchvision|torch)(\.|$)")
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"(timm|torchvision|torch)(\.|$)")
     app()
 
 

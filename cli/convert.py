@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 import yaml
 
+from scconv_surgery.errors import InvalidOptionError
 from scconv_surgery.layers import ScConvConfig, StridePolicy, Variant
 from scconv_surgery.pipeline import run_conversion
 from scconv_surgery.rules import PRESETS, RuleAction, assemble_rules
@@ -30,8 +31,12 @@ def parse_model_kwargs(items: list[str] | None) -> dict[str, Any]:
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key.isidentifier():
-            raise typer.BadParameter(f"{item!r} is not KEY=VALUE (e.g. output_stride=8)", param_hint="'--model-kwargs'")
-        kwargs[key] = yaml.safe_load(value) if value else ""
+            raise InvalidOptionError("--model-kwargs", f"{item!r} is not KEY=VALUE (e.g. output_stride=8)")
+        try:
+            kwargs[key] = yaml.safe_load(value) if value else ""
+        except yaml.YAMLError as err:
+            raise InvalidOptionError("--model-kwargs", f"{item!r}: the value is not valid YAML "
+                                     f"({str(err).splitlines()[0]}); quote text values") from err
     return kwargs
 
 
@@ -70,14 +75,16 @@ def convert(
         help="Start from a local weights file: a state_dict (.pt/.pth/.safetensors) or a timm/torchvision "
         "training checkpoint.", show_default=False, dir_okay=False)] = None,
     num_classes: Annotated[int | None, typer.Option(
-        help="Classifier size passed to the model constructor.", min=1, show_default=False)] = None,
+        help="Classifier size passed to the model constructor.", min=1, max=1_000_000, show_default=False)] = None,
     factory: Annotated[str | None, typer.Option(
         help="Build your own model: 'package.module:function', called with --model-kwargs and --num-classes "
         "(the working directory is importable). Recorded so that load() rebuilds it.", show_default=False)] = None,
     model_kwargs: Annotated[list[str] | None, typer.Option(
         "--model-kwargs", help="Constructor argument KEY=VALUE (value read as YAML: 8, 0.1, true, text), e.g. "
         "output_stride=8. Repeatable; recorded in the checkpoint.", show_default=False)] = None,
-    seed: Annotated[int, typer.Option(help="Seed that initialises the new SCConv parameters.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed that initialises the new SCConv parameters.", min=0,
+                                      max=2**63 - 1)] = 0,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --out file.")] = False,
     count_elementwise: CountElementwiseOpt = False,
     reset_bn_stats: Annotated[bool, typer.Option(
         "--reset-bn-stats", help="Reset the running statistics of the BatchNorm right after each replaced conv "
@@ -91,17 +98,19 @@ def convert(
     Exit codes: 0 success; 1 unexpected failure; 2 bad input (unknown model, unreadable or invalid file, bad option); 3 an --include matched nothing, or no conv was selected.
     """
     output = Output(json=json_output, debug=debug)
-    if out is None and not dry_run:
-        raise typer.BadParameter("give --out FILE.pt, or --dry-run to write nothing", param_hint="'--out'")
-    if (model is None) == (factory is None):
-        raise typer.BadParameter("give a MODEL name or --factory package.module:function (one of them)",
-                                 param_hint="'MODEL'")
-    if pretrained and weights is not None:
-        raise typer.BadParameter("--pretrained and --weights are exclusive; pass one", param_hint="'--weights'")
-    size = parse_input_size(input_size)
-    kwargs = parse_model_kwargs(model_kwargs)
-    config = ScConvConfig(variant=variant, stride_policy=stride_policy)
     with output.errors(), output.progress() as step:
+        if out is None and not dry_run:
+            raise InvalidOptionError("--out", "give --out FILE.pt, or --dry-run to write nothing")
+        if (model is None) == (factory is None):
+            raise InvalidOptionError("MODEL", "give a MODEL name or --factory package.module:function (one of them)")
+        if pretrained and weights is not None:
+            raise InvalidOptionError("--weights", "--pretrained and --weights are exclusive; pass one")
+        size = parse_input_size(input_size)
+        kwargs = parse_model_kwargs(model_kwargs)
+        if num_classes is not None and "num_classes" in kwargs and kwargs["num_classes"] != num_classes:
+            raise InvalidOptionError("--num-classes", f"{num_classes} contradicts --model-kwargs "
+                                     f"num_classes={kwargs['num_classes']}; give one")
+        config = ScConvConfig(variant=variant, stride_policy=stride_policy)
         rules = assemble_rules(preset=preset.value if preset else None, rules_file=rules_file,
                                include=include or (), exclude=exclude or ())
         name = model if model is not None else f"factory:{factory}"
@@ -109,7 +118,7 @@ def convert(
                                 num_classes=num_classes, model_kwargs=kwargs, input_size=size, out=out,
                                 dry_run=dry_run,
                                 seed=seed, allow_unmatched=allow_unmatched, count_elementwise=count_elementwise,
-                                reset_bn_stats=reset_bn_stats, on_step=step)
+                                reset_bn_stats=reset_bn_stats, overwrite=force, on_step=step)
     for rule, matched in zip(result.plan.rules, result.plan.rule_matches):
         if rule.action is RuleAction.EXCLUDE and matched == 0:
             output.warn(f"exclude rule {rule.pattern!r} matched no conv")

@@ -15,6 +15,7 @@ EXIT_UNEXPECTED = 1  # a bug or an environment failure: run again with --debug
 EXIT_BAD_INPUT = 2  # unknown model, unreadable or invalid file, bad option (as Click's usage errors)
 EXIT_NOTHING_SELECTED = 3  # an include rule matched nothing, or no conv was selected
 EXIT_VERIFY_FAILED = 4  # scconv verify: a check failed
+EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT); SIGTERM gives 143. Nothing is left at the output path.
 
 # Looked up along the exception's MRO, so the most specific class wins whatever the order.
 ERROR_EXIT_CODES: dict[type[BaseException], int] = {
@@ -25,7 +26,7 @@ ERROR_EXIT_CODES: dict[type[BaseException], int] = {
 }
 
 _FIELDS = ("name", "suggestions", "path", "patterns", "pattern", "index", "key", "reasons",
-           "missing_keys", "unexpected_keys", "expected", "actual", "factory", "kwargs")
+           "missing_keys", "unexpected_keys", "expected", "actual", "factory", "kwargs", "option", "input_shape")
 
 
 def exit_code_for(err: BaseException) -> int:

@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from .errors import EXIT_UNEXPECTED, error_document, exit_code_for
+from .errors import EXIT_INTERRUPTED, EXIT_UNEXPECTED, error_document, exit_code_for
 
 
 def _stderr_console() -> Console:
@@ -48,12 +48,17 @@ class Output:
 
     @contextlib.contextmanager
     def progress(self) -> Iterator[Callable[[str], None]]:
-        """A step callback: a spinner on a terminal, else one line per step on stderr."""
-        if self.console.is_terminal:
-            with self.console.status("starting") as status:
-                yield lambda message: status.update(f"{message}...")
-        else:
-            yield lambda message: self.console.print(f"scconv: {message}...", style="dim", highlight=False)
+        """A step callback: a spinner on a terminal, else one line per step on stderr.
+
+        Meanwhile anything a library prints to stdout goes to stderr, so that stdout holds
+        only the command's own output (e.g. torch.hub's "Downloading" lines).
+        """
+        with contextlib.redirect_stdout(sys.stderr):
+            if self.console.is_terminal:
+                with self.console.status("starting") as status:
+                    yield lambda message: status.update(f"{message}...")
+            else:
+                yield lambda message: self.console.print(f"scconv: {message}...", style="dim", highlight=False)
 
     @contextlib.contextmanager
     def errors(self) -> Iterator[None]:
@@ -62,8 +67,16 @@ class Output:
             yield
         except typer.Exit:
             raise
+        except KeyboardInterrupt:
+            self.console.print("interrupted: nothing was written", style="yellow")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
         except Exception as err:
             code = exit_code_for(err)
+            plan = getattr(err, "plan", None)
+            if plan is not None and not self.json:  # show every conv and why it was skipped
+                from .render import plan_table
+
+                self.console.print(plan_table(plan))
             if self.debug:
                 self.console.print(traceback.format_exc(), highlight=False, markup=False)
             if self.json:

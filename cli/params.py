@@ -5,6 +5,8 @@ from typing import Annotated
 
 import typer
 
+from scconv_surgery.errors import InvalidOptionError
+
 InputSizeOpt = Annotated[str | None, typer.Option(
     "--input-size", help="Input size CxHxW to count at, e.g. 3x256x256 (or HxW, or H). Default: the model's "
     "pretrained_cfg input_size (timm), the default weights' crop size (torchvision), else 3x224x224.",
@@ -17,11 +19,15 @@ CountElementwiseOpt = Annotated[bool, typer.Option(
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks of unexpected errors.")]
 
 
+MAX_SIDE = 4096  # larger inputs are almost surely a typo (and would not fit in memory)
+MAX_CHANNELS = 64
+
+
 def parse_input_size(value: str | None) -> tuple[int, int, int] | None:
     """``3x224x224`` -> (3, 224, 224); ``224x224`` and ``224`` imply 3 channels.
 
     Raises:
-        typer.BadParameter: not a size of positive integers (exit 2).
+        InvalidOptionError: not a size of positive integers, or beyond 64 channels / 4096 pixels.
     """
     if value is None:
         return None
@@ -34,6 +40,8 @@ def parse_input_size(value: str | None) -> tuple[int, int, int] | None:
     elif len(parts) == 2:
         parts = [3, *parts]
     if len(parts) != 3 or min(parts) < 1:
-        raise typer.BadParameter(f"{value!r} is not a size; use CxHxW such as 3x224x224 (or HxW, or H)",
-                                 param_hint="'--input-size'")
+        raise InvalidOptionError("--input-size", f"{value!r} is not a size; use CxHxW such as 3x224x224 (or HxW, or H)")
+    if parts[0] > MAX_CHANNELS or max(parts[1:]) > MAX_SIDE:
+        raise InvalidOptionError("--input-size", f"{value!r} is out of range (at most {MAX_CHANNELS} channels and "
+                                 f"{MAX_SIDE} pixels a side)")
     return tuple(parts)  # type: ignore[return-value]

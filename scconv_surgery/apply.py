@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ._modes import eval_mode
-from .errors import PlanMismatchError, ShapeMismatchError
+from .errors import ModelForwardError, PlanMismatchError, ShapeMismatchError
 from .layers import ScConv, ScConvConfig
 from .plan import ConvSpec, Decision, Plan, plan_conversion
 from .rules import Rule
@@ -102,6 +102,8 @@ def _conv_shapes(model: nn.Module, names: Sequence[str], x: torch.Tensor) -> dic
     try:
         with eval_mode(model), torch.no_grad():
             model(x)
+    except Exception as err:
+        raise ModelForwardError(type(model).__name__, tuple(x.shape), f"{type(err).__name__}: {err}") from err
     finally:
         for handle in handles:
             handle.remove()
@@ -118,6 +120,7 @@ def check_shapes(base: nn.Module, converted: nn.Module, plan: Plan, input_size: 
 
     Raises:
         ShapeMismatchError: a replacement's output shape differs (names the first such layer).
+        ModelForwardError: ``base`` fails on the dummy input (wrong channels, or not an image model).
     """
     names = [d.name for d in plan.replaced]
     first = next(base.parameters(), None)

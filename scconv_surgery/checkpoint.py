@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .apply import apply_plan
-from .errors import CheckpointError, OutputPathError, PlanMismatchError
+from .errors import CheckpointError, OutputPathError, PlanMismatchError, ScconvError
 from .models import ModelSource, build_model
 from .plan import Decision, Plan
 
@@ -87,23 +87,38 @@ def build_manifest(source: ModelSource, plan: Plan, *, seed: int | None, input_s
     }
 
 
-def check_output_path(path: str | os.PathLike) -> Path:
+def check_output_path(path: str | os.PathLike, *, overwrite: bool = True) -> Path:
     """Check that a checkpoint can be written at ``path``, before any work is done.
 
+    Args:
+        path: the output file.
+        overwrite: allow replacing an existing file.
+
     Raises:
-        OutputPathError: the suffix is not ``.pt``/``.pth``, the directory does not exist or is
-            not writable, or the path is a directory.
+        OutputPathError: the suffix is not ``.pt``/``.pth``/``.safetensors``, the path is a
+            directory, exists (without ``overwrite``), its directory does not exist or is not
+            a directory, or no file can be created there.
     """
     path = Path(path)
     if path.suffix not in SUFFIXES:
-        raise OutputPathError(str(path), f"unsupported suffix {path.suffix!r}; use one of {', '.join(SUFFIXES)}")
+        raise OutputPathError(str(path), f"unsupported suffix {path.suffix!r}; use one of {', '.join(SUFFIXES)} "
+                              "(e.g. model.pt)")
     if path.is_dir():
         raise OutputPathError(str(path), "is a directory; give a file name such as model.pt")
+    if path.exists() and not overwrite:
+        raise OutputPathError(str(path), "exists; pass --force to overwrite it")
     parent = path.parent if str(path.parent) else Path(".")
+    if parent.exists() and not parent.is_dir():
+        raise OutputPathError(str(path), f"{str(parent)!r} is a file, not a directory")
     if not parent.is_dir():
         raise OutputPathError(str(path), f"directory {str(parent)!r} does not exist; create it first")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputPathError(str(path), f"directory {str(parent)!r} is not writable")
+    try:  # what the write will do: create a file in that directory (catches read-only mounts, /proc)
+        with tempfile.NamedTemporaryFile(prefix=f".{path.name}.", suffix=".probe", dir=parent):
+            pass
+    except OSError as err:
+        raise OutputPathError(str(path), f"cannot create a file in {str(parent)!r} ({err.strerror or err})") from err
     return path
 
 
@@ -131,7 +146,8 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, manifest: Mapping
     The suffix picks the form: ``.pt``/``.pth`` (``torch.save``) or ``.safetensors``.
 
     Raises:
-        OutputPathError: see :func:`check_output_path`; nothing is left at ``path`` on failure.
+        OutputPathError: see :func:`check_output_path`, or the write failed (disk full); nothing
+            is left at ``path`` on failure.
     """
     path = check_output_path(path)
     state_dict = {k: v.detach() for k, v in model.state_dict().items()}
@@ -145,7 +161,11 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, manifest: Mapping
                             "state_dict": state_dict}, f)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    except Exception as err:  # disk full surfaces as OSError or as torch's RuntimeError
+        Path(tmp).unlink(missing_ok=True)
+        raise OutputPathError(str(path), f"writing failed ({type(err).__name__}: {str(err).splitlines()[0]}); "
+                              "nothing was written") from err
+    except BaseException:  # KeyboardInterrupt, SystemExit: leave nothing behind
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
@@ -178,6 +198,8 @@ def read_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> di
             message says what it looks like instead), or of a newer format version.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(str(path), "is a directory, not a checkpoint file")
     if not path.is_file():
         raise CheckpointError(str(path), "no such file")
     try:
@@ -200,6 +222,10 @@ def read_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> di
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise CheckpointError(str(path), f"format_version {version!r} is newer than this release "
                               f"reads ({FORMAT_VERSION}); upgrade scconv-surgery")
+    manifest = payload.get("manifest")
+    if not isinstance(manifest, Mapping) or not {"source", "replaced"} <= set(manifest) \
+            or not isinstance(payload.get("state_dict"), Mapping):
+        raise CheckpointError(str(path), "its manifest or state_dict is missing or incomplete")
     return payload
 
 
@@ -218,11 +244,15 @@ def rebuild(path: str | os.PathLike, manifest: Mapping[str, Any], base: nn.Modul
         CheckpointError: the recorded plan does not fit the rebuilt base model.
         UnknownModelError: the base model is unknown to the installed timm / torchvision.
     """
-    model = base if base is not None else build_model(ModelSource.from_dict(manifest["source"]))
     try:
+        model = base if base is not None else build_model(ModelSource.from_dict(manifest["source"]))
         return apply_plan(model, recorded_plan(manifest), seed=None)
     except PlanMismatchError as err:
         raise CheckpointError(str(path), f"the rebuilt base model does not fit: {err}") from err
+    except (KeyError, TypeError, ValueError) as err:
+        if isinstance(err, ScconvError):
+            raise
+        raise CheckpointError(str(path), f"its manifest is invalid ({type(err).__name__}: {err})") from err
 
 
 def load(path: str | os.PathLike, *, map_location: Any = "cpu") -> nn.Module:

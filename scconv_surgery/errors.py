@@ -22,13 +22,13 @@ class UnknownModelError(ScconvError, LookupError):
         suggestions: close known names (``difflib``), best first.
     """
 
-    def __init__(self, name: str, suggestions: Sequence[str] = ()):
+    def __init__(self, name: str, suggestions: Sequence[str] = (), problem: str = "neither timm nor torchvision knows it"):
         self.name = name
-        self.suggestions = tuple(suggestions)
+        self.suggestions = tuple(dict.fromkeys(suggestions))  # unique, order kept
         hint = f" Did you mean: {', '.join(self.suggestions)}?" if self.suggestions else ""
         super().__init__(
-            f"unknown model {name!r}: neither timm nor torchvision knows it.{hint} "
-            "Use 'timm:NAME' or 'torchvision:NAME' to pick a library."
+            f"unknown model {name!r}: {problem}.{hint} "
+            "Use 'timm:NAME' or 'torchvision:NAME' to pick a library, or --factory for your own model."
         )
 
 
@@ -72,8 +72,9 @@ class NothingSelectedError(ScconvError, ValueError):
         reasons: skip reason -> number of convs skipped for it.
     """
 
-    def __init__(self, reasons: dict[str, int]):
+    def __init__(self, reasons: dict[str, int], plan: object = None):
         self.reasons = dict(reasons)
+        self.plan = plan
         summary = ", ".join(f"{n} {r}" for r, n in sorted(self.reasons.items(), key=lambda x: -x[1]))
         super().__init__(f"no conv was selected for replacement (skipped: {summary or 'no convs found'})")
 
@@ -83,14 +84,19 @@ class UnmatchedRuleError(ScconvError, ValueError):
 
     Attributes:
         patterns: the include patterns that matched nothing.
+        suggestions: patterns that would match (e.g. ``*.conv2`` for ``conv2``).
+        plan: the plan, whose decisions list every conv's name.
     """
 
-    def __init__(self, patterns: Sequence[str]):
+    def __init__(self, patterns: Sequence[str], suggestions: Sequence[str] = (), plan: object = None):
         self.patterns = tuple(patterns)
+        self.suggestions = tuple(suggestions)
+        self.plan = plan
+        hint = f" Did you mean {', '.join(map(repr, self.suggestions))}?" if self.suggestions else ""
         super().__init__(
-            f"include pattern(s) matched no conv: {', '.join(map(repr, self.patterns))}. "
-            "Patterns match the full dotted module name (glob, or 're:' for a regex); "
-            "run with --dry-run to list the names."
+            f"include pattern(s) matched no conv: {', '.join(map(repr, self.patterns))}.{hint} "
+            "Patterns match the full dotted module name (glob, or 're:' for a regex), never a suffix; "
+            "the conv names are listed by --dry-run (or --allow-unmatched to go on)."
         )
 
 
@@ -206,3 +212,32 @@ class FactoryError(ScconvError, LookupError):
     def __init__(self, factory: str, problem: str):
         self.factory = factory
         super().__init__(f"factory {factory!r}: {problem}")
+
+
+class InvalidOptionError(ScconvError, ValueError):
+    """An option value that cannot be used (the CLI's own checks, after parsing).
+
+    Attributes:
+        option: the option, e.g. ``"--input-size"``.
+    """
+
+    def __init__(self, option: str, problem: str):
+        self.option = option
+        super().__init__(f"{option}: {problem}")
+
+
+class ModelForwardError(ScconvError, RuntimeError):
+    """The model's forward failed on a dummy image batch: wrong input size, or not an image model.
+
+    Attributes:
+        name: the model.
+        input_shape: the shape of the dummy input.
+    """
+
+    def __init__(self, name: str, input_shape: tuple[int, ...], problem: str):
+        self.name = name
+        self.input_shape = tuple(input_shape)
+        super().__init__(
+            f"the forward of {name!r} failed on a dummy input of shape {self.input_shape}: {problem}. "
+            "scconv needs a model that takes one image tensor; check --input-size (C must match the model)."
+        )

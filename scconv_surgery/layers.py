@@ -157,16 +157,25 @@ def gamma_ratio(gamma: torch.Tensor, eps: float = GAMMA_SUM_EPS) -> torch.Tensor
 def reconstruct(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
     """Cross reconstruction of eq. 4: ``concat(X11 + X22, X12 + X21)``.
 
-    Written as ``x1 + roll(x2, -C // 2)`` over channels, which equals eq. 4 for even C and
+    Written as ``x1 + roll(x2, -(C // 2))`` over channels, which equals eq. 4 for even C and
     generalises it to odd C (every channel of ``x2`` is added exactly once).
 
     Args:
         x1, x2: shape ``(N, C, H, W)``.
 
     Returns:
-        Shape ``(N, C, H, W)``.
+        Shape ``(N, C, H, W)``; the inputs are not modified.
     """
-    return x1 + torch.roll(x2, shifts=-(x2.shape[1] // 2), dims=1)
+    return _reconstruct_(x1.clone(), x2)
+
+
+def _reconstruct_(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+    """:func:`reconstruct` written into ``x1`` (two in-place adds on channel slices, no roll copy)."""
+    channels = x1.shape[1]
+    half = channels // 2
+    x1[:, : channels - half].add_(x2[:, half:])
+    x1[:, channels - half:].add_(x2[:, :half])
+    return x1
 
 
 def fuse_weights(y1: torch.Tensor, y2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -254,16 +263,21 @@ class SRU(nn.Module):
             self.gn = SeedGroupNorm(groups, channels, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate = torch.sigmoid(self.gn(x) * gamma_ratio(self.gn.weight))  # eqs. 1-3
         if self.variant is Variant.SEED:
+            gate = torch.sigmoid(self.gn(x) * gamma_ratio(self.gn.weight))  # eqs. 1-3
             x1 = (gate >= self.gate_threshold) * x
             x2 = (gate < self.gate_threshold) * x
-        else:
-            keep = gate > self.gate_threshold
-            soft = gate * x
-            x1 = torch.where(keep, x, soft)
-            x2 = torch.where(keep, torch.zeros_like(soft), soft)
-        return reconstruct(x1, x2)
+            return _reconstruct_(x1, x2)
+        # eqs. 1-3 with w folded into GroupNorm's affine: GN(x) * w = norm(x) * (gamma * w) + beta * w,
+        # so normalising, scaling and weighting are one kernel
+        gn = self.gn
+        w = gamma_ratio(gn.weight).reshape(-1)
+        gate = torch.sigmoid(F.group_norm(x, gn.num_groups, gn.weight * w, gn.bias * w, gn.eps))
+        keep = gate > self.gate_threshold
+        soft = gate * x  # W1 = W2 = S where S <= t
+        x1 = torch.where(keep, x, soft)  # W1 = 1 where S > t
+        x2 = soft.masked_fill(keep, 0.0)  # W2 = 0 where S > t
+        return _reconstruct_(x1, x2)  # eq. 4
 
 
 class CRU(nn.Module):
@@ -317,11 +331,16 @@ class CRU(nn.Module):
                              padding=kernel_size // 2, groups=gwc_groups, **kw)
         self.pwc1 = nn.Conv2d(up_sq, out_channels, 1, stride=stride, bias=False, **kw)
         self.pwc2 = nn.Conv2d(low_sq, out_channels - low_sq, 1, stride=stride, bias=False, **kw)
+        self.fused_squeeze = up == low and up_sq == low_sq  # read once at construction (compile-friendly)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        up, low = torch.split(x, self.split, dim=1)
-        up, low = self.squeeze1(up), self.squeeze2(low)
-        y1 = self.gwc(up) + self.pwc1(up)  # eq. 5
+        if self.fused_squeeze:  # both squeezes as one grouped 1x1 conv: no split copies, one kernel
+            weight = torch.cat((self.squeeze1.weight, self.squeeze2.weight))
+            up, low = F.conv2d(x, weight, groups=2).chunk(2, dim=1)
+        else:
+            up, low = torch.split(x, self.split, dim=1)
+            up, low = self.squeeze1(up), self.squeeze2(low)
+        y1 = self.gwc(up).add_(self.pwc1(up))  # eq. 5 (a conv's output is not needed by its backward)
         reused = low if self.stride == 1 else F.avg_pool2d(low, self.stride, ceil_mode=True)
         y2 = torch.cat((self.pwc2(low), reused), dim=1)  # eq. 6
         if self.variant is Variant.SEED:
@@ -329,8 +348,10 @@ class CRU(nn.Module):
             out = torch.softmax(out.mean((2, 3), keepdim=True), dim=1) * out
             out1, out2 = torch.split(out, y1.shape[1], dim=1)
             return out1 + out2
-        beta1, beta2 = fuse_weights(y1, y2)  # eqs. 7-8
-        return beta1 * y1 + beta2 * y2  # eq. 9
+        # eqs. 7-9: a softmax over two branches is a sigmoid of the difference, and
+        # beta1 * Y1 + beta2 * Y2 = Y2 + beta1 * (Y1 - Y2): one lerp instead of three passes
+        beta1 = torch.sigmoid(y1.mean((2, 3), keepdim=True) - y2.mean((2, 3), keepdim=True))
+        return torch.lerp(y2, y1, beta1)
 
 
 class ScConv(nn.Module):

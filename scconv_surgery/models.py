@@ -6,11 +6,15 @@ timm/models/_factory.py; torchvision: ``get_model`` in torchvision/models/_api.p
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import difflib
 import hashlib
 import importlib
+import inspect
 import os
+import re
+import socket
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -29,6 +33,7 @@ FACTORY = "factory"  # ModelSource.library of a user's function: name = "package
 DEFAULT_INPUT_SIZE = (3, 224, 224)
 _WRAPPER_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")  # timm/torchvision trainers
 _KEY_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers
+_NON_STATE_KEYS = ("n_averaged",)  # torch.optim.swa_utils.AveragedModel's counter (torchvision's EMA)
 
 
 @dataclass(frozen=True)
@@ -84,7 +89,8 @@ def _resolve(name: str) -> tuple[str, str]:
     if not sep:
         library, model_name = "", name
     elif library not in LIBRARIES:
-        raise UnknownModelError(name, [f"{lib}:{model_name}" for lib in LIBRARIES])
+        raise UnknownModelError(name, [f"{lib}:{model_name}" for lib in LIBRARIES],
+                                problem=f"{library!r} is not a library prefix (timm:, torchvision: or factory:)")
     if library in ("", "timm") and timm.is_model(model_name):
         return "timm", model_name
     if library in ("", "torchvision") and model_name in _torchvision_names():
@@ -93,7 +99,9 @@ def _resolve(name: str) -> tuple[str, str]:
     candidates: list[str] = []
     for lib in ([library] if library else LIBRARIES):
         candidates += pool[lib]()
-    raise UnknownModelError(name, difflib.get_close_matches(model_name, candidates, n=5, cutoff=0.6))
+    problem = f"{library} does not know it" if library else "neither timm nor torchvision knows it"
+    raise UnknownModelError(name, difflib.get_close_matches(model_name, sorted(set(candidates)), n=5, cutoff=0.6),
+                            problem=problem)
 
 
 @contextlib.contextmanager
@@ -148,12 +156,24 @@ def _build(library: str, name: str, kwargs: Mapping[str, Any], pretrained: bool)
                 return timm.create_model(name, pretrained=True, **kwargs)
         except Exception:
             from huggingface_hub import constants
-            if constants.HF_HUB_OFFLINE:
-                raise
+            if constants.HF_HUB_OFFLINE or not _hub_reachable():
+                raise  # offline: fail now rather than after huggingface_hub's retries
         return timm.create_model(name, pretrained=True, **kwargs)
     import torchvision
 
+    builder_args = inspect.signature(torchvision.models.get_model_builder(name)).parameters
+    if "weights_backbone" in builder_args and "weights_backbone" not in kwargs:
+        kwargs = {**kwargs, "weights_backbone": None}  # detection/segmentation: no hidden backbone download
     return torchvision.models.get_model(name, weights="DEFAULT" if pretrained else None, **kwargs)
+
+
+def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face Hub answers a TCP connection (a name lookup fails at once offline)."""
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def create_model(name: str, *, pretrained: bool = False, weights: str | os.PathLike | None = None,
@@ -230,6 +250,8 @@ def _sha256(path: Path) -> str:
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Tensors of a state_dict file, unwrapped from trainer checkpoints and wrapper prefixes."""
+    if path.is_dir():
+        raise WeightsFileError(str(path), "is a directory, not a weights file")
     if not path.is_file():
         raise WeightsFileError(str(path), "no such file")
     try:
@@ -237,15 +259,23 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
             obj: Any = load_file(str(path))
         else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            # timm's and torchvision's training scripts store their argparse.Namespace beside the weights
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # torch's message carries terminal colours
+        hint = ("; it holds pickled objects: save model.state_dict() instead of the module"
+                if "weights_only" in text.lower() or "unpickl" in text.lower() else "")
         raise WeightsFileError(
             str(path), f"not a readable PyTorch or safetensors file ({type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else ''})") from err
+            f"{text.splitlines()[0] if text else ''}){hint}") from err
+    if isinstance(obj, Mapping) and obj.get("format") == "scconv-surgery":
+        raise WeightsFileError(str(path), "is an scconv-surgery checkpoint, not base-model weights; load it with "
+                               "scconv_surgery.load(), or convert from the original weights")
     if isinstance(obj, Mapping):
         for key in _WRAPPER_KEYS:
             if isinstance(obj.get(key), Mapping):
-                obj = obj[key]
+                obj = {k: v for k, v in obj[key].items() if k not in _NON_STATE_KEYS}
                 break
     if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsFileError(str(path), "holds no state_dict (expected a mapping of names to "

@@ -19,7 +19,7 @@ from torch import nn
 from .apply import apply_plan, check_shapes
 from .checkpoint import build_manifest, check_output_path, read_checkpoint, rebuild, recorded_plan, save_checkpoint
 from .counting import CountReport, compare_counts
-from .errors import NothingSelectedError, UnmatchedRuleError
+from .errors import NothingSelectedError, OutputPathError, UnmatchedRuleError
 from .finetune import new_parameter_names, reset_batchnorm_stats, stale_batchnorms
 from .layers import ScConvConfig
 from .models import ModelSource, build_model, create_model, default_input_size
@@ -60,7 +60,9 @@ class ConversionResult:
     def to_dict(self) -> dict[str, Any]:
         """The ``--json`` document (``schema_version`` at the root)."""
         return {"schema_version": RESULT_SCHEMA_VERSION, "model": self.source.to_dict(),
-                "dry_run": self.dry_run, "output": str(self.output) if self.output else None,
+                "dry_run": self.dry_run,
+                "output": str(self.output) if self.output and not self.dry_run else None,
+                "would_write": str(self.output) if self.output and self.dry_run else None,
                 "seed": self.seed, "plan": self.plan.to_dict(), "counts": self.report.to_dict(),
                 "stale_batchnorms": list(self.stale_batchnorms), "reset_bn_stats": self.reset_bn_stats}
 
@@ -69,12 +71,20 @@ def _noop(message: str) -> None:
     pass
 
 
+def _suffix_suggestions(patterns: Sequence[str], plan: Plan) -> list[str]:
+    """``*.PATTERN`` for a plain pattern that is the end of some conv names (people expect suffixes)."""
+    names = [n for d in plan.decisions for n in (d.name, *d.aliases)]
+    return [f"*.{p}" for p in patterns
+            if not p.startswith("re:") and not any(c in p for c in "*?[") and any(n.endswith(f".{p}") for n in names)]
+
+
 def run_conversion(name: str, *, rules: Sequence[Rule] = (), config: ScConvConfig | None = None,
                    pretrained: bool = False, weights: str | os.PathLike | None = None,
                    num_classes: int | None = None, model_kwargs: Mapping[str, Any] | None = None,
                    input_size: tuple[int, int, int] | None = None,
                    out: str | os.PathLike | None = None, dry_run: bool = False, seed: int = 0,
                    allow_unmatched: bool = False, count_elementwise: bool = False, reset_bn_stats: bool = False,
+                   overwrite: bool = False,
                    on_step: Callable[[str], None] = _noop) -> ConversionResult:
     """Convert the model ``name`` and save a checkpoint at ``out`` unless ``dry_run``.
 
@@ -94,20 +104,24 @@ def run_conversion(name: str, *, rules: Sequence[Rule] = (), config: ScConvConfi
         count_elementwise: also count SCConv's elementwise operators (apart from MACs).
         reset_bn_stats: reset the running statistics of the BatchNorms right after a
             replaced conv (they were gathered on the dense conv's outputs).
+        overwrite: replace an existing file at ``out`` (never the ``weights`` file).
         on_step: called with a short message as each step starts (progress display).
 
     Returns:
         A :class:`ConversionResult`.
 
     Raises:
-        OutputPathError: ``out`` cannot be written (checked before any work).
+        OutputPathError: ``out`` cannot be written, exists (without ``overwrite``) or is the
+            weights file (checked before any work).
         InvalidRuleError: a rule cannot be evaluated.
         UnknownModelError, PretrainedWeightsError, WeightsFileError: see ``create_model``.
         UnmatchedRuleError: an include rule matched no conv (unless ``allow_unmatched``).
         NothingSelectedError: no conv is replaced.
         ShapeMismatchError: a replacement does not return its conv's shape (nothing is saved).
     """
-    out_path = check_output_path(out) if out is not None else None
+    out_path = check_output_path(out, overwrite=overwrite) if out is not None else None
+    if out_path is not None and weights is not None and Path(weights).resolve() == out_path.resolve():
+        raise OutputPathError(str(out_path), "is the --weights file; write the checkpoint elsewhere")
     validate_rules(rules)
     config = config or ScConvConfig()
     on_step(f"building {name}")
@@ -119,14 +133,14 @@ def run_conversion(name: str, *, rules: Sequence[Rule] = (), config: ScConvConfi
     plan = plan_conversion(base, rules, config=config)
     unmatched = plan.unmatched_includes()
     if unmatched and not allow_unmatched:
-        raise UnmatchedRuleError(unmatched)
+        raise UnmatchedRuleError(unmatched, _suffix_suggestions(unmatched, plan), plan=plan)
     if not plan.replaced:
-        raise NothingSelectedError(plan.skip_summary())
+        raise NothingSelectedError(plan.skip_summary(), plan=plan)
     on_step(f"replacing {len(plan.replaced)} convs")
     converted = apply_plan(copy.deepcopy(base), plan, seed=seed)
     size = tuple(input_size) if input_size else default_input_size(base, source)
     on_step(f"checking output shapes at {'x'.join(map(str, size))}")
-    check_shapes(base, converted, plan, size)
+    check_shapes(base, converted, plan, size)  # also the first forward: a failure is ModelForwardError
     stale = stale_batchnorms(converted, [d.name for d in plan.replaced], size)
     if reset_bn_stats:
         reset_batchnorm_stats(converted, stale)

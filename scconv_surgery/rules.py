@@ -347,12 +347,18 @@ def assemble_rules(*, preset: str | None = None, rules_file: str | Path | None =
 
     Raises:
         RulesFileError: the rules file is invalid.
+        InvalidRuleError: an empty pattern or a bad regex among ``include`` / ``exclude``.
         ValueError: an unknown preset.
     """
     loaded = load_rules_file(rules_file) if rules_file is not None else None
     chosen = preset if preset is not None else (loaded.preset if loaded else None)
     rules = list(preset_rules(chosen)) if chosen else []
     rules += loaded.rules if loaded else ()
-    rules += [Rule(p, RuleAction.INCLUDE) for p in include]
-    rules += [Rule(p, RuleAction.EXCLUDE) for p in exclude]
+    for action, patterns in ((RuleAction.INCLUDE, include), (RuleAction.EXCLUDE, exclude)):
+        for pattern in patterns:
+            try:
+                rules.append(Rule(pattern, action))
+            except ValueError as err:
+                raise InvalidRuleError(pattern, len(rules), str(err)) from err
+    validate_rules(rules)
     return tuple(rules)

@@ -215,3 +215,24 @@ def test_manifest_lists_new_parameters_and_stale_batchnorms(saved):
     assert len(manifest["new_parameters"]) == 16 * 8
     assert manifest["stale_batchnorms"] == list(result.stale_batchnorms)
     assert "layer1.0.bn2" in manifest["stale_batchnorms"] and manifest["reset_bn_stats"] is False
+
+
+def test_load_of_a_directory_and_of_an_incomplete_manifest(saved, tmp_path):
+    with pytest.raises(CheckpointError, match="is a directory"):
+        load(tmp_path)
+    out = _rewrite(saved, tmp_path, lambda p: p["manifest"].pop("source"))
+    with pytest.raises(CheckpointError, match="manifest or state_dict is missing"):
+        load(out)
+    out = _rewrite(saved, tmp_path, lambda p: p["manifest"]["source"].__setitem__("kwargs", {"no_such_kwarg": 1}))
+    with pytest.raises(scconv_surgery.ScconvError, match="no_such_kwarg"):
+        load(out)
+
+
+def test_write_failure_is_an_output_path_error(tiny_net, tmp_path, monkeypatch):
+    def disk_full(obj, f, *args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] unexpected pos 2080960 vs 2080848")
+
+    monkeypatch.setattr(checkpoint.torch, "save", disk_full)
+    with pytest.raises(OutputPathError, match="writing failed.*nothing was written"):
+        checkpoint.save_checkpoint(tmp_path / "m.pt", tiny_net, {})
+    assert os.listdir(tmp_path) == []

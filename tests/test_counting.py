@@ -46,8 +46,9 @@ def test_resnet50_golden_totals():
     report = compare_counts(model, converted, (3, 224, 224))
     assert (report.before.params, report.after.params) == (25_557_032, 16_530_280)
     assert (report.before.macs, report.after.macs) == (4_111_512_576, 2_672_765_952)
-    assert report.after.uncounted_ops["aten::sigmoid"] == 16
-    assert report.uncounted_added["aten::softmax"] == 16
+    # per layer one sigmoid for SRU's gate, one for the fuse (a two-way softmax), one lerp
+    assert report.after.uncounted_ops["aten::sigmoid"] == 32
+    assert report.uncounted_added["aten::lerp"] == 16
     assert "aten::max_pool2d" not in report.uncounted_added  # present before and after
     doc = report.to_dict()
     assert doc["params_delta"] == 16_530_280 - 25_557_032
@@ -95,13 +96,14 @@ def test_per_layer_rows_and_elementwise_counts(tiny_net):
     # block2: 16 -> 32, stride 2 at 16x16: output 8x8
     assert rows["block2"].macs_before == 32 * 16 * 9 * 8 * 8
     assert rows["block2"].macs_after == (_scconv_conv_macs(16, 32, 8 * 8, 16 * 16)
-                                         + report.after.macs_by_module["block2.sru.gn"])
+                                         + report.after.macs_by_module["block2.sru"])  # SRU's group norm
     assert rows["block2"].params_after == plan.replaced[1].params_after
     # elementwise ops never enter MACs, so MACs equal those counted without them
     plain = compare_counts(tiny_net, converted, (3, 16, 16))
     assert report.after.macs == plain.after.macs and plain.after.elementwise_ops == 0
-    # SRU of block1 (16 channels at 16x16): one sigmoid per element
-    assert report.after.elementwise_by_operator["sigmoid"] == 16 * 16 * 16 + 16 * 16 * 16
+    # SRU gates: one sigmoid per input element (block1 16x16x16, block2 16x16x16); the fuse weights:
+    # one per output channel (block1 16, block2 32)
+    assert report.after.elementwise_by_operator["sigmoid"] == 16 * 16 * 16 + 16 * 16 * 16 + 16 + 32
     assert report.after.elementwise_ops > report.before.elementwise_ops
 
 

@@ -131,3 +131,59 @@ def test_default_input_size(name, size):
 def test_model_source_round_trip():
     source = ModelSource("timm", "resnet50", {"num_classes": 3}, {"kind": "pretrained", "tag": "a1_in1k"})
     assert ModelSource.from_dict(source.to_dict()) == source
+
+
+def test_training_checkpoint_with_argparse_namespace(tmp_path):
+    """timm's CheckpointSaver and torchvision's reference scripts store their args beside the weights."""
+    import argparse
+
+    reference = _reference_state_dict()
+    path = tmp_path / "train.pth"
+    torch.save({"epoch": 9, "args": argparse.Namespace(lr=0.1, model="resnet18"),
+                "state_dict": {f"module.{k}": v for k, v in reference.items()}}, path)
+    model, _ = create_model("torchvision:resnet18", weights=path, num_classes=5)
+    assert torch.equal(model.fc.weight, reference["fc.weight"])
+
+
+def test_torchvision_ema_checkpoint(tmp_path):
+    reference = _reference_state_dict()
+    ema = {"n_averaged": torch.tensor(12), **{f"module.{k}": v for k, v in reference.items()}}
+    path = tmp_path / "ema.pth"
+    torch.save({"model": {f"module.{k}": v for k, v in reference.items()}, "model_ema": ema}, path)
+    model, _ = create_model("torchvision:resnet18", weights=path, num_classes=5)
+    assert torch.equal(model.conv1.weight, reference["conv1.weight"])
+
+
+@pytest.mark.parametrize("case, match", [
+    ("pickled module", "save model.state_dict()"),
+    ("scconv checkpoint", "is an scconv-surgery checkpoint"),
+    ("directory", "is a directory"),
+])
+def test_weights_that_are_something_else(case, match, tmp_path):
+    path = tmp_path / "w.pt"
+    if case == "pickled module":
+        torch.save(torch.nn.Linear(2, 2), path)
+    elif case == "scconv checkpoint":
+        torch.save({"format": "scconv-surgery", "format_version": 1, "manifest": {}, "state_dict": {}}, path)
+    else:
+        path.mkdir()
+    with pytest.raises(WeightsFileError, match=match):
+        create_model("torchvision:resnet18", weights=path)
+
+
+def test_torchvision_detection_models_download_no_backbone(monkeypatch):
+    def no_download(*args, **kwargs):
+        raise AssertionError("a download was attempted")
+
+    monkeypatch.setattr("torchvision.models._api.load_state_dict_from_url", no_download, raising=False)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
+    model, source = create_model("torchvision:fasterrcnn_mobilenet_v3_large_320_fpn")
+    assert source.kwargs == {} and model is not None
+
+
+def test_unknown_name_messages():
+    with pytest.raises(UnknownModelError, match="timm does not know it") as info:
+        create_model("timm:resnet50x")
+    assert len(info.value.suggestions) == len(set(info.value.suggestions))
+    with pytest.raises(UnknownModelError, match="'foo' is not a library prefix"):
+        create_model("foo:resnet50")

@@ -46,7 +46,7 @@ def test_dry_run_json_lists_every_conv_of_resnet50(in_tmp, resnet50_bottleneck_c
     assert counts["input_size"] == [3, 224, 224]
     assert (counts["before"]["params"], counts["after"]["params"]) == (25_557_032, 16_530_280)
     assert (counts["before"]["macs"], counts["after"]["macs"]) == (4_111_512_576, 2_672_765_952)
-    assert counts["uncounted_added"]["aten::sigmoid"] == 16
+    assert counts["uncounted_added"]["aten::sigmoid"] == 32  # per layer: the SRU gate and the fuse weights
     assert os.listdir(in_tmp) == []
 
 
@@ -227,3 +227,56 @@ def test_shape_mismatch_names_the_layer_and_saves_nothing(in_tmp, monkeypatch):
                     "--input-size", "64")
     assert_clean_error(result, 1, "layer1.0.conv2", "(1, 64, 8, 8)", "(1, 64, 16, 16)")
     assert not (in_tmp / "m.pt").exists()
+
+
+def test_existing_output_needs_force_and_weights_are_never_overwritten(in_tmp):
+    (in_tmp / "m.pt").write_bytes(b"keep me")
+    result = invoke("convert", "torchvision:resnet18", "--out", "m.pt", "--input-size", "32")
+    assert_clean_error(result, EXIT_BAD_INPUT, "exists", "--force")
+    assert (in_tmp / "m.pt").read_bytes() == b"keep me"
+    forced = invoke("convert", "torchvision:resnet18", "--out", "m.pt", "--input-size", "32", "--force")
+    assert forced.exit_code == 0, forced.output
+    import torchvision
+
+    torch.save(torchvision.models.resnet18().state_dict(), "w.pt")
+    before = (in_tmp / "w.pt").read_bytes()
+    same = invoke("convert", "torchvision:resnet18", "--weights", "w.pt", "--out", "w.pt", "--force")
+    assert_clean_error(same, EXIT_BAD_INPUT, "is the --weights file")
+    assert (in_tmp / "w.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize("case, args, words", [
+    ("empty include", ["--include", ""], ["non-empty"]),
+    ("bad YAML in model kwargs", ["--model-kwargs", "drop_rate=[1,2"], ["not valid YAML"]),
+    ("contradicting num_classes", ["--model-kwargs", "num_classes=10", "--num-classes", "5"], ["contradicts"]),
+    ("input size out of range", ["--input-size", "3x100000x100000"], ["out of range"]),
+    ("channels the model does not take", ["--input-size", "1x64x64"], ["forward", "3 channels", "--input-size"]),
+])
+def test_more_bad_input_exits_2(case, args, words, in_tmp):
+    result = invoke("convert", "torchvision:resnet18", "--dry-run", *args)
+    assert_clean_error(result, EXIT_BAD_INPUT, *words)
+    as_json = invoke("convert", "torchvision:resnet18", "--dry-run", "--json", *args)
+    assert as_json.exit_code == EXIT_BAD_INPUT and as_json.stdout == ""
+    assert json.loads(as_json.stderr.splitlines()[-1])["error"]["exit_code"] == EXIT_BAD_INPUT
+
+
+def test_nothing_eligible_still_shows_every_conv(in_tmp):
+    result = invoke("convert", "timm:mobilenetv3_small_050", "--dry-run")
+    assert_clean_error(result, EXIT_NOTHING_SELECTED, "no conv was selected", "depthwise", "conv_stem")
+
+
+def test_suffix_pattern_gets_a_suggestion(in_tmp):
+    result = invoke("convert", "torchvision:resnet18", "--dry-run", "--include", "conv2")
+    assert_clean_error(result, EXIT_NOTHING_SELECTED, "Did you mean '*.conv2'?")
+
+
+def test_dry_run_json_says_what_it_would_write(in_tmp):
+    result = invoke("convert", "torchvision:resnet18", "--dry-run", "--json", "--out", "m.pt", "--input-size", "32")
+    doc = json.loads(result.stdout)
+    assert (doc["output"], doc["would_write"]) == (None, "m.pt")
+    assert not (in_tmp / "m.pt").exists()
+
+
+def test_version():
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.stdout.startswith("scconv-surgery ")
