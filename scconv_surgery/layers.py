@@ -272,11 +272,13 @@ class SRU(nn.Module):
         # so normalising, scaling and weighting are one kernel
         gn = self.gn
         w = gamma_ratio(gn.weight).reshape(-1)
-        gate = torch.sigmoid(F.group_norm(x, gn.num_groups, gn.weight * w, gn.bias * w, gn.eps))
-        keep = gate > self.gate_threshold
+        gate = torch.sigmoid_(F.group_norm(x, gn.num_groups, gn.weight * w, gn.bias * w, gn.eps))
+        # step 4 without torch.where / masked_fill (slow on CPU) and with few fresh activations (each
+        # one costs page faults): keep = 1 where S > t, else 0, exactly (S > 0, t >= 0); no gradient
+        keep = torch.ceil_(F.threshold(gate.detach(), self.gate_threshold, 0.0))
         soft = gate * x  # W1 = W2 = S where S <= t
-        x1 = torch.where(keep, x, soft)  # W1 = 1 where S > t
-        x2 = soft.masked_fill(keep, 0.0)  # W2 = 0 where S > t
+        x2 = soft.addcmul_(keep, soft, value=-1.0)  # W2 = 0 where S > t (in place: S*x - S*x = 0)
+        x1 = torch.addcmul(x2, keep, x)  # W1 = 1 where S > t: 0 + x
         return _reconstruct_(x1, x2)  # eq. 4
 
 
@@ -337,6 +339,7 @@ class CRU(nn.Module):
         if self.fused_squeeze:  # both squeezes as one grouped 1x1 conv: no split copies, one kernel
             weight = torch.cat((self.squeeze1.weight, self.squeeze2.weight))
             up, low = F.conv2d(x, weight, groups=2).chunk(2, dim=1)
+            up = up.contiguous()  # read by GWC and PWC1: copy the channel slice once, not in each conv
         else:
             up, low = torch.split(x, self.split, dim=1)
             up, low = self.squeeze1(up), self.squeeze2(low)

@@ -425,6 +425,32 @@ def test_paper_sru_matches_hand_reference(name, c, gn_bound, groups, t):
     torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("c", [16, 15])
+def test_paper_sru_gradients_match_hand_reference(c):
+    """The optimised forward (in-place ops, no torch.where) gives the reference's gradients."""
+    torch.manual_seed(1)
+    sru = SRU(c, gn_groups=4 if c == 16 else 5, variant="paper").double()
+    with torch.no_grad():
+        sru.gn.weight.copy_(torch.rand(c, dtype=torch.float64) * 4 - 1)
+        sru.gn.bias.copy_(torch.randn(c, dtype=torch.float64) * 0.1)
+    x = torch.randn(2, c, 6, 5, dtype=torch.float64, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_()
+    gamma = sru.gn.weight.detach().clone().requires_grad_()
+    beta = sru.gn.bias.detach().clone().requires_grad_()
+
+    g = F.group_norm(x_ref, sru.gn.num_groups, gamma, beta, eps=1e-5)
+    s = torch.sigmoid(g * (gamma / gamma.sum()).reshape(1, c, 1, 1))
+    x1 = torch.where(s > 0.5, torch.ones_like(s), s) * x_ref
+    x2 = torch.where(s > 0.5, torch.zeros_like(s), s) * x_ref
+    expected = x1 + torch.roll(x2, -(c // 2), dims=1)
+    upstream = torch.randn_like(expected)
+    (expected * upstream).sum().backward()
+    (sru(x) * upstream).sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad)
+    torch.testing.assert_close(sru.gn.weight.grad, gamma.grad)
+    torch.testing.assert_close(sru.gn.bias.grad, beta.grad)
+
+
 # --------------------------------------------------------------------------------------------
 # 10. The paper CRU against hand-written eqs. 5-9
 # --------------------------------------------------------------------------------------------
