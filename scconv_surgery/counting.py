@@ -34,7 +34,7 @@ FALLBACK = "torch.utils.flop_counter"
 ELEMENTWISE_OPS: dict[str, tuple[float, float]] = {  # op: (input_scale, output_scale)
     **{f"aten::{op}": (0, 1) for op in ("sigmoid", "mul", "mul_", "add", "add_", "sub", "div", "where",
                                           "softmax", "abs", "clamp_min", "copysign", "lerp", "masked_fill", "gt",
-                                          "ge", "lt")},
+                                          "ge", "lt", "sigmoid_", "ceil_", "threshold", "addcmul", "addcmul_")},
     **{f"aten::{op}": (1, 0) for op in ("mean", "sum", "avg_pool2d")},
 }
 _ELEMENTWISE_NAMES = frozenset(op.split("::")[1] for op in ELEMENTWISE_OPS)
