@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from scconv_surgery import ScConv, ScConvConfig, convert
+from scconv_surgery import ScConv, ScConvConfig, convert, optimize_for_inference
 
 LAYER_SHAPES = ((64, 56), (128, 28), (256, 14), (512, 7))  # ResNet-50's four stages: (C, H = W)
 VARIANTS = ("dense", "seed", "paper")
@@ -113,6 +113,9 @@ def time_modules(modules: dict[str, nn.Module], x: torch.Tensor, args: argparse.
         if fmt == "channels_last":
             module = module.to(memory_format=torch.channels_last)
             inp = inp.contiguous(memory_format=torch.channels_last)
+        merge = "auto" if args.optimize_for_inference and step == "inference" and name == "paper" else "never"
+        if any(isinstance(m, ScConv) for m in module.modules()):
+            optimize_for_inference(module.eval(), tuple(x.shape[1:]), batch_size=x.shape[0], merge=merge)
         fn = make_step(module, inp, step, mode)
         if mode == "compile":
             fn()  # compile outside the timing
@@ -220,6 +223,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--json", help="write the rows, the targets and the environment to this file")
+    parser.add_argument("--optimize-for-inference", action="store_true",
+                        help="apply scconv_surgery.optimize_for_inference to the paper variant (inference steps)")
     args = parser.parse_args()
     args.device = torch.device(args.device)
     if args.threads:

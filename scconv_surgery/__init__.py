@@ -25,6 +25,7 @@ from .errors import (
     WeightsFileError,
 )
 from .finetune import new_parameter_names, param_groups, reset_batchnorm_stats, stale_batchnorms
+from .inference import optimize_for_inference
 from .layers import CRU, SRU, ScConv, ScConvConfig, StridePolicy, Variant
 from .models import ModelSource, create_model, default_input_size
 from .plan import Action, ConvSpec, Decision, Plan, SkipReason, plan_conversion
@@ -41,5 +42,5 @@ __all__ = [
     "WeightsFileError", "InvalidRuleError", "UnmatchedRuleError", "NothingSelectedError",
     "OutputPathError", "CheckpointError", "PlanMismatchError", "ShapeMismatchError",
     "RulesFileError", "ModelArgumentError", "FactoryError", "check_shapes", "load_rules_file", "assemble_rules",
-    "param_groups", "new_parameter_names", "stale_batchnorms", "reset_batchnorm_stats",
+    "param_groups", "new_parameter_names", "stale_batchnorms", "reset_batchnorm_stats", "optimize_for_inference",
 ]

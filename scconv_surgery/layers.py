@@ -334,6 +334,7 @@ class CRU(nn.Module):
         self.pwc1 = nn.Conv2d(up_sq, out_channels, 1, stride=stride, bias=False, **kw)
         self.pwc2 = nn.Conv2d(low_sq, out_channels - low_sq, 1, stride=stride, bias=False, **kw)
         self.fused_squeeze = up == low and up_sq == low_sq  # read once at construction (compile-friendly)
+        self.merged_weight: torch.Tensor | None = None  # set by merge_pwc1_into_gwc() for inference
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused_squeeze:  # both squeezes as one grouped 1x1 conv: no split copies, one kernel
@@ -343,7 +344,10 @@ class CRU(nn.Module):
         else:
             up, low = torch.split(x, self.split, dim=1)
             up, low = self.squeeze1(up), self.squeeze2(low)
-        y1 = self.gwc(up).add_(self.pwc1(up))  # eq. 5 (a conv's output is not needed by its backward)
+        if self.merged_weight is not None:  # inference: GWC and PWC1 as one dense conv
+            y1 = F.conv2d(up, self.merged_weight, self.gwc.bias, self.stride, self.gwc.padding)
+        else:
+            y1 = self.gwc(up).add_(self.pwc1(up))  # eq. 5 (a conv's output is not needed by its backward)
         reused = low if self.stride == 1 else F.avg_pool2d(low, self.stride, ceil_mode=True)
         y2 = torch.cat((self.pwc2(low), reused), dim=1)  # eq. 6
         if self.variant is Variant.SEED:
@@ -355,6 +359,33 @@ class CRU(nn.Module):
         # beta1 * Y1 + beta2 * Y2 = Y2 + beta1 * (Y1 - Y2): one lerp instead of three passes
         beta1 = torch.sigmoid(y1.mean((2, 3), keepdim=True) - y2.mean((2, 3), keepdim=True))
         return torch.lerp(y2, y1, beta1)
+
+
+    def merged_gwc_pwc1_weight(self) -> torch.Tensor:
+        """GWC and PWC1 as one dense ``k x k`` weight: GWC's groups on the block diagonal, PWC1 added
+        to the centre tap. ``conv(up, W) == GWC(up) + PWC1(up)`` (eq. 5) up to float rounding.
+
+        Returns:
+            Shape ``(C_out, up // r, k, k)``, detached.
+        """
+        gwc = self.gwc
+        out_channels, in_per_group, k, _ = gwc.weight.shape
+        groups = gwc.groups
+        weight = gwc.weight.new_zeros(out_channels, in_per_group * groups, k, k)
+        out_per_group = out_channels // groups
+        for g in range(groups):  # construction time only, never in forward
+            rows = slice(g * out_per_group, (g + 1) * out_per_group)
+            weight[rows, g * in_per_group:(g + 1) * in_per_group] = gwc.weight[rows]
+        weight[:, :, k // 2, k // 2] += self.pwc1.weight[:, :, 0, 0]
+        return weight.detach()
+
+    def merge_pwc1_into_gwc(self, merge: bool = True) -> None:
+        """Run GWC + PWC1 as one dense conv (``merge=True``) or as the two convs again.
+
+        For inference with frozen weights: the merged weight is a copy, so later changes to
+        GWC or PWC1 (training) are not seen until this is called again.
+        """
+        self.merged_weight = self.merged_gwc_pwc1_weight() if merge else None
 
 
 class ScConv(nn.Module):

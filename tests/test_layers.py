@@ -660,3 +660,25 @@ def test_config_to_dict_plain_strings():
                  "gn_groups": 16, "gate_threshold": 0.5, "stride_policy": "pool"}
     assert json.loads(json.dumps(d)) == d
     assert ScConvConfig(**d) == config  # round trip
+
+
+def test_optimize_for_inference_keeps_outputs():
+    from scconv_surgery import optimize_for_inference
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(ScConv(16, 32, stride=2), torch.nn.ReLU(), ScConv(32)).eval()
+    x = torch.randn(2, 16, 12, 12)
+    with torch.no_grad():
+        expected = model(x)
+    chosen = optimize_for_inference(model, (16, 12, 12), merge="always")
+    assert chosen == {"0": True, "2": True}
+    assert model[0].cru.merged_weight.shape == (32, 4, 3, 3)  # dense: up // r = 4 input channels
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+    assert set(optimize_for_inference(model, (16, 12, 12))) == {"0", "2"}  # auto: timed, either form
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+    optimize_for_inference(model, merge="never")
+    assert model[0].cru.merged_weight is None
+    with pytest.raises(ValueError, match="merge must be"):
+        optimize_for_inference(model, merge="sometimes")
