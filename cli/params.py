@@ -8,7 +8,7 @@ import typer
 from scconv_surgery.errors import InvalidOptionError
 
 InputSizeOpt = Annotated[str | None, typer.Option(
-    "--input-size", help="Input size CxHxW to count at, e.g. 3x256x256 (or HxW, or H). Default: the model's "
+    "--input-size", help="Input size CxHxW to count at, e.g. 3x256x256 (or HxW, or H; at most 64x4096x4096). Default: the model's "
     "pretrained_cfg input_size (timm), the default weights' crop size (torchvision), else 3x224x224.",
     show_default=False)]
 JsonOpt = Annotated[bool, typer.Option(
