@@ -340,7 +340,9 @@ class CRU(nn.Module):
         if self.fused_squeeze:  # both squeezes as one grouped 1x1 conv: no split copies, one kernel
             weight = torch.cat((self.squeeze1.weight, self.squeeze2.weight))
             up, low = F.conv2d(x, weight, groups=2).chunk(2, dim=1)
-            up = up.contiguous()  # read by GWC and PWC1: copy the channel slice once, not in each conv
+            # read by GWC and PWC1: copy the channel slice once, not in each conv, in the input's layout
+            channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+            up = up.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         else:
             up, low = torch.split(x, self.split, dim=1)
             up, low = self.squeeze1(up), self.squeeze2(low)
