@@ -275,11 +275,52 @@ class SRU(nn.Module):
         gate = torch.sigmoid_(F.group_norm(x, gn.num_groups, gn.weight * w, gn.bias * w, gn.eps))
         # step 4 without torch.where / masked_fill (slow on CPU) and with few fresh activations (each
         # one costs page faults): keep = 1 where S > t, else 0, exactly (S > 0, t >= 0); no gradient
-        keep = torch.ceil_(F.threshold(gate.detach(), self.gate_threshold, 0.0))
+        return _GateReconstruct.apply(x, gate, self.gate_threshold)  # steps 4-6
+
+
+def _keep_mask(gate: torch.Tensor, threshold: float) -> torch.Tensor:
+    """1 where ``gate > threshold``, else 0, in ``gate``'s dtype (exact: gate > 0, threshold >= 0).
+
+    ``ceil(threshold(...))`` rather than ``gate > t`` plus a cast, or ``torch.where``: those are
+    several times slower on CPU.
+    """
+    return torch.ceil_(F.threshold(gate, threshold, 0.0))
+
+
+class _GateReconstruct(torch.autograd.Function):
+    """SRU steps 4-6 (paper variant) with a hand-written backward.
+
+    Forward: ``keep = S > t``; ``X1 = keep * X + (1 - keep) * S * X``; ``X2 = (1 - keep) * S * X``;
+    ``out = X1 + roll(X2, -(C // 2))`` (eq. 4). Backward, with ``G`` the output gradient and
+    ``R = roll(G, C // 2)`` the gradient reaching ``X2``: ``dX = keep * G + (1 - keep) * S * (G + R)``
+    and ``dS = (1 - keep) * X * (G + R)``: six passes where autograd's generic chain takes about
+    twelve. The mask is recomputed from ``S`` instead of being saved.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, gate: torch.Tensor, threshold: float) -> torch.Tensor:
+        keep = _keep_mask(gate.detach(), threshold)
         soft = gate * x  # W1 = W2 = S where S <= t
-        x2 = soft.addcmul_(keep, soft, value=-1.0)  # W2 = 0 where S > t (in place: S*x - S*x = 0)
+        x2 = soft.addcmul_(keep, soft, value=-1.0)  # W2 = 0 where S > t (S*x - S*x = 0 exactly)
         x1 = torch.addcmul(x2, keep, x)  # W1 = 1 where S > t: 0 + x
-        return _reconstruct_(x1, x2)  # eq. 4
+        ctx.save_for_backward(x, gate)
+        ctx.threshold = threshold
+        return _reconstruct_(x1, x2)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+        x, gate = ctx.saved_tensors
+        channels = grad.shape[1]
+        half = channels // 2
+        total = grad.clone()  # G + R, R = roll(G, C // 2): X2's channel j fed output channel j - C//2
+        total[:, half:].add_(grad[:, : channels - half])
+        total[:, :half].add_(grad[:, channels - half:])
+        keep = _keep_mask(gate, ctx.threshold)
+        total.addcmul_(keep, total, value=-1.0)  # (1 - keep) * (G + R)
+        grad_gate = total * x if ctx.needs_input_grad[1] else None
+        grad_x = (total.mul_(gate)).addcmul_(keep, grad) if ctx.needs_input_grad[0] else None
+        return grad_x, grad_gate, None
 
 
 class CRU(nn.Module):
