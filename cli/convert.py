@@ -32,6 +32,8 @@ def parse_model_kwargs(items: list[str] | None) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key.isidentifier():
             raise InvalidOptionError("--model-kwargs", f"{item!r} is not KEY=VALUE (e.g. output_stride=8)")
+        if key in kwargs:
+            raise InvalidOptionError("--model-kwargs", f"{key!r} is given twice; give it once")
         try:
             kwargs[key] = yaml.safe_load(value) if value else ""
         except yaml.YAMLError as err:

@@ -17,6 +17,26 @@ from rich.markup import escape
 from .errors import EXIT_INTERRUPTED, EXIT_UNEXPECTED, error_document, exit_code_for
 
 
+@contextlib.contextmanager
+def _stdout_fd_to_stderr() -> Iterator[None]:
+    """Point file descriptor 1 at stderr meanwhile: C extensions write to it directly."""
+    try:
+        is_real = sys.__stdout__ is not None and sys.__stdout__.fileno() == 1 and sys.stdout is sys.__stdout__
+    except (OSError, ValueError):
+        is_real = False
+    if not is_real:  # captured (tests): Python-level redirection is all there is
+        yield
+        return
+    sys.__stdout__.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _stderr_console() -> Console:
     """Rich on stderr; 140 columns when not a terminal (logs, CI) so tables stay readable."""
     console = Console(stderr=True)
@@ -53,7 +73,7 @@ class Output:
         Meanwhile anything a library prints to stdout goes to stderr, so that stdout holds
         only the command's own output (e.g. torch.hub's "Downloading" lines).
         """
-        with contextlib.redirect_stdout(sys.stderr):
+        with _stdout_fd_to_stderr(), contextlib.redirect_stdout(sys.stderr):
             if self.console.is_terminal:
                 with self.console.status("starting") as status:
                     yield lambda message: status.update(f"{message}...")

@@ -10,6 +10,8 @@ import typer
 
 from scconv_surgery.pipeline import recount_checkpoint
 
+from scconv_surgery.errors import InvalidOptionError
+
 from .output import Output
 from .params import CountElementwiseOpt, DebugOpt, InputSizeOpt, JsonOpt, parse_input_size
 from .render import counts_csv, counts_markdown, render_counts
@@ -41,8 +43,10 @@ def report(
     """
     fmt = ReportFormat.JSON if json_output else output_format
     output = Output(json=fmt is ReportFormat.JSON, debug=debug)
-    size = parse_input_size(input_size)
     with output.errors(), output.progress() as step:
+        if json_output and output_format not in (ReportFormat.TABLE, ReportFormat.JSON):
+            raise InvalidOptionError("--json", f"conflicts with --format {output_format.value}; give one")
+        size = parse_input_size(input_size)
         result = recount_checkpoint(checkpoint, input_size=size, count_elementwise=count_elementwise, on_step=step)
     source = result.source
     if fmt is ReportFormat.JSON:

@@ -29,8 +29,8 @@ def verify(
     Exit codes: 0 every check passed; 4 a check failed; 2 the checkpoint or weights file cannot be read.
     """
     output = Output(json=json_output, debug=debug)
-    size = parse_input_size(input_size)
     with output.errors(), output.progress() as step:
+        size = parse_input_size(input_size)
         result = verify_checkpoint(checkpoint, weights=weights, input_size=size, on_step=step)
     if json_output:
         output.emit_json(result.to_dict())

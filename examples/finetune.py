@@ -34,6 +34,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="a checkpoint written by 'scconv convert' (.pt or .safetensors)")
     parser.add_argument("--out", required=True, help="where to save the fine-tuned checkpoint")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing --out file")
     parser.add_argument("--data", help="an ImageFolder directory (class per subfolder); default: synthetic data")
     parser.add_argument("--steps", type=int, default=100, help="optimizer steps (default 100)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per process per step (default 32)")
@@ -76,6 +77,8 @@ def build_dataset(args: argparse.Namespace, size: int, num_classes: int) -> Data
 
 def main() -> None:
     args = parse_args()
+    if os.path.exists(args.out) and not args.force:
+        raise SystemExit(f"{args.out} exists; pass --force to overwrite it")
     rank, world, device = setup_distributed()
     torch.manual_seed(args.seed + rank)
     cuda = device.type == "cuda"

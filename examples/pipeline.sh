@@ -27,10 +27,10 @@ print(f"plan: {plan['replaced']} of {plan['convs']} convs replaced; params {coun
 PY
 
 # 3. convert for real (same rules and seed: the same replacements as the dry run)
-scconv convert "$MODEL" --out "$WORK/model.pt" --json > "$WORK/convert.json"
+scconv convert "$MODEL" --out "$WORK/model.pt" --force --json > "$WORK/convert.json"   # --force: rerunnable
 
 # 4. fine-tune (torchrun + DDP; gloo on CPU, NCCL on GPUs), then verify the result
 torchrun --standalone --nproc_per_node="$NPROC" "$(dirname "$0")/finetune.py" "$WORK/model.pt" \
-    --steps "$STEPS" --batch-size 8 --log-every 5 --out "$WORK/finetuned.pt"
+    --steps "$STEPS" --batch-size 8 --log-every 5 --out "$WORK/finetuned.pt" --force
 scconv verify "$WORK/finetuned.pt"
 ls -l "$WORK"

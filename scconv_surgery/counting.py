@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ._modes import eval_mode
+from .errors import ModelForwardError
 
 __all__ = ["Counts", "CountReport", "LayerCount", "count_model", "compare_counts", "ELEMENTWISE_OPS"]
 
@@ -192,6 +193,9 @@ def count_model(model: nn.Module, input_size: tuple[int, int, int], *,
 
     Returns:
         :class:`Counts`; ``counter`` says whether fvcore or the fallback produced them.
+
+    Raises:
+        ModelForwardError: the model's forward fails on the input (not a counting problem).
     """
     first = next(model.parameters(), None)
     device = first.device if first is not None else torch.device("cpu")
@@ -203,7 +207,11 @@ def count_model(model: nn.Module, input_size: tuple[int, int, int], *,
             by_module, uncounted = _count_fvcore(model, x, count_elementwise)
         except Exception as err:  # fvcore's jit trace: deprecated, may fail; never fail the run
             note = f"fvcore failed ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
-            macs, by_operator = _count_fallback(model, x)
+            try:
+                macs, by_operator = _count_fallback(model, x)
+            except Exception as forward_err:  # the model itself cannot run on this input
+                raise ModelForwardError(type(model).__name__, tuple(x.shape),
+                                        f"{type(forward_err).__name__}: {forward_err}") from forward_err
             return Counts(params, macs, by_operator, {}, {}, FALLBACK, note)
     total = by_module.get("", Counter())
     macs_by_operator = {op: int(n) for op, n in total.items() if op not in _ELEMENTWISE_NAMES}

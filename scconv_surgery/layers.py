@@ -387,7 +387,7 @@ class CRU(nn.Module):
         else:
             up, low = torch.split(x, self.split, dim=1)
             up, low = self.squeeze1(up), self.squeeze2(low)
-        if self.merged_weight is not None:  # inference: GWC and PWC1 as one dense conv
+        if self.merged_weight is not None and not self.training:  # inference: GWC and PWC1 as one conv
             y1 = F.conv2d(up, self.merged_weight, self.gwc.bias, self.stride, self.gwc.padding)
         else:
             y1 = self.gwc(up).add_(self.pwc1(up))  # eq. 5 (a conv's output is not needed by its backward)
@@ -425,8 +425,8 @@ class CRU(nn.Module):
     def merge_pwc1_into_gwc(self, merge: bool = True) -> None:
         """Run GWC + PWC1 as one dense conv (``merge=True``) or as the two convs again.
 
-        For inference with frozen weights: the merged weight is a copy, so later changes to
-        GWC or PWC1 (training) are not seen until this is called again.
+        Used in eval mode only (in train mode the two convs run and get gradients). The merged
+        weight is a copy: after training, call this again before inference.
         """
         self.merged_weight = self.merged_gwc_pwc1_weight() if merge else None
 

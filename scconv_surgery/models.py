@@ -253,7 +253,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if path.is_dir():
         raise WeightsFileError(str(path), "is a directory, not a weights file")
     if not path.is_file():
-        raise WeightsFileError(str(path), "no such file")
+        raise WeightsFileError(str(path), "not a regular file" if path.exists() else "no such file")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -265,7 +265,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     except Exception as err:
         text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # torch's message carries terminal colours
         hint = ("; it holds pickled objects: save model.state_dict() instead of the module"
-                if "weights_only" in text.lower() or "unpickl" in text.lower() else "")
+                if "unsupported global" in text.lower() or "weights_only=false" in text.lower() else "")
         raise WeightsFileError(
             str(path), f"not a readable PyTorch or safetensors file ({type(err).__name__}: "
             f"{text.splitlines()[0] if text else ''}){hint}") from err

@@ -19,7 +19,7 @@ from torch import nn
 from .apply import apply_plan, check_shapes
 from .checkpoint import build_manifest, check_output_path, read_checkpoint, rebuild, recorded_plan, save_checkpoint
 from .counting import CountReport, compare_counts
-from .errors import NothingSelectedError, OutputPathError, UnmatchedRuleError
+from .errors import ModelForwardError, NothingSelectedError, OutputPathError, UnmatchedRuleError
 from .finetune import new_parameter_names, reset_batchnorm_stats, stale_batchnorms
 from .layers import ScConvConfig
 from .models import ModelSource, build_model, create_model, default_input_size
@@ -215,9 +215,10 @@ class Check:
     name: str
     passed: bool
     detail: str
+    keys: tuple[str, ...] = ()  # the tensors a failed comparison names
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "passed": self.passed, "detail": self.detail}
+        return {"name": self.name, "passed": self.passed, "detail": self.detail, "keys": list(self.keys)}
 
 
 @dataclass(frozen=True)
@@ -268,8 +269,12 @@ def verify_checkpoint(path: str | os.PathLike, *, weights: str | os.PathLike | N
         torch.manual_seed(0)
         x = torch.randn(2, *size)
     base = build_model(ModelSource.from_dict(manifest["source"]))
-    with torch.no_grad():
-        out, expected = model(x), base(x)
+    try:
+        with torch.no_grad():
+            out, expected = model(x), base(x)
+    except Exception as err:
+        raise ModelForwardError(f"{manifest['source']['library']}:{manifest['source']['name']}", tuple(x.shape),
+                                f"{type(err).__name__}: {err}") from err
     checks.append(Check("output shape", tuple(out.shape) == tuple(expected.shape),
                         f"{tuple(out.shape)} (base model: {tuple(expected.shape)})"))
     finite = bool(torch.isfinite(out).all())
@@ -282,8 +287,9 @@ def verify_checkpoint(path: str | os.PathLike, *, weights: str | os.PathLike | N
         reset = set(manifest.get("stale_batchnorms", [])) if manifest.get("reset_bn_stats") else set()
         compared, differ, missing = 0, [], []
         for key, value in model.state_dict().items():
-            module = key.rsplit(".", 1)[0]
-            if any(key.startswith(f"{r}.") for r in replaced) or key in reinitialized or module in reset:
+            module, _, leaf = key.rpartition(".")
+            statistics_reset = module in reset and leaf in ("running_mean", "running_var", "num_batches_tracked")
+            if any(key.startswith(f"{r}.") for r in replaced) or key in reinitialized or statistics_reset:
                 continue
             if key not in source_weights:
                 missing.append(key)
@@ -291,8 +297,10 @@ def verify_checkpoint(path: str | os.PathLike, *, weights: str | os.PathLike | N
                 differ.append(key)
             compared += 1
         ok = not differ and not missing
+        def listed(keys: list[str]) -> str:
+            return ", ".join(keys[:5]) + (f", ... ({len(keys) - 5} more)" if len(keys) > 5 else "")
+
         detail = (f"{compared} untouched tensors equal the weights file" if ok else
-                  f"{len(differ)} differ ({', '.join(differ[:5])}), {len(missing)} missing from the file "
-                  f"({', '.join(missing[:5])})")
-        checks.append(Check("untouched weights", ok, detail))
+                  f"{len(differ)} differ ({listed(differ)}), {len(missing)} missing from the file ({listed(missing)})")
+        checks.append(Check("untouched weights", ok, detail, tuple(differ + missing)))
     return VerifyResult(Path(path), tuple(checks))

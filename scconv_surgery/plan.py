@@ -20,7 +20,7 @@ from typing import Any
 from torch import nn
 
 from .layers import ScConv, ScConvConfig, StridePolicy, scconv_constraint_error
-from .rules import Rule, RuleAction, match_rules, merged_config, validate_rules
+from .rules import FILTER_FIELDS, Rule, RuleAction, match_rules, merged_config, validate_rules
 
 __all__ = ["Action", "SkipReason", "ConvSpec", "Decision", "Plan", "plan_conversion",
            "find_convs", "TIMM_SAME_SHAPE_CONVS"]
@@ -174,9 +174,13 @@ class Plan:
         return dict(Counter(d.reason.value for d in self.skipped if d.reason))
 
     def unmatched_includes(self) -> tuple[str, ...]:
-        """Patterns of include rules that matched no conv."""
-        return tuple(r.pattern for r, n in zip(self.rules, self.rule_matches)
-                     if r.action is RuleAction.INCLUDE and n == 0)
+        """Include rules that matched no conv: the pattern, with the rule's filters if it has any."""
+        unmatched = []
+        for rule, n in zip(self.rules, self.rule_matches):
+            if rule.action is RuleAction.INCLUDE and n == 0:
+                filters = {k: v for k, v in rule.to_dict().items() if k in FILTER_FIELDS}
+                unmatched.append(rule.pattern + (f" with {filters}" if filters else ""))
+        return tuple(unmatched)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -110,6 +110,11 @@ class Rule:
             object.__setattr__(self, "variant", Variant(self.variant))
         if self.stride_policy is not None:
             object.__setattr__(self, "stride_policy", StridePolicy(self.stride_policy))
+        for name in ("kernel_size", "stride", "dilation", "groups", "min_in_channels", "max_in_channels",
+                     "min_out_channels", "max_out_channels"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name}={value} must be at least 1")
         for side in ("in", "out"):
             low, high = getattr(self, f"min_{side}_channels"), getattr(self, f"max_{side}_channels")
             if low is not None and high is not None and low > high:
@@ -274,7 +279,9 @@ def rule_from_mapping(entry: Mapping[str, Any], *, path: str = "<rules>", index:
     except InvalidRuleError as err:
         raise RulesFileError(path, index, action, str(err).split(": ", 1)[-1]) from err
     except ValueError as err:
-        raise RulesFileError(path, index, None, f"contradictory rule: {err}") from err
+        text = str(err)
+        named = [key for key in (*FILTER_FIELDS, *CONFIG_FIELDS) if re.search(rf"\b{key}\b", text)]
+        raise RulesFileError(path, index, named[0] if named else None, f"invalid rule: {text}") from err
     return rule
 
 
@@ -306,13 +313,16 @@ def load_rules_file(path: str | Path) -> RulesFile:
     """
     path = Path(path)
     text_path = str(path)
+    if path.is_dir():
+        raise RulesFileError(text_path, None, None, "is a directory, not a rules file")
     if not path.is_file():
         raise RulesFileError(text_path, None, None, "no such file")
     try:
         text = path.read_text(encoding="utf-8")
-        if path.suffix == ".toml":
+        suffix = path.suffix.lower()
+        if suffix == ".toml":
             document: Any = tomllib.loads(text)
-        elif path.suffix in (".yaml", ".yml"):
+        elif suffix in (".yaml", ".yml"):
             import yaml
 
             document = yaml.safe_load(text) or {}

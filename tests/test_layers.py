@@ -678,6 +678,9 @@ def test_optimize_for_inference_keeps_outputs():
     assert set(optimize_for_inference(model, (16, 12, 12))) == {"0", "2"}  # auto: timed, either form
     with torch.no_grad():
         torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+    model.train()  # training runs the two convs (they get gradients), not the merged copy
+    model(x).sum().backward()
+    assert model[0].cru.gwc.weight.grad is not None and model[0].cru.pwc1.weight.grad is not None
     optimize_for_inference(model, merge="never")
     assert model[0].cru.merged_weight is None
     with pytest.raises(ValueError, match="merge must be"):

@@ -56,11 +56,15 @@ REJECTED = [  # (case, file text, rule index, key, words in the message)
     ("bool is not an int", "rules:\n  - include: a\n    stride: true\n", 0, "stride", "must be int"),
     ("bad choice", "rules:\n  - include: a\n    variant: fast\n", 0, "variant", "paper, seed"),
     ("bad regex", "rules:\n  - include: 're:layer[1'\n", 0, "include", "invalid regular expression"),
-    ("contradictory bounds", "rules:\n  - include: a\n    min_in_channels: 64\n    max_in_channels: 32\n", 0, None,
+    ("contradictory bounds", "rules:\n  - include: a\n    min_in_channels: 64\n    max_in_channels: 32\n", 0,
+     "min_in_channels",
      "min_in_channels=64 is above max_in_channels=32"),
-    ("hyperparameter on an exclude", "rules:\n  - exclude: a\n    alpha: 0.75\n", 0, None, "exclude rule cannot"),
-    ("1x1 include", "rules:\n  - include: a\n    kernel_size: 1\n", 0, None, "odd kernels of 3 or more"),
-    ("out-of-range hyperparameter", "rules:\n  - include: a\n    alpha: 1.5\n", 0, None, "alpha must be in (0, 1)"),
+    ("hyperparameter on an exclude", "rules:\n  - exclude: a\n    alpha: 0.75\n", 0, "alpha", "exclude rule cannot"),
+    ("1x1 include", "rules:\n  - include: a\n    kernel_size: 1\n", 0, "kernel_size", "odd kernels of 3 or more"),
+    ("out-of-range hyperparameter", "rules:\n  - include: a\n    alpha: 1.5\n", 0, "alpha", "alpha must be in (0, 1)"),
+    ("stride zero", "rules:\n  - include: a\n    stride: 0\n", 0, "stride", "must be at least 1"),
+    ("negative channel bound", "rules:\n  - include: a\n    min_in_channels: -1\n", 0, "min_in_channels",
+     "must be at least 1"),
     ("both include and exclude", "rules:\n  - include: a\n    exclude: b\n", 0, None, "exactly one"),
     ("neither include nor exclude", "rules:\n  - stride: 2\n", 0, None, "exactly one"),
     ("empty pattern", "rules:\n  - include: ''\n", 0, "include", "non-empty"),
@@ -91,6 +95,9 @@ def test_toml_errors_and_file_errors(tmp_path):
         load_rules_file(bad)
     with pytest.raises(RulesFileError, match="no such file"):
         load_rules_file(tmp_path / "missing.yaml")
+    upper = tmp_path / "R.YAML"
+    upper.write_text("rules:\n  - include: 'a'\n")
+    assert load_rules_file(upper).rules == (Rule("a"),)
     other = tmp_path / "r.json"
     other.write_text("{}")
     with pytest.raises(RulesFileError, match="unknown suffix"):

@@ -250,6 +250,7 @@ def test_existing_output_needs_force_and_weights_are_never_overwritten(in_tmp):
     ("empty include", ["--include", ""], ["non-empty"]),
     ("bad YAML in model kwargs", ["--model-kwargs", "drop_rate=[1,2"], ["not valid YAML"]),
     ("contradicting num_classes", ["--model-kwargs", "num_classes=10", "--num-classes", "5"], ["contradicts"]),
+    ("model kwarg given twice", ["--model-kwargs", "drop_rate=0.1", "--model-kwargs", "drop_rate=0.2"], ["twice"]),
     ("input size out of range", ["--input-size", "3x100000x100000"], ["out of range"]),
     ("channels the model does not take", ["--input-size", "1x64x64"], ["forward", "3 channels", "--input-size"]),
 ])

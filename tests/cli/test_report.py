@@ -95,3 +95,20 @@ def test_fallback_counter_is_named_in_the_report(checkpoint, monkeypatch):
     assert "jit tracing is gone" in out.stderr
     doc = json.loads(runner.invoke(app, ["report", str(path), "--json"]).stdout)
     assert doc["counts"]["after"]["counter"] == "torch.utils.flop_counter"
+
+
+@pytest.mark.parametrize("command", ["report", "verify"])
+@pytest.mark.parametrize("size, words", [("0", "is not a size"), ("1x64x64", "3 channels")])
+def test_bad_input_size_exits_2_for_report_and_verify(command, size, words, checkpoint):
+    path, _ = checkpoint
+    out = runner.invoke(app, [command, str(path), "--input-size", size, "--json"])
+    assert out.exit_code == 2, out.output
+    assert out.stdout == "" and "Traceback" not in out.stderr
+    error = json.loads(out.stderr.splitlines()[-1])["error"]
+    assert words in error["message"]
+
+
+def test_json_and_another_format_conflict(checkpoint):
+    path, _ = checkpoint
+    out = runner.invoke(app, ["report", str(path), "--json", "--format", "markdown"])
+    assert out.exit_code == 2 and "conflicts" in out.stderr

@@ -69,8 +69,19 @@ def test_reset_bn_stats(weights):
     model = load("m.pt")
     assert torch.equal(model.layer1[0].bn2.running_mean, torch.zeros(64))
     assert torch.equal(model.bn1.running_mean, weights["bn1.running_mean"])  # the stem's BN is untouched
-    verified = runner.invoke(app, ["verify", "m.pt", "--weights", "w.pth"])
+    verified = runner.invoke(app, ["verify", "m.pt", "--weights", "w.pth", "--json"])
     assert verified.exit_code == 0, verified.output  # reset statistics are not "changed weights"
+    detail = {c["name"]: c for c in json.loads(verified.stdout)["checks"]}["untouched weights"]["detail"]
+    # resnet18's 122 state_dict tensors, less the 16 replaced conv weights and the reset statistics of
+    # the 16 BNs after them (running mean, var, count); their weight and bias are still compared
+    assert detail.startswith("58 untouched tensors")
+    changed = dict(weights)
+    changed["layer1.0.bn2.weight"] = changed["layer1.0.bn2.weight"] + 5  # the affine of a reset BN
+    torch.save(changed, "changed.pth")
+    failed = runner.invoke(app, ["verify", "m.pt", "--weights", "changed.pth", "--json"])
+    assert failed.exit_code == EXIT_VERIFY_FAILED
+    check = {c["name"]: c for c in json.loads(failed.stdout)["checks"]}["untouched weights"]
+    assert check["keys"] == ["layer1.0.bn2.weight"]
 
 
 def test_factory_model(tmp_path, monkeypatch):
