@@ -48,7 +48,8 @@ def convert(
         "Omit it with --factory.", show_default=False)] = None,
     *,
     out: Annotated[Path | None, typer.Option(
-        "--out", "-o", help="Checkpoint to write (.pt). Required unless --dry-run.", show_default=False,
+        "--out", "-o", help="Checkpoint to write: .pt/.pth or .safetensors. Required unless --dry-run.",
+        show_default=False,
         dir_okay=False)] = None,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Plan and count, print what would change and what would be saved; write nothing.")] = False,
