@@ -38,7 +38,11 @@ ELEMENTWISE_OPS: dict[str, tuple[float, float]] = {  # op: (input_scale, output_
                                           "ge", "lt", "sigmoid_", "ceil_", "threshold", "addcmul", "addcmul_")},
     **{f"aten::{op}": (1, 0) for op in ("mean", "sum", "avg_pool2d")},
 }
-_ELEMENTWISE_NAMES = frozenset(op.split("::")[1] for op in ELEMENTWISE_OPS)
+# SRU's gate-and-reconstruct step is one autograd.Function, which the jit trace keeps as one
+# PythonOp: six elementwise ops per element of its input (threshold, ceil, mul, two addcmul,
+# the reconstruction's adds).
+GATE_OP, GATE_OPS_PER_ELEMENT = "prim::PythonOp._GateReconstruct", 6
+_ELEMENTWISE_NAMES = frozenset([*(op.split("::")[1] for op in ELEMENTWISE_OPS), GATE_OP.split("::")[1]])
 
 
 @dataclass(frozen=True)
@@ -161,7 +165,8 @@ def _count_fvcore(model: nn.Module, x: torch.Tensor, count_elementwise: bool
         analysis = (FlopCountAnalysis(model, x).unsupported_ops_warnings(False)
                     .uncalled_modules_warnings(False).tracer_warnings("none"))
         if count_elementwise:
-            analysis.set_op_handle(**{op: elementwise_flop_counter(i, o) for op, (i, o) in ELEMENTWISE_OPS.items()})
+            analysis.set_op_handle(**{op: elementwise_flop_counter(i, o) for op, (i, o) in ELEMENTWISE_OPS.items()},
+                                   **{GATE_OP: elementwise_flop_counter(GATE_OPS_PER_ELEMENT, 0)})
         by_module = analysis.by_module_and_operator()
         uncounted = {k: int(v) for k, v in analysis.unsupported_ops().items()}
     return by_module, uncounted
