@@ -1,9 +1,10 @@
-"""A context manager shared by the steps that run a model without changing it."""
+"""What the steps that run a model without changing it share: eval mode, and an example input."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
+import torch
 from torch import nn
 
 
@@ -17,3 +18,15 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
     finally:
         for module, training in modes:
             module.training = training
+
+
+def example_input(model: nn.Module, shape: tuple[int, ...],
+                  fill: Callable[..., torch.Tensor] = torch.zeros) -> torch.Tensor:
+    """A tensor of ``shape`` (e.g. ``(1, C, H, W)``) on the model's device, in its floating dtype.
+
+    The first parameter decides; a model without floating parameters gets float32 on the CPU.
+    """
+    first = next(model.parameters(), None)
+    device = first.device if first is not None else torch.device("cpu")
+    dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
+    return fill(*shape, device=device, dtype=dtype)

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._modes import eval_mode
+from ._modes import eval_mode, example_input
 from .errors import ModelForwardError, PlanMismatchError, ShapeMismatchError
 from .layers import ScConv, ScConvConfig
 from .plan import ConvSpec, Decision, Plan, plan_conversion
@@ -123,16 +123,14 @@ def check_shapes(base: nn.Module, converted: nn.Module, plan: Plan, input_size: 
         ModelForwardError: ``base`` fails on the dummy input (wrong channels, or not an image model).
     """
     names = [d.name for d in plan.replaced]
-    first = next(base.parameters(), None)
-    kw = {"device": first.device, "dtype": first.dtype} if first is not None else {}
-    shapes = _conv_shapes(base, names, torch.zeros(1, *input_size, **kw))
+    shapes = _conv_shapes(base, names, example_input(base, (1, *input_size)))
     for name in names:
         if name not in shapes:  # not called by the model's forward
             continue
         in_shape, expected = shapes[name]
         module = converted.get_submodule(name)
         with eval_mode(module), torch.no_grad():
-            actual = tuple(module(torch.zeros(in_shape, **kw)).shape)
+            actual = tuple(module(example_input(base, in_shape)).shape)
         if actual != expected:
             raise ShapeMismatchError(name, expected, actual)
 

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._modes import eval_mode
+from ._modes import eval_mode, example_input
 from .errors import ModelForwardError
 
 __all__ = ["Counts", "CountReport", "LayerCount", "count_model", "compare_counts", "ELEMENTWISE_OPS"]
@@ -202,10 +202,7 @@ def count_model(model: nn.Module, input_size: tuple[int, int, int], *,
     Raises:
         ModelForwardError: the model's forward fails on the input (not a counting problem).
     """
-    first = next(model.parameters(), None)
-    device = first.device if first is not None else torch.device("cpu")
-    dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
-    x = torch.zeros(1, *input_size, device=device, dtype=dtype)
+    x = example_input(model, (1, *input_size))
     params = sum(p.numel() for p in model.parameters())
     with eval_mode(model), torch.no_grad():
         try:

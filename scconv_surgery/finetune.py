@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._modes import eval_mode
+from ._modes import eval_mode, example_input
 from .layers import ScConv
 
 __all__ = ["new_parameter_names", "param_groups", "stale_batchnorms", "reset_batchnorm_stats"]
@@ -91,11 +91,9 @@ def stale_batchnorms(model: nn.Module, replaced: Sequence[str], input_size: tupl
     for name, module in model.named_modules():
         if name and (name in targets or not any(module.children())):
             handles.append(module.register_forward_hook(lambda m, a, o, name=name: order.append(name)))
-    first = next(model.parameters(), None)
-    kw = {"device": first.device, "dtype": first.dtype} if first is not None else {}
     try:
         with eval_mode(model), torch.no_grad():
-            model(torch.zeros(1, *input_size, **kw))
+            model(example_input(model, (1, *input_size)))
     finally:
         for handle in handles:
             handle.remove()

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ._modes import eval_mode
+from ._modes import eval_mode, example_input
 from .layers import ScConv
 
 __all__ = ["optimize_for_inference"]
@@ -63,10 +63,9 @@ def optimize_for_inference(model: nn.Module, input_size: tuple[int, int, int] = 
     inputs: dict[str, torch.Tensor] = {}
     handles = [m.register_forward_pre_hook(lambda m, args, name=name: inputs.setdefault(name, args[0].detach()))
                for name, m in layers.items()]
-    first = next(model.parameters())
     try:
         with eval_mode(model), torch.inference_mode():
-            model(torch.randn(batch_size, *input_size, device=first.device, dtype=first.dtype))
+            model(example_input(model, (batch_size, *input_size), fill=torch.randn))
     finally:
         for handle in handles:
             handle.remove()
