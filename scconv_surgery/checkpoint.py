@@ -33,7 +33,7 @@ from .models import ModelSource, build_model
 from .plan import Decision, Plan
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "build_manifest", "check_output_path", "save_checkpoint",
-           "read_checkpoint", "recorded_plan", "rebuild", "load"]
+           "read_checkpoint", "recorded_plan", "rebuild", "model_from_payload", "load"]
 
 FORMAT = "scconv-surgery"
 FORMAT_VERSION = 1
@@ -275,7 +275,11 @@ def load(path: str | os.PathLike, *, map_location: Any = "cpu") -> nn.Module:
             listed).
         UnknownModelError: the installed timm / torchvision does not know the base model.
     """
-    payload = read_checkpoint(path, map_location=map_location)
+    return model_from_payload(path, read_checkpoint(path, map_location=map_location), map_location=map_location)
+
+
+def model_from_payload(path: str | os.PathLike, payload: Mapping[str, Any], *, map_location: Any = "cpu") -> nn.Module:
+    """:func:`load` for a payload already read by :func:`read_checkpoint` (``path`` names it in errors)."""
     model = rebuild(path, payload["manifest"])
     state_dict = payload["state_dict"]
     own = model.state_dict()

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .apply import apply_plan, check_shapes
-from .checkpoint import build_manifest, check_output_path, read_checkpoint, rebuild, recorded_plan, save_checkpoint
+from .checkpoint import build_manifest, check_output_path, model_from_payload, read_checkpoint, rebuild, recorded_plan, save_checkpoint
 from .counting import CountReport, compare_counts
 from .errors import ModelForwardError, NothingSelectedError, OutputPathError, UnmatchedRuleError
 from .finetune import new_parameter_names, reset_batchnorm_stats, stale_batchnorms
@@ -256,12 +256,12 @@ def verify_checkpoint(path: str | os.PathLike, *, weights: str | os.PathLike | N
         CheckpointError, UnknownModelError: the checkpoint cannot be loaded at all.
         WeightsFileError: ``weights`` cannot be read.
     """
-    from .checkpoint import load
     from .models import read_state_dict
 
     on_step(f"loading {path}")
-    manifest = read_checkpoint(path)["manifest"]
-    model = load(path)
+    payload = read_checkpoint(path)  # read once: the manifest and the model come from it
+    manifest = payload["manifest"]
+    model = model_from_payload(path, payload)
     checks = [Check("loads", True, f"{len(manifest['replaced'])} replaced convs, state_dict loaded strictly")]
     size = tuple(input_size or manifest.get("input_size") or (3, 224, 224))
     on_step(f"forward at 2x{'x'.join(map(str, size))}")
