@@ -8,10 +8,16 @@ from typing import Annotated, Any
 import typer
 import yaml
 
-from scconv_surgery.errors import InvalidOptionError
-from scconv_surgery.layers import ScConvConfig, StridePolicy, Variant
-from scconv_surgery.pipeline import run_conversion
-from scconv_surgery.rules import PRESETS, RuleAction, assemble_rules
+from scconv_surgery import (
+    PRESETS,
+    InvalidOptionError,
+    RuleAction,
+    ScConvConfig,
+    StridePolicy,
+    Variant,
+    assemble_rules,
+    run_conversion,
+)
 
 from .output import Output
 from .params import CountElementwiseOpt, DebugOpt, InputSizeOpt, JsonOpt, parse_input_size

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from scconv_surgery.errors import (
+from scconv_surgery import (
     NothingSelectedError,
     ScconvError,
     ShapeMismatchError,

@@ -5,7 +5,7 @@ from typing import Annotated
 
 import typer
 
-from scconv_surgery.errors import InvalidOptionError
+from scconv_surgery import InvalidOptionError
 
 InputSizeOpt = Annotated[str | None, typer.Option(
     "--input-size", help="Input size CxHxW to count at, e.g. 3x256x256 (or HxW, or H; at most 64x4096x4096). Default: the model's "

@@ -5,10 +5,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from scconv_surgery.counting import CountReport
-from scconv_surgery.layers import ScConvConfig
-from scconv_surgery.pipeline import ConversionResult
-from scconv_surgery.plan import ConvSpec, Decision, Plan
+from scconv_surgery import ConversionResult, ConvSpec, CountReport, Decision, Plan, ScConvConfig
 
 
 def human(n: float, unit: str = "") -> str:

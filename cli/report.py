@@ -8,9 +8,7 @@ from typing import Annotated
 
 import typer
 
-from scconv_surgery.pipeline import recount_checkpoint
-
-from scconv_surgery.errors import InvalidOptionError
+from scconv_surgery import InvalidOptionError, recount_checkpoint
 
 from .output import Output
 from .params import CountElementwiseOpt, DebugOpt, InputSizeOpt, JsonOpt, parse_input_size

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from scconv_surgery.pipeline import verify_checkpoint
+from scconv_surgery import verify_checkpoint
 
 from .errors import EXIT_VERIFY_FAILED
 from .output import Output

@@ -1,9 +1,10 @@
 """scconv-surgery: replace the convolutions of a model with SCConv (Li, Wen and He, CVPR 2023).
 
-The pipeline, one step per module: :func:`create_model` (models) -> :func:`plan_conversion`
-(plan) -> :func:`apply_plan` (apply) -> :func:`compare_counts` (counting) ->
-:func:`save_checkpoint` / :func:`load` (checkpoint). :func:`convert` plans and applies in one
-call on any ``nn.Module``.
+The pipeline, one step per module: :func:`create_model` (models; weights files in weights) ->
+:func:`plan_conversion` (plan) -> :func:`apply_plan` (apply) -> :func:`compare_counts`
+(counting) -> :func:`save_checkpoint` / :func:`load` (checkpoint). :func:`convert` plans and
+applies in one call on any ``nn.Module``; :func:`run_conversion` (pipeline) is ``scconv
+convert`` as a function, :func:`verify_checkpoint` (verify) is ``scconv verify``.
 """
 from .apply import apply_plan, build_replacement, check_shapes, convert
 from .checkpoint import build_manifest, load, read_checkpoint, save_checkpoint
@@ -11,8 +12,10 @@ from .counting import CountReport, Counts, compare_counts, count_model
 from .errors import (
     CheckpointError,
     FactoryError,
+    InvalidOptionError,
     InvalidRuleError,
     ModelArgumentError,
+    ModelForwardError,
     NothingSelectedError,
     OutputPathError,
     PlanMismatchError,
@@ -27,9 +30,12 @@ from .errors import (
 from .finetune import new_parameter_names, param_groups, reset_batchnorm_stats, stale_batchnorms
 from .inference import optimize_for_inference
 from .layers import CRU, SRU, ScConv, ScConvConfig, StridePolicy, Variant
-from .models import ModelSource, create_model, default_input_size
+from .models import ModelSource, build_model, create_model, default_input_size
+from .pipeline import CheckpointReport, ConversionResult, recount_checkpoint, run_conversion
 from .plan import Action, ConvSpec, Decision, Plan, SkipReason, plan_conversion
-from .rules import Rule, RuleAction, assemble_rules, load_rules_file
+from .rules import PRESETS, Rule, RuleAction, assemble_rules, load_rules_file
+from .verify import Check, VerifyResult, verify_checkpoint
+from .weights import load_weights_file, read_state_dict
 
 __version__ = "0.1.0"
 
@@ -43,4 +49,7 @@ __all__ = [
     "OutputPathError", "CheckpointError", "PlanMismatchError", "ShapeMismatchError",
     "RulesFileError", "ModelArgumentError", "FactoryError", "check_shapes", "load_rules_file", "assemble_rules",
     "param_groups", "new_parameter_names", "stale_batchnorms", "reset_batchnorm_stats", "optimize_for_inference",
+    "build_model", "load_weights_file", "read_state_dict", "PRESETS", "InvalidOptionError", "ModelForwardError",
+    "run_conversion", "ConversionResult", "recount_checkpoint", "CheckpointReport", "verify_checkpoint",
+    "VerifyResult", "Check",
 ]

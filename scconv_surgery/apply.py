@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._modes import eval_mode, example_input
+from ._probe import eval_mode, example_input
 from .errors import ModelForwardError, PlanMismatchError, ShapeMismatchError
 from .layers import ScConv, ScConvConfig
 from .plan import ConvSpec, Decision, Plan, plan_conversion

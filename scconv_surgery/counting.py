@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._modes import eval_mode, example_input
+from ._probe import eval_mode, example_input
 from .errors import ModelForwardError
 
 __all__ = ["Counts", "CountReport", "LayerCount", "count_model", "compare_counts", "ELEMENTWISE_OPS"]

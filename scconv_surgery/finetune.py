@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._modes import eval_mode, example_input
+from ._probe import eval_mode, example_input
 from .layers import ScConv
 
 __all__ = ["new_parameter_names", "param_groups", "stale_batchnorms", "reset_batchnorm_stats"]

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ._modes import eval_mode, example_input
+from ._probe import eval_mode, example_input
 from .layers import ScConv
 
 __all__ = ["optimize_for_inference"]

@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from .apply import apply_plan, check_shapes
-from .checkpoint import build_manifest, check_output_path, model_from_payload, read_checkpoint, rebuild, recorded_plan, save_checkpoint
+from .checkpoint import build_manifest, check_output_path, read_checkpoint, rebuild, recorded_plan, save_checkpoint
 from .counting import CountReport, compare_counts
-from .errors import ModelForwardError, NothingSelectedError, OutputPathError, UnmatchedRuleError
+from .errors import NothingSelectedError, OutputPathError, UnmatchedRuleError
 from .finetune import new_parameter_names, reset_batchnorm_stats, stale_batchnorms
 from .layers import ScConvConfig
 from .models import ModelSource, build_model, create_model, default_input_size
@@ -206,101 +206,3 @@ def recount_checkpoint(path: str | os.PathLike, *, input_size: tuple[int, int, i
     on_step(f"counting at {'x'.join(map(str, size))}")
     report = compare_counts(base, converted, size, replaced=plan.replaced, count_elementwise=count_elementwise)
     return CheckpointReport(Path(path), source, plan, report)
-
-
-@dataclass(frozen=True)
-class Check:
-    """One verification check: what was checked, whether it passed, and the detail."""
-
-    name: str
-    passed: bool
-    detail: str
-    keys: tuple[str, ...] = ()  # the tensors a failed comparison names
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "passed": self.passed, "detail": self.detail, "keys": list(self.keys)}
-
-
-@dataclass(frozen=True)
-class VerifyResult:
-    """The outcome of :func:`verify_checkpoint`.
-
-    Attributes:
-        path: the checkpoint.
-        checks: each check, in order.
-    """
-
-    path: Path
-    checks: tuple[Check, ...]
-
-    @property
-    def passed(self) -> bool:
-        return all(check.passed for check in self.checks)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"schema_version": RESULT_SCHEMA_VERSION, "checkpoint": str(self.path), "passed": self.passed,
-                "checks": [c.to_dict() for c in self.checks]}
-
-
-def verify_checkpoint(path: str | os.PathLike, *, weights: str | os.PathLike | None = None,
-                      input_size: tuple[int, int, int] | None = None,
-                      on_step: Callable[[str], None] = _noop) -> VerifyResult:
-    """Check that a checkpoint loads and runs, and optionally that it kept the source weights.
-
-    Checks: the checkpoint loads strictly; a forward at the recorded input size (batch 2,
-    eval mode) gives the base model's output shape and finite values; with ``weights``, every
-    tensor outside the replaced modules equals the weights file's (except the classifier keys
-    re-initialised for ``num_classes`` and BatchNorm statistics reset by ``--reset-bn-stats``).
-
-    Raises:
-        CheckpointError, UnknownModelError: the checkpoint cannot be loaded at all.
-        WeightsFileError: ``weights`` cannot be read.
-    """
-    from .models import read_state_dict
-
-    on_step(f"loading {path}")
-    payload = read_checkpoint(path)  # read once: the manifest and the model come from it
-    manifest = payload["manifest"]
-    model = model_from_payload(path, payload)
-    checks = [Check("loads", True, f"{len(manifest['replaced'])} replaced convs, state_dict loaded strictly")]
-    size = tuple(input_size or manifest.get("input_size") or (3, 224, 224))
-    on_step(f"forward at 2x{'x'.join(map(str, size))}")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        x = torch.randn(2, *size)
-    base = build_model(ModelSource.from_dict(manifest["source"]))
-    try:
-        with torch.no_grad():
-            out, expected = model(x), base(x)
-    except Exception as err:
-        raise ModelForwardError(f"{manifest['source']['library']}:{manifest['source']['name']}", tuple(x.shape),
-                                f"{type(err).__name__}: {err}") from err
-    checks.append(Check("output shape", tuple(out.shape) == tuple(expected.shape),
-                        f"{tuple(out.shape)} (base model: {tuple(expected.shape)})"))
-    finite = bool(torch.isfinite(out).all())
-    checks.append(Check("finite output", finite, "all finite" if finite else "NaN or inf in the output"))
-    if weights is not None:
-        on_step(f"comparing with {weights}")
-        source_weights = read_state_dict(Path(weights))
-        replaced = [d["name"] for d in manifest["replaced"]]
-        reinitialized = set(manifest["source"].get("weights", {}).get("reinitialized", []))
-        reset = set(manifest.get("stale_batchnorms", [])) if manifest.get("reset_bn_stats") else set()
-        compared, differ, missing = 0, [], []
-        for key, value in model.state_dict().items():
-            module, _, leaf = key.rpartition(".")
-            statistics_reset = module in reset and leaf in ("running_mean", "running_var", "num_batches_tracked")
-            if any(key.startswith(f"{r}.") for r in replaced) or key in reinitialized or statistics_reset:
-                continue
-            if key not in source_weights:
-                missing.append(key)
-            elif not torch.equal(value, source_weights[key].to(value.dtype)):
-                differ.append(key)
-            compared += 1
-        ok = not differ and not missing
-        def listed(keys: list[str]) -> str:
-            return ", ".join(keys[:5]) + (f", ... ({len(keys) - 5} more)" if len(keys) > 5 else "")
-
-        detail = (f"{compared} untouched tensors equal the weights file" if ok else
-                  f"{len(differ)} differ ({listed(differ)}), {len(missing)} missing from the file ({listed(missing)})")
-        checks.append(Check("untouched weights", ok, detail, tuple(differ + missing)))
-    return VerifyResult(Path(path), tuple(checks))

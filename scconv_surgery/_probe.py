@@ -1,4 +1,6 @@
-"""What the steps that run a model without changing it share: eval mode, and an example input."""
+"""Probing a model without changing it: eval mode that restores each module's own mode, and an
+example input on the model's device and dtype. Shared by the steps that run a model (shape check,
+counting, stale-BatchNorm detection, inference timing)."""
 from __future__ import annotations
 
 import contextlib
