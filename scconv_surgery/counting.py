@@ -31,18 +31,15 @@ FALLBACK = "torch.utils.flop_counter"
 
 # Elementwise operators SCConv adds, counted with --count-elementwise as one op per element:
 # of the output for maps, of the input for reductions and pooling (fvcore's
-# ``elementwise_flop_counter``). Reported apart from MACs.
+# ``elementwise_flop_counter``). Reported apart from MACs. fvcore traces with torch.jit, under
+# which SCConv runs its module-by-module forward (the paper's equations, torch.where gate).
 ELEMENTWISE_OPS: dict[str, tuple[float, float]] = {  # op: (input_scale, output_scale)
-    **{f"aten::{op}": (0, 1) for op in ("sigmoid", "mul", "mul_", "add", "add_", "sub", "div", "where",
-                                          "softmax", "abs", "clamp_min", "copysign", "lerp", "masked_fill", "gt",
-                                          "ge", "lt", "sigmoid_", "ceil_", "threshold", "addcmul", "addcmul_")},
+    **{f"aten::{op}": (0, 1) for op in ("sigmoid", "sigmoid_", "mul", "mul_", "add", "add_", "sub", "div", "where",
+                                          "softmax", "abs", "clamp_min", "clamp_max", "lerp", "masked_fill", "gt",
+                                          "ge", "lt", "roll", "threshold", "addcmul", "addcmul_")},
     **{f"aten::{op}": (1, 0) for op in ("mean", "sum", "avg_pool2d")},
 }
-# SRU's gate-and-reconstruct step is one autograd.Function, which the jit trace keeps as one
-# PythonOp: six elementwise ops per element of its input (threshold, ceil, mul, two addcmul,
-# the reconstruction's adds).
-GATE_OP, GATE_OPS_PER_ELEMENT = "prim::PythonOp._GateReconstruct", 6
-_ELEMENTWISE_NAMES = frozenset([*(op.split("::")[1] for op in ELEMENTWISE_OPS), GATE_OP.split("::")[1]])
+_ELEMENTWISE_NAMES = frozenset(op.split("::")[1] for op in ELEMENTWISE_OPS)
 
 
 @dataclass(frozen=True)
@@ -165,8 +162,7 @@ def _count_fvcore(model: nn.Module, x: torch.Tensor, count_elementwise: bool
         analysis = (FlopCountAnalysis(model, x).unsupported_ops_warnings(False)
                     .uncalled_modules_warnings(False).tracer_warnings("none"))
         if count_elementwise:
-            analysis.set_op_handle(**{op: elementwise_flop_counter(i, o) for op, (i, o) in ELEMENTWISE_OPS.items()},
-                                   **{GATE_OP: elementwise_flop_counter(GATE_OPS_PER_ELEMENT, 0)})
+            analysis.set_op_handle(**{op: elementwise_flop_counter(i, o) for op, (i, o) in ELEMENTWISE_OPS.items()})
         by_module = analysis.by_module_and_operator()
         uncounted = {k: int(v) for k, v in analysis.unsupported_ops().items()}
     return by_module, uncounted

@@ -1,10 +1,12 @@
-"""Inference-time rewrites of converted models that keep what they compute.
+"""Inference-time preparation of converted models that keeps what they compute.
 
-:func:`optimize_for_inference` folds PWC1 into GWC's centre tap (eq. 5 as one dense ``k x k``
-conv) in each SCConv layer where that is measured to be faster: the merged conv does about
-1.6x the multiply-adds of GWC + PWC1 but is one kernel instead of a grouped conv, a 1x1 conv
-and an add; on CPUs it wins at large feature maps (ResNet-50's first stage) and loses at
-small ones, so each layer is timed on its own input shape, as ``cudnn.benchmark`` does.
+:func:`optimize_for_inference` makes each SCConv layer keep, as module state, the weights its
+fast forward otherwise assembles from its parameters in every forward: SRU's GroupNorm affine
+with ``w`` folded in, both squeezes as one weight, and GWC + PWC1 as one dense ``k x k`` conv
+(PWC1 in the centre tap, eq. 5) where that is measured to be faster. The merged conv does
+about 1.6x the multiply-adds of GWC + PWC1 but is one kernel instead of a grouped conv, a 1x1
+conv and an add: on GPUs and at large feature maps it wins, at small maps on CPUs it can lose,
+so each layer is timed on its own input shape, as ``cudnn.benchmark`` does.
 """
 from __future__ import annotations
 
@@ -37,18 +39,28 @@ def _median_seconds(fn: Callable[[], object], device: torch.device, repeats: int
 
 def optimize_for_inference(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 224), *,
                            batch_size: int = 1, merge: str = "auto") -> dict[str, bool]:
-    """Fold PWC1 into GWC in the SCConv layers of ``model`` (in place) where it is faster.
+    """Cache the assembled weights of every SCConv layer of ``model`` (in place) for inference.
+
+    The cache is module state in the spirit of timm's ``reparameterize``, but reversible and
+    never stale: non-persistent buffers (not in the ``state_dict``, so checkpoints are
+    unchanged) that ``.to()``, ``.half()``, ``.double()`` and ``.cuda()`` rebuild from the
+    converted parameters, and that are rebuilt at the next forward after any change to the
+    parameters (``load_state_dict``, an optimizer step). They are used by eval-mode forwards
+    that need no parameter gradients; train mode, and eval-mode forwards whose parameters
+    require gradients, assemble the weights from the parameters as before. Built under
+    ``torch.no_grad`` (not ``inference_mode``), so an eval forward that needs input gradients
+    (saliency maps) works.
 
     Args:
-        model: a converted model; its weights are treated as frozen (call this again after
-            training, or pass ``merge="never"`` before training to undo it).
+        model: a converted model (or an :class:`~scconv_surgery.ScConv`).
         input_size: ``(C, H, W)`` of the model's input, to time each layer at its own shape.
         batch_size: the batch size to time at.
-        merge: ``"auto"`` (time both forms per layer, keep the faster), ``"always"`` or
-            ``"never"`` (undo).
+        merge: ``"auto"`` (time GWC + PWC1 merged and as two convs per layer, keep the faster),
+            ``"always"`` (merged), or ``"never"`` (drop every cache: the layers assemble their
+            weights in every forward again, GWC + PWC1 merged, as before this call).
 
     Returns:
-        Layer name -> whether it runs merged.
+        Layer name -> whether it runs GWC + PWC1 as one dense conv.
 
     Raises:
         ValueError: an unknown ``merge``.
@@ -58,27 +70,32 @@ def optimize_for_inference(model: nn.Module, input_size: tuple[int, int, int] = 
     layers = {name: m for name, m in model.named_modules() if isinstance(m, ScConv)}
     if merge != "auto":
         for layer in layers.values():
-            layer.cru.merge_pwc1_into_gwc(merge == "always")
-        return {name: merge == "always" for name in layers}
+            _cache(layer, merge == "always", merge_gwc_pwc1=True)
+        return {name: True for name in layers}
     inputs: dict[str, torch.Tensor] = {}
     handles = [m.register_forward_pre_hook(lambda m, args, name=name: inputs.setdefault(name, args[0].detach()))
                for name, m in layers.items()]
     try:
-        with eval_mode(model), torch.inference_mode():
+        with eval_mode(model), torch.no_grad():
             model(example_input(model, (batch_size, *input_size), fill=torch.randn))
     finally:
         for handle in handles:
             handle.remove()
     chosen = {}
-    with eval_mode(model), torch.inference_mode():
+    with eval_mode(model), torch.no_grad():
         for name, layer in layers.items():
             if name not in inputs:
                 continue
             x = inputs[name]
-            layer.cru.merge_pwc1_into_gwc(False)
+            _cache(layer, True, merge_gwc_pwc1=False)
             separate = _median_seconds(lambda: layer(x), x.device)
-            layer.cru.merge_pwc1_into_gwc(True)
+            _cache(layer, True, merge_gwc_pwc1=True)
             merged = _median_seconds(lambda: layer(x), x.device)
             chosen[name] = merged < separate
-            layer.cru.merge_pwc1_into_gwc(chosen[name])
+            _cache(layer, True, merge_gwc_pwc1=chosen[name])
     return chosen
+
+
+def _cache(layer: ScConv, enabled: bool, *, merge_gwc_pwc1: bool) -> None:
+    layer.sru.cache_inference_weights(enabled)
+    layer.cru.cache_inference_weights(enabled, merge_gwc_pwc1=merge_gwc_pwc1)

@@ -25,7 +25,6 @@ from scconv_surgery.layers import (
     SeedGroupNorm,
     StridePolicy,
     Variant,
-    fuse_weights,
     gamma_ratio,
     gn_group_count,
     reconstruct,
@@ -306,14 +305,14 @@ def test_gamma_ratio_zero_sum_is_finite():
     gamma = torch.tensor([1.0, -1.0, 2.0, -2.0])
     assert gamma.sum().item() == 0.0
     w = gamma_ratio(gamma)
-    assert w.shape == (1, 4, 1, 1)
+    assert w.shape == (4,)
     assert torch.isfinite(w).all()
-    torch.testing.assert_close(w.reshape(-1), gamma / GAMMA_SUM_EPS, atol=0.0, rtol=1e-6)
+    torch.testing.assert_close(w, gamma / GAMMA_SUM_EPS, atol=0.0, rtol=1e-6)
 
 
 def test_gamma_ratio_is_plain_ratio_with_sign():
     gamma = torch.tensor([1.0, 2.0, -4.0, 0.5])  # sum = -0.5: negative, not clamped
-    torch.testing.assert_close(gamma_ratio(gamma).reshape(-1), gamma / -0.5, atol=0.0, rtol=1e-6)
+    torch.testing.assert_close(gamma_ratio(gamma), gamma / -0.5, atol=0.0, rtol=1e-6)
 
 
 # --------------------------------------------------------------------------------------------
@@ -335,26 +334,6 @@ def test_channels_last_same_values(variant, stride, policy):
     torch.testing.assert_close(y_cl, y, atol=1e-6, rtol=1e-5)
     if variant == "paper":
         assert y_cl.is_contiguous(memory_format=torch.channels_last)
-
-
-# --------------------------------------------------------------------------------------------
-# 7. fuse_weights (eqs. 7-8)
-# --------------------------------------------------------------------------------------------
-
-
-def test_fuse_weights_per_channel_softmax():
-    torch.manual_seed(0)
-    y1, y2 = torch.randn(3, 6, 5, 4), torch.randn(3, 6, 5, 4) * 2 + 0.5
-    beta1, beta2 = fuse_weights(y1, y2)
-    assert beta1.shape == (3, 6, 1, 1)
-    assert beta2.shape == (3, 6, 1, 1)
-    torch.testing.assert_close(beta1 + beta2, torch.ones(3, 6, 1, 1), atol=1e-6, rtol=0.0)
-    s1 = y1.mean(dim=(2, 3), keepdim=True)  # GAP
-    s2 = y2.mean(dim=(2, 3), keepdim=True)
-    e1, e2 = torch.exp(s1), torch.exp(s2)
-    torch.testing.assert_close(beta1, e1 / (e1 + e2), atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(beta2, e2 / (e1 + e2), atol=1e-6, rtol=1e-5)
-    assert (beta1 - 0.5).abs().max().item() > 1e-3  # not a trivial equal split
 
 
 # --------------------------------------------------------------------------------------------
@@ -660,28 +639,3 @@ def test_config_to_dict_plain_strings():
                  "gn_groups": 16, "gate_threshold": 0.5, "stride_policy": "pool"}
     assert json.loads(json.dumps(d)) == d
     assert ScConvConfig(**d) == config  # round trip
-
-
-def test_optimize_for_inference_keeps_outputs():
-    from scconv_surgery import optimize_for_inference
-
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(ScConv(16, 32, stride=2), torch.nn.ReLU(), ScConv(32)).eval()
-    x = torch.randn(2, 16, 12, 12)
-    with torch.no_grad():
-        expected = model(x)
-    chosen = optimize_for_inference(model, (16, 12, 12), merge="always")
-    assert chosen == {"0": True, "2": True}
-    assert model[0].cru.merged_weight.shape == (32, 4, 3, 3)  # dense: up // r = 4 input channels
-    with torch.no_grad():
-        torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
-    assert set(optimize_for_inference(model, (16, 12, 12))) == {"0", "2"}  # auto: timed, either form
-    with torch.no_grad():
-        torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
-    model.train()  # training runs the two convs (they get gradients), not the merged copy
-    model(x).sum().backward()
-    assert model[0].cru.gwc.weight.grad is not None and model[0].cru.pwc1.weight.grad is not None
-    optimize_for_inference(model, merge="never")
-    assert model[0].cru.merged_weight is None
-    with pytest.raises(ValueError, match="merge must be"):
-        optimize_for_inference(model, merge="sometimes")

@@ -1,0 +1,195 @@
+"""CRU, the channel reconstruction unit of SCConv (eqs. 5-9), in its two variants.
+
+Split ``C_in`` into ``up = int(alpha * C_in)`` and ``low = C_in - up`` channels; squeeze each
+by a 1x1 conv to ``up // r`` and ``low // r``; ``Y1 = GWC(up) + PWC1(up)`` (eq. 5);
+``Y2 = concat(PWC2(low), low)`` (eq. 6); fuse ``Y = beta1 * Y1 + beta2 * Y2`` (eqs. 7-9), with
+``beta`` a softmax across the two branches per channel (``paper``, :class:`CRU`) or over all
+``2 * C_out`` concatenated channels (``seed``, :class:`SeedCRU`).
+
+The fast forward runs the same parameters as fewer, denser kernels: each squeeze as a 1x1
+conv over the whole input whose weight is zero outside its part (no channel slices), and GWC
++ PWC1 as one dense ``k x k`` conv whose weight is assembled from both in every forward, so
+that both receive their gradients (:func:`merged_gwc_pwc1_weight`).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._execution import InferenceCache, calls_submodules, writes_in_place
+from .config import ScConvConfig, Variant, cru_split, scconv_constraint_error
+
+__all__ = ["CRU", "SeedCRU", "merged_gwc_pwc1_weight"]
+
+
+def merged_gwc_pwc1_weight(gwc_weight: torch.Tensor, pwc1_weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """GWC and PWC1 as one dense ``k x k`` weight: GWC's groups on the block diagonal, PWC1
+    added to the centre tap, so ``conv(up, W) == GWC(up) + PWC1(up)`` (eq. 5) up to rounding.
+
+    Args:
+        gwc_weight: ``(C_out, up // r // g, k, k)``.
+        pwc1_weight: ``(C_out, up // r, 1, 1)``.
+        groups: g.
+
+    Returns:
+        ``(C_out, up // r, k, k)``, differentiable in both inputs.
+    """
+    out_channels, in_per_group, k, _ = gwc_weight.shape
+    if groups == 1:
+        dense = gwc_weight
+    else:  # rows of group i hold its weights at columns i * in_per_group ... (i + 1) * in_per_group - 1
+        dense = torch.block_diag(*gwc_weight.flatten(1).chunk(groups)).view(out_channels, groups * in_per_group, k, k)
+    return dense + F.pad(pwc1_weight, (k // 2,) * 4)
+
+
+def _fuse(y1: torch.Tensor, y2: torch.Tensor) -> torch.Tensor:
+    """Eqs. 7-9, per channel: a softmax over two branches is a sigmoid of the difference, and
+    ``beta1 * Y1 + beta2 * Y2 = Y2 + beta1 * (Y1 - Y2)``: one lerp."""
+    beta1 = torch.sigmoid(y1.mean((2, 3), keepdim=True) - y2.mean((2, 3), keepdim=True))
+    if writes_in_place():
+        return y2.lerp_(y1, beta1)
+    return torch.lerp(y2, y1, beta1)
+
+
+class CRU(InferenceCache, nn.Module):
+    """Channel reconstruction unit (eqs. 5-9), ``paper`` variant, generalised to ``in != out``
+    and stride; ``variant="seed"`` builds a :class:`SeedCRU`.
+
+    With ``stride > 1``, GWC, PWC1 and PWC2 take the stride and the reused ``low // r``
+    channels are average-pooled (ceil mode) by it, so the output is ``ceil(H / stride)`` high,
+    as a ``kernel_size`` conv with padding ``kernel_size // 2`` gives.
+
+    Args:
+        in_channels: C_in.
+        out_channels: C_out (default C_in); must exceed ``low // r``.
+        kernel_size: odd k of GWC (the replaced conv's kernel).
+        stride: s of GWC, PWC1, PWC2.
+        alpha, squeeze_ratio, gwc_groups: see :class:`ScConvConfig`.
+        variant: ``paper`` (this class) or ``seed`` (:class:`SeedCRU`).
+        device, dtype: where the parameters are created.
+
+    Shape:
+        ``(N, C_in, H, W) -> (N, C_out, ceil(H / s), ceil(W / s))``.
+
+    Raises:
+        ValueError: the channel counts violate :func:`scconv_constraint_error`, or k is even.
+    """
+
+    def __new__(cls, *args: Any, variant: Variant | str = Variant.PAPER, **kwargs: Any) -> CRU:
+        if cls is CRU and Variant(variant) is Variant.SEED:
+            cls = SeedCRU
+        return super().__new__(cls)
+
+    def __init__(self, in_channels: int, out_channels: int | None = None, *, kernel_size: int = 3,
+                 stride: int = 1, alpha: float = 0.5, squeeze_ratio: int = 2, gwc_groups: int = 2,
+                 variant: Variant | str = Variant.PAPER, device: Any = None,
+                 dtype: torch.dtype | None = None):
+        super().__init__()
+        out_channels = in_channels if out_channels is None else out_channels
+        config = ScConvConfig(alpha=alpha, squeeze_ratio=squeeze_ratio, gwc_groups=gwc_groups)
+        problem = scconv_constraint_error(in_channels, out_channels, config)
+        if problem:
+            raise ValueError(f"CRU({in_channels} -> {out_channels}): {problem}")
+        if kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd, got {kernel_size}")
+        self.variant = Variant(variant)
+        self.stride = stride
+        up, low, up_sq, low_sq = cru_split(in_channels, alpha, squeeze_ratio)
+        self.split = (up, low)
+        kw = {"device": device, "dtype": dtype}
+        self.squeeze1 = nn.Conv2d(up, up_sq, 1, bias=False, **kw)
+        self.squeeze2 = nn.Conv2d(low, low_sq, 1, bias=False, **kw)
+        self.gwc = nn.Conv2d(up_sq, out_channels, kernel_size, stride=stride,
+                             padding=kernel_size // 2, groups=gwc_groups, **kw)
+        self.pwc1 = nn.Conv2d(up_sq, out_channels, 1, stride=stride, bias=False, **kw)
+        self.pwc2 = nn.Conv2d(low_sq, out_channels - low_sq, 1, stride=stride, bias=False, **kw)
+        # cache_inference_weights(): the assembled weights of eval-mode forwards without gradients
+        self.register_buffer("squeeze_weights", None, persistent=False)
+        self.register_buffer("y1_weight", None, persistent=False)
+        self.merge_gwc_pwc1 = True  # fast forward: eq. 5 as one dense conv (else GWC and PWC1 as two)
+
+    def _squeeze_weights(self) -> torch.Tensor:
+        """Both squeezes as one ``(up // r + low // r, C_in, 1, 1)`` weight, each zero outside its part."""
+        up, low = self.split
+        return torch.cat((F.pad(self.squeeze1.weight, (0, 0, 0, 0, 0, low)),
+                          F.pad(self.squeeze2.weight, (0, 0, 0, 0, up, 0))))
+
+    def _branches(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(Y1, Y2)`` of eqs. 5-6."""
+        if calls_submodules(self.squeeze1, self.squeeze2, self.gwc, self.pwc1, self.pwc2):
+            up, low = torch.split(x, self.split, dim=1)
+            up, low = self.squeeze1(up), self.squeeze2(low)
+            y1 = self.gwc(up) + self.pwc1(up)
+            return y1, self._y2(low, self.pwc2(low))
+        cached = self._use_cache()
+        squeeze = self.squeeze_weights if cached else self._squeeze_weights()
+        up_sq = self.squeeze1.out_channels
+        # two convs, not one and a channel slice: each output is contiguous in the input's layout
+        up = F.conv2d(x, squeeze[:up_sq])
+        low = F.conv2d(x, squeeze[up_sq:])
+        gwc = self.gwc
+        if self.merge_gwc_pwc1:
+            weight = self.y1_weight if cached else merged_gwc_pwc1_weight(gwc.weight, self.pwc1.weight, gwc.groups)
+            y1 = F.conv2d(up, weight, gwc.bias, self.stride, gwc.padding)
+        else:
+            y1 = F.conv2d(up, gwc.weight, gwc.bias, self.stride, gwc.padding, 1, gwc.groups)
+            y1 = y1 + F.conv2d(up, self.pwc1.weight, None, self.stride)
+        return y1, self._y2(low, F.conv2d(low, self.pwc2.weight, None, self.stride))
+
+    def _y2(self, low: torch.Tensor, pwc2: torch.Tensor) -> torch.Tensor:
+        """Eq. 6: ``concat(PWC2(low), low)``, the reused part average-pooled at stride > 1."""
+        reused = low if self.stride == 1 else F.avg_pool2d(low, self.stride, ceil_mode=True)
+        return torch.cat((pwc2, reused), dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _fuse(*self._branches(x))
+
+    def cache_inference_weights(self, enabled: bool = True, *, merge_gwc_pwc1: bool | None = None) -> None:
+        """Keep (``enabled``) or drop the assembled weights used by eval-mode forwards that need
+        no parameter gradients (see :class:`InferenceCache`): both squeezes as one weight, and
+        GWC + PWC1 as one dense conv.
+
+        Args:
+            enabled: keep the cache, or drop it (forwards assemble from the parameters again).
+            merge_gwc_pwc1: run eq. 5 as one dense conv (True) or as GWC and PWC1 (False), in
+                every fast forward; None keeps the current choice.
+        """
+        if merge_gwc_pwc1 is not None:
+            self.merge_gwc_pwc1 = merge_gwc_pwc1
+        if enabled:
+            self._refresh_cache()
+        else:
+            self.squeeze_weights = self.y1_weight = None
+
+    def _cache_params(self) -> tuple[torch.Tensor, ...]:
+        return (self.squeeze1.weight, self.squeeze2.weight, self.gwc.weight, self.pwc1.weight)
+
+    def _has_cache(self) -> bool:
+        return self.squeeze_weights is not None
+
+    def _build_cache(self) -> None:
+        self.squeeze_weights = self._squeeze_weights()
+        self.y1_weight = (merged_gwc_pwc1_weight(self.gwc.weight, self.pwc1.weight, self.gwc.groups)
+                          if self.merge_gwc_pwc1 else None)
+
+
+class SeedCRU(CRU):
+    """CRU as the seed document computes it (``variant="seed"``): the fuse is a softmax over
+    all ``2 * C_out`` channels of ``concat(GAP(Y1), GAP(Y2))``, then ``Y1 * b1 + Y2 * b2``."""
+
+    def __init__(self, in_channels: int, out_channels: int | None = None, *, kernel_size: int = 3,
+                 stride: int = 1, alpha: float = 0.5, squeeze_ratio: int = 2, gwc_groups: int = 2,
+                 variant: Variant | str = Variant.SEED, device: Any = None,
+                 dtype: torch.dtype | None = None):
+        super().__init__(in_channels, out_channels, kernel_size=kernel_size, stride=stride, alpha=alpha,
+                         squeeze_ratio=squeeze_ratio, gwc_groups=gwc_groups, variant=Variant.SEED,
+                         device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y1, y2 = self._branches(x)
+        beta = torch.softmax(torch.cat((y1.mean((2, 3), keepdim=True), y2.mean((2, 3), keepdim=True)), dim=1), dim=1)
+        beta1, beta2 = beta.chunk(2, dim=1)
+        return torch.addcmul(y1 * beta1, y2, beta2)

@@ -1,0 +1,273 @@
+"""SRU, the spatial reconstruction unit of SCConv (eqs. 1-4), in its two variants.
+
+``paper`` (:class:`SRU`): ``G = GroupNorm(X)`` (eq. 1), ``w = gamma / sum(gamma)`` (eq. 2),
+``S = sigmoid(G * w)`` (eq. 3); where ``S > t`` the input is kept whole (``W1 = 1, W2 = 0``),
+elsewhere ``W1 = W2 = S``; ``out = X1 + roll(X2, -C // 2)`` over channels (eq. 4).
+``seed`` (:class:`SeedSRU`): the seed document's code: a hand-written group norm and hard
+complementary masks ``S >= t`` and ``S < t``, through which GroupNorm gets no gradient.
+
+The gate and its threshold are computed in float32 (float64 for float64 input) whatever the
+input dtype or autocast; the output has the input's dtype and memory format.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._execution import InferenceCache, calls_submodules, gate_dtype, writes_in_place
+from .config import Variant, gn_group_count
+
+__all__ = ["SRU", "SeedSRU", "SeedGroupNorm", "gamma_ratio", "reconstruct", "GAMMA_SUM_EPS"]
+
+GAMMA_SUM_EPS = 1e-6  # smallest |sum(gamma)| used as the denominator of eq. 2
+
+
+def gamma_ratio(gamma: torch.Tensor, eps: float = GAMMA_SUM_EPS) -> torch.Tensor:
+    """``w_i = gamma_i / sum_j gamma_j`` (eq. 2: a plain ratio, not a softmax).
+
+    Args:
+        gamma: GroupNorm scale, shape ``(C,)``.
+        eps: the denominator's magnitude is clamped to at least ``eps``, its sign kept (a sum
+            of exactly 0 counts as positive), so that a sum near 0 gives large, finite weights.
+
+    Returns:
+        Shape ``(C,)``, in ``gamma``'s dtype: pass float32 (as SRU does) so that weights up
+        to ``|gamma| / eps`` stay finite.
+    """
+    total = gamma.sum()
+    return gamma / torch.where(total < 0, total.clamp_max(-eps), total.clamp_min(eps))
+
+
+def reconstruct(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+    """Cross reconstruction of eq. 4: ``concat(X11 + X22, X12 + X21)``.
+
+    Written as ``x1 + roll(x2, -(C // 2))`` over channels, which equals eq. 4 for even C and
+    generalises it to odd C (every channel of ``x2`` is added exactly once).
+
+    Args:
+        x1, x2: shape ``(N, C, H, W)``.
+
+    Returns:
+        Shape ``(N, C, H, W)``; the inputs are not modified.
+    """
+    return x1 + x2.roll(-(x2.shape[1] // 2), 1)
+
+
+def _reconstruct_(x1: torch.Tensor, x2: torch.Tensor, channels: int) -> torch.Tensor:
+    """:func:`reconstruct` written into ``x1`` (two in-place adds on channel slices, no copy)."""
+    half = channels // 2
+    x1[:, : channels - half].add_(x2[:, half:])
+    x1[:, channels - half:].add_(x2[:, :half])
+    return x1
+
+
+def _soft_gate(x: torch.Tensor, gate: torch.Tensor, threshold: float, channels: int) -> torch.Tensor:
+    """``paper`` steps 4-6: ``W1 = 1, W2 = 0`` where ``S > t``, ``W1 = W2 = S`` elsewhere; eq. 4.
+
+    ``threshold(S, t, 0)`` is ``S * keep``, so ``S - threshold(S, t, 0)`` is ``W2`` exactly and
+    gradients reach ``S`` only where it is not kept (no ``torch.where``, slow on CPUs, and no
+    boolean tensor). Without autograd every step but two writes into a fresh tensor in place.
+    """
+    kept = F.threshold(gate, threshold, 0.0)
+    if not writes_in_place():
+        x2 = x * (gate - kept)
+        x1 = torch.addcmul(x2, kept.detach().ceil(), x)
+        return reconstruct(x1, x2)
+    x2 = gate.sub_(kept).mul_(x)
+    x1 = kept.ceil_().mul_(x).add_(x2)
+    return _reconstruct_(x1, x2, channels)
+
+
+def _soft_gate_reference(x: torch.Tensor, gate: torch.Tensor, threshold: float) -> torch.Tensor:
+    """:func:`_soft_gate` as the paper states it (``torch.where``), for the module-by-module
+    forward: slower on CPUs, exportable by every exporter, same values."""
+    keep = gate > threshold
+    x2 = x * torch.where(keep, 0.0, gate)
+    return reconstruct(torch.where(keep, x, x2), x2)
+
+
+def _hard_gate(x: torch.Tensor, gate: torch.Tensor, threshold: float, channels: int) -> torch.Tensor:
+    """``seed`` steps 4-6: ``X1 = (S >= t) * X``, ``X2 = (S < t) * X``; eq. 4.
+
+    ``ceil(t - S)`` is 1 exactly where ``S < t`` (``t - S`` lies in ``(-1, 1)``), a float mask
+    (boolean masks are slow on CPUs); ``X1 = X - X2`` is exact.
+    """
+    dropped = torch.rsub(gate, threshold).ceil_()
+    if not writes_in_place():
+        x2 = x * dropped
+        return reconstruct(x - x2, x2)
+    x2 = dropped.mul_(x)
+    return _reconstruct_(torch.sub(x, x2), x2, channels)
+
+
+def seed_group_norm_affine(x: torch.Tensor, num_groups: int, weight: torch.Tensor, bias: torch.Tensor,
+                           eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The seed's group norm as a per-sample, per-channel affine map ``GN(x) = x * scale + shift``.
+
+    Unbiased std, ``eps`` added to the std. Statistics over ``x.unflatten(1, (G, C // G))``, a
+    view for any memory format, so channels_last input is neither copied nor converted.
+
+    Returns:
+        ``(scale, shift)``, each ``(N, C, 1, 1)``.
+    """
+    grouped = x.unflatten(1, (num_groups, -1))
+    std, mean = torch.std_mean(grouped, dim=(2, 3, 4), keepdim=True)
+    inv = (std + eps).reciprocal().expand(-1, -1, grouped.shape[2], -1, -1).flatten(1, 2)
+    scale = inv * weight.reshape(1, -1, 1, 1)
+    shift = bias.reshape(1, -1, 1, 1) - mean.expand(-1, -1, grouped.shape[2], -1, -1).flatten(1, 2) * scale
+    return scale, shift
+
+
+class SeedGroupNorm(nn.Module):
+    """The seed's hand-written group norm (its ``GroupBatchnorm2d``), for the ``seed`` variant.
+
+    Unlike ``nn.GroupNorm``: the unbiased standard deviation, ``eps`` (1e-10) added to the std
+    rather than the variance, and the scale drawn from ``randn``. Unlike the seed, it works on
+    channels_last input and keeps its memory format.
+
+    Args:
+        num_groups: groups; must divide ``num_channels``.
+        num_channels: C.
+    """
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-10, *,
+                 device: Any = None, dtype: torch.dtype | None = None):
+        super().__init__()
+        if num_channels % num_groups:
+            raise ValueError(f"num_groups={num_groups} must divide num_channels={num_channels}")
+        self.num_groups = num_groups
+        self.num_channels = num_channels
+        self.eps = eps
+        self.weight = nn.Parameter(torch.empty(num_channels, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.empty(num_channels, device=device, dtype=dtype))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            self.weight.normal_()
+            self.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale, shift = seed_group_norm_affine(x, self.num_groups, self.weight, self.bias, self.eps)
+        return torch.addcmul(shift, x, scale)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}"
+
+
+class SRU(InferenceCache, nn.Module):
+    """Spatial reconstruction unit (eqs. 1-4), ``paper`` variant; ``variant="seed"`` builds a
+    :class:`SeedSRU`.
+
+    Args:
+        channels: C, input and output channels.
+        gn_groups: upper bound on the GroupNorm group count; the largest divisor of C not
+            above it is used.
+        gate_threshold: ``t``; positions with gate ``S > t`` are kept whole in ``X1``.
+        variant: ``paper`` (this class) or ``seed`` (:class:`SeedSRU`).
+        device, dtype: where the parameters are created.
+
+    Shape:
+        ``(N, C, H, W) -> (N, C, H, W)``, in the input's dtype and memory format.
+
+    Note:
+        The fast forward folds ``w`` into GroupNorm's affine (``G * w = norm(X) * (gamma * w) +
+        beta * w``), one kernel; it calls ``self.gn`` as a module only where that is observable
+        (hooks, fx or jit tracing; see ``_execution.py``). :meth:`cache_inference_weights`
+        keeps the folded affine for eval-mode forwards without gradients.
+    """
+
+    def __new__(cls, *args: Any, variant: Variant | str = Variant.PAPER, **kwargs: Any) -> SRU:
+        if cls is SRU and Variant(variant) is Variant.SEED:
+            cls = SeedSRU
+        return super().__new__(cls)
+
+    def __init__(self, channels: int, *, gn_groups: int = 16, gate_threshold: float = 0.5,
+                 variant: Variant | str = Variant.PAPER, device: Any = None,
+                 dtype: torch.dtype | None = None):
+        super().__init__()
+        self.variant = Variant(variant)
+        self.channels = channels
+        self.gate_threshold = gate_threshold
+        self.gn = self._make_norm(gn_group_count(channels, gn_groups), channels, device=device, dtype=dtype)
+        self.register_buffer("gate_scale", None, persistent=False)  # cache_inference_weights()
+        self.register_buffer("gate_shift", None, persistent=False)
+
+    def _make_norm(self, groups: int, channels: int, **kw: Any) -> nn.Module:
+        return nn.GroupNorm(groups, channels, eps=1e-5, **kw)
+
+    def gate_affine(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """GroupNorm's affine with ``w`` folded in: ``(gamma * w, beta * w)``, each ``(C,)``."""
+        if self._use_cache():
+            return self.gate_scale, self.gate_shift
+        gamma, beta = self.gn.weight.to(dtype), self.gn.bias.to(dtype)
+        w = gamma_ratio(gamma)
+        return gamma * w, beta * w
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = gate_dtype(x)
+        if calls_submodules(self.gn):
+            gate = torch.sigmoid(self.gn(x).to(dtype) * gamma_ratio(self.gn.weight.to(dtype)).reshape(1, -1, 1, 1))
+            return _soft_gate_reference(x, gate, self.gate_threshold).to(x.dtype)
+        scale, shift = self.gate_affine(dtype)
+        gate = F.group_norm(x.to(dtype), self.gn.num_groups, scale, shift, self.gn.eps).sigmoid_()
+        return _soft_gate(x, gate, self.gate_threshold, self.channels).to(x.dtype)
+
+    def cache_inference_weights(self, enabled: bool = True) -> None:
+        """Keep (``enabled``) or drop the folded GroupNorm affine used by eval-mode forwards that
+        need no parameter gradients (see :class:`InferenceCache`)."""
+        if enabled:
+            self._refresh_cache()
+        else:
+            self.gate_scale = self.gate_shift = None
+
+    def _cache_params(self) -> tuple[torch.Tensor, ...]:
+        return (self.gn.weight, self.gn.bias)
+
+    def _has_cache(self) -> bool:
+        return self.gate_scale is not None
+
+    def _build_cache(self) -> None:
+        dtype = torch.float64 if self.gn.weight.dtype == torch.float64 else torch.float32
+        gamma = self.gn.weight.to(dtype)
+        w = gamma_ratio(gamma)
+        self.gate_scale, self.gate_shift = gamma * w, self.gn.bias.to(dtype) * w
+
+    def extra_repr(self) -> str:
+        return f"{self.channels}, variant={self.variant.value}, gate_threshold={self.gate_threshold}"
+
+
+class SeedSRU(SRU):
+    """SRU as the seed document computes it (``variant="seed"``): :class:`SeedGroupNorm` and
+    hard masks ``S >= t`` / ``S < t``, through which GroupNorm receives no gradient."""
+
+    def __init__(self, channels: int, *, gn_groups: int = 16, gate_threshold: float = 0.5,
+                 variant: Variant | str = Variant.SEED, device: Any = None,
+                 dtype: torch.dtype | None = None):
+        super().__init__(channels, gn_groups=gn_groups, gate_threshold=gate_threshold, variant=Variant.SEED,
+                         device=device, dtype=dtype)
+
+    def _make_norm(self, groups: int, channels: int, **kw: Any) -> nn.Module:
+        return SeedGroupNorm(groups, channels, **kw)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = gate_dtype(x)
+        gn = self.gn
+        w = gamma_ratio(gn.weight.detach().to(dtype)).reshape(1, -1, 1, 1)
+        if calls_submodules(gn):  # the seed's own masks
+            gate = torch.sigmoid(gn(x).to(dtype) * w)
+            return reconstruct(x * (gate >= self.gate_threshold), x * (gate < self.gate_threshold)).to(x.dtype)
+        # the masks carry no gradient: the gate is computed from detached values
+        scale, shift = seed_group_norm_affine(x.detach().to(dtype), gn.num_groups, gn.weight.detach().to(dtype),
+                                              gn.bias.detach().to(dtype), gn.eps)
+        gate = torch.addcmul(shift * w, x.detach().to(dtype), scale * w).sigmoid_()
+        return _hard_gate(x, gate, self.gate_threshold, self.channels).to(x.dtype)
+
+    def cache_inference_weights(self, enabled: bool = True) -> None:
+        """Nothing to cache: the seed's group norm depends on each sample's statistics."""
+
+    def _has_cache(self) -> bool:
+        return False
