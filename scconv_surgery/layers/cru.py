@@ -6,10 +6,13 @@ by a 1x1 conv to ``up // r`` and ``low // r``; ``Y1 = GWC(up) + PWC1(up)`` (eq. 
 ``beta`` a softmax across the two branches per channel (``paper``, :class:`CRU`) or over all
 ``2 * C_out`` concatenated channels (``seed``, :class:`SeedCRU`).
 
-The fast forward runs the same parameters as fewer, denser kernels: each squeeze as a 1x1
-conv over the whole input whose weight is zero outside its part (no channel slices), and GWC
-+ PWC1 as one dense ``k x k`` conv whose weight is assembled from both in every forward, so
-that both receive their gradients (:func:`merged_gwc_pwc1_weight`).
+The fast forward runs the same parameters without channel slices: each squeeze is a 1x1 conv
+over the whole input whose weight is zero outside its part. Under ``torch.compile`` GWC + PWC1
+run as one dense ``k x k`` conv whose weight is assembled from both in every forward, so that
+both receive their gradients (:func:`merged_gwc_pwc1_weight`; inductor fuses the assembly,
+and a dense conv avoids the layout transforms cuDNN puts around grouped convs); in eager mode
+they run as the grouped conv, the 1x1 conv and an add (three ops instead of seven), unless
+``merge_gwc_pwc1`` or :meth:`CRU.cache_inference_weights` says otherwise.
 """
 from __future__ import annotations
 
@@ -78,6 +81,8 @@ class CRU(InferenceCache, nn.Module):
         ValueError: the channel counts violate :func:`scconv_constraint_error`, or k is even.
     """
 
+    _cache_merged = True  # cache_inference_weights(merge_gwc_pwc1=...)
+
     def __new__(cls, *args: Any, variant: Variant | str = Variant.PAPER, **kwargs: Any) -> CRU:
         if cls is CRU and Variant(variant) is Variant.SEED:
             cls = SeedCRU
@@ -107,15 +112,22 @@ class CRU(InferenceCache, nn.Module):
         self.pwc1 = nn.Conv2d(up_sq, out_channels, 1, stride=stride, bias=False, **kw)
         self.pwc2 = nn.Conv2d(low_sq, out_channels - low_sq, 1, stride=stride, bias=False, **kw)
         # cache_inference_weights(): the assembled weights of eval-mode forwards without gradients
-        self.register_buffer("squeeze_weights", None, persistent=False)
+        self.register_buffer("squeeze1_weight", None, persistent=False)
+        self.register_buffer("squeeze2_weight", None, persistent=False)
         self.register_buffer("y1_weight", None, persistent=False)
-        self.merge_gwc_pwc1 = True  # fast forward: eq. 5 as one dense conv (else GWC and PWC1 as two)
+        # fast forward: eq. 5 as one dense conv (True), as GWC and PWC1 (False), or None: dense
+        # under torch.compile, two convs in eager mode
+        self.merge_gwc_pwc1: bool | None = None
 
-    def _squeeze_weights(self) -> torch.Tensor:
-        """Both squeezes as one ``(up // r + low // r, C_in, 1, 1)`` weight, each zero outside its part."""
+    def _squeeze_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The squeezes as ``(up // r, C_in, 1, 1)`` and ``(low // r, C_in, 1, 1)`` weights over
+        the whole input, each zero outside its part: no channel slice, no copy."""
         up, low = self.split
-        return torch.cat((F.pad(self.squeeze1.weight, (0, 0, 0, 0, 0, low)),
-                          F.pad(self.squeeze2.weight, (0, 0, 0, 0, up, 0))))
+        return (F.pad(self.squeeze1.weight, (0, 0, 0, 0, 0, low)),
+                F.pad(self.squeeze2.weight, (0, 0, 0, 0, up, 0)))
+
+    def _merges_gwc_pwc1(self) -> bool:
+        return torch.compiler.is_compiling() if self.merge_gwc_pwc1 is None else self.merge_gwc_pwc1
 
     def _branches(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(Y1, Y2)`` of eqs. 5-6."""
@@ -125,14 +137,13 @@ class CRU(InferenceCache, nn.Module):
             y1 = self.gwc(up) + self.pwc1(up)
             return y1, self._y2(low, self.pwc2(low))
         cached = self._use_cache()
-        squeeze = self.squeeze_weights if cached else self._squeeze_weights()
-        up_sq = self.squeeze1.out_channels
-        # two convs, not one and a channel slice: each output is contiguous in the input's layout
-        up = F.conv2d(x, squeeze[:up_sq])
-        low = F.conv2d(x, squeeze[up_sq:])
+        squeeze1, squeeze2 = (self.squeeze1_weight, self.squeeze2_weight) if cached else self._squeeze_weights()
+        up, low = F.conv2d(x, squeeze1), F.conv2d(x, squeeze2)
         gwc = self.gwc
-        if self.merge_gwc_pwc1:
-            weight = self.y1_weight if cached else merged_gwc_pwc1_weight(gwc.weight, self.pwc1.weight, gwc.groups)
+        if cached and self.y1_weight is not None:
+            y1 = F.conv2d(up, self.y1_weight, gwc.bias, self.stride, gwc.padding)
+        elif not cached and self._merges_gwc_pwc1():
+            weight = merged_gwc_pwc1_weight(gwc.weight, self.pwc1.weight, gwc.groups)
             y1 = F.conv2d(up, weight, gwc.bias, self.stride, gwc.padding)
         else:
             y1 = F.conv2d(up, gwc.weight, gwc.bias, self.stride, gwc.padding, 1, gwc.groups)
@@ -147,33 +158,32 @@ class CRU(InferenceCache, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _fuse(*self._branches(x))
 
-    def cache_inference_weights(self, enabled: bool = True, *, merge_gwc_pwc1: bool | None = None) -> None:
+    def cache_inference_weights(self, enabled: bool = True, *, merge_gwc_pwc1: bool = True) -> None:
         """Keep (``enabled``) or drop the assembled weights used by eval-mode forwards that need
-        no parameter gradients (see :class:`InferenceCache`): both squeezes as one weight, and
-        GWC + PWC1 as one dense conv.
+        no parameter gradients (see :class:`InferenceCache`): the zero-padded squeeze weights,
+        and GWC + PWC1 as one dense conv where ``merge_gwc_pwc1``.
 
         Args:
             enabled: keep the cache, or drop it (forwards assemble from the parameters again).
-            merge_gwc_pwc1: run eq. 5 as one dense conv (True) or as GWC and PWC1 (False), in
-                every fast forward; None keeps the current choice.
+            merge_gwc_pwc1: with the cache, run eq. 5 as one dense conv (True) or as GWC and
+                PWC1 (False).
         """
-        if merge_gwc_pwc1 is not None:
-            self.merge_gwc_pwc1 = merge_gwc_pwc1
+        self._cache_merged = merge_gwc_pwc1
         if enabled:
             self._refresh_cache()
         else:
-            self.squeeze_weights = self.y1_weight = None
+            self.squeeze1_weight = self.squeeze2_weight = self.y1_weight = None
 
     def _cache_params(self) -> tuple[torch.Tensor, ...]:
         return (self.squeeze1.weight, self.squeeze2.weight, self.gwc.weight, self.pwc1.weight)
 
     def _has_cache(self) -> bool:
-        return self.squeeze_weights is not None
+        return self.squeeze1_weight is not None
 
     def _build_cache(self) -> None:
-        self.squeeze_weights = self._squeeze_weights()
+        self.squeeze1_weight, self.squeeze2_weight = self._squeeze_weights()
         self.y1_weight = (merged_gwc_pwc1_weight(self.gwc.weight, self.pwc1.weight, self.gwc.groups)
-                          if self.merge_gwc_pwc1 else None)
+                          if self._cache_merged else None)
 
 
 class SeedCRU(CRU):
