@@ -1,21 +1,33 @@
-"""Latency: SCConv (``seed`` and ``paper`` variants) against the dense 3x3 conv it replaces, and
-whole converted ResNet-50s against the original, side by side in one run, as ratios.
+"""Latency and operator counts: SCConv (``seed`` and ``paper`` variants) against the dense
+3x3 conv it replaces, and whole converted ResNet-50s against the original, as ratios.
 
-    python benchmarks/latency.py                                    # the full matrix (long on CPU)
-    python benchmarks/latency.py --suite layers --modes eager       # single layers, eager only
-    python benchmarks/latency.py --suite networks --batch 8 --json results.json
+    python benchmarks/latency.py --threads 2 --batch 8                  # CPU: the issue's targets
+    python benchmarks/latency.py --suite layers --modes eager --steps inference
+    python benchmarks/latency.py --suite ops                            # ATen ops (and CUDA kernels) per layer
+    python benchmarks/latency.py --device cuda --dtype bfloat16 --batch 128 --modes eager compile cudagraphs
 
-Each timing is the median of ``--repeats`` runs after ``--warmup`` runs (CUDA: CUDA events
-with synchronisation). Inference runs in eval mode under ``torch.inference_mode``; a training
-step is forward + backward of ``output.sum()`` in train mode. ``--modes compile`` wraps each
-module in ``torch.compile`` (inductor) and excludes compilation from the timing. The table
-gives milliseconds and the ratios ``seed/dense``, ``paper/dense`` and ``seed/paper`` (the paper
-variant's speed-up over the seed's); ``--json`` writes every row plus the machine and
-versions. The targets of the speed issue are checked at the end.
+The variants are timed interleaved (dense, seed, paper in turn, repeat after repeat), never
+in blocks: on CPUs, allocator and page-fault state differ between blocks and flatter the
+later ones, while a real network interleaves its layers. Each figure is the median over
+``--repeats`` after ``--warmup`` rounds (CUDA: CUDA events). Inference runs in eval mode under
+``torch.inference_mode``; a training step is forward + backward of ``output.sum()`` in train
+mode. ``--dtype bfloat16|float16`` runs under ``torch.autocast``. ``--modes compile`` wraps
+each module in ``torch.compile`` (inductor), ``cudagraphs`` in ``torch.compile(mode=
+"reduce-overhead")`` (CUDA graphs); compilation is outside the timing. Memory format: NCHW
+and channels_last on CPU, channels_last on CUDA, unless ``--formats`` says otherwise.
+
+``--suite ops`` counts, per layer at C=64 (8x8 input, batch 2), the ATen operators
+dispatched (a ``TorchDispatchMode``; device independent) in an inference forward (plain, and
+after ``optimize_for_inference``) and in a training forward + backward, and on CUDA the
+kernels the profiler records. The table gives milliseconds and the ratios to the dense conv
+(or the original network); ``--json`` writes every row, the op counts, the targets and the
+environment. The targets of the speed issue are checked at the end.
 """
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import copy
 import json
 import platform
@@ -27,11 +39,13 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from scconv_surgery import ScConv, ScConvConfig, convert, optimize_for_inference
 
 LAYER_SHAPES = ((64, 56), (128, 28), (256, 14), (512, 7))  # ResNet-50's four stages: (C, H = W)
 VARIANTS = ("dense", "seed", "paper")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -39,105 +53,122 @@ class Row:
     suite: str  # "layer" or "network"
     case: str  # "C=64@56" or "resnet50"
     batch: int
-    mode: str  # "eager" or "compile"
+    mode: str  # "eager", "compile" or "cudagraphs"
     memory_format: str  # "contiguous" or "channels_last"
     step: str  # "inference" or "train"
     dense_ms: float
     seed_ms: float
     paper_ms: float
 
-    @property
-    def seed_ratio(self) -> float:
-        return self.seed_ms / self.dense_ms
-
-    @property
-    def paper_ratio(self) -> float:
-        return self.paper_ms / self.dense_ms
-
-    @property
-    def paper_speedup(self) -> float:
-        return self.seed_ms / self.paper_ms
-
     def to_dict(self) -> dict:
-        return {**asdict(self), "seed_over_dense": round(self.seed_ratio, 3),
-                "paper_over_dense": round(self.paper_ratio, 3), "seed_over_paper": round(self.paper_speedup, 3)}
+        return {**asdict(self), "seed_over_dense": round(self.seed_ms / self.dense_ms, 3),
+                "paper_over_dense": round(self.paper_ms / self.dense_ms, 3)}
 
 
-def median_ms(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> float:
-    """Median wall time of ``fn`` in milliseconds (CUDA events on GPUs)."""
+def interleaved_ms(fns: dict[str, Callable[[], object]], device: torch.device, warmup: int,
+                   repeats: int) -> dict[str, float]:
+    """Median wall time of each callable in milliseconds, the callables run in turn each round."""
     for _ in range(warmup):
-        fn()
-    times = []
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        for _ in range(repeats):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
+        for fn in fns.values():
             fn()
-            end.record()
-            torch.cuda.synchronize(device)
-            times.append(start.elapsed_time(end))
-    else:
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            if device.type == "cuda":
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                torch.cuda.synchronize(device)
+                start.record()
+                fn()
+                end.record()
+                torch.cuda.synchronize(device)
+                times[name].append(start.elapsed_time(end))
+            else:
+                start_s = time.perf_counter()
+                fn()
+                times[name].append((time.perf_counter() - start_s) * 1e3)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
-def make_step(module: nn.Module, x: torch.Tensor, step: str, mode: str) -> Callable[[], object]:
+def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def make_step(module: nn.Module, x: torch.Tensor, step: str, mode: str, dtype: torch.dtype
+              ) -> Callable[[], object]:
     """A callable running one inference or training step of ``module`` on ``x``."""
     module = module.train() if step == "train" else module.eval()
-    run = torch.compile(module) if mode == "compile" else module
+    if mode == "compile":
+        run: Callable = torch.compile(module)
+    elif mode == "cudagraphs":
+        run = torch.compile(module, mode="reduce-overhead")
+    else:
+        run = module
     if step == "inference":
         def infer() -> object:
-            with torch.inference_mode():
+            with torch.inference_mode(), autocast(x.device, dtype):
                 return run(x)
         return infer
     x = x.detach().requires_grad_()
 
     def train() -> object:
         module.zero_grad(set_to_none=True)
-        out = run(x)
-        out.sum().backward()
+        with autocast(x.device, dtype):
+            out = run(x)
+        out.float().sum().backward()
         return out
     return train
 
 
-def time_modules(modules: dict[str, nn.Module], x: torch.Tensor, args: argparse.Namespace, mode: str,
-                 fmt: str, step: str) -> dict[str, float]:
+def prepare(modules: dict[str, nn.Module], x: torch.Tensor, args: argparse.Namespace, fmt: str,
+            step: str) -> tuple[dict[str, nn.Module], torch.Tensor]:
+    """Move to the device and memory format; ``--optimize-for-inference`` for SCConv inference."""
+    inp = x.to(args.device)
+    if fmt == "channels_last":
+        inp = inp.contiguous(memory_format=torch.channels_last)
     out = {}
     for name, module in modules.items():
         module = module.to(args.device)
-        inp = x.to(args.device)
         if fmt == "channels_last":
             module = module.to(memory_format=torch.channels_last)
-            inp = inp.contiguous(memory_format=torch.channels_last)
-        merge = "auto" if args.optimize_for_inference and step == "inference" and name == "paper" else "never"
-        if any(isinstance(m, ScConv) for m in module.modules()):
+        if name != "dense":
+            merge = "auto" if args.optimize_for_inference and step == "inference" else "never"
             optimize_for_inference(module.eval(), tuple(x.shape[1:]), batch_size=x.shape[0], merge=merge)
-        fn = make_step(module, inp, step, mode)
-        if mode == "compile":
-            fn()  # compile outside the timing
-        out[name] = median_ms(fn, args.device, args.warmup, args.repeats)
-        if mode == "compile":
-            torch._dynamo.reset()
-    return out
+        out[name] = module
+    return out, inp
+
+
+def time_variants(modules: dict[str, nn.Module], x: torch.Tensor, args: argparse.Namespace, mode: str,
+                  fmt: str, step: str) -> dict[str, float]:
+    modules, inp = prepare(modules, x, args, fmt, step)
+    fns = {name: make_step(m, inp, step, mode, args.dtype) for name, m in modules.items()}
+    if mode != "eager":
+        for fn in fns.values():  # compile (and record CUDA graphs) outside the timing
+            fn()
+            fn()
+    ms = interleaved_ms(fns, args.device, args.warmup, args.repeats)
+    if mode != "eager":
+        torch._dynamo.reset()
+    return ms
+
+
+def layer_modules(channels: int) -> dict[str, nn.Module]:
+    torch.manual_seed(0)
+    return {"dense": nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+            "seed": ScConv(channels, config=ScConvConfig(variant="seed")),
+            "paper": ScConv(channels)}
 
 
 def layer_rows(args: argparse.Namespace) -> list[Row]:
     rows = []
     for channels, size in LAYER_SHAPES:
         for batch in args.batch:
-            torch.manual_seed(0)
-            modules = {"dense": nn.Conv2d(channels, channels, 3, padding=1, bias=False),
-                       "seed": ScConv(channels, config=ScConvConfig(variant="seed")),
-                       "paper": ScConv(channels)}
             x = torch.randn(batch, channels, size, size)
             for mode in args.modes:
                 for fmt in args.formats:
                     for step in args.steps:
-                        ms = time_modules(modules, x, args, mode, fmt, step)
+                        ms = time_variants(layer_modules(channels), x, args, mode, fmt, step)
                         rows.append(Row("layer", f"C={channels}@{size}", batch, mode, fmt, step,
                                         ms["dense"], ms["seed"], ms["paper"]))
                         report_progress(rows[-1])
@@ -149,19 +180,85 @@ def network_rows(args: argparse.Namespace) -> list[Row]:
 
     torch.manual_seed(0)
     base = timm.create_model("resnet50")
-    modules = {"dense": base,
-               "seed": convert(base, config=ScConvConfig(variant="seed"))[0],
-               "paper": convert(base)[0]}
+    modules = {"dense": base, "seed": convert(base, config=ScConvConfig(variant="seed"))[0], "paper": convert(base)[0]}
     rows = []
     for batch in args.batch:
         x = torch.randn(batch, 3, 224, 224)
         for mode in args.modes:
             for fmt in args.formats:
                 for step in args.steps:
-                    ms = time_modules({k: copy.deepcopy(v) for k, v in modules.items()}, x, args, mode, fmt, step)
-                    rows.append(Row("network", "resnet50", batch, mode, fmt, step, ms["dense"], ms["seed"], ms["paper"]))
+                    ms = time_variants({k: copy.deepcopy(v) for k, v in modules.items()}, x, args, mode, fmt, step)
+                    rows.append(Row("network", "resnet50", batch, mode, fmt, step, ms["dense"], ms["seed"],
+                                    ms["paper"]))
                     report_progress(rows[-1])
     return rows
+
+
+class _OpCounter(TorchDispatchMode):
+    """Counts every ATen operator dispatched (views and ``detach`` included)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: collections.Counter[str] = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        self.ops[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_ops(module: nn.Module, x: torch.Tensor, step: str) -> collections.Counter[str]:
+    """ATen operators of one inference forward (eval, no grad) or one train forward + backward."""
+    if step == "inference":
+        module.eval()
+        with torch.no_grad():
+            module(x)  # warm: caches built outside the count
+            with _OpCounter() as counter:
+                module(x)
+        return counter.ops
+    module.train()
+    x = x.detach().requires_grad_()
+    grad = torch.ones_like(module(x))
+    module.zero_grad(set_to_none=True)
+    with _OpCounter() as counter:
+        module(x).backward(grad)
+    return counter.ops
+
+
+def count_kernels(module: nn.Module, x: torch.Tensor, step: str) -> int:
+    """CUDA kernels the profiler records in one inference forward or one train step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn = make_step(module, x, step, "eager", torch.float32)
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return sum(1 for e in prof.events() if e.device_type.name == "CUDA")
+
+
+def op_counts(args: argparse.Namespace) -> list[dict]:
+    """Operators (and CUDA kernels) per layer at C=64, for each variant."""
+    results = []
+    x = torch.randn(2, 64, 8, 8, device=args.device)
+    for name, module in layer_modules(64).items():
+        module = module.to(args.device)
+        row = {"variant": name, "inference_ops": sum(count_ops(module, x, "inference").values()),
+               "train_ops": sum(count_ops(module, x, "train").values())}
+        if name != "dense":
+            optimize_for_inference(module, merge="always")
+            row["inference_ops_optimized"] = sum(count_ops(module, x, "inference").values())
+            row["inference_ops_by_name"] = dict(count_ops(module, x, "inference"))
+            optimize_for_inference(module, merge="never")
+        row["train_ops_by_name"] = dict(count_ops(module, x, "train"))
+        if args.device.type == "cuda":
+            xb = torch.randn(64, 64, 56, 56, device=args.device)
+            row["inference_kernels"] = count_kernels(module, xb, "inference")
+            row["train_kernels"] = count_kernels(module, xb, "train")
+        results.append(row)
+        print(f"  ops {name}: " + ", ".join(f"{k} {v}" for k, v in row.items() if isinstance(v, int)),
+              file=sys.stderr, flush=True)
+    return results
 
 
 def report_progress(row: Row) -> None:
@@ -169,81 +266,105 @@ def report_progress(row: Row) -> None:
           f"seed {row.seed_ms:.2f} ms, paper {row.paper_ms:.2f} ms", file=sys.stderr, flush=True)
 
 
-def print_table(rows: list[Row]) -> None:
+def print_table(rows: list[Row], ops: list[dict]) -> None:
     header = ("suite", "case", "batch", "mode", "format", "step", "dense ms", "seed ms", "paper ms",
-              "seed/dense", "paper/dense", "seed/paper")
+              "seed/dense", "paper/dense")
     lines = [header] + [(r.suite, r.case, str(r.batch), r.mode, r.memory_format, r.step, f"{r.dense_ms:.2f}",
-                         f"{r.seed_ms:.2f}", f"{r.paper_ms:.2f}", f"{r.seed_ratio:.2f}x", f"{r.paper_ratio:.2f}x",
-                         f"{r.paper_speedup:.2f}x") for r in rows]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    for i, line in enumerate(lines):
-        print("  ".join(cell.rjust(w) if j >= 2 else cell.ljust(w) for j, (cell, w) in enumerate(zip(line, widths))))
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
+                         f"{r.seed_ms:.2f}", f"{r.paper_ms:.2f}", f"{r.seed_ms / r.dense_ms:.2f}x",
+                         f"{r.paper_ms / r.dense_ms:.2f}x") for r in rows]
+    if rows:
+        widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+        for i, line in enumerate(lines):
+            print("  ".join(c.rjust(w) if j >= 2 else c.ljust(w) for j, (c, w) in enumerate(zip(line, widths))))
+            if i == 0:
+                print("  ".join("-" * w for w in widths))
+    for row in ops:
+        print(f"ops per layer, {row['variant']}: " + ", ".join(f"{k} {v}" for k, v in row.items() if isinstance(v, int)))
 
 
-def check_targets(rows: list[Row]) -> list[dict]:
-    """The speed issue's targets (CPU, eager unless stated), met or missed."""
-    def find(suite: str, case: str, batch: int, mode: str = "eager", fmt: str = "contiguous",
-             step: str = "inference") -> Row | None:
-        return next((r for r in rows if (r.suite, r.case, r.batch, r.mode, r.memory_format, r.step)
-                     == (suite, case, batch, mode, fmt, step)), None)
+def check_targets(rows: list[Row], ops: list[dict], device: torch.device) -> list[dict]:
+    """The speed issue's targets, met or missed (only those this run measured)."""
+    def find(suite: str, case: str, mode: str = "eager", step: str = "inference") -> list[Row]:
+        return [r for r in rows if (r.suite, r.case, r.mode, r.step) == (suite, case, mode, step)]
 
     targets = []
 
-    def target(name: str, row: Row | None, value: Callable[[Row], float], limit: float, above: bool = False) -> None:
-        if row is None:
-            return
-        v = value(row)
-        targets.append({"target": name, "value": round(v, 3), "limit": limit,
-                        "met": v >= limit if above else v <= limit})
+    def target(name: str, candidates: list[Row], value: Callable[[Row], float], limit: float) -> None:
+        for r in candidates:
+            v = value(r)
+            targets.append({"target": f"{name} (b{r.batch}, {r.memory_format})", "value": round(v, 3),
+                            "limit": limit, "met": v <= limit})
 
-    target("C=64@56 b8 eager: paper/dense <= 1.0", find("layer", "C=64@56", 8), lambda r: r.paper_ratio, 1.0)
-    target("C=256@14 b8 eager: paper/dense <= 0.5", find("layer", "C=256@14", 8), lambda r: r.paper_ratio, 0.5)
-    target("resnet50 b8 eager: paper/dense <= 0.90", find("network", "resnet50", 8), lambda r: r.paper_ratio, 0.90)
-    target("resnet50 b8 compile: paper/dense <= 0.75", find("network", "resnet50", 8, "compile"),
-           lambda r: r.paper_ratio, 0.75)
-    for r in rows:
-        if r.suite == "layer":
-            targets.append({"target": f"{r.case} b{r.batch} {r.mode} {r.memory_format} {r.step}: seed/paper >= 1.3",
-                            "value": round(r.paper_speedup, 3), "limit": 1.3, "met": r.paper_speedup >= 1.3})
+    paper = lambda r: r.paper_ms / r.dense_ms  # noqa: E731
+    if device.type == "cpu":
+        target("C=64@56 eager inference: paper/dense <= 1.0", find("layer", "C=64@56"), paper, 1.0)
+        target("C=256@14 eager inference: paper/dense <= 0.5", find("layer", "C=256@14"), paper, 0.5)
+        target("resnet50 eager inference: paper/dense <= 0.85", find("network", "resnet50"), paper, 0.85)
+        target("resnet50 compiled inference: paper/dense <= 0.80", find("network", "resnet50", "compile"), paper, 0.80)
+    else:
+        target("resnet50 compiled inference: paper/dense <= 1.0", find("network", "resnet50", "compile"), paper, 1.0)
+        target("resnet50 compiled train step: paper/dense <= 1.2",
+               find("network", "resnet50", "compile", "train"), paper, 1.2)
+        target("resnet50 eager train step: paper/dense <= 1.5", find("network", "resnet50", "eager", "train"),
+               paper, 1.5)
+        target("C=64@56 compiled inference: paper/dense <= 1.5", find("layer", "C=64@56", "compile"), paper, 1.5)
+    for row in ops:
+        if row["variant"] != "paper":
+            continue
+        for key, limit in (("inference_ops_optimized", 24), ("inference_ops", 24), ("train_ops", 80),
+                           ("inference_kernels", 12), ("train_kernels", 40)):
+            if key in row:
+                targets.append({"target": f"paper C=64 {key} <= {limit}", "value": row[key], "limit": limit,
+                                "met": row[key] <= limit})
     return targets
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--suite", choices=("layers", "networks", "all"), default="all")
-    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--modes", nargs="+", choices=("eager", "compile"), default=["eager", "compile"])
+    parser.add_argument("--suite", choices=("layers", "networks", "ops", "all"), default="all")
+    parser.add_argument("--batch", type=int, nargs="+", help="batch sizes (default: 8 on CPU, 64 and 128 on CUDA)")
+    parser.add_argument("--modes", nargs="+", choices=("eager", "compile", "cudagraphs"), default=["eager", "compile"])
     parser.add_argument("--formats", nargs="+", choices=("contiguous", "channels_last"),
-                        default=["contiguous", "channels_last"])
+                        help="memory formats (default: both on CPU, channels_last on CUDA)")
     parser.add_argument("--steps", nargs="+", choices=("inference", "train"), default=["inference", "train"])
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32",
+                        help="autocast dtype (float32: no autocast)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (CPU)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--json", help="write the rows, the targets and the environment to this file")
+    parser.add_argument("--json", help="write the rows, op counts, targets and the environment to this file")
     parser.add_argument("--optimize-for-inference", action="store_true",
-                        help="apply scconv_surgery.optimize_for_inference to the paper variant (inference steps)")
+                        help="apply scconv_surgery.optimize_for_inference(merge='auto') to SCConv before inference steps")
     args = parser.parse_args()
     args.device = torch.device(args.device)
+    args.dtype = DTYPES[args.dtype]
+    cuda = args.device.type == "cuda"
+    args.batch = args.batch or ([64, 128] if cuda else [8])
+    args.formats = args.formats or (["channels_last"] if cuda else ["contiguous", "channels_last"])
+    if "cudagraphs" in args.modes and not cuda:
+        parser.error("--modes cudagraphs needs --device cuda")
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = []
+    rows: list[Row] = []
+    ops: list[dict] = []
+    if args.suite in ("ops", "all"):
+        ops = op_counts(args)
     if args.suite in ("layers", "all"):
         rows += layer_rows(args)
     if args.suite in ("networks", "all"):
         rows += network_rows(args)
-    print_table(rows)
-    targets = check_targets(rows)
+    print_table(rows, ops)
+    targets = check_targets(rows, ops, args.device)
     print()
     for t in targets:
         print(f"{'met   ' if t['met'] else 'MISSED'} {t['target']}: {t['value']}")
-    document = {"environment": {"device": str(args.device), "threads": torch.get_num_threads(),
-                                "torch": torch.__version__, "python": platform.python_version(),
-                                "machine": platform.machine(), "processor": platform.processor(),
+    document = {"environment": {"device": str(args.device), "device_name": torch.cuda.get_device_name(args.device)
+                                if cuda else platform.processor(), "threads": torch.get_num_threads(),
+                                "dtype": str(args.dtype), "torch": torch.__version__,
+                                "python": platform.python_version(), "machine": platform.machine(),
                                 "warmup": args.warmup, "repeats": args.repeats},
-                "rows": [r.to_dict() for r in rows], "targets": targets}
+                "rows": [r.to_dict() for r in rows], "ops": ops, "targets": targets}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(document, f, indent=2)
