@@ -72,10 +72,10 @@ def _soft_gate(x: torch.Tensor, gate: torch.Tensor, threshold: float, channels: 
     boolean tensor). Without autograd every step but two writes into a fresh tensor in place.
     """
     kept = F.threshold(gate, threshold, 0.0)
-    if not writes_in_place():
+    if not writes_in_place():  # autograd saves neither `kept` nor addcmul's output: both may change
         x2 = x * (gate - kept)
-        x1 = torch.addcmul(x2, kept.detach().ceil(), x)
-        return reconstruct(x1, x2)
+        x1 = torch.addcmul(x2, kept.detach().ceil_(), x)
+        return x1.add_(x2.roll(-(channels // 2), 1))
     x2 = gate.sub_(kept).mul_(x)
     x1 = kept.ceil_().mul_(x).add_(x2)
     return _reconstruct_(x1, x2, channels)
@@ -98,7 +98,7 @@ def _hard_gate(x: torch.Tensor, gate: torch.Tensor, threshold: float, channels: 
     dropped = torch.rsub(gate, threshold).ceil_()
     if not writes_in_place():
         x2 = x * dropped
-        return reconstruct(x - x2, x2)
+        return (x - x2).add_(x2.roll(-(channels // 2), 1))
     x2 = dropped.mul_(x)
     return _reconstruct_(torch.sub(x, x2), x2, channels)
 
