@@ -162,7 +162,7 @@ def layer_modules(channels: int) -> dict[str, nn.Module]:
 
 def layer_rows(args: argparse.Namespace) -> list[Row]:
     rows = []
-    for channels, size in LAYER_SHAPES:
+    for channels, size in args.shapes:
         for batch in args.batch:
             x = torch.randn(batch, channels, size, size)
             for mode in args.modes:
@@ -322,6 +322,8 @@ def check_targets(rows: list[Row], ops: list[dict], device: torch.device) -> lis
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", choices=("layers", "networks", "ops", "all"), default="all")
+    parser.add_argument("--shapes", nargs="+", default=[f"{c}@{h}" for c, h in LAYER_SHAPES],
+                        help="layer shapes as C@H (default: ResNet-50's four stages)")
     parser.add_argument("--batch", type=int, nargs="+", help="batch sizes (default: 8 on CPU, 64 and 128 on CUDA)")
     parser.add_argument("--modes", nargs="+", choices=("eager", "compile", "cudagraphs"), default=["eager", "compile"])
     parser.add_argument("--formats", nargs="+", choices=("contiguous", "channels_last"),
@@ -339,6 +341,10 @@ def main() -> None:
     args = parser.parse_args()
     args.device = torch.device(args.device)
     args.dtype = DTYPES[args.dtype]
+    try:
+        args.shapes = [tuple(int(v) for v in shape.split("@")) for shape in args.shapes]
+    except ValueError:
+        parser.error(f"--shapes takes C@H values such as 64@56, got {args.shapes}")
     cuda = args.device.type == "cuda"
     args.batch = args.batch or ([64, 128] if cuda else [8])
     args.formats = args.formats or (["channels_last"] if cuda else ["contiguous", "channels_last"])
