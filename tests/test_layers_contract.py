@@ -308,41 +308,6 @@ def test_dtype_conversion_before_and_after_optimize(dtype, optimized):
         assert converted.sru.gate_scale.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
 
 
-def test_optimize_for_inference_is_module_state():
-    layer = _layer("paper")
-    x = _input()
-    with torch.no_grad():
-        expected = layer(x)
-    assert optimize_for_inference(layer, merge="always") == {"": True}
-    assert layer.cru.y1_weight.shape == (32, 4, 3, 3)  # dense: up // r = 4 input channels
-    assert "cru.y1_weight" not in layer.state_dict()  # checkpoints are unchanged
-    with torch.no_grad():
-        torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
-    # load_state_dict: the cache follows the new weights at the next forward
-    other = _layer("paper")
-    with torch.no_grad():
-        for p in other.parameters():
-            p.mul_(1.5)
-        wanted = other(x)
-    layer.load_state_dict(other.state_dict())
-    with torch.no_grad():
-        torch.testing.assert_close(layer(x), wanted, atol=1e-5, rtol=1e-5)
-    # an eval forward that needs input gradients (saliency maps) works: built under no_grad
-    saliency = x.clone().requires_grad_()
-    layer(saliency).sum().backward()
-    assert saliency.grad is not None and layer.cru.gwc.weight.grad is not None  # params get theirs too
-    # training ignores the cache; merge="never" drops it
-    layer.train()
-    layer(x).sum().backward()
-    optimize_for_inference(layer, merge="never")
-    assert layer.cru.y1_weight is None and layer.sru.gate_scale is None
-    assert set(optimize_for_inference(layer, (16, 8, 8), batch_size=2)) == {""}  # auto: timed
-    with torch.no_grad():
-        torch.testing.assert_close(layer.eval()(x), wanted, atol=1e-5, rtol=1e-5)
-    with pytest.raises(ValueError, match="merge must be"):
-        optimize_for_inference(layer, merge="sometimes")
-
-
 # --------------------------------------------------------------------------------------------
 # Precision: autocast, low-precision GroupNorm weights
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,88 @@
+"""Tests for scconv_surgery.inference: optimize_for_inference as reversible module state."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from scconv_surgery import ScConv, optimize_for_inference
+
+
+def _layer() -> ScConv:
+    torch.manual_seed(0)
+    layer = ScConv(16, 32, stride=2)
+    with torch.no_grad():
+        layer.sru.gn.weight.uniform_(-1.0, 2.0)
+        layer.sru.gn.bias.normal_(0.0, 0.1)
+    return layer.eval()
+
+
+def _input() -> torch.Tensor:
+    torch.manual_seed(1)
+    return torch.randn(2, 16, 8, 8)
+
+
+def test_optimize_for_inference_is_module_state():
+    layer = _layer()
+    x = _input()
+    with torch.no_grad():
+        expected = layer(x)
+    assert optimize_for_inference(layer, merge="always") == {"": True}
+    assert layer.cru.y1_weight.shape == (32, 4, 3, 3)  # dense: up // r = 4 input channels
+    assert "cru.y1_weight" not in layer.state_dict()  # checkpoints are unchanged
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
+    # load_state_dict: the cache follows the new weights at the next forward
+    other = _layer()
+    with torch.no_grad():
+        for p in other.parameters():
+            p.mul_(1.5)
+        wanted = other(x)
+    layer.load_state_dict(other.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), wanted, atol=1e-5, rtol=1e-5)
+    # an eval forward that needs input gradients (saliency maps) works: built under no_grad
+    saliency = x.clone().requires_grad_()
+    layer(saliency).sum().backward()
+    assert saliency.grad is not None and layer.cru.gwc.weight.grad is not None  # params get theirs too
+    # training ignores the cache; merge="never" drops it
+    layer.train()
+    layer(x).sum().backward()
+    optimize_for_inference(layer, merge="never")
+    assert layer.cru.y1_weight is None and layer.sru.gate_scale is None
+    assert set(optimize_for_inference(layer, (16, 8, 8), batch_size=2)) == {""}  # auto: timed
+    with torch.no_grad():
+        torch.testing.assert_close(layer.eval()(x), wanted, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="merge must be"):
+        optimize_for_inference(layer, merge="sometimes")
+
+
+
+
+def test_cache_follows_in_place_parameter_updates():
+    # an EMA or optimizer step changes the parameters in place, in eval mode, without eval()
+    layer = _layer()
+    optimize_for_inference(layer, merge="always")
+    x = _input()
+    with torch.no_grad():
+        layer(x)
+        for p in layer.parameters():
+            p.mul_(0.9)
+        cached = layer(x)
+    optimize_for_inference(layer, merge="never")
+    with torch.no_grad():
+        torch.testing.assert_close(cached, layer(x), atol=1e-5, rtol=1e-5)
+
+
+def test_auto_times_each_layer_of_a_model():
+    torch.manual_seed(0)
+    model = nn.Sequential(ScConv(16, 32, stride=2), nn.ReLU(), ScConv(32)).eval()
+    x = torch.randn(2, 16, 12, 12)
+    with torch.no_grad():
+        expected = model(x)
+    chosen = optimize_for_inference(model, (16, 12, 12), batch_size=2)
+    assert set(chosen) == {"0", "2"}
+    for name, merged in chosen.items():
+        assert (model.get_submodule(name).cru.y1_weight is not None) == merged
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=1e-5)
