@@ -139,6 +139,30 @@ def test_global_module_hooks_see_every_submodule():
     assert set(PARAM_MODULES) <= names
 
 
+def test_hooks_on_every_module_of_converted_resnet18(resnet18):
+    # activation capture as visualisation tools do it: a forward hook on every module
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = resnet18(x)
+    captured = {}
+
+    def capture(name):
+        def hook(module, args, out):
+            captured[name] = out.shape  # returns None: the output is kept
+        return hook
+
+    handles = [m.register_forward_hook(capture(name)) for name, m in resnet18.named_modules() if name]
+    try:
+        with torch.no_grad():
+            out = resnet18(x)
+    finally:
+        for h in handles:
+            h.remove()
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    assert captured["layer1.0.conv1.cru.gwc"] == (2, 64, 8, 8)
+    assert captured["layer1.0.conv1.sru.gn"] == (2, 64, 8, 8)
+
+
 # --------------------------------------------------------------------------------------------
 # Autograd transformations
 # --------------------------------------------------------------------------------------------
