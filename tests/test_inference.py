@@ -86,3 +86,22 @@ def test_auto_times_each_layer_of_a_model():
         assert (model.get_submodule(name).cru.y1_weight is not None) == merged
     with torch.no_grad():
         torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_cache_is_bypassed_by_torch_func_ensembles():
+    # vmap over functional_call with stacked weights (torch.func model ensembling)
+    from torch.func import functional_call, stack_module_state, vmap
+
+    torch.manual_seed(0)
+    models = [ScConv(16).eval() for _ in range(3)]
+    params, _ = stack_module_state(models)
+    x = _input()
+    with torch.no_grad():
+        expected = torch.stack([m(x) for m in models])
+        optimize_for_inference(models[0], merge="always")
+        out = vmap(lambda p, x: functional_call(models[0], p, (x,)), in_dims=(0, None))(params, x)
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+        # functional_call with another model's weights, then the module's own again
+        torch.testing.assert_close(functional_call(models[0], dict(models[1].named_parameters()), (x,)),
+                                   expected[1], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(models[0](x), expected[0], atol=1e-5, rtol=1e-5)

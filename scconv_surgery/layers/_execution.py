@@ -85,7 +85,13 @@ class InferenceCache:
         params = self._cache_params()
         if torch.is_grad_enabled() and any(p.requires_grad for p in params):
             return False  # gradients must reach the parameters: assemble from them
-        if not torch.compiler.is_compiling() and self._cache_key_now() != self._cache_key:
+        if torch.compiler.is_compiling():
+            return True
+        try:
+            key = self._cache_key_now()
+        except RuntimeError:  # torch.func transforms: parameters without storage, not the cached ones
+            return False
+        if key != self._cache_key:  # the parameters changed (or functional_call swapped them in)
             self._refresh_cache()
         return True
 
