@@ -11,6 +11,7 @@ input dtype or autocast; the output has the input's dtype and memory format.
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -177,7 +178,9 @@ class SRU(InferenceCache, nn.Module):
         The fast forward folds ``w`` into GroupNorm's affine (``G * w = norm(X) * (gamma * w) +
         beta * w``), one kernel; it calls ``self.gn`` as a module only where that is observable
         (hooks, fx or jit tracing; see ``_execution.py``). :meth:`cache_inference_weights`
-        keeps the folded affine for eval-mode forwards without gradients.
+        keeps the folded affine for eval-mode forwards without gradients. ``use_triton``
+        (default: environment variable ``SCCONV_TRITON=1``) runs steps 3-6 of eager CUDA
+        inference as one fused Triton kernel (``triton_sru.py``; not measured yet, off by default).
     """
 
     def __new__(cls, *args: Any, variant: Variant | str = Variant.PAPER, **kwargs: Any) -> SRU:
@@ -195,6 +198,8 @@ class SRU(InferenceCache, nn.Module):
         self.gn = self._make_norm(gn_group_count(channels, gn_groups), channels, device=device, dtype=dtype)
         self.register_buffer("gate_scale", None, persistent=False)  # cache_inference_weights()
         self.register_buffer("gate_shift", None, persistent=False)
+        # opt-in fused Triton kernel for CUDA inference (triton_sru.py); read once, here
+        self.use_triton = os.environ.get("SCCONV_TRITON", "0") == "1"
 
     def _make_norm(self, groups: int, channels: int, **kw: Any) -> nn.Module:
         return nn.GroupNorm(groups, channels, eps=1e-5, **kw)
@@ -213,6 +218,10 @@ class SRU(InferenceCache, nn.Module):
             gate = torch.sigmoid(self.gn(x).to(dtype) * gamma_ratio(self.gn.weight.to(dtype)).reshape(1, -1, 1, 1))
             return _soft_gate_reference(x, gate, self.gate_threshold).to(x.dtype)
         scale, shift = self.gate_affine(dtype)
+        if self.use_triton and x.is_cuda and writes_in_place() and not torch.compiler.is_compiling():
+            from .triton_sru import fused_soft_gate
+
+            return fused_soft_gate(x, self.gn.num_groups, self.gn.eps, scale, shift, self.gate_threshold)
         gate = F.group_norm(x.to(dtype), self.gn.num_groups, scale, shift, self.gn.eps).sigmoid_()
         return _soft_gate(x, gate, self.gate_threshold, self.channels).to(x.dtype)
 
