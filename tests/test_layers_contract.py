@@ -87,6 +87,23 @@ def test_module_path_equals_fast_path(name, cin, cout, k, stride, extra, variant
         torch.testing.assert_close(layer(x), fast, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("name,cin,cout,k,stride,extra", PATH_CASES, ids=[c[0] for c in PATH_CASES])
+def test_merged_gwc_pwc1_equals_two_convs(name, cin, cout, k, stride, extra):
+    # the dense conv whose weight is assembled from GWC and PWC1 (torch.compile's form)
+    torch.manual_seed(0)
+    layer = ScConv(cin, cout, kernel_size=k, stride=stride, config=ScConvConfig(**extra)).train()
+    x = torch.randn(2, cin, 9, 9)
+    results = []
+    for merged in (False, True):
+        layer.cru.merge_gwc_pwc1 = merged
+        layer.zero_grad(set_to_none=True)
+        out = layer(x)
+        (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
+        results.append((out, layer.cru.gwc.weight.grad.clone(), layer.cru.pwc1.weight.grad.clone()))
+    for two_convs, dense in zip(*results):
+        torch.testing.assert_close(dense, two_convs, atol=1e-4, rtol=1e-4)
+
+
 # --------------------------------------------------------------------------------------------
 # Hooks of every kind, on ScConv and on every submodule that holds parameters
 # --------------------------------------------------------------------------------------------
