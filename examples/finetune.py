@@ -61,6 +61,36 @@ def setup_distributed() -> tuple[int, int, torch.device]:
     return dist.get_rank(), dist.get_world_size(), torch.device(f"cuda:{local_rank}" if cuda else "cpu")
 
 
+AUX_WEIGHT = 0.4  # weight of auxiliary classifiers' losses (Inception, GoogLeNet), as in torchvision's recipes
+
+
+def logits_and_auxiliary(output: object) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The classifier logits (N, num_classes) of a model's output, and its auxiliary logits.
+
+    A tensor is the logits; in a nested output (tuple, namedtuple, list, dict) the first tensor
+    is, and later tensors of the same shape are auxiliary classifiers (Inception's aux_logits).
+
+    Raises:
+        ValueError: the first tensor is not (N, num_classes): not a classifier's output.
+    """
+    leaves = scconv_surgery.tensor_leaves(output)
+    if not leaves or leaves[0][1].ndim != 2:
+        shapes = ", ".join(f"{path} {tuple(t.shape)}" for path, t in leaves[:4]) or type(output).__name__
+        raise ValueError(f"this script trains classifiers, whose output (or its first tensor) is logits of shape "
+                         f"(N, num_classes); this model returns {shapes}. Adapt the loss in examples/finetune.py")
+    logits = leaves[0][1]
+    return logits, [t for _, t in leaves[1:] if t.shape == logits.shape]
+
+
+def classification_loss(output: object, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the logits, plus AUX_WEIGHT times that of each auxiliary classifier."""
+    logits, auxiliary = logits_and_auxiliary(output)
+    loss = nn.functional.cross_entropy(logits, labels)
+    for aux in auxiliary:
+        loss = loss + AUX_WEIGHT * nn.functional.cross_entropy(aux, labels)
+    return loss
+
+
 def build_dataset(args: argparse.Namespace, size: int, num_classes: int) -> Dataset:
     if args.data:
         from torchvision import datasets, transforms
@@ -86,7 +116,7 @@ def main() -> None:
     model = scconv_surgery.load(args.checkpoint, map_location=device)
     size = args.input_size or manifest["input_size"][-1]
     with torch.no_grad():
-        num_classes = model(torch.zeros(1, 3, size, size, device=device)).shape[-1]
+        num_classes = logits_and_auxiliary(model(torch.zeros(1, 3, size, size, device=device)))[0].shape[-1]
     if cuda:
         model = model.to(memory_format=torch.channels_last)
     model.train()
@@ -99,7 +129,6 @@ def main() -> None:
     loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, shuffle=sampler is None,
                         num_workers=args.workers, drop_last=True, pin_memory=cuda)
     scaler = torch.amp.GradScaler("cuda", enabled=cuda)
-    criterion = nn.CrossEntropyLoss()
     step, epoch, start = 0, 0, time.perf_counter()
     while step < args.steps:
         if sampler is not None:
@@ -110,7 +139,7 @@ def main() -> None:
                 images = images.contiguous(memory_format=torch.channels_last)
             labels = labels.to(device, non_blocking=True)
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=cuda):
-                loss = criterion(ddp(images), labels)
+                loss = classification_loss(ddp(images), labels)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)

@@ -6,6 +6,7 @@ The pipeline, one step per module: :func:`create_model` (models; weights files i
 applies in one call on any ``nn.Module``; :func:`run_conversion` (pipeline) is ``scconv
 convert`` as a function, :func:`verify_checkpoint` (verify) is ``scconv verify``.
 """
+from ._probe import tensor_leaves
 from .apply import apply_plan, build_replacement, check_shapes, convert
 from .checkpoint import build_manifest, load, read_checkpoint, save_checkpoint
 from .counting import CountReport, Counts, compare_counts, count_model
@@ -51,5 +52,5 @@ __all__ = [
     "param_groups", "new_parameter_names", "stale_batchnorms", "reset_batchnorm_stats", "optimize_for_inference",
     "build_model", "load_weights_file", "read_state_dict", "PRESETS", "InvalidOptionError", "ModelForwardError",
     "run_conversion", "ConversionResult", "recount_checkpoint", "CheckpointReport", "verify_checkpoint",
-    "VerifyResult", "Check",
+    "VerifyResult", "Check", "tensor_leaves",
 ]

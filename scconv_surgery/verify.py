@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from ._probe import tensor_leaves
 from .checkpoint import model_from_payload, read_checkpoint
 from .errors import ModelForwardError
 from .models import ModelSource, build_model
@@ -56,13 +57,43 @@ class VerifyResult:
                 "checks": [c.to_dict() for c in self.checks]}
 
 
+def _listed(items: list[str], limit: int = 5) -> str:
+    return ", ".join(items[:limit]) + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+
+
+def _output_checks(out: Any, expected: Any) -> list[Check]:
+    """Shape and finiteness, tensor by tensor, of an output that may be nested (lists, dicts, ...)."""
+    got = [(path, tuple(t.shape)) for path, t in tensor_leaves(out)]
+    want = [(path, tuple(t.shape)) for path, t in tensor_leaves(expected)]
+    if not got:
+        return [Check("output shape", False, f"the output holds no tensor ({type(out).__name__})")]
+    if [path for path, _ in got] == [path for path, _ in want] == ["output"]:  # one tensor
+        shape_check = Check("output shape", got == want, f"{got[0][1]} (base model: {want[0][1]})")
+    elif got == want:
+        shape_check = Check("output shape", True, f"{len(got)} tensors, each of the base model's shape: "
+                            + _listed([f"{path} {shape}" for path, shape in got]))
+    else:
+        base, own = dict(want), dict(got)
+        problems = {path: f"{path} {shape} (base model: {base[path] if path in base else 'absent'})"
+                    for path, shape in got if base.get(path) != shape}
+        problems.update({path: f"{path} missing" for path in base if path not in own})
+        shape_check = Check("output shape", False, "differs from the base model's: " + _listed(list(problems.values())),
+                            tuple(problems))
+    bad = [path for path, t in tensor_leaves(out) if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    finite_check = Check("finite output", not bad, "all finite" if not bad else f"NaN or inf in {_listed(bad)}",
+                         tuple(bad))
+    return [shape_check, finite_check]
+
+
 def verify_checkpoint(path: str | os.PathLike, *, weights: str | os.PathLike | None = None,
                       input_size: tuple[int, int, int] | None = None,
                       on_step: Callable[[str], None] = _noop) -> VerifyResult:
     """Check that a checkpoint loads and runs, and optionally that it kept the source weights.
 
     Checks: the checkpoint loads strictly; a forward at the recorded input size (batch 2,
-    eval mode) gives the base model's output shape and finite values; with ``weights``, every
+    eval mode) gives the base model's output shape and finite values, tensor by tensor for
+    outputs that are lists, tuples or dicts of tensors (timm ``features_only``, torchvision
+    segmentation, Inception's auxiliary logits); with ``weights``, every
     tensor outside the replaced modules equals the weights file's (except the classifier keys
     re-initialised for ``num_classes`` and BatchNorm statistics reset by ``--reset-bn-stats``).
 
@@ -87,10 +118,7 @@ def verify_checkpoint(path: str | os.PathLike, *, weights: str | os.PathLike | N
     except Exception as err:
         raise ModelForwardError(f"{manifest['source']['library']}:{manifest['source']['name']}", tuple(x.shape),
                                 f"{type(err).__name__}: {err}") from err
-    checks.append(Check("output shape", tuple(out.shape) == tuple(expected.shape),
-                        f"{tuple(out.shape)} (base model: {tuple(expected.shape)})"))
-    finite = bool(torch.isfinite(out).all())
-    checks.append(Check("finite output", finite, "all finite" if finite else "NaN or inf in the output"))
+    checks += _output_checks(out, expected)
     if weights is not None:
         on_step(f"comparing with {weights}")
         source_weights = read_state_dict(Path(weights))
@@ -109,10 +137,7 @@ def verify_checkpoint(path: str | os.PathLike, *, weights: str | os.PathLike | N
                 differ.append(key)
             compared += 1
         ok = not differ and not missing
-        def listed(keys: list[str]) -> str:
-            return ", ".join(keys[:5]) + (f", ... ({len(keys) - 5} more)" if len(keys) > 5 else "")
-
         detail = (f"{compared} untouched tensors equal the weights file" if ok else
-                  f"{len(differ)} differ ({listed(differ)}), {len(missing)} missing from the file ({listed(missing)})")
+                  f"{len(differ)} differ ({_listed(differ)}), {len(missing)} missing from the file ({_listed(missing)})")
         checks.append(Check("untouched weights", ok, detail, tuple(differ + missing)))
     return VerifyResult(Path(path), tuple(checks))

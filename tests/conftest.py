@@ -1,6 +1,10 @@
 """Shared fixtures: toy models named after their edge case, and small real models."""
 from __future__ import annotations
 
+import collections
+import sys
+import types
+
 import pytest
 import torch
 from torch import nn
@@ -50,6 +54,44 @@ class SubclassConvNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x)
+
+
+LogitsAndFeatures = collections.namedtuple("LogitsAndFeatures", ["logits", "features"])
+
+
+class NestedOutputNet(nn.Module):
+    """Two eligible 3x3 convs (stem 3->16 excluded: too few channels); the output nests three
+    tensors in a list, tuple (with a None), namedtuple or dict, as detection, segmentation,
+    ``features_only`` and auxiliary-logit models do."""
+
+    def __init__(self, kind: str = "list"):
+        super().__init__()
+        self.kind = kind
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.body = nn.Conv2d(16, 16, 3, padding=1)
+        self.head = nn.Linear(16, 5)
+        self.aux = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor):
+        features = self.body(torch.relu(self.stem(x)))
+        pooled = features.mean((2, 3))
+        logits, aux = self.head(pooled), self.aux(pooled)
+        if self.kind == "list":
+            return [logits, [features, aux]]
+        if self.kind == "tuple":
+            return logits, (features, None, aux)
+        if self.kind == "namedtuple":
+            return LogitsAndFeatures(logits, {"map": features, "aux": aux})
+        return collections.OrderedDict(out=logits, features=features, aux=aux)
+
+
+@pytest.fixture
+def nested_output_factory(monkeypatch) -> str:
+    """``factory:`` name of a module whose ``build(kind)`` returns a :class:`NestedOutputNet`."""
+    module = types.ModuleType("nested_output_models")
+    module.build = lambda kind="list": NestedOutputNet(kind)
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    return "factory:nested_output_models:build"
 
 
 @pytest.fixture
