@@ -198,6 +198,10 @@ def render_conversion(console: Console, result: ConversionResult) -> None:
         console.print("skipped: " + ", ".join(f"{n} {reason}" for reason, n in sorted(skips.items())),
                       highlight=False)
     render_counts(console, result.report)
+    stripped = result.source.weights.get("stripped_prefixes")
+    if stripped:
+        console.print(f"weights file {escape(str(result.source.weights.get('name')))}: key prefixes stripped: "
+                      f"{escape(', '.join(stripped))}", highlight=False)
     reinitialized = result.source.weights.get("reinitialized")
     if reinitialized:
         console.print(f"[yellow]classifier re-initialised[/] (its shape differs from the weights file): "

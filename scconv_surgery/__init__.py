@@ -36,7 +36,7 @@ from .pipeline import CheckpointReport, ConversionResult, recount_checkpoint, ru
 from .plan import Action, ConvSpec, Decision, Plan, SkipReason, plan_conversion
 from .rules import PRESETS, Rule, RuleAction, assemble_rules, load_rules_file
 from .verify import Check, VerifyResult, verify_checkpoint
-from .weights import load_weights_file, read_state_dict
+from .weights import WeightsFile, load_weights_file, read_state_dict, read_weights, strip_wrapper_prefixes
 
 __version__ = "0.1.0"
 
@@ -52,5 +52,5 @@ __all__ = [
     "param_groups", "new_parameter_names", "stale_batchnorms", "reset_batchnorm_stats", "optimize_for_inference",
     "build_model", "load_weights_file", "read_state_dict", "PRESETS", "InvalidOptionError", "ModelForwardError",
     "run_conversion", "ConversionResult", "recount_checkpoint", "CheckpointReport", "verify_checkpoint",
-    "VerifyResult", "Check", "tensor_leaves",
+    "VerifyResult", "Check", "tensor_leaves", "WeightsFile", "read_weights", "strip_wrapper_prefixes",
 ]

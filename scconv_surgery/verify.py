@@ -14,7 +14,7 @@ from .checkpoint import model_from_payload, read_checkpoint
 from .errors import ModelForwardError
 from .models import ModelSource, build_model
 from .pipeline import RESULT_SCHEMA_VERSION
-from .weights import read_state_dict
+from .weights import read_weights
 
 __all__ = ["Check", "VerifyResult", "verify_checkpoint"]
 
@@ -121,7 +121,7 @@ def verify_checkpoint(path: str | os.PathLike, *, weights: str | os.PathLike | N
     checks += _output_checks(out, expected)
     if weights is not None:
         on_step(f"comparing with {weights}")
-        source_weights = read_state_dict(Path(weights))
+        source_weights = read_weights(weights).fitted_to(base.state_dict()).state_dict
         replaced = [d["name"] for d in manifest["replaced"]]
         reinitialized = set(manifest["source"].get("weights", {}).get("reinitialized", []))
         reset = set(manifest.get("stale_batchnorms", [])) if manifest.get("reset_bn_stats") else set()

@@ -125,11 +125,13 @@ def test_weights_file_is_used_and_recorded(in_tmp):
     import torchvision
 
     reference = torchvision.models.resnet18(num_classes=3)
-    torch.save({"state_dict": {f"module.{k}": v for k, v in reference.state_dict().items()}}, "w.pth")
+    # saved from torch.compile(DDP(model)): both wrappers' prefixes
+    torch.save({"state_dict": {f"_orig_mod.module.{k}": v for k, v in reference.state_dict().items()}}, "w.pth")
     result = invoke("convert", "torchvision:resnet18", "--weights", "w.pth", "--num-classes", "3",
                     "--out", "m.pt", "--input-size", "64", "--json")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["model"]["weights"]["name"] == "w.pth"
+    weights = json.loads(result.stdout)["model"]["weights"]
+    assert weights["name"] == "w.pth" and weights["stripped_prefixes"] == ["_orig_mod.", "module."]
     model = load("m.pt")
     assert torch.equal(model.fc.weight, reference.fc.weight)
     assert torch.equal(model.layer1[0].bn2.running_var, reference.layer1[0].bn2.running_var)
