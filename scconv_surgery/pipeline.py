@@ -6,7 +6,6 @@ fails.
 """
 from __future__ import annotations
 
-import copy
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .apply import apply_plan, check_shapes
+from .apply import apply_plan, check_shapes, copy_model
 from .checkpoint import build_manifest, check_output_path, read_checkpoint, rebuild, recorded_plan, save_checkpoint
 from .counting import CountReport, compare_counts
 from .errors import NothingSelectedError, OutputPathError, UnmatchedRuleError
@@ -137,7 +136,7 @@ def run_conversion(name: str, *, rules: Sequence[Rule] = (), config: ScConvConfi
     if not plan.replaced:
         raise NothingSelectedError(plan.skip_summary(), plan=plan)
     on_step(f"replacing {len(plan.replaced)} convs")
-    converted = apply_plan(copy.deepcopy(base), plan, seed=seed)
+    converted = apply_plan(copy_model(base), plan, seed=seed)
     size = tuple(input_size) if input_size else default_input_size(base, source)
     on_step(f"checking output shapes at {'x'.join(map(str, size))}")
     check_shapes(base, converted, plan, size)  # also the first forward: a failure is ModelForwardError
@@ -200,7 +199,7 @@ def recount_checkpoint(path: str | os.PathLike, *, input_size: tuple[int, int, i
     source = ModelSource.from_dict(manifest["source"])
     on_step(f"building {source.library}:{source.name}")
     base = build_model(source)
-    converted = rebuild(path, manifest, base=copy.deepcopy(base))
+    converted = rebuild(path, manifest, base=copy_model(base))
     plan = recorded_plan(manifest)
     size = tuple(input_size) if input_size else tuple(manifest.get("input_size") or default_input_size(base, source))
     on_step(f"counting at {'x'.join(map(str, size))}")
