@@ -1,11 +1,13 @@
 """Rich renderers: pure functions from library values to tables (no decisions here)."""
 from __future__ import annotations
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.markup import escape
 from rich.table import Table
 
 from scconv_surgery import ConversionResult, ConvSpec, CountReport, Decision, Plan, ScConvConfig
+
+from .layout import Column, records
 
 
 def human(n: float, unit: str = "") -> str:
@@ -21,20 +23,15 @@ def _pair(values: tuple[int, int] | list[int]) -> str:
     return str(a) if a == b else f"{a}x{b}"
 
 
-def plan_table(plan: Plan) -> Table:
-    """One row per conv: name (and aliases), class, conv shape, deciding rule, decision, reason,
-    params before -> after."""
-    table = Table(title=f"{len(plan.replaced)} of {len(plan.decisions)} convs replaced", title_justify="left")
-    table.add_column("name", no_wrap=True)
-    table.add_column("class", no_wrap=True)
-    table.add_column("conv", no_wrap=True)
-    table.add_column("rule", justify="right", no_wrap=True)
-    table.add_column("decision", no_wrap=True)
-    table.add_column("reason / hyperparameters", min_width=30, overflow="fold")
-    table.add_column("params", justify="right", no_wrap=True)
-    for d in plan.decisions:
-        table.add_row(*_decision_row(d))
-    return table
+PLAN_COLUMNS = (Column("name", key=True), Column("class"), Column("conv"), Column("rule", "right"),
+                Column("decision"), Column("reason / hyperparameters", wrap=True), Column("params", "right"))
+
+
+def plan_records(console: Console, plan: Plan, *, title: str | None = None) -> RenderableType:
+    """One record per conv: name (and aliases), class, conv shape, deciding rule, decision,
+    reason, params before -> after. ``title`` defaults to "N of M convs replaced"."""
+    title = title or f"{len(plan.replaced)} of {len(plan.decisions)} convs replaced"
+    return records(console, title, PLAN_COLUMNS, [_decision_row(d) for d in plan.decisions])
 
 
 def conv_summary(spec: ConvSpec) -> str:
@@ -65,17 +62,19 @@ def _config_summary(d: Decision) -> str:
     return ", ".join(changed)
 
 
-def rules_table(plan: Plan) -> Table:
+RULE_COLUMNS = (Column("#", "right"), Column("action"), Column("pattern", key=True),
+                Column("filters / hyperparameters", wrap=True), Column("matched", "right"))
+
+
+def rules_records(console: Console, plan: Plan) -> RenderableType:
     """Each rule as given, and how many convs it matched."""
-    table = Table(title="Rules (in order; exclude wins, later includes override)", title_justify="left")
-    for column in ("#", "action", "pattern", "filters / hyperparameters", "matched"):
-        table.add_column(column, justify="right" if column in ("#", "matched") else "left")
+    rows = []
     for index, (rule, matched) in enumerate(zip(plan.rules, plan.rule_matches)):
         extra = {k: v for k, v in rule.to_dict().items() if k not in ("include", "exclude")}
-        style = "red" if matched == 0 else ""
-        table.add_row(str(index), rule.action.value, escape(rule.pattern),
-                      ", ".join(f"{k}={v}" for k, v in extra.items()), f"[{style}]{matched}[/]" if style else str(matched))
-    return table
+        rows.append([str(index), rule.action.value, escape(rule.pattern),
+                     escape(", ".join(f"{k}={v}" for k, v in extra.items())),
+                     f"[red]{matched}[/]" if matched == 0 else str(matched)])
+    return records(console, "Rules (in order; exclude wins, later includes override)", RULE_COLUMNS, rows)
 
 
 def counts_table(report: CountReport) -> Table:
@@ -98,22 +97,24 @@ def _total_rows(report: CountReport) -> list[tuple[str, int, int]]:
     return rows
 
 
-def layers_table(report: CountReport) -> Table:
-    """One row per replaced conv: params and MACs before -> after at the report's input size."""
-    table = Table(title="Replaced layers", title_justify="left")
-    for column in ("name", "params before", "params after", "MACs before", "MACs after", "MACs delta %"):
-        table.add_column(column, justify="left" if column == "name" else "right", no_wrap=True)
+LAYER_COLUMNS = (Column("name", key=True), *(Column(h, "right") for h in (
+    "params before", "params after", "MACs before", "MACs after", "MACs delta %")))
+
+
+def layers_records(console: Console, report: CountReport) -> RenderableType:
+    """One record per replaced conv: params and MACs before -> after at the report's input size."""
+    rows = []
     for layer in report.layers:
         pct = 100.0 * (layer.macs_after - layer.macs_before) / layer.macs_before if layer.macs_before else 0.0
-        table.add_row(escape(layer.name), f"{layer.params_before:,}", f"{layer.params_after:,}",
-                      human(layer.macs_before), human(layer.macs_after), f"{pct:+.1f}%")
-    return table
+        rows.append([escape(layer.name), f"{layer.params_before:,}", f"{layer.params_after:,}",
+                     human(layer.macs_before), human(layer.macs_after), f"{pct:+.1f}%"])
+    return records(console, "Replaced layers", LAYER_COLUMNS, rows)
 
 
 def render_counts(console: Console, report: CountReport) -> None:
     """Per-layer rows, totals, the MACs note, the counter's note and the uncounted operators."""
     if report.layers:
-        console.print(layers_table(report))
+        console.print(layers_records(console, report))
     console.print(counts_table(report))
     console.print(f"Counted by {report.after.counter}. MACs: fvcore counts one fused multiply-add as one flop; "
                   "M = 1e6, G = 1e9.", highlight=False)
@@ -125,7 +126,7 @@ def render_counts(console: Console, report: CountReport) -> None:
         console.print(f"[yellow]note:[/] {escape(note)}; MACs from torch.utils.flop_counter (2 FLOPs per MAC, "
                       "halved), which does not list uncounted operators", highlight=False)
     if report.before.uncounted_ops or report.after.uncounted_ops:
-        console.print(uncounted_table(report))
+        console.print(uncounted_records(console, report))
 
 
 def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -172,15 +173,15 @@ def counts_csv(report: CountReport) -> str:
     return buffer.getvalue()
 
 
-def uncounted_table(report: CountReport) -> Table:
+UNCOUNTED_COLUMNS = (Column("operator", key=True), Column("before", "right"), Column("after", "right"))
+
+
+def uncounted_records(console: Console, report: CountReport) -> RenderableType:
     """Operators the counter does not count, before and after (what the surgery added)."""
-    table = Table(title="Uncounted operators (calls)", title_justify="left")
-    for column in ("operator", "before", "after"):
-        table.add_column(column, justify="left" if column == "operator" else "right")
     ops = sorted(set(report.before.uncounted_ops) | set(report.after.uncounted_ops))
-    for op in ops:
-        table.add_row(op, str(report.before.uncounted_ops.get(op, 0)), str(report.after.uncounted_ops.get(op, 0)))
-    return table
+    rows = [[escape(op), str(report.before.uncounted_ops.get(op, 0)), str(report.after.uncounted_ops.get(op, 0))]
+            for op in ops]
+    return records(console, "Uncounted operators (calls)", UNCOUNTED_COLUMNS, rows)
 
 
 def render_conversion(console: Console, result: ConversionResult) -> None:
@@ -188,11 +189,11 @@ def render_conversion(console: Console, result: ConversionResult) -> None:
     source = result.source
     console.print(f"[bold]{source.library}:{source.name}[/]  weights: {source.weights.get('kind')}"
                   f"  variant: {_variants(result.plan)}  seed: {result.seed}", highlight=False)
-    console.print(plan_table(result.plan))
+    console.print(plan_records(console, result.plan))
     console.print("conv: in->out channels, kernel, s=stride, d=dilation, g=groups (shown when not 1); "
                   "rule: the rule that decided (- = none)", style="dim", highlight=False)
     if result.plan.rules:
-        console.print(rules_table(result.plan))
+        console.print(rules_records(console, result.plan))
     skips = result.plan.skip_summary()
     if skips:
         console.print("skipped: " + ", ".join(f"{n} {reason}" for reason, n in sorted(skips.items())),

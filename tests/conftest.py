@@ -85,13 +85,35 @@ class NestedOutputNet(nn.Module):
         return collections.OrderedDict(out=logits, features=features, aux=aux)
 
 
+class LongNameNet(nn.Module):
+    """Three convs, two of them eligible, under 73-character names that differ only at the end
+    (as in wrapped or detection models)."""
+
+    STAGE = "a_long_wrapper_name_from_a_detection_framework_stage"
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        stage = nn.Module()
+        stage.conv_left = nn.Conv2d(16, 16, 3, padding=1)
+        stage.conv_right = nn.Conv2d(16, 16, 3, padding=1)
+        self.backbone_body = nn.Module()
+        self.backbone_body.add_module(self.STAGE, stage)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        stage = getattr(self.backbone_body, self.STAGE)
+        return stage.conv_right(stage.conv_left(self.stem(x)))
+
+
 @pytest.fixture
-def nested_output_factory(monkeypatch) -> str:
-    """``factory:`` name of a module whose ``build(kind)`` returns a :class:`NestedOutputNet`."""
-    module = types.ModuleType("nested_output_models")
-    module.build = lambda kind="list": NestedOutputNet(kind)
+def toy_factory(monkeypatch) -> str:
+    """``factory:`` prefix of a module whose builders return toy models: ``nested(kind)``
+    (:class:`NestedOutputNet`) and ``long_names()`` (:class:`LongNameNet`)."""
+    module = types.ModuleType("scconv_test_toys")
+    module.nested = lambda kind="list": NestedOutputNet(kind)
+    module.long_names = LongNameNet
     monkeypatch.setitem(sys.modules, module.__name__, module)
-    return "factory:nested_output_models:build"
+    return "factory:scconv_test_toys"
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ import timm
 import torch
 from torch import nn
 
+from conftest import NestedOutputNet
 from scconv_surgery import counting
 from scconv_surgery.apply import convert
 from scconv_surgery.counting import compare_counts, count_model
@@ -118,13 +119,11 @@ def test_report_to_dict_has_layers_and_units(tiny_net):
 
 @pytest.mark.parametrize("kind", ["list", "tuple", "namedtuple", "dict"])
 @pytest.mark.parametrize("force_fallback", [False, True], ids=["fvcore", "fallback"])
-def test_models_with_nested_outputs_are_counted(kind, force_fallback, nested_output_factory, monkeypatch):
+def test_models_with_nested_outputs_are_counted(kind, force_fallback, monkeypatch):
     """Counting does not depend on the output's structure (lists, tuples, namedtuples, dicts)."""
-    import nested_output_models
-
     if force_fallback:
         monkeypatch.setattr(counting, "_count_fvcore", lambda *a: (_ for _ in ()).throw(RuntimeError("no trace")))
-    counts = count_model(nested_output_models.build(kind).eval(), (3, 8, 8))
+    counts = count_model(NestedOutputNet(kind).eval(), (3, 8, 8))
     conv = (3 * 16 * 9 + 16 * 16 * 9) * 8 * 8  # stem and body: C_in * C_out * k^2 per output pixel
     assert counts.macs == conv + 2 * 16 * 5  # and the two 16 -> 5 linear heads
     assert counts.counter == (counting.FALLBACK if force_fallback else counting.FVCORE)

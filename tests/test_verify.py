@@ -11,9 +11,9 @@ from scconv_surgery import run_conversion, verify_checkpoint
     ("namedtuple", ["output.logits (2, 5)", "output.features['map'] (2, 16, 8, 8)", "output.features['aux'] (2, 5)"]),
     ("dict", ["output['out'] (2, 5)", "output['features'] (2, 16, 8, 8)", "output['aux'] (2, 5)"]),
 ])
-def test_nested_outputs_are_checked_tensor_by_tensor(kind, paths, nested_output_factory, tmp_path):
+def test_nested_outputs_are_checked_tensor_by_tensor(kind, paths, toy_factory, tmp_path):
     ckpt = tmp_path / f"{kind}.pt"
-    run_conversion(nested_output_factory, model_kwargs={"kind": kind}, out=ckpt, input_size=(3, 8, 8))
+    run_conversion(f"{toy_factory}:nested", model_kwargs={"kind": kind}, out=ckpt, input_size=(3, 8, 8))
     result = verify_checkpoint(ckpt)
     checks = {c.name: c for c in result.checks}
     assert result.passed, result.to_dict()
@@ -21,9 +21,9 @@ def test_nested_outputs_are_checked_tensor_by_tensor(kind, paths, nested_output_
     assert checks["finite output"].detail == "all finite"
 
 
-def test_a_non_finite_tensor_is_named_by_its_path(nested_output_factory, tmp_path):
+def test_a_non_finite_tensor_is_named_by_its_path(toy_factory, tmp_path):
     ckpt = tmp_path / "dict.pt"
-    run_conversion(nested_output_factory, model_kwargs={"kind": "dict"}, out=ckpt, input_size=(3, 8, 8))
+    run_conversion(f"{toy_factory}:nested", model_kwargs={"kind": "dict"}, out=ckpt, input_size=(3, 8, 8))
     payload = torch.load(ckpt, weights_only=True)
     payload["state_dict"]["aux.bias"] = torch.full((5,), float("nan"))
     torch.save(payload, ckpt)
