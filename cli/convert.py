@@ -11,11 +11,13 @@ import yaml
 from scconv_surgery import (
     PRESETS,
     InvalidOptionError,
+    ModelArgumentError,
     RuleAction,
     ScConvConfig,
     StridePolicy,
     Variant,
     assemble_rules,
+    check_model_kwargs,
     run_conversion,
 )
 
@@ -30,8 +32,9 @@ Preset = Enum("Preset", {name: name for name in PRESETS}, type=str)  # type: ign
 def parse_model_kwargs(items: list[str] | None) -> dict[str, Any]:
     """``["output_stride=8", "drop_rate=0.1"]`` -> ``{"output_stride": 8, "drop_rate": 0.1}``.
 
-    Values are read as YAML scalars: ``8`` is an int, ``0.1`` a float, ``true`` a bool, ``null``
-    None, anything else a string.
+    Values are read as YAML: ``8`` is an int, ``0.1`` a float, ``true`` a bool, ``null`` None,
+    ``[1, 2]`` a list, anything else a string. Only values that JSON carries unchanged are taken
+    (the checkpoint records them): YAML's dates, ``.nan`` and ``.inf`` are refused.
     """
     kwargs: dict[str, Any] = {}
     for item in items or []:
@@ -45,6 +48,12 @@ def parse_model_kwargs(items: list[str] | None) -> dict[str, Any]:
         except yaml.YAMLError as err:
             raise InvalidOptionError("--model-kwargs", f"{item!r}: the value is not valid YAML "
                                      f"({str(err).splitlines()[0]}); quote text values") from err
+        try:
+            check_model_kwargs("--model-kwargs", {key: kwargs[key]})
+        except ModelArgumentError as err:
+            problem = str(err).split(": ", 1)[1]
+            raise InvalidOptionError("--model-kwargs", f"{item!r}: {problem}. To pass it as text, quote it for "
+                                     f"YAML inside the shell's quotes: --model-kwargs \"{key}='{value}'\"") from err
     return kwargs
 
 

@@ -103,7 +103,7 @@ class Output:
             self.console = self.terminal.console()
 
     def emit_json(self, document: dict[str, Any]) -> None:
-        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+        sys.stdout.write(json.dumps(document, indent=2, allow_nan=False) + "\n")  # strict JSON, never a bare NaN
         sys.stdout.flush()
 
     def warn(self, message: str) -> None:
@@ -139,11 +139,12 @@ class Output:
             if plan is not None and not self.json:  # show every conv and why it was skipped
                 from .render import plan_records
 
-                self.console.print(plan_records(self.console, plan))
+                title = f"The plan, not applied: {len(plan.decisions)} convs (nothing was replaced or written)"
+                self.console.print(plan_records(self.console, plan, title=title))
             if self.debug:
                 self.console.print(traceback.format_exc(), highlight=False, markup=False)
             if self.json:
-                sys.stderr.write(json.dumps(error_document(err, code)) + "\n")  # one line, unstyled
+                sys.stderr.write(json.dumps(error_document(err, code), allow_nan=False) + "\n")  # one line, unstyled
             elif code == EXIT_UNEXPECTED:
                 self.console.print(f"[red]error:[/] unexpected {type(err).__name__}: {escape(str(err))}", highlight=False)
                 if not self.debug:

@@ -26,7 +26,7 @@ def verify(
 ) -> None:
     """Load CHECKPOINT, run a forward at its recorded input size, check the output shape and finiteness, and with --weights that untouched layers equal the source weights.
 
-    Exit codes: 0 every check passed; 4 a check failed; 2 the checkpoint or weights file cannot be read.
+    Exit codes: 0 every check passed; 4 a check failed, including a checkpoint whose state_dict or plan does not fit its rebuilt model (the 'loads' check lists the keys); 2 the checkpoint or weights file cannot be read, or the base model cannot be built here.
     """
     output = Output(json=json_output, debug=debug)
     with output.errors(), output.progress() as step:

@@ -31,7 +31,7 @@ from .errors import (
 from .finetune import new_parameter_names, param_groups, reset_batchnorm_stats, stale_batchnorms
 from .inference import optimize_for_inference
 from .layers import CRU, SRU, ScConv, ScConvConfig, StridePolicy, Variant
-from .models import ModelSource, build_model, create_model, default_input_size
+from .models import ModelSource, build_model, check_model_kwargs, create_model, default_input_size
 from .pipeline import CheckpointReport, ConversionResult, recount_checkpoint, run_conversion
 from .plan import Action, ConvSpec, Decision, Plan, SkipReason, plan_conversion
 from .rules import PRESETS, Rule, RuleAction, assemble_rules, load_rules_file
@@ -53,4 +53,5 @@ __all__ = [
     "build_model", "load_weights_file", "read_state_dict", "PRESETS", "InvalidOptionError", "ModelForwardError",
     "run_conversion", "ConversionResult", "recount_checkpoint", "CheckpointReport", "verify_checkpoint",
     "VerifyResult", "Check", "tensor_leaves", "WeightsFile", "read_weights", "strip_wrapper_prefixes",
+    "check_model_kwargs",
 ]

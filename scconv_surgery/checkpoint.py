@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._files import TORCH_KINDS, describe, sniff, torch_load_problem
 from .apply import apply_plan
 from .errors import CheckpointError, OutputPathError, PlanMismatchError, ScconvError
 from .models import ModelSource, build_model
@@ -202,13 +203,18 @@ def read_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> di
         raise CheckpointError(str(path), "is a directory, not a checkpoint file")
     if not path.is_file():
         raise CheckpointError(str(path), "no such file")
+    kind = sniff(path)
+    if kind not in (*TORCH_KINDS, "safetensors"):
+        raise CheckpointError(str(path), f"not an scconv-surgery checkpoint: it is {describe(path, kind)}. "
+                              "Create one with 'scconv convert MODEL --out FILE'")
     try:
-        if path.suffix == SAFETENSORS:
+        if kind == "safetensors":
             payload = _read_safetensors(path, map_location)
         else:
             payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        raise CheckpointError(str(path), f"unreadable or truncated ({type(err).__name__})") from err
+        problem = torch_load_problem(err) if kind in TORCH_KINDS else type(err).__name__
+        raise CheckpointError(str(path), f"unreadable or truncated {describe(path, kind)} ({problem})") from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         if isinstance(payload, dict) and "kind" in payload:
             kind = payload["kind"]

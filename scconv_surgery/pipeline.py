@@ -70,11 +70,17 @@ def _noop(message: str) -> None:
     pass
 
 
-def _suffix_suggestions(patterns: Sequence[str], plan: Plan) -> list[str]:
-    """``*.PATTERN`` for a plain pattern that is the end of some conv names (people expect suffixes)."""
+def _pattern_suggestions(patterns: Sequence[str], plan: Plan) -> list[str]:
+    """Patterns that would match: ``*.PATTERN`` for a plain pattern that ends some conv names
+    (people expect suffixes), and the pieces of a pattern with commas (one rule per pattern)."""
     names = [n for d in plan.decisions for n in (d.name, *d.aliases)]
-    return [f"*.{p}" for p in patterns
-            if not p.startswith("re:") and not any(c in p for c in "*?[") and any(n.endswith(f".{p}") for n in names)]
+    suggestions = []
+    for p in patterns:
+        if "," in p:
+            suggestions += [piece.strip() for piece in p.split(",") if piece.strip()]
+        elif not p.startswith("re:") and not any(c in p for c in "*?[") and any(n.endswith(f".{p}") for n in names):
+            suggestions.append(f"*.{p}")
+    return suggestions
 
 
 def run_conversion(name: str, *, rules: Sequence[Rule] = (), config: ScConvConfig | None = None,
@@ -132,7 +138,7 @@ def run_conversion(name: str, *, rules: Sequence[Rule] = (), config: ScConvConfi
     plan = plan_conversion(base, rules, config=config)
     unmatched = plan.unmatched_includes()
     if unmatched and not allow_unmatched:
-        raise UnmatchedRuleError(unmatched, _suffix_suggestions(unmatched, plan), plan=plan)
+        raise UnmatchedRuleError(unmatched, _pattern_suggestions(unmatched, plan), plan=plan)
     if not plan.replaced:
         raise NothingSelectedError(plan.skip_summary(), plan=plan)
     on_step(f"replacing {len(plan.replaced)} convs")

@@ -11,7 +11,7 @@ import torch
 
 from ._probe import tensor_leaves
 from .checkpoint import model_from_payload, read_checkpoint
-from .errors import ModelForwardError
+from .errors import CheckpointError, ModelForwardError
 from .models import ModelSource, build_model
 from .pipeline import RESULT_SCHEMA_VERSION
 from .weights import read_weights
@@ -97,14 +97,25 @@ def verify_checkpoint(path: str | os.PathLike, *, weights: str | os.PathLike | N
     tensor outside the replaced modules equals the weights file's (except the classifier keys
     re-initialised for ``num_classes`` and BatchNorm statistics reset by ``--reset-bn-stats``).
 
+    A checkpoint that is read but does not load (its recorded plan does not fit the rebuilt base
+    model, or its state_dict has missing, unexpected or misshapen tensors) is a failed ``loads``
+    check, with the keys, and no further checks: :attr:`VerifyResult.passed` is False (the CLI's
+    exit 4), not an exception.
+
     Raises:
-        CheckpointError, UnknownModelError: the checkpoint cannot be loaded at all.
+        CheckpointError: the file cannot be read as a checkpoint (missing, not a checkpoint,
+            truncated, of a newer format).
+        UnknownModelError, FactoryError: the base model cannot be built here.
         WeightsFileError: ``weights`` cannot be read.
     """
     on_step(f"loading {path}")
     payload = read_checkpoint(path)  # read once: the manifest and the model come from it
     manifest = payload["manifest"]
-    model = model_from_payload(path, payload)
+    try:
+        model = model_from_payload(path, payload)
+    except CheckpointError as err:  # read, but its plan or state_dict does not fit: the first check fails
+        problem = str(err).split(": ", 1)[-1]
+        return VerifyResult(Path(path), (Check("loads", False, problem, err.missing_keys + err.unexpected_keys),))
     checks = [Check("loads", True, f"{len(manifest['replaced'])} replaced convs, state_dict loaded strictly")]
     size = tuple(input_size or manifest.get("input_size") or (3, 224, 224))
     on_step(f"forward at 2x{'x'.join(map(str, size))}")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._files import TORCH_KINDS, describe, sniff, torch_load_problem
 from .errors import WeightsFileError
 
 __all__ = ["WeightsFile", "read_weights", "read_state_dict", "strip_wrapper_prefixes", "load_weights_file",
@@ -123,8 +123,12 @@ def read_weights(path: str | os.PathLike) -> WeightsFile:
         raise WeightsFileError(str(path), "is a directory, not a weights file")
     if not path.is_file():
         raise WeightsFileError(str(path), "not a regular file" if path.exists() else "no such file")
+    kind = sniff(path)
+    if kind not in (*TORCH_KINDS, "safetensors"):
+        raise WeightsFileError(str(path), f"not a weights file: it is {describe(path, kind)}; expected a PyTorch "
+                               "state_dict (.pt, .pth, .bin) or a .safetensors file")
     try:
-        if path.suffix == ".safetensors":
+        if kind == "safetensors":
             from safetensors.torch import load_file
             obj: Any = load_file(str(path))
         else:
@@ -132,12 +136,8 @@ def read_weights(path: str | os.PathLike) -> WeightsFile:
             with torch.serialization.safe_globals([argparse.Namespace]):
                 obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # torch's message carries terminal colours
-        hint = ("; it holds pickled objects: save model.state_dict() instead of the module"
-                if "unsupported global" in text.lower() or "weights_only=false" in text.lower() else "")
-        raise WeightsFileError(
-            str(path), f"not a readable PyTorch or safetensors file ({type(err).__name__}: "
-            f"{text.splitlines()[0] if text else ''}){hint}") from err
+        problem = torch_load_problem(err) if kind in TORCH_KINDS else f"{type(err).__name__}: {err}".splitlines()[0]
+        raise WeightsFileError(str(path), f"cannot be read as {describe(path, kind)}: {problem}") from err
     if isinstance(obj, Mapping) and obj.get("format") == "scconv-surgery":
         raise WeightsFileError(str(path), "is an scconv-surgery checkpoint, not base-model weights; load it with "
                                "scconv_surgery.load(), or convert from the original weights")

@@ -108,10 +108,12 @@ class LongNameNet(nn.Module):
 @pytest.fixture
 def toy_factory(monkeypatch) -> str:
     """``factory:`` prefix of a module whose builders return toy models: ``nested(kind)``
-    (:class:`NestedOutputNet`) and ``long_names()`` (:class:`LongNameNet`)."""
+    (:class:`NestedOutputNet`), ``long_names()`` (:class:`LongNameNet`), ``tiny()``
+    (:class:`TinyConvNet`)."""
     module = types.ModuleType("scconv_test_toys")
     module.nested = lambda kind="list": NestedOutputNet(kind)
     module.long_names = LongNameNet
+    module.tiny = TinyConvNet
     monkeypatch.setitem(sys.modules, module.__name__, module)
     return "factory:scconv_test_toys"
 

@@ -102,7 +102,7 @@ def test_bad_weights_files(case, tmp_path):
         torch.save({"fc.weight": torch.zeros(5, 512), "nonsense": torch.zeros(1)}, path)
     elif case == "wrong head":
         torch.save(_reference_state_dict(), path)  # 5 classes; the model below has 1000
-    expected = {"missing": "no such file", "not a checkpoint": "not a readable", "no tensors": "no state_dict",
+    expected = {"missing": "no such file", "not a checkpoint": "not a weights file: it is a text file", "no tensors": "no state_dict",
                 "wrong keys": "missing key", "wrong head": "shape mismatch"}[case]
     with pytest.raises(WeightsFileError, match=expected) as info:
         create_model("torchvision:resnet18", weights=path)

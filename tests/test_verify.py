@@ -42,3 +42,23 @@ def test_features_only_model_verifies(tmp_path):
     assert result.passed, result.to_dict()
     detail = {c.name: c for c in result.checks}["output shape"].detail
     assert detail.startswith("5 tensors, each of the base model's shape: output[0] (2, ")
+
+
+@pytest.mark.parametrize("edit, words", [
+    pytest.param(lambda sd: sd.pop("block1.cru.gwc.weight"), "missing ['block1.cru.gwc.weight']", id="missing key"),
+    pytest.param(lambda sd: sd.__setitem__("extra.weight", torch.zeros(1)), "unexpected ['extra.weight']",
+                 id="unexpected key"),
+    pytest.param(lambda sd: sd.__setitem__("head.weight", torch.zeros(3, 32)), "size mismatch for head.weight",
+                 id="wrong shape"),
+])
+def test_a_state_dict_that_does_not_fit_is_a_failed_check(edit, words, toy_factory, tmp_path):
+    """Exit 4 (a check failed), not 2: the file is a readable checkpoint, it just does not load."""
+    path = tmp_path / "tiny.pt"
+    run_conversion(f"{toy_factory}:tiny", out=path, input_size=(3, 16, 16))
+    payload = torch.load(path, weights_only=True)
+    edit(payload["state_dict"])
+    torch.save(payload, path)
+    result = verify_checkpoint(path)
+    assert not result.passed
+    (check,) = result.checks
+    assert check.name == "loads" and words in check.detail

@@ -93,7 +93,7 @@ def test_json_errors_go_to_stderr_as_json(in_tmp):
     ("missing output directory", ["--out", "nope/m.pt"], ["nope", "does not exist"]),
     ("output is a directory", ["--out", "adir.pt"], ["is a directory"]),
     ("missing weights file", ["--out", "m.pt", "--weights", "missing.pth"], ["missing.pth", "no such file"]),
-    ("weights not a checkpoint", ["--out", "m.pt", "--weights", "junk.pth"], ["junk.pth", "not a readable"]),
+    ("weights not a checkpoint", ["--out", "m.pt", "--weights", "junk.pth"], ["junk.pth", "not a weights file"]),
     ("no --out nor --dry-run", [], ["--out"]),
     ("bad input size", ["--dry-run", "--input-size", "3x224x"], ["CxHxW"]),
     ("pretrained and weights", ["--out", "m.pt", "--pretrained", "--weights", "junk.pth"], ["exclusive"]),
