@@ -111,20 +111,27 @@ def layers_records(console: Console, report: CountReport) -> RenderableType:
     return records(console, "Replaced layers", LAYER_COLUMNS, rows)
 
 
+def counter_note(report: CountReport) -> str:
+    """Which counter produced the numbers, and what its MACs are."""
+    if report.after.counter == "fvcore":
+        return "Counted by fvcore: MACs, one fused multiply-add each (fvcore's \"flop\"); M = 1e6, G = 1e9."
+    return (f"Counted by {report.after.counter} (FlopCounterMode, 2 FLOPs per MAC, halved to MACs), with fvcore's "
+            "operators and formulas; matrix products are named by their kernel (addmm, mm, bmm) where fvcore says "
+            "linear or matmul. M = 1e6, G = 1e9.")
+
+
 def render_counts(console: Console, report: CountReport) -> None:
     """Per-layer rows, totals, the MACs note, the counter's note and the uncounted operators."""
     if report.layers:
         console.print(layers_records(console, report))
     console.print(counts_table(report))
-    console.print(f"Counted by {report.after.counter}. MACs: fvcore counts one fused multiply-add as one flop; "
-                  "M = 1e6, G = 1e9.", highlight=False)
+    console.print(counter_note(report), highlight=False)
     if report.after.elementwise_ops:
         console.print("elementwise ops: one per element of sigmoid, mul, add, where, softmax, ... (output) and "
                       "mean, sum, avg_pool2d (input); not included in MACs.", highlight=False)
     notes = {counts.note for counts in (report.before, report.after) if counts.note}
     for note in sorted(notes):
-        console.print(f"[yellow]note:[/] {escape(note)}; MACs from torch.utils.flop_counter (2 FLOPs per MAC, "
-                      "halved), which does not list uncounted operators", highlight=False)
+        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
     if report.before.uncounted_ops or report.after.uncounted_ops:
         console.print(uncounted_records(console, report))
 
@@ -139,8 +146,7 @@ def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
 def counts_markdown(report: CountReport, title: str) -> str:
     """The report as GitHub-flavoured Markdown: totals, then one row per replaced layer."""
     size = "x".join(map(str, report.input_size))
-    parts = [f"### {title}", "", f"Input 1x{size}, counted by {report.after.counter}. MACs: fvcore counts one "
-             "fused multiply-add as one flop; M = 1e6, G = 1e9.", ""]
+    parts = [f"### {title}", "", f"Input 1x{size}. {counter_note(report)}", ""]
     totals = []
     for label, x, y in _total_rows(report):
         pct = 100.0 * (y - x) / x if x else 0.0
