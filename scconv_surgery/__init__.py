@@ -8,7 +8,7 @@ convert`` as a function, :func:`verify_checkpoint` (verify) is ``scconv verify``
 """
 from ._probe import tensor_leaves
 from .apply import apply_plan, build_replacement, check_shapes, convert
-from .checkpoint import build_manifest, load, read_checkpoint, save_checkpoint
+from .checkpoint import build_manifest, check_output_path, load, read_checkpoint, save_checkpoint
 from .counting import CountReport, Counts, compare_counts, count_model
 from .errors import (
     CheckpointError,
@@ -28,7 +28,13 @@ from .errors import (
     UnmatchedRuleError,
     WeightsFileError,
 )
-from .finetune import new_parameter_names, param_groups, reset_batchnorm_stats, stale_batchnorms
+from .finetune import (
+    gradient_free_parameters,
+    new_parameter_names,
+    param_groups,
+    reset_batchnorm_stats,
+    stale_batchnorms,
+)
 from .inference import optimize_for_inference
 from .layers import CRU, SRU, ScConv, ScConvConfig, StridePolicy, Variant
 from .models import ModelSource, build_model, check_model_kwargs, create_model, default_input_size
@@ -53,5 +59,5 @@ __all__ = [
     "build_model", "load_weights_file", "read_state_dict", "PRESETS", "InvalidOptionError", "ModelForwardError",
     "run_conversion", "ConversionResult", "recount_checkpoint", "CheckpointReport", "verify_checkpoint",
     "VerifyResult", "Check", "tensor_leaves", "WeightsFile", "read_weights", "strip_wrapper_prefixes",
-    "check_model_kwargs",
+    "check_model_kwargs", "gradient_free_parameters", "check_output_path",
 ]

@@ -14,6 +14,7 @@ from torch import nn
 
 from ._probe import eval_mode, example_input
 from .errors import ModelForwardError, PlanMismatchError, ShapeMismatchError
+from .finetune import gradient_free_parameters
 from .layers import ScConv, ScConvConfig
 from .plan import ConvSpec, Decision, Plan, plan_conversion
 from .rules import Rule
@@ -70,7 +71,9 @@ def apply_plan(model: nn.Module, plan: Plan, *, seed: int | None = 0) -> nn.Modu
 
     Each replacement takes the conv's device, dtype, train/eval mode and its module hooks
     (forward pre- and post-hooks, full backward hooks: :data:`CARRIED_HOOKS`); a conv under
-    several names (aliases) gets one replacement set under all of them. New parameters
+    several names (aliases) gets one replacement set under all of them. Parameters that can
+    never receive a gradient (:func:`~scconv_surgery.gradient_free_parameters`, the ``seed``
+    variant's group norm) are created with ``requires_grad=False``. New parameters
     are initialised on the CPU from ``torch.manual_seed(seed)``, in plan order, then moved, so
     one plan and seed always give the same tensors on any device (the global RNG is left as
     it was).
@@ -106,6 +109,8 @@ def apply_plan(model: nn.Module, plan: Plan, *, seed: int | None = 0) -> nn.Modu
             layer = build_replacement(decision, device="meta" if is_meta else "cpu")
             layer = layer.to(device=conv.weight.device, dtype=conv.weight.dtype)
             layer.train(conv.training)
+            for name in gradient_free_parameters(layer):  # the seed's group norm: no gradient ever reaches it
+                layer.get_parameter(name).requires_grad_(False)
             for attr in CARRIED_HOOKS:
                 getattr(layer, attr).update(getattr(conv, attr))
             layer._is_full_backward_hook = conv._is_full_backward_hook

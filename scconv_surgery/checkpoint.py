@@ -61,7 +61,8 @@ def library_versions() -> dict[str, str]:
 
 def build_manifest(source: ModelSource, plan: Plan, *, seed: int | None, input_size: tuple[int, int, int],
                    counts: Mapping[str, Any] | None = None, new_parameters: Sequence[str] = (),
-                   stale_batchnorms: Sequence[str] = (), reset_bn_stats: bool = False) -> dict[str, Any]:
+                   gradient_free_parameters: Sequence[str] = (), stale_batchnorms: Sequence[str] = (),
+                   reset_bn_stats: bool = False) -> dict[str, Any]:
     """The manifest stored in a checkpoint: plain JSON-ready values only.
 
     Args:
@@ -71,6 +72,8 @@ def build_manifest(source: ModelSource, plan: Plan, *, seed: int | None, input_s
         input_size: ``(C, H, W)`` the counts were made at.
         counts: the report's totals (``CountReport.to_dict()``), if counted.
         new_parameters: names of the parameters the replacements added.
+        gradient_free_parameters: names of the parameters no gradient reaches (frozen when
+            loaded; see :func:`~scconv_surgery.gradient_free_parameters`).
         stale_batchnorms: BatchNorm layers right after a replaced conv (statistics stale).
         reset_bn_stats: whether their running statistics were reset before saving.
     """
@@ -83,6 +86,7 @@ def build_manifest(source: ModelSource, plan: Plan, *, seed: int | None, input_s
         "replaced": [d.to_dict() for d in plan.replaced],
         "counts": dict(counts) if counts is not None else None,
         "new_parameters": list(new_parameters),
+        "gradient_free_parameters": list(gradient_free_parameters),
         "stale_batchnorms": list(stale_batchnorms),
         "reset_bn_stats": reset_bn_stats,
     }

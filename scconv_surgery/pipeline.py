@@ -19,7 +19,7 @@ from .apply import apply_plan, check_shapes, copy_model
 from .checkpoint import build_manifest, check_output_path, read_checkpoint, rebuild, recorded_plan, save_checkpoint
 from .counting import CountReport, compare_counts
 from .errors import NothingSelectedError, OutputPathError, UnmatchedRuleError
-from .finetune import new_parameter_names, reset_batchnorm_stats, stale_batchnorms
+from .finetune import gradient_free_parameters, new_parameter_names, reset_batchnorm_stats, stale_batchnorms
 from .layers import ScConvConfig
 from .models import ModelSource, build_model, create_model, default_input_size
 from .plan import Plan, plan_conversion
@@ -154,7 +154,8 @@ def run_conversion(name: str, *, rules: Sequence[Rule] = (), config: ScConvConfi
     if out_path is not None and not dry_run:
         on_step(f"saving {out_path}")
         manifest = build_manifest(source, plan, seed=seed, input_size=size, counts=report.to_dict(),
-                                  new_parameters=new_parameter_names(converted), stale_batchnorms=stale,
+                                  new_parameters=new_parameter_names(converted),
+                                  gradient_free_parameters=gradient_free_parameters(converted), stale_batchnorms=stale,
                                   reset_bn_stats=reset_bn_stats)
         save_checkpoint(out_path, converted, manifest)
     return ConversionResult(source, plan, report, converted, out_path, seed, dry_run, tuple(stale), reset_bn_stats)

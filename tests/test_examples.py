@@ -35,3 +35,36 @@ def test_a_model_without_logits_is_refused(finetune):
     features = [torch.zeros(1, 64, 16, 16), torch.zeros(1, 128, 8, 8)]  # timm features_only
     with pytest.raises(ValueError, match=r"returns output\[0\] \(1, 64, 16, 16\), output\[1\] \(1, 128, 8, 8\)"):
         finetune.logits_and_auxiliary(features)
+
+
+@pytest.fixture
+def tiny_checkpoint(toy_factory, tmp_path, monkeypatch):
+    from scconv_surgery import run_conversion
+
+    monkeypatch.chdir(tmp_path)
+    run_conversion(f"{toy_factory}:tiny", out=tmp_path / "tiny.pt", input_size=(3, 16, 16))
+    (tmp_path / "notes.txt").write_text("not a checkpoint\n")
+    return "tiny.pt"
+
+
+@pytest.mark.parametrize("args, words", [
+    pytest.param(["tiny.pt", "--out", "ft.txt"], "unsupported suffix '.txt'", id="--out suffix"),
+    pytest.param(["tiny.pt", "--out", "/nonexistent/ft.pt"], "directory '/nonexistent' does not exist",
+                 id="--out directory"),
+    pytest.param(["tiny.pt", "--out", "tiny.pt", "--force"], "is the checkpoint being fine-tuned", id="--out = input"),
+    pytest.param(["notes.txt", "--out", "ft.pt"], "not an scconv-surgery checkpoint", id="not a checkpoint"),
+    pytest.param(["tiny.pt", "--out", "ft.pt", "--steps", "0"], "--steps must be at least 1", id="--steps 0"),
+    pytest.param(["tiny.pt", "--out", "ft.pt", "--lr", "nan"], "--lr must be a finite number", id="--lr nan"),
+    pytest.param(["tiny.pt", "--out", "ft.pt", "--data", "no_such_dir"], "is not a directory", id="--data"),
+    pytest.param(["tiny.pt", "--out", "ft.pt", "--synthetic-images", "4", "--batch-size", "8"],
+                 "fewer than one batch", id="no full batch"),
+])
+def test_bad_arguments_exit_2_before_any_work(args, words, finetune, tiny_checkpoint, monkeypatch, capsys):
+    """The example used to train first and then die on its output path."""
+    monkeypatch.setattr("sys.argv", ["finetune.py", *args])
+    monkeypatch.setattr(finetune.scconv_surgery, "load", lambda *a, **k: pytest.fail("work started"))
+    with pytest.raises(SystemExit) as exit_info:
+        finetune.main()
+    assert exit_info.value.code == 2
+    assert words in capsys.readouterr().err
+    assert not Path("ft.pt").exists()
