@@ -82,7 +82,8 @@ def convert(
         "--rules", help="Rules file (.yaml, .yml or .toml): ordered include/exclude rules with structural filters "
         "and hyperparameters. --include/--exclude add to its rules.", show_default=False, dir_okay=False)] = None,
     variant: Annotated[Variant, typer.Option(
-        help="'paper': the paper's equations. 'seed': the seed document's code, defects included.")] = Variant.PAPER,
+        help="'paper': the paper's equations. 'seed': the unofficial ScConv implementation that circulates in "
+        "blog posts, defects included.")] = Variant.PAPER,
     stride_policy: Annotated[StridePolicy, typer.Option(
         help="Strided convs: 'inside' strides GWC/PWC1/PWC2 and pools the reused channels; 'pool' average-pools "
         "first; 'skip' leaves them alone.")] = StridePolicy.INSIDE,
