@@ -79,8 +79,7 @@ def rules_records(console: Console, plan: Plan) -> RenderableType:
 
 def counts_table(report: CountReport) -> Table:
     """Totals before and after, the delta and percent, with units and the counter named."""
-    size = "x".join(map(str, report.input_size))
-    table = Table(title=f"Totals at input 1x{size}", title_justify="left")
+    table = Table(title=f"Totals at {counted_size(report)}", title_justify="left")
     for column in ("", "before", "after", "delta", "delta %"):
         table.add_column(column, justify="right" if column else "left")
     for label, x, y in _total_rows(report):
@@ -111,6 +110,14 @@ def layers_records(console: Console, report: CountReport) -> RenderableType:
     return records(console, "Replaced layers", LAYER_COLUMNS, rows)
 
 
+def counted_size(report: CountReport) -> str:
+    """``input 1x3x224x224``, or what the model resized it to before its first convolution."""
+    size = "input 1x" + "x".join(map(str, report.input_size))
+    if report.resized_input:
+        return f"{size}, which the model resizes to 1x{'x'.join(map(str, report.resized_input))} (the size counted)"
+    return size
+
+
 def counter_note(report: CountReport) -> str:
     """Which counter produced the numbers, and what its MACs are."""
     if report.after.counter == "fvcore":
@@ -120,9 +127,10 @@ def counter_note(report: CountReport) -> str:
             "linear or matmul. M = 1e6, G = 1e9.")
 
 
-def render_counts(console: Console, report: CountReport) -> None:
-    """Per-layer rows, totals, the MACs note, the counter's note and the uncounted operators."""
-    if report.layers:
+def render_counts(console: Console, report: CountReport, *, summary: bool = False) -> None:
+    """Per-layer rows, totals, the MACs note, the counter's note and the uncounted operators
+    (``summary``: no per-layer rows, the uncounted operators on one line)."""
+    if report.layers and not summary:
         console.print(layers_records(console, report))
     console.print(counts_table(report))
     console.print(counter_note(report), highlight=False)
@@ -132,7 +140,10 @@ def render_counts(console: Console, report: CountReport) -> None:
     notes = {counts.note for counts in (report.before, report.after) if counts.note}
     for note in sorted(notes):
         console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
-    if report.before.uncounted_ops or report.after.uncounted_ops:
+    if summary and report.uncounted_added:
+        console.print("uncounted operators the conversion added (calls): " + ", ".join(
+            f"{escape(op)} {n}" for op, n in sorted(report.uncounted_added.items())), highlight=False)
+    elif not summary and (report.before.uncounted_ops or report.after.uncounted_ops):
         console.print(uncounted_records(console, report))
 
 
@@ -145,8 +156,7 @@ def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 def counts_markdown(report: CountReport, title: str) -> str:
     """The report as GitHub-flavoured Markdown: totals, then one row per replaced layer."""
-    size = "x".join(map(str, report.input_size))
-    parts = [f"### {title}", "", f"Input 1x{size}. {counter_note(report)}", ""]
+    parts = [f"### {title}", "", f"At {counted_size(report)}. {counter_note(report)}", ""]
     totals = []
     for label, x, y in _total_rows(report):
         pct = 100.0 * (y - x) / x if x else 0.0
@@ -190,21 +200,24 @@ def uncounted_records(console: Console, report: CountReport) -> RenderableType:
     return records(console, "Uncounted operators (calls)", UNCOUNTED_COLUMNS, rows)
 
 
-def render_conversion(console: Console, result: ConversionResult) -> None:
-    """The human report of ``scconv convert``."""
+def render_conversion(console: Console, result: ConversionResult, *, summary: bool = False) -> None:
+    """The human report of ``scconv convert`` (``summary``: no row per conv, layer or rule)."""
     source = result.source
     console.print(f"[bold]{source.library}:{source.name}[/]  weights: {source.weights.get('kind')}"
                   f"  variant: {_variants(result.plan)}  seed: {result.seed}", highlight=False)
-    console.print(plan_records(console, result.plan))
-    console.print("conv: in->out channels, kernel, s=stride, d=dilation, g=groups (shown when not 1); "
-                  "rule: the rule that decided (- = none)", style="dim", highlight=False)
-    if result.plan.rules:
+    if summary:
+        console.print(f"{len(result.plan.replaced)} of {len(result.plan.decisions)} convs replaced", highlight=False)
+    else:
+        console.print(plan_records(console, result.plan))
+        console.print("conv: in->out channels, kernel, s=stride, d=dilation, g=groups (shown when not 1); "
+                      "rule: the rule that decided (- = none)", style="dim", highlight=False)
+    if result.plan.rules and not summary:
         console.print(rules_records(console, result.plan))
     skips = result.plan.skip_summary()
     if skips:
         console.print("skipped: " + ", ".join(f"{n} {reason}" for reason, n in sorted(skips.items())),
                       highlight=False)
-    render_counts(console, result.report)
+    render_counts(console, result.report, summary=summary)
     stripped = result.source.weights.get("stripped_prefixes")
     if stripped:
         console.print(f"weights file {escape(str(result.source.weights.get('name')))}: key prefixes stripped: "

@@ -10,19 +10,20 @@ from scconv_surgery import verify_checkpoint
 
 from .errors import EXIT_VERIFY_FAILED
 from .output import Output
-from .params import DebugOpt, InputSizeOpt, JsonOpt, parse_input_size
+from .params import CheckpointInputSizeOpt, DebugOpt, HelpOpt, JsonOpt, parse_input_size
 
 
 def verify(
-    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint written by 'scconv convert'.", dir_okay=False,
-                                               show_default=False)],
+    checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT", help="A checkpoint written by 'scconv convert'.",
+                                               dir_okay=False, show_default=False)],
     *,
     weights: Annotated[Path | None, typer.Option(
-        help="The weights file the conversion started from: every untouched tensor must equal it.",
+        metavar="FILE", help="The weights file the conversion started from: every untouched tensor must equal it.",
         dir_okay=False, show_default=False)] = None,
-    input_size: InputSizeOpt = None,
+    input_size: CheckpointInputSizeOpt = None,
     json_output: JsonOpt = False,
     debug: DebugOpt = False,
+    help_: HelpOpt = False,
 ) -> None:
     """Load CHECKPOINT, run a forward at its recorded input size, check the output shape and finiteness, and with --weights that untouched layers equal the source weights.
 

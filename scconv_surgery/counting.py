@@ -13,10 +13,11 @@ state_dict. Counting runs in eval mode and leaves the model as it found it.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -63,6 +64,9 @@ class Counts:
         elementwise_ops: with ``count_elementwise``, the elementwise operations of
             :data:`ELEMENTWISE_OPS` (one per element; not included in ``macs``), else 0.
         elementwise_by_operator: the same per operator.
+        first_conv_input: shape of the input the first convolution received, batch included,
+            e.g. ``(1, 3, 800, 800)`` for a detector given 224x224 that resizes its input
+            first; None if no convolution ran.
     """
 
     params: int
@@ -74,12 +78,14 @@ class Counts:
     note: str = ""
     elementwise_ops: int = 0
     elementwise_by_operator: Mapping[str, int] = field(default_factory=dict)
+    first_conv_input: tuple[int, ...] | None = None
 
     def to_dict(self, *, by_module: bool = False) -> dict[str, Any]:
         d = {"params": self.params, "macs": self.macs, "macs_by_operator": dict(self.macs_by_operator),
              "uncounted_ops": dict(self.uncounted_ops), "counter": self.counter, "note": self.note,
              "elementwise_ops": self.elementwise_ops,
-             "elementwise_by_operator": dict(self.elementwise_by_operator)}
+             "elementwise_by_operator": dict(self.elementwise_by_operator),
+             "first_conv_input": list(self.first_conv_input) if self.first_conv_input else None}
         if by_module:
             d["macs_by_module"] = dict(self.macs_by_module)
         return d
@@ -136,6 +142,14 @@ class CountReport:
         return self.after.macs - self.before.macs
 
     @property
+    def resized_input(self) -> tuple[int, ...] | None:
+        """The ``(C, H, W)`` the model's first convolution saw, where the model resized its input
+        (a detector's transform); None where it saw ``input_size`` itself. The MACs are those at
+        this size."""
+        first = self.before.first_conv_input
+        return tuple(first[1:]) if first and tuple(first[-2:]) != tuple(self.input_size[-2:]) else None
+
+    @property
     def uncounted_added(self) -> dict[str, int]:
         """Uncounted operators the conversion added: after minus before, positive counts."""
         return dict(Counter(self.after.uncounted_ops) - Counter(self.before.uncounted_ops))
@@ -143,6 +157,7 @@ class CountReport:
     def to_dict(self) -> dict[str, Any]:
         return {
             "input_size": list(self.input_size),
+            "resized_input": list(self.resized_input) if self.resized_input else None,
             "unit": "MACs (fvcore counts one fused multiply-add as one flop)",
             "before": self.before.to_dict(),
             "after": self.after.to_dict(),
@@ -175,6 +190,24 @@ def _count_fvcore(model: nn.Module, x: torch.Tensor, count_elementwise: bool
     return by_module, uncounted
 
 
+@contextlib.contextmanager
+def _first_conv_input(model: nn.Module) -> Iterator[list[tuple[int, ...]]]:
+    """The input shape of the first convolution the model runs (hooks removed afterwards)."""
+    seen: list[tuple[int, ...]] = []
+
+    def record(module: nn.Module, args: tuple) -> None:
+        if not seen and args and isinstance(args[0], torch.Tensor):
+            seen.append(tuple(int(d) for d in args[0].shape))  # ints: under the jit trace, dims are tensors
+
+    handles = [m.register_forward_pre_hook(record) for m in model.modules()
+               if isinstance(m, nn.modules.conv._ConvNd)]
+    try:
+        yield seen
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def count_model(model: nn.Module, input_size: tuple[int, int, int], *,
                 count_elementwise: bool = False, counter: str | None = None) -> Counts:
     """Count parameters and MACs of ``model`` for one input of shape ``(1, *input_size)``.
@@ -203,7 +236,7 @@ def count_model(model: nn.Module, input_size: tuple[int, int, int], *,
     params = sum(p.numel() for p in model.parameters())
     used, note = counter or FVCORE, ""
     elementwise_ops = {**ELEMENTWISE_OPS} if count_elementwise else {}
-    with eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad(), _first_conv_input(model) as first_conv_input:
         if used == FVCORE:
             try:
                 by_module, uncounted = _count_fvcore(model, x, count_elementwise)
@@ -223,7 +256,7 @@ def count_model(model: nn.Module, input_size: tuple[int, int, int], *,
     macs_by_module = {name: int(sum(n for op, n in ops.items() if op not in _ELEMENTWISE_NAMES))
                       for name, ops in by_module.items()}
     return Counts(params, sum(macs_by_operator.values()), macs_by_operator, macs_by_module, uncounted, used,
-                  note, sum(elementwise.values()), elementwise)
+                  note, sum(elementwise.values()), elementwise, first_conv_input[0] if first_conv_input else None)
 
 
 def compare_counts(before: nn.Module, after: nn.Module, input_size: tuple[int, int, int], *,

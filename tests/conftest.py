@@ -109,11 +109,12 @@ class LongNameNet(nn.Module):
 def toy_factory(monkeypatch) -> str:
     """``factory:`` prefix of a module whose builders return toy models: ``nested(kind)``
     (:class:`NestedOutputNet`), ``long_names()`` (:class:`LongNameNet`), ``tiny()``
-    (:class:`TinyConvNet`)."""
+    (:class:`TinyConvNet`), ``resizing()`` (:class:`ResizingNet`)."""
     module = types.ModuleType("scconv_test_toys")
     module.nested = lambda kind="list": NestedOutputNet(kind)
     module.long_names = LongNameNet
     module.tiny = TinyConvNet
+    module.resizing = lambda: ResizingNet()
     monkeypatch.setitem(sys.modules, module.__name__, module)
     return "factory:scconv_test_toys"
 
@@ -129,3 +130,16 @@ def resnet50_bottleneck_conv2() -> set[str]:
     """The 3x3 conv of each of resnet50's 16 bottleneck blocks (stage depths 3, 4, 6, 3)."""
     return {f"layer{stage}.{block}.conv2" for stage, depth in zip((1, 2, 3, 4), (3, 4, 6, 3))
             for block in range(depth)}
+
+
+class ResizingNet(nn.Module):
+    """Resizes any input to 3x32x32 before its first conv, as detectors' transforms do."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Conv2d(3, 16, 3, padding=1)
+        self.block = nn.Conv2d(16, 16, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.nn.functional.interpolate(x, size=(32, 32), mode="nearest")
+        return self.block(self.body(x))

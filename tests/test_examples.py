@@ -68,3 +68,30 @@ def test_bad_arguments_exit_2_before_any_work(args, words, finetune, tiny_checkp
     assert exit_info.value.code == 2
     assert words in capsys.readouterr().err
     assert not Path("ft.pt").exists()
+
+
+def _pipeline_copy(tmp_path: Path, with_venv: bool) -> Path:
+    """examples/pipeline.sh in a repository of its own, with or without a .venv holding scconv."""
+    (tmp_path / "examples").mkdir()
+    script = tmp_path / "examples" / "pipeline.sh"
+    script.write_text((ROOT / "examples" / "pipeline.sh").read_text())
+    if with_venv:
+        bin_dir = tmp_path / ".venv" / "bin"
+        bin_dir.mkdir(parents=True)
+        (bin_dir / "scconv").write_text("#!/bin/sh\necho \"venv scconv $*\" >&2\nexit 5\n")
+        (bin_dir / "scconv").chmod(0o755)
+    return script
+
+
+@pytest.mark.parametrize("with_venv, code, words", [
+    pytest.param(False, 127, "'scconv' not found: install the project into .venv", id="no virtualenv"),
+    pytest.param(True, 5, "venv scconv convert resnet50 --dry-run --json", id="the repository's .venv"),
+])
+def test_pipeline_script_finds_the_repository_virtualenv(with_venv, code, words, tmp_path):
+    import subprocess
+
+    script = _pipeline_copy(tmp_path, with_venv)
+    done = subprocess.run(["bash", str(script)], capture_output=True, text=True, cwd=tmp_path,
+                          env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert done.returncode == code, done.stderr
+    assert words in done.stderr

@@ -187,3 +187,56 @@ def test_unknown_name_messages():
     assert len(info.value.suggestions) == len(set(info.value.suggestions))
     with pytest.raises(UnknownModelError, match="'foo' is not a library prefix"):
         create_model("foo:resnet50")
+
+
+def test_unknown_timm_pretrained_tag_names_the_known_tags():
+    with pytest.raises(UnknownModelError, match="timm knows 'resnet10t' but not its pretrained tag 'nosuchtag'") as info:
+        create_model("timm:resnet10t.nosuchtag")
+    assert info.value.suggestions == ("timm:resnet10t.c3_in1k",)
+
+
+@pytest.fixture
+def hf_cache(tmp_path, monkeypatch):
+    """An offline Hugging Face cache holding timm/test_resnet.fake_in1k: its config.json and weights."""
+    import json
+
+    import timm
+    from huggingface_hub import constants
+    from safetensors.torch import save_file
+
+    repo = tmp_path / "hub" / "models--timm--test_resnet.fake_in1k"
+    revision = "0" * 40
+    snapshot = repo / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    config = {"architecture": "test_resnet", "num_classes": 10,
+              "pretrained_cfg": {"tag": "fake_in1k", "input_size": [3, 48, 48], "num_classes": 10,
+                                 "classifier": "fc", "mean": [0.5] * 3, "std": [0.5] * 3}}
+    (snapshot / "config.json").write_text(json.dumps(config))
+    torch.manual_seed(0)
+    reference = timm.create_model("test_resnet", num_classes=10).state_dict()
+    save_file({k: v.contiguous() for k, v in reference.items()}, str(snapshot / "model.safetensors"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return reference
+
+
+@pytest.mark.parametrize("name", ["hf-hub:timm/test_resnet.fake_in1k", "timm:hf-hub:timm/test_resnet.fake_in1k"])
+def test_hf_hub_names_build_from_the_local_cache(name, hf_cache, tmp_path):
+    from scconv_surgery import load, run_conversion
+
+    model, source = create_model(name, pretrained=True)
+    assert (source.library, source.name) == ("timm", "hf-hub:timm/test_resnet.fake_in1k")
+    assert source.weights == {"kind": "pretrained", "tag": "fake_in1k"}
+    assert torch.equal(model.fc.weight, hf_cache["fc.weight"]) and model.fc.out_features == 10
+    assert default_input_size(model, source) == (3, 48, 48)  # from the Hub's config
+    result = run_conversion(name, pretrained=True, out=tmp_path / "hub.pt")
+    assert result.report.input_size == (3, 48, 48)
+    loaded = load(tmp_path / "hub.pt")  # rebuilt from the cached config, offline
+    assert torch.equal(loaded.fc.weight, hf_cache["fc.weight"])
+
+
+def test_hf_hub_name_missing_from_the_cache_offline(hf_cache):
+    with pytest.raises(UnknownModelError, match="neither in the local Hugging Face cache nor downloadable"):
+        create_model("hf-hub:timm/not_in_the_cache")
