@@ -50,9 +50,17 @@ def _table(title: str, columns: Sequence[Column], rows: Sequence[Sequence[str]])
     return table
 
 
-def _indented(console: Console, markup: str, indent: int = 4) -> Text:
-    """``markup`` wrapped to the console's width less ``indent``, every line indented (no padding)."""
-    lines = Text.from_markup(markup).wrap(console, max(console.width - indent, 20), overflow="fold")
+def _indented(console: Console, chunks: Sequence[str], indent: int = 4) -> Text:
+    """Markup ``chunks`` packed into lines of the console's width less ``indent``, every line
+    indented; a chunk moves to the next line whole unless it is longer than a line (then it
+    wraps), so that a field's label stays with its value."""
+    width = max(console.width - indent, 20)
+    lines: list[Text] = []
+    for chunk in map(Text.from_markup, chunks):
+        if lines and lines[-1].cell_len + 2 + chunk.cell_len <= width:
+            lines[-1].append("  ").append_text(chunk)
+        else:
+            lines += list(chunk.wrap(console, width, overflow="fold")) if chunk.cell_len > width else [chunk]
     for line in lines:
         line.rstrip()  # in place
     return Text("\n").join(Text(" " * indent) + line for line in lines)
@@ -63,11 +71,11 @@ def _record_list(console: Console, title: str, columns: Sequence[Column], rows: 
     for row in rows:
         cells = list(zip(columns, row))
         heading = "  ".join(cell for column, cell in cells if column.key)
-        fields = "  ".join(f"{column.header}: {cell}" for column, cell in cells
-                           if not column.key and not column.wrap and cell)
+        fields = [f"{column.header}: {cell}" for column, cell in cells if not column.key and not column.wrap and cell]
         parts.append(Text.from_markup(heading, style="bold", overflow="fold"))
-        parts += [_indented(console, text) for text in
-                  ([fields] if fields else []) + [cell for column, cell in cells if column.wrap and cell]]
+        if fields:
+            parts.append(_indented(console, fields))
+        parts += [_indented(console, [cell]) for column, cell in cells if column.wrap and cell]
     return Group(*parts)
 
 

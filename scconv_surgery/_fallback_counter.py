@@ -112,7 +112,7 @@ _FREE_OPS = frozenset({
     "ones", "ones_like", "promote_types", "reshape", "roll", "select", "slice", "split", "split_with_sizes",
     "squeeze", "stack", "unbind", "unsqueeze", "view", "zeros", "zeros_like", "_to_copy", "_unsafe_view", "t",
     "transpose", "permute", "alias", "as_strided", "narrow", "relu", "relu_", "dropout", "native_dropout",
-    "size", "sym_size", "_local_scalar_dense", "repeat",
+    "size", "sym_size", "_local_scalar_dense", "repeat", "as_strided_", "resize_", "set_",
 })
 _RENAMED = {"_softmax": "softmax", "max_pool2d_with_indices": "max_pool2d"}  # to fvcore's names
 
