@@ -70,7 +70,8 @@ def _output_checks(out: Any, expected: Any) -> list[Check]:
     if [path for path, _ in got] == [path for path, _ in want] == ["output"]:  # one tensor
         shape_check = Check("output shape", got == want, f"{got[0][1]} (base model: {want[0][1]})")
     elif got == want:
-        shape_check = Check("output shape", True, f"{len(got)} tensors, each of the base model's shape: "
+        count = "1 tensor, of" if len(got) == 1 else f"{len(got)} tensors, each of"
+        shape_check = Check("output shape", True, f"{count} the base model's shape: "
                             + _listed([f"{path} {shape}" for path, shape in got]))
     else:
         base, own = dict(want), dict(got)
