@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from . import convert, report, verify
+from .params import FLAG, HelpOpt
 
 
 def _print_version(value: bool) -> None:
@@ -27,12 +28,13 @@ def create_app() -> typer.Typer:
         no_args_is_help=True,
         add_completion=False,
         pretty_exceptions_enable=False,
-        context_settings={"help_option_names": ["-h", "--help"]},
+        context_settings={"help_option_names": []},  # each command has HelpOpt instead (no "<bool>")
     )
 
     @app.callback()
-    def root(version: Annotated[bool, typer.Option("--version", help="Print the version and exit.",
-                                                   callback=_print_version, is_eager=True)] = False) -> None:
+    def root(version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", metavar=FLAG,
+                                                   callback=_print_version, is_eager=True)] = False,
+             help_: HelpOpt = False) -> None:
         """scconv: SCConv model surgery."""
 
     app.command("convert", no_args_is_help=True)(convert.convert)

@@ -11,27 +11,31 @@ import yaml
 from scconv_surgery import (
     PRESETS,
     InvalidOptionError,
+    ModelArgumentError,
     RuleAction,
     ScConvConfig,
     StridePolicy,
     Variant,
     assemble_rules,
+    check_model_kwargs,
     run_conversion,
 )
 
 from .output import Output
-from .params import CountElementwiseOpt, DebugOpt, InputSizeOpt, JsonOpt, parse_input_size
+from .params import FLAG, CountElementwiseOpt, DebugOpt, HelpOpt, InputSizeOpt, JsonOpt, SummaryOpt, parse_input_size
 from .render import render_conversion
 
 
+MAX_SEED = 2**63 - 1
 Preset = Enum("Preset", {name: name for name in PRESETS}, type=str)  # type: ignore[misc]
 
 
 def parse_model_kwargs(items: list[str] | None) -> dict[str, Any]:
     """``["output_stride=8", "drop_rate=0.1"]`` -> ``{"output_stride": 8, "drop_rate": 0.1}``.
 
-    Values are read as YAML scalars: ``8`` is an int, ``0.1`` a float, ``true`` a bool, ``null``
-    None, anything else a string.
+    Values are read as YAML: ``8`` is an int, ``0.1`` a float, ``true`` a bool, ``null`` None,
+    ``[1, 2]`` a list, anything else a string. Only values that JSON carries unchanged are taken
+    (the checkpoint records them): YAML's dates, ``.nan`` and ``.inf`` are refused.
     """
     kwargs: dict[str, Any] = {}
     for item in items or []:
@@ -45,62 +49,75 @@ def parse_model_kwargs(items: list[str] | None) -> dict[str, Any]:
         except yaml.YAMLError as err:
             raise InvalidOptionError("--model-kwargs", f"{item!r}: the value is not valid YAML "
                                      f"({str(err).splitlines()[0]}); quote text values") from err
+        try:
+            check_model_kwargs("--model-kwargs", {key: kwargs[key]})
+        except ModelArgumentError as err:
+            problem = str(err).split(": ", 1)[1]
+            raise InvalidOptionError("--model-kwargs", f"{item!r}: {problem}. To pass it as text, quote it for "
+                                     f"YAML inside the shell's quotes: --model-kwargs \"{key}='{value}'\"") from err
     return kwargs
 
 
 def convert(
     model: Annotated[str | None, typer.Argument(
-        help="Model name: 'resnet50' (timm first, then torchvision), 'timm:NAME' or 'torchvision:NAME'. "
-        "Omit it with --factory.", show_default=False)] = None,
+        metavar="MODEL", help="Model name: 'resnet50' (timm first, then torchvision), 'timm:NAME' (with a "
+        "pretrained tag: timm:resnet50.a1_in1k), 'torchvision:NAME', or 'hf-hub:ORG/REPO' (timm, from the Hugging "
+        "Face cache first). Omit it with --factory.", show_default=False)] = None,
     *,
     out: Annotated[Path | None, typer.Option(
-        "--out", "-o", help="Checkpoint to write: .pt/.pth or .safetensors. Required unless --dry-run.",
+        "--out", "-o", metavar="FILE", help="Checkpoint to write: .pt/.pth or .safetensors. Required unless --dry-run.",
         show_default=False,
         dir_okay=False)] = None,
     dry_run: Annotated[bool, typer.Option(
-        "--dry-run", help="Plan and count, print what would change and what would be saved; write nothing.")] = False,
+        "--dry-run", metavar=FLAG, help="Plan and count, print what would change and what would be saved; write "
+        "nothing.")] = False,
     json_output: JsonOpt = False,
     include: Annotated[list[str] | None, typer.Option(
-        "--include", "-i", help="Replace only convs whose full dotted name matches this glob ('*' crosses dots) "
+        "--include", "-i", metavar="PATTERN", help="Replace only convs whose full dotted name matches this glob ('*' crosses dots) "
         "or 're:REGEX' (full match). Repeatable; never comma-split.", show_default=False)] = None,
     exclude: Annotated[list[str] | None, typer.Option(
-        "--exclude", "-x", help="Never replace convs whose name matches this pattern; exclude wins over include. "
+        "--exclude", "-x", metavar="PATTERN", help="Never replace convs whose name matches this pattern; exclude wins over include. "
         "Repeatable.", show_default=False)] = None,
     preset: Annotated[Preset | None, typer.Option(
         help="Rules that go first: 'paper' = the paper's ResNet placement (conv2 of each residual block); "
         "'all' = every eligible conv (the default).", show_default=False)] = None,
     rules_file: Annotated[Path | None, typer.Option(
-        "--rules", help="Rules file (.yaml, .yml or .toml): ordered include/exclude rules with structural filters "
+        "--rules", metavar="FILE", help="Rules file (.yaml, .yml or .toml): ordered include/exclude rules with structural filters "
         "and hyperparameters. --include/--exclude add to its rules.", show_default=False, dir_okay=False)] = None,
     variant: Annotated[Variant, typer.Option(
-        help="'paper': the paper's equations. 'seed': the seed document's code, defects included.")] = Variant.PAPER,
+        help="'paper': the paper's equations. 'seed': the unofficial ScConv implementation that circulates in "
+        "blog posts, defects included.")] = Variant.PAPER,
     stride_policy: Annotated[StridePolicy, typer.Option(
         help="Strided convs: 'inside' strides GWC/PWC1/PWC2 and pools the reused channels; 'pool' average-pools "
         "first; 'skip' leaves them alone.")] = StridePolicy.INSIDE,
     input_size: InputSizeOpt = None,
     pretrained: Annotated[bool, typer.Option(
-        "--pretrained", help="Start from the library's pretrained weights (from its cache, else downloaded).")] = False,
+        "--pretrained", metavar=FLAG, help="Start from the library's pretrained weights (from its cache, else downloaded).")] = False,
     weights: Annotated[Path | None, typer.Option(
-        help="Start from a local weights file: a state_dict (.pt/.pth/.safetensors) or a timm/torchvision "
+        metavar="FILE", help="Start from a local weights file: a state_dict (.pt/.pth/.safetensors) or a timm/torchvision "
         "training checkpoint.", show_default=False, dir_okay=False)] = None,
     num_classes: Annotated[int | None, typer.Option(
-        help="Classifier size passed to the model constructor.", min=1, max=1_000_000, show_default=False)] = None,
+        metavar="N", help="Classifier size passed to the model constructor.", min=1, max=1_000_000,
+        show_default=False)] = None,
     factory: Annotated[str | None, typer.Option(
-        help="Build your own model: 'package.module:function', called with --model-kwargs and --num-classes "
-        "(the working directory is importable). Recorded so that load() rebuilds it.", show_default=False)] = None,
+        metavar="MODULE:FUNCTION", help="Build your own model: the function (e.g. mypkg.models:build) is called "
+        "with --model-kwargs and --num-classes; the working directory is importable. Recorded so that load() "
+        "rebuilds it.", show_default=False)] = None,
     model_kwargs: Annotated[list[str] | None, typer.Option(
-        "--model-kwargs", help="Constructor argument KEY=VALUE (value read as YAML: 8, 0.1, true, text), e.g. "
+        "--model-kwargs", metavar="KEY=VALUE", help="Constructor argument KEY=VALUE (value read as YAML: 8, 0.1, true, text), e.g. "
         "output_stride=8. Repeatable; recorded in the checkpoint.", show_default=False)] = None,
-    seed: Annotated[int, typer.Option(help="Seed that initialises the new SCConv parameters.", min=0,
-                                      max=2**63 - 1)] = 0,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --out file.")] = False,
+    seed: Annotated[int, typer.Option(metavar="N", help="Seed (0 to 2**63 - 1) that initialises the new SCConv "
+                                      "parameters.", min=0)] = 0,
+    force: Annotated[bool, typer.Option("--force", metavar=FLAG, help="Overwrite an existing --out file.")] = False,
     count_elementwise: CountElementwiseOpt = False,
     reset_bn_stats: Annotated[bool, typer.Option(
-        "--reset-bn-stats", help="Reset the running statistics of the BatchNorm right after each replaced conv "
+        "--reset-bn-stats", metavar=FLAG, help="Reset the running statistics of the BatchNorm right after each replaced conv "
         "(they were gathered on the dense conv's outputs); the report lists them either way.")] = False,
     allow_unmatched: Annotated[bool, typer.Option(
-        "--allow-unmatched", help="Do not fail (exit 3) when an --include pattern matches no conv.")] = False,
+        "--allow-unmatched", metavar=FLAG, help="Do not fail (exit 3) when an --include pattern matches no conv.")] = False,
+    summary: SummaryOpt = False,
     debug: DebugOpt = False,
+    help_: HelpOpt = False,
 ) -> None:
     """Replace the convs of MODEL with SCConv, report the change and save a checkpoint.
 
@@ -114,6 +131,8 @@ def convert(
             raise InvalidOptionError("MODEL", "give a MODEL name or --factory package.module:function (one of them)")
         if pretrained and weights is not None:
             raise InvalidOptionError("--weights", "--pretrained and --weights are exclusive; pass one")
+        if seed > MAX_SEED:
+            raise InvalidOptionError("--seed", f"{seed} is above the largest seed, 2**63 - 1")
         size = parse_input_size(input_size)
         kwargs = parse_model_kwargs(model_kwargs)
         if num_classes is not None and "num_classes" in kwargs and kwargs["num_classes"] != num_classes:
@@ -134,4 +153,4 @@ def convert(
     if json_output:
         output.emit_json(result.to_dict())
     else:
-        render_conversion(output.console, result)
+        render_conversion(output.console, result, summary=summary)

@@ -1,6 +1,7 @@
 """Exit codes, and the one table that maps library errors to them (see README, "Exit codes")."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from scconv_surgery import (
@@ -37,8 +38,27 @@ def exit_code_for(err: BaseException) -> int:
     return EXIT_UNEXPECTED
 
 
+def _jsonable(value: Any) -> Any:
+    """``value`` with tuples as lists and anything JSON cannot hold exactly (NaN, objects) as text."""
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
 def error_document(err: BaseException, code: int) -> dict[str, Any]:
-    """The JSON form of an error (written to stderr under ``--json``)."""
-    fields = {f: getattr(err, f) for f in _FIELDS if hasattr(err, f)}
-    fields = {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}
+    """The JSON form of an error (written to stderr under ``--json``).
+
+    Errors that carry a plan (exit 3: nothing selected, an include matched nothing) include it
+    whole under ``plan``: every conv with its decision and reason, as ``--dry-run --json`` has.
+    """
+    fields = {f: _jsonable(getattr(err, f)) for f in _FIELDS if hasattr(err, f)}
+    plan = getattr(err, "plan", None)
+    if plan is not None:
+        fields["plan"] = plan.to_dict()
     return {"error": {"type": type(err).__name__, "message": str(err), "exit_code": code, **fields}}

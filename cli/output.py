@@ -6,7 +6,7 @@ import json
 import os
 import sys
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,12 +37,49 @@ def _stdout_fd_to_stderr() -> Iterator[None]:
         os.close(saved)
 
 
-def _stderr_console() -> Console:
-    """Rich on stderr; 140 columns when not a terminal (logs, CI) so tables stay readable."""
-    console = Console(stderr=True)
-    if not console.is_terminal and "COLUMNS" not in os.environ:
-        console = Console(stderr=True, width=140)
-    return console
+LOG_WIDTH = 140  # columns when stderr is not a terminal (logs, CI) and COLUMNS is unset
+
+
+@dataclass(frozen=True)
+class Terminal:
+    """How to write to stderr, decided from whether it really is a terminal and the environment.
+
+    Attributes:
+        interactive: a terminal that takes cursor codes: a live spinner, else one line per step.
+        color: write colours and styles.
+        width: columns to lay out at; None lets Rich ask the terminal.
+    """
+
+    interactive: bool
+    color: bool
+    width: int | None
+
+    @classmethod
+    def detect(cls, is_tty: bool, environ: Mapping[str, str]) -> Terminal:
+        """``FORCE_COLOR`` turns on colour only; ``NO_COLOR`` turns off every style and cursor code
+        (and wins over ``FORCE_COLOR``); ``TERM=dumb`` takes no cursor codes; ``COLUMNS`` sets the
+        width (https://no-color.org, https://force-color.org)."""
+        no_color = bool(environ.get("NO_COLOR"))
+        interactive = is_tty and not no_color and environ.get("TERM") != "dumb"
+        color = not no_color and (is_tty or bool(environ.get("FORCE_COLOR")))
+        columns = environ.get("COLUMNS", "")
+        width = int(columns) if columns.isdigit() and int(columns) > 0 else (None if is_tty else LOG_WIDTH)
+        return cls(interactive, color, width)
+
+    def console(self, **kwargs: Any) -> Console:
+        """A Rich console with these settings (on stderr unless ``file`` is given)."""
+        kwargs.setdefault("stderr", "file" not in kwargs)
+        # force_terminal: Rich would otherwise take FORCE_COLOR as "a terminal" (spinner, 80 columns)
+        return Console(force_terminal=self.color, color_system="auto" if self.color else None, width=self.width,
+                       **kwargs)
+
+
+def _stderr_terminal() -> Terminal:
+    try:
+        is_tty = sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        is_tty = False
+    return Terminal.detect(is_tty, os.environ)
 
 
 @dataclass
@@ -52,15 +89,21 @@ class Output:
     Attributes:
         json: write exactly one JSON document to stdout; everything else goes to stderr.
         debug: print tracebacks of unexpected errors.
+        terminal: what stderr is (a terminal or a log), hence spinner or lines, colour, width.
         console: Rich console on stderr, for tables, progress, warnings and errors.
     """
 
     json: bool = False
     debug: bool = False
-    console: Console = field(default_factory=lambda: _stderr_console())
+    terminal: Terminal = field(default_factory=_stderr_terminal)
+    console: Console = field(default=None)  # type: ignore[assignment]  # from terminal unless given
+
+    def __post_init__(self) -> None:
+        if self.console is None:
+            self.console = self.terminal.console()
 
     def emit_json(self, document: dict[str, Any]) -> None:
-        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+        sys.stdout.write(json.dumps(document, indent=2, allow_nan=False) + "\n")  # strict JSON, never a bare NaN
         sys.stdout.flush()
 
     def warn(self, message: str) -> None:
@@ -68,13 +111,13 @@ class Output:
 
     @contextlib.contextmanager
     def progress(self) -> Iterator[Callable[[str], None]]:
-        """A step callback: a spinner on a terminal, else one line per step on stderr.
+        """A step callback: a spinner on an interactive terminal, else one line per step on stderr.
 
         Meanwhile anything a library prints to stdout goes to stderr, so that stdout holds
         only the command's own output (e.g. torch.hub's "Downloading" lines).
         """
         with _stdout_fd_to_stderr(), contextlib.redirect_stdout(sys.stderr):
-            if self.console.is_terminal:
+            if self.terminal.interactive:
                 with self.console.status("starting") as status:
                     yield lambda message: status.update(f"{message}...")
             else:
@@ -94,13 +137,14 @@ class Output:
             code = exit_code_for(err)
             plan = getattr(err, "plan", None)
             if plan is not None and not self.json:  # show every conv and why it was skipped
-                from .render import plan_table
+                from .render import plan_records
 
-                self.console.print(plan_table(plan))
+                title = f"The plan, not applied: {len(plan.decisions)} convs (nothing was replaced or written)"
+                self.console.print(plan_records(self.console, plan, title=title))
             if self.debug:
                 self.console.print(traceback.format_exc(), highlight=False, markup=False)
             if self.json:
-                sys.stderr.write(json.dumps(error_document(err, code)) + "\n")  # one line, unstyled
+                sys.stderr.write(json.dumps(error_document(err, code), allow_nan=False) + "\n")  # one line, unstyled
             elif code == EXIT_UNEXPECTED:
                 self.console.print(f"[red]error:[/] unexpected {type(err).__name__}: {escape(str(err))}", highlight=False)
                 if not self.debug:

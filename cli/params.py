@@ -7,16 +7,37 @@ import typer
 
 from scconv_surgery import InvalidOptionError
 
+FLAG = ""  # metavar of a flag: it takes no value, so the help shows none (Typer would show <bool>)
+
+
+def _show_help(ctx: typer.Context, value: bool) -> None:
+    if value:
+        typer.echo(ctx.get_help())
+        raise typer.Exit()
+
+
+# Every command (and the root) declares `help_: HelpOpt = False`: the app turns off Typer's own help
+# option, whose row reads "--help <bool>". tests/cli/test_help.py checks that every command has it.
+HelpOpt = Annotated[bool, typer.Option(
+    "--help", "-h", help="Show this message and exit.", is_eager=True, expose_value=False, callback=_show_help,
+    metavar=FLAG)]
+
+_SIZE_HELP = "Input size CxHxW, e.g. 3x256x256 (or HxW, or H; at most 64x4096x4096)."
 InputSizeOpt = Annotated[str | None, typer.Option(
-    "--input-size", help="Input size CxHxW to count at, e.g. 3x256x256 (or HxW, or H; at most 64x4096x4096). Default: the model's "
-    "pretrained_cfg input_size (timm), the default weights' crop size (torchvision), else 3x224x224.",
+    "--input-size", metavar="CxHxW", help=f"{_SIZE_HELP} Default: the model's pretrained_cfg input_size (timm), "
+    "the default weights' crop size (torchvision), else 3x224x224.", show_default=False)]
+CheckpointInputSizeOpt = Annotated[str | None, typer.Option(
+    "--input-size", metavar="CxHxW", help=f"{_SIZE_HELP} Default: the size recorded in the checkpoint.",
     show_default=False)]
 JsonOpt = Annotated[bool, typer.Option(
-    "--json", help="Write one JSON document to stdout (progress, warnings and errors go to stderr).")]
+    "--json", metavar=FLAG, help="Write one JSON document to stdout (progress, warnings and errors go to stderr).")]
 CountElementwiseOpt = Annotated[bool, typer.Option(
-    "--count-elementwise", help="Also count the elementwise operators SCConv adds (sigmoid, mul, add, where, "
-    "softmax, mean, ...): one op per element, reported apart from MACs.")]
-DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks of unexpected errors.")]
+    "--count-elementwise", metavar=FLAG, help="Also count the elementwise operators SCConv adds (sigmoid, mul, add, "
+    "where, softmax, mean, ...): one op per element, reported apart from MACs.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", metavar=FLAG, help="Show tracebacks of unexpected errors.")]
+SummaryOpt = Annotated[bool, typer.Option(
+    "--summary", metavar=FLAG, help="Human report: only the totals and the counts per reason, not one row per "
+    "conv or layer.")]
 
 
 MAX_SIDE = 4096  # larger inputs are almost surely a typo (and would not fit in memory)
@@ -41,6 +62,9 @@ def parse_input_size(value: str | None) -> tuple[int, int, int] | None:
         parts = [3, *parts]
     if len(parts) != 3 or min(parts) < 1:
         raise InvalidOptionError("--input-size", f"{value!r} is not a size; use CxHxW such as 3x224x224 (or HxW, or H)")
+    if parts[2] <= 4 < min(parts[:2]):  # 224x224x3: channels last, as images are stored
+        raise InvalidOptionError("--input-size", f"{value!r} puts the channels last; sizes are CxHxW, channels first: "
+                                 f"{parts[2]}x{parts[0]}x{parts[1]}")
     if parts[0] > MAX_CHANNELS or max(parts[1:]) > MAX_SIDE:
         raise InvalidOptionError("--input-size", f"{value!r} is out of range (at most {MAX_CHANNELS} channels and "
                                  f"{MAX_SIDE} pixels a side)")

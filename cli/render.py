@@ -1,11 +1,13 @@
 """Rich renderers: pure functions from library values to tables (no decisions here)."""
 from __future__ import annotations
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.markup import escape
 from rich.table import Table
 
 from scconv_surgery import ConversionResult, ConvSpec, CountReport, Decision, Plan, ScConvConfig
+
+from .layout import Column, records
 
 
 def human(n: float, unit: str = "") -> str:
@@ -21,20 +23,15 @@ def _pair(values: tuple[int, int] | list[int]) -> str:
     return str(a) if a == b else f"{a}x{b}"
 
 
-def plan_table(plan: Plan) -> Table:
-    """One row per conv: name (and aliases), class, conv shape, deciding rule, decision, reason,
-    params before -> after."""
-    table = Table(title=f"{len(plan.replaced)} of {len(plan.decisions)} convs replaced", title_justify="left")
-    table.add_column("name", no_wrap=True)
-    table.add_column("class", no_wrap=True)
-    table.add_column("conv", no_wrap=True)
-    table.add_column("rule", justify="right", no_wrap=True)
-    table.add_column("decision", no_wrap=True)
-    table.add_column("reason / hyperparameters", min_width=30, overflow="fold")
-    table.add_column("params", justify="right", no_wrap=True)
-    for d in plan.decisions:
-        table.add_row(*_decision_row(d))
-    return table
+PLAN_COLUMNS = (Column("name", key=True), Column("class"), Column("conv"), Column("rule", "right"),
+                Column("decision"), Column("reason / hyperparameters", wrap=True), Column("params", "right"))
+
+
+def plan_records(console: Console, plan: Plan, *, title: str | None = None) -> RenderableType:
+    """One record per conv: name (and aliases), class, conv shape, deciding rule, decision,
+    reason, params before -> after. ``title`` defaults to "N of M convs replaced"."""
+    title = title or f"{len(plan.replaced)} of {len(plan.decisions)} convs replaced"
+    return records(console, title, PLAN_COLUMNS, [_decision_row(d) for d in plan.decisions])
 
 
 def conv_summary(spec: ConvSpec) -> str:
@@ -65,23 +62,24 @@ def _config_summary(d: Decision) -> str:
     return ", ".join(changed)
 
 
-def rules_table(plan: Plan) -> Table:
+RULE_COLUMNS = (Column("#", "right"), Column("action"), Column("pattern", key=True),
+                Column("filters / hyperparameters", wrap=True), Column("matched", "right"))
+
+
+def rules_records(console: Console, plan: Plan) -> RenderableType:
     """Each rule as given, and how many convs it matched."""
-    table = Table(title="Rules (in order; exclude wins, later includes override)", title_justify="left")
-    for column in ("#", "action", "pattern", "filters / hyperparameters", "matched"):
-        table.add_column(column, justify="right" if column in ("#", "matched") else "left")
+    rows = []
     for index, (rule, matched) in enumerate(zip(plan.rules, plan.rule_matches)):
         extra = {k: v for k, v in rule.to_dict().items() if k not in ("include", "exclude")}
-        style = "red" if matched == 0 else ""
-        table.add_row(str(index), rule.action.value, escape(rule.pattern),
-                      ", ".join(f"{k}={v}" for k, v in extra.items()), f"[{style}]{matched}[/]" if style else str(matched))
-    return table
+        rows.append([str(index), rule.action.value, escape(rule.pattern),
+                     escape(", ".join(f"{k}={v}" for k, v in extra.items())),
+                     f"[red]{matched}[/]" if matched == 0 else str(matched)])
+    return records(console, "Rules (in order; exclude wins, later includes override)", RULE_COLUMNS, rows)
 
 
 def counts_table(report: CountReport) -> Table:
     """Totals before and after, the delta and percent, with units and the counter named."""
-    size = "x".join(map(str, report.input_size))
-    table = Table(title=f"Totals at input 1x{size}", title_justify="left")
+    table = Table(title=f"Totals at {counted_size(report)}", title_justify="left")
     for column in ("", "before", "after", "delta", "delta %"):
         table.add_column(column, justify="right" if column else "left")
     for label, x, y in _total_rows(report):
@@ -98,34 +96,55 @@ def _total_rows(report: CountReport) -> list[tuple[str, int, int]]:
     return rows
 
 
-def layers_table(report: CountReport) -> Table:
-    """One row per replaced conv: params and MACs before -> after at the report's input size."""
-    table = Table(title="Replaced layers", title_justify="left")
-    for column in ("name", "params before", "params after", "MACs before", "MACs after", "MACs delta %"):
-        table.add_column(column, justify="left" if column == "name" else "right", no_wrap=True)
+LAYER_COLUMNS = (Column("name", key=True), *(Column(h, "right") for h in (
+    "params before", "params after", "MACs before", "MACs after", "MACs delta %")))
+
+
+def layers_records(console: Console, report: CountReport) -> RenderableType:
+    """One record per replaced conv: params and MACs before -> after at the report's input size."""
+    rows = []
     for layer in report.layers:
         pct = 100.0 * (layer.macs_after - layer.macs_before) / layer.macs_before if layer.macs_before else 0.0
-        table.add_row(escape(layer.name), f"{layer.params_before:,}", f"{layer.params_after:,}",
-                      human(layer.macs_before), human(layer.macs_after), f"{pct:+.1f}%")
-    return table
+        rows.append([escape(layer.name), f"{layer.params_before:,}", f"{layer.params_after:,}",
+                     human(layer.macs_before), human(layer.macs_after), f"{pct:+.1f}%"])
+    return records(console, "Replaced layers", LAYER_COLUMNS, rows)
 
 
-def render_counts(console: Console, report: CountReport) -> None:
-    """Per-layer rows, totals, the MACs note, the counter's note and the uncounted operators."""
-    if report.layers:
-        console.print(layers_table(report))
+def counted_size(report: CountReport) -> str:
+    """``input 1x3x224x224``, or what the model resized it to before its first convolution."""
+    size = "input 1x" + "x".join(map(str, report.input_size))
+    if report.resized_input:
+        return f"{size}, which the model resizes to 1x{'x'.join(map(str, report.resized_input))} (the size counted)"
+    return size
+
+
+def counter_note(report: CountReport) -> str:
+    """Which counter produced the numbers, and what its MACs are."""
+    if report.after.counter == "fvcore":
+        return "Counted by fvcore: MACs, one fused multiply-add each (fvcore's \"flop\"); M = 1e6, G = 1e9."
+    return (f"Counted by {report.after.counter} (FlopCounterMode, 2 FLOPs per MAC, halved to MACs), with fvcore's "
+            "operators and formulas; matrix products are named by their kernel (addmm, mm, bmm) where fvcore says "
+            "linear or matmul. M = 1e6, G = 1e9.")
+
+
+def render_counts(console: Console, report: CountReport, *, summary: bool = False) -> None:
+    """Per-layer rows, totals, the MACs note, the counter's note and the uncounted operators
+    (``summary``: no per-layer rows, the uncounted operators on one line)."""
+    if report.layers and not summary:
+        console.print(layers_records(console, report))
     console.print(counts_table(report))
-    console.print(f"Counted by {report.after.counter}. MACs: fvcore counts one fused multiply-add as one flop; "
-                  "M = 1e6, G = 1e9.", highlight=False)
+    console.print(counter_note(report), highlight=False)
     if report.after.elementwise_ops:
         console.print("elementwise ops: one per element of sigmoid, mul, add, where, softmax, ... (output) and "
                       "mean, sum, avg_pool2d (input); not included in MACs.", highlight=False)
     notes = {counts.note for counts in (report.before, report.after) if counts.note}
     for note in sorted(notes):
-        console.print(f"[yellow]note:[/] {escape(note)}; MACs from torch.utils.flop_counter (2 FLOPs per MAC, "
-                      "halved), which does not list uncounted operators", highlight=False)
-    if report.before.uncounted_ops or report.after.uncounted_ops:
-        console.print(uncounted_table(report))
+        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+    if summary and report.uncounted_added:
+        console.print("uncounted operators the conversion added (calls): " + ", ".join(
+            f"{escape(op)} {n}" for op, n in sorted(report.uncounted_added.items())), highlight=False)
+    elif not summary and (report.before.uncounted_ops or report.after.uncounted_ops):
+        console.print(uncounted_records(console, report))
 
 
 def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -137,9 +156,7 @@ def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 def counts_markdown(report: CountReport, title: str) -> str:
     """The report as GitHub-flavoured Markdown: totals, then one row per replaced layer."""
-    size = "x".join(map(str, report.input_size))
-    parts = [f"### {title}", "", f"Input 1x{size}, counted by {report.after.counter}. MACs: fvcore counts one "
-             "fused multiply-add as one flop; M = 1e6, G = 1e9.", ""]
+    parts = [f"### {title}", "", f"At {counted_size(report)}. {counter_note(report)}", ""]
     totals = []
     for label, x, y in _total_rows(report):
         pct = 100.0 * (y - x) / x if x else 0.0
@@ -172,32 +189,39 @@ def counts_csv(report: CountReport) -> str:
     return buffer.getvalue()
 
 
-def uncounted_table(report: CountReport) -> Table:
+UNCOUNTED_COLUMNS = (Column("operator", key=True), Column("before", "right"), Column("after", "right"))
+
+
+def uncounted_records(console: Console, report: CountReport) -> RenderableType:
     """Operators the counter does not count, before and after (what the surgery added)."""
-    table = Table(title="Uncounted operators (calls)", title_justify="left")
-    for column in ("operator", "before", "after"):
-        table.add_column(column, justify="left" if column == "operator" else "right")
     ops = sorted(set(report.before.uncounted_ops) | set(report.after.uncounted_ops))
-    for op in ops:
-        table.add_row(op, str(report.before.uncounted_ops.get(op, 0)), str(report.after.uncounted_ops.get(op, 0)))
-    return table
+    rows = [[escape(op), str(report.before.uncounted_ops.get(op, 0)), str(report.after.uncounted_ops.get(op, 0))]
+            for op in ops]
+    return records(console, "Uncounted operators (calls)", UNCOUNTED_COLUMNS, rows)
 
 
-def render_conversion(console: Console, result: ConversionResult) -> None:
-    """The human report of ``scconv convert``."""
+def render_conversion(console: Console, result: ConversionResult, *, summary: bool = False) -> None:
+    """The human report of ``scconv convert`` (``summary``: no row per conv, layer or rule)."""
     source = result.source
     console.print(f"[bold]{source.library}:{source.name}[/]  weights: {source.weights.get('kind')}"
                   f"  variant: {_variants(result.plan)}  seed: {result.seed}", highlight=False)
-    console.print(plan_table(result.plan))
-    console.print("conv: in->out channels, kernel, s=stride, d=dilation, g=groups (shown when not 1); "
-                  "rule: the rule that decided (- = none)", style="dim", highlight=False)
-    if result.plan.rules:
-        console.print(rules_table(result.plan))
+    if summary:
+        console.print(f"{len(result.plan.replaced)} of {len(result.plan.decisions)} convs replaced", highlight=False)
+    else:
+        console.print(plan_records(console, result.plan))
+        console.print("conv: in->out channels, kernel, s=stride, d=dilation, g=groups (shown when not 1); "
+                      "rule: the rule that decided (- = none)", style="dim", highlight=False)
+    if result.plan.rules and not summary:
+        console.print(rules_records(console, result.plan))
     skips = result.plan.skip_summary()
     if skips:
         console.print("skipped: " + ", ".join(f"{n} {reason}" for reason, n in sorted(skips.items())),
                       highlight=False)
-    render_counts(console, result.report)
+    render_counts(console, result.report, summary=summary)
+    stripped = result.source.weights.get("stripped_prefixes")
+    if stripped:
+        console.print(f"weights file {escape(str(result.source.weights.get('name')))}: key prefixes stripped: "
+                      f"{escape(', '.join(stripped))}", highlight=False)
     reinitialized = result.source.weights.get("reinitialized")
     if reinitialized:
         console.print(f"[yellow]classifier re-initialised[/] (its shape differs from the weights file): "

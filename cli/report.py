@@ -11,7 +11,7 @@ import typer
 from scconv_surgery import InvalidOptionError, recount_checkpoint
 
 from .output import Output
-from .params import CountElementwiseOpt, DebugOpt, InputSizeOpt, JsonOpt, parse_input_size
+from .params import CheckpointInputSizeOpt, CountElementwiseOpt, DebugOpt, HelpOpt, JsonOpt, SummaryOpt, parse_input_size
 from .render import counts_csv, counts_markdown, render_counts
 
 
@@ -25,15 +25,17 @@ class ReportFormat(str, Enum):
 
 
 def report(
-    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint written by 'scconv convert'.", dir_okay=False,
-                                               show_default=False)],
+    checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT", help="A checkpoint written by 'scconv convert'.",
+                                               dir_okay=False, show_default=False)],
     *,
-    input_size: InputSizeOpt = None,
+    input_size: CheckpointInputSizeOpt = None,
     output_format: Annotated[ReportFormat, typer.Option(
         "--format", help="table (Rich, on stderr), json, markdown or csv (on stdout).")] = ReportFormat.TABLE,
     json_output: JsonOpt = False,
     count_elementwise: CountElementwiseOpt = False,
+    summary: SummaryOpt = False,
     debug: DebugOpt = False,
+    help_: HelpOpt = False,
 ) -> None:
     """Re-count a checkpoint's parameters and MACs against its base model, at any input size.
 
@@ -56,4 +58,4 @@ def report(
     else:
         output.console.print(f"[bold]{checkpoint}[/]: {source.library}:{source.name}, "
                              f"{len(result.plan.replaced)} convs replaced", highlight=False)
-        render_counts(output.console, result.report)
+        render_counts(output.console, result.report, summary=summary)

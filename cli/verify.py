@@ -10,23 +10,24 @@ from scconv_surgery import verify_checkpoint
 
 from .errors import EXIT_VERIFY_FAILED
 from .output import Output
-from .params import DebugOpt, InputSizeOpt, JsonOpt, parse_input_size
+from .params import CheckpointInputSizeOpt, DebugOpt, HelpOpt, JsonOpt, parse_input_size
 
 
 def verify(
-    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint written by 'scconv convert'.", dir_okay=False,
-                                               show_default=False)],
+    checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT", help="A checkpoint written by 'scconv convert'.",
+                                               dir_okay=False, show_default=False)],
     *,
     weights: Annotated[Path | None, typer.Option(
-        help="The weights file the conversion started from: every untouched tensor must equal it.",
+        metavar="FILE", help="The weights file the conversion started from: every untouched tensor must equal it.",
         dir_okay=False, show_default=False)] = None,
-    input_size: InputSizeOpt = None,
+    input_size: CheckpointInputSizeOpt = None,
     json_output: JsonOpt = False,
     debug: DebugOpt = False,
+    help_: HelpOpt = False,
 ) -> None:
     """Load CHECKPOINT, run a forward at its recorded input size, check the output shape and finiteness, and with --weights that untouched layers equal the source weights.
 
-    Exit codes: 0 every check passed; 4 a check failed; 2 the checkpoint or weights file cannot be read.
+    Exit codes: 0 every check passed; 4 a check failed, including a checkpoint whose state_dict or plan does not fit its rebuilt model (the 'loads' check lists the keys); 2 the checkpoint or weights file cannot be read, or the base model cannot be built here.
     """
     output = Output(json=json_output, debug=debug)
     with output.errors(), output.progress() as step:

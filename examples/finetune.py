@@ -7,10 +7,17 @@
         --steps 1000 --batch-size 64 --lr 1e-4 --new-lr 1e-3 --out finetuned.pt
 
 The new SCConv parameters get their own learning rate (--new-lr), norms and biases no weight
-decay (scconv_surgery.param_groups). Where CUDA is present the model runs in channels_last
-with automatic mixed precision. Rank 0 prints one JSON line per logged step to stdout
-({"step", "loss", "lr", "images_per_s"}) and saves the result in the same checkpoint format,
-so `scconv_surgery.load("finetuned.pt")` and `scconv verify` work on it.
+decay (scconv_surgery.param_groups); parameters that never receive a gradient (the `seed`
+variant's group norm, behind its hard masks) are loaded frozen and left out, so DDP does not
+wait for them. Every argument, the checkpoint and the model's output are checked before any
+work (bad input exits 2, as argparse does). Where CUDA is present the model runs in
+channels_last with automatic mixed precision. Rank 0 prints one JSON line per logged step to
+stdout ({"step", "loss", "lr", "images_per_s"}) and saves the result in the same checkpoint
+format, so `scconv_surgery.load("finetuned.pt")` and `scconv verify` work on it.
+
+The loss is cross-entropy on the model's logits: its output, or the first tensor of a tuple or
+dict output, plus 0.4 times that of auxiliary classifiers (Inception's aux_logits). Models
+without (N, num_classes) logits (feature extractors, detectors) need a loss of their own.
 """
 from __future__ import annotations
 
@@ -27,10 +34,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 
 import scconv_surgery
-from scconv_surgery.checkpoint import read_checkpoint, save_checkpoint
+from scconv_surgery import CheckpointError, OutputPathError, check_output_path, read_checkpoint, save_checkpoint
 
 
-def parse_args() -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="a checkpoint written by 'scconv convert' (.pt or .safetensors)")
     parser.add_argument("--out", required=True, help="where to save the fine-tuned checkpoint")
@@ -46,19 +53,76 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--log-every", type=int, default=1)
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers per process")
     parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args()
+    return parser
 
 
-def setup_distributed() -> tuple[int, int, torch.device]:
-    """(rank, world size, device); a process group when launched by torchrun."""
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
+    """Every argument, before any work (as ``scconv convert`` does); the checkpoint's manifest.
+
+    Exits 2 through ``parser.error`` with the argument and the problem.
+    """
+    positive = {"--steps": args.steps, "--batch-size": args.batch_size, "--synthetic-images": args.synthetic_images,
+                "--log-every": args.log_every, "--input-size": args.input_size}
+    for option, value in positive.items():
+        if value is not None and value < 1:
+            parser.error(f"{option} must be at least 1, got {value}")
+    if args.workers < 0:
+        parser.error(f"--workers must be 0 or more, got {args.workers}")
+    for option, value in {"--lr": args.lr, "--new-lr": args.new_lr, "--weight-decay": args.weight_decay}.items():
+        if not math.isfinite(value) or value < 0 or (value == 0 and option != "--weight-decay"):
+            parser.error(f"{option} must be a finite number above 0 (0 allowed for --weight-decay), got {value}")
+    if args.data is not None and not os.path.isdir(args.data):
+        parser.error(f"--data {args.data!r} is not a directory (an ImageFolder: one subfolder per class)")
+    try:
+        manifest = read_checkpoint(args.checkpoint)["manifest"]
+        out = check_output_path(args.out, overwrite=args.force)
+    except (CheckpointError, OutputPathError) as err:
+        parser.error(str(err))
+    if str(out.resolve()) == os.path.realpath(args.checkpoint):
+        parser.error(f"--out {args.out!r} is the checkpoint being fine-tuned; write the result elsewhere")
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if args.data is None and args.synthetic_images < args.batch_size * world:
+        parser.error(f"--synthetic-images {args.synthetic_images} is fewer than one batch for each of the {world} "
+                     f"process(es) (--batch-size {args.batch_size}); no step would run")
+    return manifest
+
+
+def process_device() -> tuple[int, int, torch.device]:
+    """(rank, world size, device) from torchrun's environment, before any process group exists."""
     cuda = torch.cuda.is_available()
-    if "RANK" not in os.environ:
-        return 0, 1, torch.device("cuda" if cuda else "cpu")
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if cuda:
-        torch.cuda.set_device(local_rank)
-    dist.init_process_group(backend="nccl" if cuda else "gloo")
-    return dist.get_rank(), dist.get_world_size(), torch.device(f"cuda:{local_rank}" if cuda else "cpu")
+    device = torch.device(f"cuda:{local_rank}" if cuda else "cpu")
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), device
+
+
+AUX_WEIGHT = 0.4  # weight of auxiliary classifiers' losses (Inception, GoogLeNet), as in torchvision's recipes
+
+
+def logits_and_auxiliary(output: object) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The classifier logits (N, num_classes) of a model's output, and its auxiliary logits.
+
+    A tensor is the logits; in a nested output (tuple, namedtuple, list, dict) the first tensor
+    is, and later tensors of the same shape are auxiliary classifiers (Inception's aux_logits).
+
+    Raises:
+        ValueError: the first tensor is not (N, num_classes): not a classifier's output.
+    """
+    leaves = scconv_surgery.tensor_leaves(output)
+    if not leaves or leaves[0][1].ndim != 2:
+        shapes = ", ".join(f"{path} {tuple(t.shape)}" for path, t in leaves[:4]) or type(output).__name__
+        raise ValueError(f"this script trains classifiers, whose output (or its first tensor) is logits of shape "
+                         f"(N, num_classes); this model returns {shapes}. Adapt the loss in examples/finetune.py")
+    logits = leaves[0][1]
+    return logits, [t for _, t in leaves[1:] if t.shape == logits.shape]
+
+
+def classification_loss(output: object, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the logits, plus AUX_WEIGHT times that of each auxiliary classifier."""
+    logits, auxiliary = logits_and_auxiliary(output)
+    loss = nn.functional.cross_entropy(logits, labels)
+    for aux in auxiliary:
+        loss = loss + AUX_WEIGHT * nn.functional.cross_entropy(aux, labels)
+    return loss
 
 
 def build_dataset(args: argparse.Namespace, size: int, num_classes: int) -> Dataset:
@@ -76,30 +140,37 @@ def build_dataset(args: argparse.Namespace, size: int, num_classes: int) -> Data
 
 
 def main() -> None:
-    args = parse_args()
-    if os.path.exists(args.out) and not args.force:
-        raise SystemExit(f"{args.out} exists; pass --force to overwrite it")
-    rank, world, device = setup_distributed()
-    torch.manual_seed(args.seed + rank)
+    parser = build_parser()
+    args = parser.parse_args()
+    manifest = check_arguments(parser, args)
+    rank, world, device = process_device()
     cuda = device.type == "cuda"
-    manifest = read_checkpoint(args.checkpoint)["manifest"]
-    model = scconv_surgery.load(args.checkpoint, map_location=device)
+    if cuda:
+        torch.cuda.set_device(device)
+    torch.manual_seed(args.seed + rank)
+    model = scconv_surgery.load(args.checkpoint, map_location=device)  # gradient-free parameters come frozen
     size = args.input_size or manifest["input_size"][-1]
-    with torch.no_grad():
-        num_classes = model(torch.zeros(1, 3, size, size, device=device)).shape[-1]
+    try:
+        with torch.no_grad():
+            num_classes = logits_and_auxiliary(model(torch.zeros(1, 3, size, size, device=device)))[0].shape[-1]
+    except ValueError as err:
+        parser.error(str(err))
+    dataset = build_dataset(args, size, num_classes)
+    if len(dataset) < args.batch_size * world:
+        parser.error(f"--data has {len(dataset)} images, fewer than one batch for each of the {world} process(es)")
+
+    if world > 1:  # every check passed on every process: now join the group
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
     if cuda:
         model = model.to(memory_format=torch.channels_last)
     model.train()
     groups = scconv_surgery.param_groups(model, lr=args.lr, new_lr=args.new_lr, weight_decay=args.weight_decay)
     optimizer = torch.optim.AdamW(groups)
     ddp = DistributedDataParallel(model, device_ids=[device.index] if cuda else None) if world > 1 else model
-
-    dataset = build_dataset(args, size, num_classes)
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=args.seed) if world > 1 else None
     loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, shuffle=sampler is None,
                         num_workers=args.workers, drop_last=True, pin_memory=cuda)
     scaler = torch.amp.GradScaler("cuda", enabled=cuda)
-    criterion = nn.CrossEntropyLoss()
     step, epoch, start = 0, 0, time.perf_counter()
     while step < args.steps:
         if sampler is not None:
@@ -110,7 +181,7 @@ def main() -> None:
                 images = images.contiguous(memory_format=torch.channels_last)
             labels = labels.to(device, non_blocking=True)
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=cuda):
-                loss = criterion(ddp(images), labels)
+                loss = classification_loss(ddp(images), labels)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)

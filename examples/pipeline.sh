@@ -4,7 +4,18 @@
 #
 #   bash examples/pipeline.sh                 # resnet50, 10 steps on synthetic data, 1 process
 #   MODEL=resnet18 STEPS=50 NPROC=2 bash examples/pipeline.sh
+#
+# It uses the scconv of an active virtualenv, else the repository's .venv (README, "Quick start").
 set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+if [ -z "${VIRTUAL_ENV:-}" ] && [ -x "$ROOT/.venv/bin/scconv" ]; then
+    PATH="$ROOT/.venv/bin:$PATH"  # scconv, python and torchrun of the repository's virtualenv
+fi
+if ! command -v scconv >/dev/null 2>&1; then
+    echo "pipeline.sh: 'scconv' not found: install the project into .venv (README, 'Quick start') or activate" \
+         "the virtualenv it is installed in (source .venv/bin/activate)" >&2
+    exit 127
+fi
 MODEL=${MODEL:-resnet50}
 STEPS=${STEPS:-10}
 NPROC=${NPROC:-1}
@@ -30,7 +41,7 @@ PY
 scconv convert "$MODEL" --out "$WORK/model.pt" --force --json > "$WORK/convert.json"   # --force: rerunnable
 
 # 4. fine-tune (torchrun + DDP; gloo on CPU, NCCL on GPUs), then verify the result
-torchrun --standalone --nproc_per_node="$NPROC" "$(dirname "$0")/finetune.py" "$WORK/model.pt" \
+"$PYTHON" -m torch.distributed.run --standalone --nproc_per_node="$NPROC" "$ROOT/examples/finetune.py" "$WORK/model.pt" \
     --steps "$STEPS" --batch-size 8 --log-every 5 --out "$WORK/finetuned.pt" --force
 scconv verify "$WORK/finetuned.pt"
 ls -l "$WORK"

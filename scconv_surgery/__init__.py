@@ -6,8 +6,9 @@ The pipeline, one step per module: :func:`create_model` (models; weights files i
 applies in one call on any ``nn.Module``; :func:`run_conversion` (pipeline) is ``scconv
 convert`` as a function, :func:`verify_checkpoint` (verify) is ``scconv verify``.
 """
+from ._probe import tensor_leaves
 from .apply import apply_plan, build_replacement, check_shapes, convert
-from .checkpoint import build_manifest, load, read_checkpoint, save_checkpoint
+from .checkpoint import build_manifest, check_output_path, load, read_checkpoint, save_checkpoint
 from .counting import CountReport, Counts, compare_counts, count_model
 from .errors import (
     CheckpointError,
@@ -27,15 +28,21 @@ from .errors import (
     UnmatchedRuleError,
     WeightsFileError,
 )
-from .finetune import new_parameter_names, param_groups, reset_batchnorm_stats, stale_batchnorms
+from .finetune import (
+    gradient_free_parameters,
+    new_parameter_names,
+    param_groups,
+    reset_batchnorm_stats,
+    stale_batchnorms,
+)
 from .inference import optimize_for_inference
 from .layers import CRU, SRU, ScConv, ScConvConfig, StridePolicy, Variant
-from .models import ModelSource, build_model, create_model, default_input_size
+from .models import ModelSource, build_model, check_model_kwargs, create_model, default_input_size
 from .pipeline import CheckpointReport, ConversionResult, recount_checkpoint, run_conversion
 from .plan import Action, ConvSpec, Decision, Plan, SkipReason, plan_conversion
 from .rules import PRESETS, Rule, RuleAction, assemble_rules, load_rules_file
 from .verify import Check, VerifyResult, verify_checkpoint
-from .weights import load_weights_file, read_state_dict
+from .weights import WeightsFile, load_weights_file, read_state_dict, read_weights, strip_wrapper_prefixes
 
 __version__ = "0.1.0"
 
@@ -51,5 +58,6 @@ __all__ = [
     "param_groups", "new_parameter_names", "stale_batchnorms", "reset_batchnorm_stats", "optimize_for_inference",
     "build_model", "load_weights_file", "read_state_dict", "PRESETS", "InvalidOptionError", "ModelForwardError",
     "run_conversion", "ConversionResult", "recount_checkpoint", "CheckpointReport", "verify_checkpoint",
-    "VerifyResult", "Check",
+    "VerifyResult", "Check", "tensor_leaves", "WeightsFile", "read_weights", "strip_wrapper_prefixes",
+    "check_model_kwargs", "gradient_free_parameters", "check_output_path",
 ]

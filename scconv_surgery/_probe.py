@@ -1,10 +1,13 @@
-"""Probing a model without changing it: eval mode that restores each module's own mode, and an
-example input on the model's device and dtype. Shared by the steps that run a model (shape check,
-counting, stale-BatchNorm detection, inference timing)."""
+"""Probing a model without changing it: eval mode that restores each module's own mode, an
+example input on the model's device and dtype, and the tensors of a nested output. Shared by
+the steps that run a model (shape check, counting, verification, stale-BatchNorm detection,
+inference timing)."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+import dataclasses
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -32,3 +35,34 @@ def example_input(model: nn.Module, shape: tuple[int, ...],
     device = first.device if first is not None else torch.device("cpu")
     dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
     return fill(*shape, device=device, dtype=dtype)
+
+
+def tensor_leaves(output: Any, path: str = "output") -> list[tuple[str, torch.Tensor]]:
+    """Every tensor of a model's output, depth first, with its path from ``path``.
+
+    Models return one tensor, or nested lists, tuples, namedtuples, dicts (OrderedDicts,
+    Hugging Face ``ModelOutput``) and dataclasses of tensors: timm's ``features_only``
+    models a list, torchvision's segmentation models a dict, Inception with auxiliary logits a
+    (named)tuple. Other leaves (None, numbers, strings) hold no tensor and are left out.
+
+    Returns:
+        ``[(path, tensor), ...]``: ``[("output", t)]`` for a single tensor, else paths such
+        as ``output[0]``, ``output['out']``, ``output.aux_logits``.
+
+    Example:
+        >>> [p for p, _ in tensor_leaves({"out": torch.zeros(1), "aux": [torch.zeros(1), None]})]
+        ["output['out']", "output['aux'][0]"]
+    """
+    if isinstance(output, torch.Tensor):
+        return [(path, output)]
+    if isinstance(output, Mapping):
+        children: list[tuple[str, Any]] = [(f"{path}[{key!r}]", value) for key, value in output.items()]
+    elif isinstance(output, tuple) and hasattr(output, "_fields"):  # namedtuple
+        children = [(f"{path}.{name}", getattr(output, name)) for name in output._fields]
+    elif isinstance(output, (list, tuple)):
+        children = [(f"{path}[{i}]", value) for i, value in enumerate(output)]
+    elif dataclasses.is_dataclass(output) and not isinstance(output, type):
+        children = [(f"{path}.{f.name}", getattr(output, f.name)) for f in dataclasses.fields(output)]
+    else:
+        return []
+    return [leaf for child_path, value in children for leaf in tensor_leaves(value, child_path)]

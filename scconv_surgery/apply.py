@@ -14,11 +14,36 @@ from torch import nn
 
 from ._probe import eval_mode, example_input
 from .errors import ModelForwardError, PlanMismatchError, ShapeMismatchError
+from .finetune import gradient_free_parameters
 from .layers import ScConv, ScConvConfig
 from .plan import ConvSpec, Decision, Plan, plan_conversion
 from .rules import Rule
 
-__all__ = ["build_replacement", "apply_plan", "convert", "check_shapes"]
+__all__ = ["build_replacement", "apply_plan", "convert", "check_shapes", "copy_model"]
+
+# The hooks a replacement takes over from its conv: they see the module's input, output and their
+# gradients, which a drop-in keeps. Hooks on the conv's own tensors (parametrizations, the old-style
+# weight_norm / spectral_norm / pruning pre-hooks, tensor hooks) are planned as skip reasons instead;
+# state_dict hooks describe the conv's own keys, which the replacement does not have.
+CARRIED_HOOKS = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks",
+                 "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_backward_pre_hooks",
+                 "_backward_hooks")
+
+
+def copy_model(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` that also works while a hook keeps a computed tensor on a module.
+
+    ``copy.deepcopy`` refuses tensors that are not graph leaves, such as the weight that the
+    old-style ``torch.nn.utils.weight_norm`` and ``spectral_norm`` (or pruning) store on the
+    module after computing it with grad enabled; the copy gets that tensor detached (its hook
+    recomputes it on the next forward).
+    """
+    memo: dict[int, Any] = {}
+    for module in model.modules():
+        for value in vars(module).values():
+            if isinstance(value, torch.Tensor) and not value.is_leaf:
+                memo[id(value)] = value.detach().clone()
+    return copy.deepcopy(model, memo)
 
 
 def build_replacement(decision: Decision, *, device: torch.device | str | None = None,
@@ -44,8 +69,11 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
 def apply_plan(model: nn.Module, plan: Plan, *, seed: int | None = 0) -> nn.Module:
     """Replace, **in place**, every conv that ``plan`` marks ``replace`` by SCConv.
 
-    Each replacement takes the conv's device, dtype, train/eval mode and forward hooks; a conv
-    under several names (aliases) gets one replacement set under all of them. New parameters
+    Each replacement takes the conv's device, dtype, train/eval mode and its module hooks
+    (forward pre- and post-hooks, full backward hooks: :data:`CARRIED_HOOKS`); a conv under
+    several names (aliases) gets one replacement set under all of them. Parameters that can
+    never receive a gradient (:func:`~scconv_surgery.gradient_free_parameters`, the ``seed``
+    variant's group norm) are created with ``requires_grad=False``. New parameters
     are initialised on the CPU from ``torch.manual_seed(seed)``, in plan order, then moved, so
     one plan and seed always give the same tensors on any device (the global RNG is left as
     it was).
@@ -81,9 +109,11 @@ def apply_plan(model: nn.Module, plan: Plan, *, seed: int | None = 0) -> nn.Modu
             layer = build_replacement(decision, device="meta" if is_meta else "cpu")
             layer = layer.to(device=conv.weight.device, dtype=conv.weight.dtype)
             layer.train(conv.training)
-            for attr in ("_forward_pre_hooks", "_forward_hooks", "_forward_hooks_with_kwargs",
-                         "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called"):
+            for name in gradient_free_parameters(layer):  # the seed's group norm: no gradient ever reaches it
+                layer.get_parameter(name).requires_grad_(False)
+            for attr in CARRIED_HOOKS:
                 getattr(layer, attr).update(getattr(conv, attr))
+            layer._is_full_backward_hook = conv._is_full_backward_hook
             for name in (decision.name, *decision.aliases):
                 _set_submodule(model, name, layer)
     return model
@@ -160,5 +190,5 @@ def convert(model: nn.Module, rules: Sequence[Rule] = (), *, config: ScConvConfi
         16
     """
     plan = plan_conversion(model, rules, config=config)
-    target = model if inplace else copy.deepcopy(model)
+    target = model if inplace else copy_model(model)
     return apply_plan(target, plan, seed=seed), plan

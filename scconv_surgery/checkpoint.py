@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._files import TORCH_KINDS, describe, sniff, torch_load_problem
 from .apply import apply_plan
 from .errors import CheckpointError, OutputPathError, PlanMismatchError, ScconvError
 from .models import ModelSource, build_model
@@ -60,7 +61,8 @@ def library_versions() -> dict[str, str]:
 
 def build_manifest(source: ModelSource, plan: Plan, *, seed: int | None, input_size: tuple[int, int, int],
                    counts: Mapping[str, Any] | None = None, new_parameters: Sequence[str] = (),
-                   stale_batchnorms: Sequence[str] = (), reset_bn_stats: bool = False) -> dict[str, Any]:
+                   gradient_free_parameters: Sequence[str] = (), stale_batchnorms: Sequence[str] = (),
+                   reset_bn_stats: bool = False) -> dict[str, Any]:
     """The manifest stored in a checkpoint: plain JSON-ready values only.
 
     Args:
@@ -70,6 +72,8 @@ def build_manifest(source: ModelSource, plan: Plan, *, seed: int | None, input_s
         input_size: ``(C, H, W)`` the counts were made at.
         counts: the report's totals (``CountReport.to_dict()``), if counted.
         new_parameters: names of the parameters the replacements added.
+        gradient_free_parameters: names of the parameters no gradient reaches (frozen when
+            loaded; see :func:`~scconv_surgery.gradient_free_parameters`).
         stale_batchnorms: BatchNorm layers right after a replaced conv (statistics stale).
         reset_bn_stats: whether their running statistics were reset before saving.
     """
@@ -82,6 +86,7 @@ def build_manifest(source: ModelSource, plan: Plan, *, seed: int | None, input_s
         "replaced": [d.to_dict() for d in plan.replaced],
         "counts": dict(counts) if counts is not None else None,
         "new_parameters": list(new_parameters),
+        "gradient_free_parameters": list(gradient_free_parameters),
         "stale_batchnorms": list(stale_batchnorms),
         "reset_bn_stats": reset_bn_stats,
     }
@@ -202,13 +207,18 @@ def read_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> di
         raise CheckpointError(str(path), "is a directory, not a checkpoint file")
     if not path.is_file():
         raise CheckpointError(str(path), "no such file")
+    kind = sniff(path)
+    if kind not in (*TORCH_KINDS, "safetensors"):
+        raise CheckpointError(str(path), f"not an scconv-surgery checkpoint: it is {describe(path, kind)}. "
+                              "Create one with 'scconv convert MODEL --out FILE'")
     try:
-        if path.suffix == SAFETENSORS:
+        if kind == "safetensors":
             payload = _read_safetensors(path, map_location)
         else:
             payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        raise CheckpointError(str(path), f"unreadable or truncated ({type(err).__name__})") from err
+        problem = torch_load_problem(err) if kind in TORCH_KINDS else type(err).__name__
+        raise CheckpointError(str(path), f"unreadable or truncated {describe(path, kind)} ({problem})") from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         if isinstance(payload, dict) and "kind" in payload:
             kind = payload["kind"]

@@ -3,24 +3,28 @@
 MACs come from fvcore's ``FlopCountAnalysis`` (fvcore/nn/flop_count.py), which counts one
 fused multiply-add as one "flop"; we call these numbers MACs, as timm's benchmark and the
 SCConv paper's tables do. fvcore traces the model with ``torch.jit``, which PyTorch has
-deprecated; where tracing fails we fall back to ``torch.utils.flop_counter.FlopCounterMode``,
-which counts 2 FLOPs per MAC (halved here), and say which counter produced the numbers.
+deprecated; where tracing fails we fall back to ``torch.utils.flop_counter.FlopCounterMode``
+(:mod:`scconv_surgery._fallback_counter`: made to count fvcore's operators with fvcore's
+formulas, per module), and say which counter produced the numbers. :func:`compare_counts`
+counts both models with the same counter, so a delta never mixes the two.
 
 Parameters come from ``model.parameters()`` (a shared tensor counted once), not the
 state_dict. Counting runs in eval mode and leaves the model as it found it.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from collections import Counter
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import nn
 
+from ._fallback_counter import count_fallback
 from ._probe import eval_mode, example_input
 from .errors import ModelForwardError
 
@@ -36,7 +40,8 @@ FALLBACK = "torch.utils.flop_counter"
 ELEMENTWISE_OPS: dict[str, tuple[float, float]] = {  # op: (input_scale, output_scale)
     **{f"aten::{op}": (0, 1) for op in ("sigmoid", "sigmoid_", "mul", "mul_", "add", "add_", "sub", "div", "where",
                                           "softmax", "abs", "clamp_min", "clamp_max", "lerp", "masked_fill", "gt",
-                                          "ge", "lt", "roll", "threshold", "addcmul", "addcmul_")},
+                                          "ge", "lt", "roll", "threshold", "addcmul", "addcmul_", "lerp_", "sub_", "div_",
+                                          "rsub", "ceil", "ceil_")},
     **{f"aten::{op}": (1, 0) for op in ("mean", "sum", "avg_pool2d")},
 }
 _ELEMENTWISE_NAMES = frozenset(op.split("::")[1] for op in ELEMENTWISE_OPS)
@@ -50,13 +55,16 @@ class Counts:
         params: parameter count (shared tensors once).
         macs: multiply-adds for one forward of a batch of 1 (fvcore's "flops").
         macs_by_operator: MACs per counted operator, e.g. ``{"conv": ..., "linear": ...}``.
-        macs_by_module: MACs per module name (fvcore only; empty with the fallback).
+        macs_by_module: MACs per module name ("" for the whole model), from either counter.
         uncounted_ops: operators the counter met but does not count, with call counts.
         counter: ``"fvcore"`` or ``"torch.utils.flop_counter"`` (the fallback).
         note: why the fallback was used, else empty.
         elementwise_ops: with ``count_elementwise``, the elementwise operations of
             :data:`ELEMENTWISE_OPS` (one per element; not included in ``macs``), else 0.
         elementwise_by_operator: the same per operator.
+        first_conv_input: shape of the input the first convolution received, batch included,
+            e.g. ``(1, 3, 800, 800)`` for a detector given 224x224 that resizes its input
+            first; None if no convolution ran.
     """
 
     params: int
@@ -68,12 +76,14 @@ class Counts:
     note: str = ""
     elementwise_ops: int = 0
     elementwise_by_operator: Mapping[str, int] = field(default_factory=dict)
+    first_conv_input: tuple[int, ...] | None = None
 
     def to_dict(self, *, by_module: bool = False) -> dict[str, Any]:
         d = {"params": self.params, "macs": self.macs, "macs_by_operator": dict(self.macs_by_operator),
              "uncounted_ops": dict(self.uncounted_ops), "counter": self.counter, "note": self.note,
              "elementwise_ops": self.elementwise_ops,
-             "elementwise_by_operator": dict(self.elementwise_by_operator)}
+             "elementwise_by_operator": dict(self.elementwise_by_operator),
+             "first_conv_input": list(self.first_conv_input) if self.first_conv_input else None}
         if by_module:
             d["macs_by_module"] = dict(self.macs_by_module)
         return d
@@ -90,8 +100,8 @@ class LayerCount:
     Attributes:
         name: the module name.
         params_before, params_after: parameter counts of the conv and of its replacement.
-        macs_before, macs_after: MACs of the module (fvcore's per-module count; 0 if the model's
-            forward does not call it, or with the fallback counter).
+        macs_before, macs_after: MACs of the module (the counter's per-module count; 0 if the
+            model's forward does not call it).
     """
 
     name: str
@@ -130,6 +140,14 @@ class CountReport:
         return self.after.macs - self.before.macs
 
     @property
+    def resized_input(self) -> tuple[int, ...] | None:
+        """The ``(C, H, W)`` the model's first convolution saw, where the model resized its input
+        (a detector's transform); None where it saw ``input_size`` itself. The MACs are those at
+        this size."""
+        first = self.before.first_conv_input
+        return tuple(first[1:]) if first and tuple(first[-2:]) != tuple(self.input_size[-2:]) else None
+
+    @property
     def uncounted_added(self) -> dict[str, int]:
         """Uncounted operators the conversion added: after minus before, positive counts."""
         return dict(Counter(self.after.uncounted_ops) - Counter(self.before.uncounted_ops))
@@ -137,6 +155,7 @@ class CountReport:
     def to_dict(self) -> dict[str, Any]:
         return {
             "input_size": list(self.input_size),
+            "resized_input": list(self.resized_input) if self.resized_input else None,
             "unit": "MACs (fvcore counts one fused multiply-add as one flop)",
             "before": self.before.to_dict(),
             "after": self.after.to_dict(),
@@ -168,19 +187,26 @@ def _count_fvcore(model: nn.Module, x: torch.Tensor, count_elementwise: bool
     return by_module, uncounted
 
 
-def _count_fallback(model: nn.Module, x: torch.Tensor) -> tuple[int, dict]:
-    from torch.utils.flop_counter import FlopCounterMode
+@contextlib.contextmanager
+def _first_conv_input(model: nn.Module) -> Iterator[list[tuple[int, ...]]]:
+    """The input shape of the first convolution the model runs (hooks removed afterwards)."""
+    seen: list[tuple[int, ...]] = []
 
-    mode = FlopCounterMode(display=False)
-    with mode:
-        model(x)
-    by_operator = {str(op).split(".")[-2] if "." in str(op) else str(op): int(n) // 2
-                   for op, n in mode.get_flop_counts().get("Global", {}).items()}
-    return int(mode.get_total_flops()) // 2, by_operator
+    def record(module: nn.Module, args: tuple) -> None:
+        if not seen and args and isinstance(args[0], torch.Tensor):
+            seen.append(tuple(int(d) for d in args[0].shape))  # ints: under the jit trace, dims are tensors
+
+    handles = [m.register_forward_pre_hook(record) for m in model.modules()
+               if isinstance(m, nn.modules.conv._ConvNd)]
+    try:
+        yield seen
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def count_model(model: nn.Module, input_size: tuple[int, int, int], *,
-                count_elementwise: bool = False) -> Counts:
+                count_elementwise: bool = False, counter: str | None = None) -> Counts:
     """Count parameters and MACs of ``model`` for one input of shape ``(1, *input_size)``.
 
     Runs in eval mode under ``torch.no_grad`` on the model's device and dtype, and restores
@@ -190,39 +216,51 @@ def count_model(model: nn.Module, input_size: tuple[int, int, int], *,
         model: any ``nn.Module`` taking one image tensor.
         input_size: ``(C, H, W)``.
         count_elementwise: also count the elementwise operators of :data:`ELEMENTWISE_OPS`
-            (reported as ``elementwise_ops``, never added to ``macs``; fvcore only).
+            (reported as ``elementwise_ops``, never added to ``macs``).
+        counter: ``"fvcore"``, ``"torch.utils.flop_counter"`` (:data:`FALLBACK`), or None:
+            fvcore, and the fallback where fvcore's trace fails.
 
     Returns:
         :class:`Counts`; ``counter`` says whether fvcore or the fallback produced them.
 
     Raises:
         ModelForwardError: the model's forward fails on the input (not a counting problem).
+        ValueError: an unknown ``counter``.
     """
+    if counter not in (None, FVCORE, FALLBACK):
+        raise ValueError(f"counter must be {FVCORE!r}, {FALLBACK!r} or None, got {counter!r}")
     x = example_input(model, (1, *input_size))
     params = sum(p.numel() for p in model.parameters())
-    with eval_mode(model), torch.no_grad():
-        try:
-            by_module, uncounted = _count_fvcore(model, x, count_elementwise)
-        except Exception as err:  # fvcore's jit trace: deprecated, may fail; never fail the run
-            note = f"fvcore failed ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+    used, note = counter or FVCORE, ""
+    elementwise_ops = {**ELEMENTWISE_OPS} if count_elementwise else {}
+    with eval_mode(model), torch.no_grad(), _first_conv_input(model) as first_conv_input:
+        if used == FVCORE:
             try:
-                macs, by_operator = _count_fallback(model, x)
+                by_module, uncounted = _count_fvcore(model, x, count_elementwise)
+            except Exception as err:  # fvcore's jit trace: deprecated, may fail; never fail the run
+                if counter == FVCORE:
+                    raise
+                used, note = FALLBACK, f"fvcore failed ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+        if used == FALLBACK:
+            try:
+                by_module, uncounted = count_fallback(model, x, elementwise_ops)
             except Exception as forward_err:  # the model itself cannot run on this input
                 raise ModelForwardError(type(model).__name__, tuple(x.shape),
                                         f"{type(forward_err).__name__}: {forward_err}") from forward_err
-            return Counts(params, macs, by_operator, {}, {}, FALLBACK, note)
     total = by_module.get("", Counter())
     macs_by_operator = {op: int(n) for op, n in total.items() if op not in _ELEMENTWISE_NAMES}
     elementwise = {op: int(n) for op, n in total.items() if op in _ELEMENTWISE_NAMES}
     macs_by_module = {name: int(sum(n for op, n in ops.items() if op not in _ELEMENTWISE_NAMES))
                       for name, ops in by_module.items()}
-    return Counts(params, sum(macs_by_operator.values()), macs_by_operator, macs_by_module, uncounted, FVCORE,
-                  "", sum(elementwise.values()), elementwise)
+    return Counts(params, sum(macs_by_operator.values()), macs_by_operator, macs_by_module, uncounted, used,
+                  note, sum(elementwise.values()), elementwise, first_conv_input[0] if first_conv_input else None)
 
 
 def compare_counts(before: nn.Module, after: nn.Module, input_size: tuple[int, int, int], *,
                    replaced: Sequence[Any] = (), count_elementwise: bool = False) -> CountReport:
-    """Count two models on the same input size (see :func:`count_model`).
+    """Count two models on the same input size, with the same counter (see :func:`count_model`).
+
+    fvcore counts both unless its trace fails on either; then both are counted by the fallback.
 
     Args:
         before, after: the original and the converted model.
@@ -233,6 +271,13 @@ def compare_counts(before: nn.Module, after: nn.Module, input_size: tuple[int, i
     """
     counts_before = count_model(before, input_size, count_elementwise=count_elementwise)
     counts_after = count_model(after, input_size, count_elementwise=count_elementwise)
+    if counts_before.counter != counts_after.counter:  # one model failed fvcore's trace: count both the same way
+        failed = counts_before if counts_before.counter == FALLBACK else counts_after
+        recounted = count_model(after if failed is counts_before else before, input_size,
+                                count_elementwise=count_elementwise, counter=FALLBACK)
+        recounted = replace(recounted, note=f"{failed.note} on the other model; both models counted by {FALLBACK}, "
+                            "so that the delta compares like with like")
+        counts_before, counts_after = (failed, recounted) if failed is counts_before else (recounted, failed)
     layers = tuple(LayerCount(d.name, d.params_before, d.params_after, counts_before.macs_by_module.get(d.name, 0),
                               counts_after.macs_by_module.get(d.name, 0)) for d in replaced)
     return CountReport(tuple(input_size), counts_before, counts_after, layers)

@@ -93,6 +93,8 @@ class UnmatchedRuleError(ScconvError, ValueError):
         self.suggestions = tuple(suggestions)
         self.plan = plan
         hint = f" Did you mean {', '.join(map(repr, self.suggestions))}?" if self.suggestions else ""
+        if any("," in p for p in self.patterns):
+            hint += " A comma is part of a pattern, not a separator: give each pattern its own --include."
         super().__init__(
             f"include pattern(s) matched no conv: {', '.join(map(repr, self.patterns))}.{hint} "
             "Patterns match the full dotted module name (glob, or 're:' for a regex), never a suffix; "
@@ -189,17 +191,22 @@ class RulesFileError(ScconvError, ValueError):
 
 
 class ModelArgumentError(ScconvError, TypeError):
-    """The model's constructor rejected the keyword arguments given.
+    """The model's constructor rejected the keyword arguments given, or one cannot be recorded.
 
     Attributes:
         name: the model name.
         kwargs: the keyword arguments passed.
+        key: the offending argument, where one is to blame (a value that JSON cannot carry).
     """
 
-    def __init__(self, name: str, kwargs: dict, problem: str):
+    def __init__(self, name: str, kwargs: dict, problem: str, key: str | None = None):
         self.name = name
         self.kwargs = dict(kwargs)
-        super().__init__(f"model {name!r} rejected the constructor arguments {self.kwargs}: {problem}")
+        self.key = key
+        if key is None:
+            super().__init__(f"model {name!r} rejected the constructor arguments {self.kwargs}: {problem}")
+        else:
+            super().__init__(f"model {name!r}, constructor argument {key!r}: {problem}")
 
 
 class FactoryError(ScconvError, LookupError):

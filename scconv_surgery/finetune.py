@@ -3,7 +3,10 @@
 A converted model mixes pretrained layers with freshly initialised SCConv modules. Following
 timm's ``param_groups_weight_decay`` (timm/optim/_param_groups.py), :func:`param_groups`
 puts norms and biases (tensors of one dimension or fewer) in groups without weight decay, and
-gives the new SCConv parameters their own learning rate. A BatchNorm right after a replaced
+gives the new SCConv parameters their own learning rate. Some parameters never receive a
+gradient (:func:`gradient_free_parameters`: the ``seed`` variant's GroupNorm scale and bias,
+behind its hard masks); they are created frozen and left out of the groups, so that
+DistributedDataParallel does not wait for their gradients. A BatchNorm right after a replaced
 conv normalises statistics gathered on the dense conv's outputs: :func:`stale_batchnorms`
 finds these, and :func:`reset_batchnorm_stats` resets their running estimates.
 """
@@ -16,9 +19,10 @@ import torch
 from torch import nn
 
 from ._probe import eval_mode, example_input
-from .layers import ScConv
+from .layers import SRU, ScConv, Variant
 
-__all__ = ["new_parameter_names", "param_groups", "stale_batchnorms", "reset_batchnorm_stats"]
+__all__ = ["new_parameter_names", "gradient_free_parameters", "param_groups", "stale_batchnorms",
+           "reset_batchnorm_stats"]
 
 
 def new_parameter_names(model: nn.Module) -> list[str]:
@@ -30,6 +34,24 @@ def new_parameter_names(model: nn.Module) -> list[str]:
     return names
 
 
+def gradient_free_parameters(model: nn.Module) -> list[str]:
+    """Names of the parameters that no loss can give a gradient: those of the ``seed`` variant's
+    group norm (its scale and bias reach the output only through the hard masks ``S >= t`` and
+    ``S < t``, which have no gradient; the seed code behaves the same).
+
+    :func:`~scconv_surgery.apply_plan` (so ``convert`` and ``load`` too) sets
+    ``requires_grad=False`` on them, and :func:`param_groups` leaves them out: under
+    DistributedDataParallel a parameter that requires grad but never gets one stops training
+    at the second step ("Expected to have finished reduction in the prior iteration").
+    """
+    names = []
+    for module_name, module in model.named_modules():
+        if isinstance(module, SRU) and module.variant is Variant.SEED:
+            prefix = f"{module_name}.gn." if module_name else "gn."
+            names += [prefix + name for name, _ in module.gn.named_parameters()]
+    return names
+
+
 def param_groups(model: nn.Module, *, lr: float, new_lr: float | None = None, weight_decay: float = 0.0,
                  no_weight_decay: Iterable[str] = ()) -> list[dict[str, Any]]:
     """Optimizer parameter groups for fine-tuning a converted model.
@@ -37,8 +59,8 @@ def param_groups(model: nn.Module, *, lr: float, new_lr: float | None = None, we
     Four groups at most (empty ones are left out): pretrained / new, each with and without
     weight decay. Norm weights, biases and other tensors with ``ndim <= 1`` get no weight
     decay, as in timm's ``param_groups_weight_decay``; parameters of SCConv modules are new
-    and get ``new_lr``. Frozen parameters (``requires_grad=False``) are left out; a shared
-    parameter appears once.
+    and get ``new_lr``. Frozen parameters (``requires_grad=False``) and those that never receive
+    a gradient (:func:`gradient_free_parameters`) are left out; a shared parameter appears once.
 
     Args:
         model: a converted model (e.g. from :func:`scconv_surgery.load`).
@@ -56,10 +78,11 @@ def param_groups(model: nn.Module, *, lr: float, new_lr: float | None = None, we
     """
     new = set(new_parameter_names(model))
     skip = set(no_weight_decay)
+    gradient_free = set(gradient_free_parameters(model))
     groups: dict[str, list[torch.Tensor]] = {"pretrained": [], "pretrained_no_decay": [], "new": [],
                                               "new_no_decay": []}
     for name, param in model.named_parameters():  # shared parameters are yielded once
-        if not param.requires_grad:
+        if not param.requires_grad or name in gradient_free:
             continue
         kind = "new" if name in new else "pretrained"
         decay = param.ndim > 1 and name not in skip

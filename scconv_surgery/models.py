@@ -10,6 +10,7 @@ import contextlib
 import difflib
 import importlib
 import inspect
+import math
 import os
 import socket
 import sys
@@ -19,12 +20,15 @@ from typing import Any
 
 from torch import nn
 
-from .errors import FactoryError, ModelArgumentError, PretrainedWeightsError, UnknownModelError
+from .errors import FactoryError, ModelArgumentError, PretrainedWeightsError, ScconvError, UnknownModelError
 from .weights import load_weights_file
 
-__all__ = ["ModelSource", "create_model", "build_model", "default_input_size"]
+__all__ = ["ModelSource", "create_model", "build_model", "default_input_size", "check_model_kwargs"]
 
 LIBRARIES = ("timm", "torchvision")
+# timm's model sources (timm: parse_model_name in timm/models/_factory.py): the rest of the name is
+# a Hugging Face Hub repo id (read from the local cache first) or a folder with config.json.
+TIMM_SOURCES = ("hf-hub:", "hf_hub:", "local-dir:")
 FACTORY = "factory"  # ModelSource.library of a user's function: name = "package.module:function"
 DEFAULT_INPUT_SIZE = (3, 224, 224)
 
@@ -71,11 +75,18 @@ def _torchvision_names() -> list[str]:
 def _resolve(name: str) -> tuple[str, str]:
     """Split ``name`` into (library, model name); a bare name tries timm, then torchvision.
 
+    timm's source prefixes (``hf-hub:org/repo``, ``local-dir:PATH``) go to timm as they are,
+    with or without ``timm:``; a timm name with a pretrained tag (``resnet50.a1_in1k``) must
+    name a tag timm knows.
+
     Raises:
-        UnknownModelError: no library knows the name; carries close names.
+        UnknownModelError: no library knows the name, or timm does not know its tag; carries
+            close names (the known tags, for a tag).
     """
     import timm
 
+    if name.removeprefix("timm:").startswith(TIMM_SOURCES):
+        return "timm", name.removeprefix("timm:")
     library, sep, model_name = name.partition(":")
     if library == FACTORY:
         return FACTORY, model_name
@@ -85,6 +96,7 @@ def _resolve(name: str) -> tuple[str, str]:
         raise UnknownModelError(name, [f"{lib}:{model_name}" for lib in LIBRARIES],
                                 problem=f"{library!r} is not a library prefix (timm:, torchvision: or factory:)")
     if library in ("", "timm") and timm.is_model(model_name):
+        _check_timm_tag(name, model_name)
         return "timm", model_name
     if library in ("", "torchvision") and model_name in _torchvision_names():
         return "torchvision", model_name
@@ -95,6 +107,20 @@ def _resolve(name: str) -> tuple[str, str]:
     problem = f"{library} does not know it" if library else "neither timm nor torchvision knows it"
     raise UnknownModelError(name, difflib.get_close_matches(model_name, sorted(set(candidates)), n=5, cutoff=0.6),
                             problem=problem)
+
+
+def _check_timm_tag(name: str, model_name: str) -> None:
+    """Refuse a pretrained tag that timm does not know for the architecture (timm raises a bare
+    RuntimeError only when the model is built)."""
+    from timm.models import get_arch_pretrained_cfgs
+
+    arch, _, tag = model_name.partition(".")
+    if not tag:
+        return
+    known = list(get_arch_pretrained_cfgs(arch))
+    if model_name not in known:
+        raise UnknownModelError(name, [f"timm:{k}" for k in known],
+                                problem=f"timm knows {arch!r} but not its pretrained tag {tag!r}")
 
 
 @contextlib.contextmanager
@@ -142,16 +168,16 @@ def _build(library: str, name: str, kwargs: Mapping[str, Any], pretrained: bool)
     if library == "timm":
         import timm
 
-        if not pretrained:
+        if not pretrained and not name.startswith(("hf-hub:", "hf_hub:")):
             return timm.create_model(name, pretrained=False, **kwargs)
-        try:
-            with _hf_hub_offline():  # the cache first: no network wait when weights are cached
-                return timm.create_model(name, pretrained=True, **kwargs)
+        try:  # the Hub's cache first: no network wait when the config and weights are cached
+            with _hf_hub_offline():
+                return timm.create_model(name, pretrained=pretrained, **kwargs)
         except Exception:
             from huggingface_hub import constants
             if constants.HF_HUB_OFFLINE or not _hub_reachable():
                 raise  # offline: fail now rather than after huggingface_hub's retries
-        return timm.create_model(name, pretrained=True, **kwargs)
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
     import torchvision
 
     builder_args = inspect.signature(torchvision.models.get_model_builder(name)).parameters
@@ -169,15 +195,57 @@ def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
         return False
 
 
+def _json_problem(value: Any) -> str | None:
+    """Why ``value`` does not survive a JSON round trip, or None: only finite numbers, bools,
+    strings, None, and lists and string-keyed dicts of those do."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{value} is not a finite number"
+    if isinstance(value, (list, tuple)):
+        return next((p for p in map(_json_problem, value) if p), None)
+    if isinstance(value, Mapping):
+        if not all(isinstance(k, str) for k in value):
+            return f"the mapping {value!r} has keys that are not strings"
+        return next((p for p in map(_json_problem, value.values()) if p), None)
+    return f"{value!r} is a {type(value).__name__}"
+
+
+def check_model_kwargs(name: str, kwargs: Mapping[str, Any]) -> None:
+    """Refuse constructor arguments that the manifest (JSON) cannot record exactly.
+
+    Raises:
+        ModelArgumentError: a value is not a finite number, bool, string, None, or a list or
+            string-keyed dict of those (a date, NaN, infinity, an object); names the key.
+    """
+    for key, value in kwargs.items():
+        problem = _json_problem(value)
+        if problem:
+            raise ModelArgumentError(name, {k: repr(v) for k, v in kwargs.items()},
+                                     f"{problem}; the checkpoint records constructor arguments as JSON, which "
+                                     "holds finite numbers, true/false, text, null, and lists and dicts of these",
+                                     key=key)
+
+
+def _unreadable_source(name: str, err: Exception) -> UnknownModelError:
+    """timm could not build a ``hf-hub:`` / ``local-dir:`` model: say what is missing."""
+    cause = f"{type(err).__name__}: {err}".splitlines()[0]
+    where = ("its config.json is neither in the local Hugging Face cache nor downloadable (offline?)"
+             if not name.removeprefix("timm:").startswith("local-dir:") else "the folder has no readable config.json")
+    return UnknownModelError(name, problem=f"timm cannot build it: {where} ({cause})")
+
+
 def create_model(name: str, *, pretrained: bool = False, weights: str | os.PathLike | None = None,
                  num_classes: int | None = None,
                  model_kwargs: Mapping[str, Any] | None = None) -> tuple[nn.Module, ModelSource]:
     """Build a model by name, with pretrained weights, a local weights file, or neither.
 
     Args:
-        name: ``resnet50`` (timm first, then torchvision), ``timm:NAME``,
-            ``torchvision:NAME``, or ``factory:package.module:function`` (the function is
-            called with the constructor keyword arguments and returns the model).
+        name: ``resnet50`` (timm first, then torchvision), ``timm:NAME`` (with a pretrained
+            tag, ``timm:resnet50.a1_in1k``), ``torchvision:NAME``, a timm source such as
+            ``hf-hub:timm/resnet50.a1_in1k`` (the Hugging Face cache first, then the Hub), or
+            ``factory:package.module:function`` (the function is called with the constructor
+            keyword arguments and returns the model).
         pretrained: load the library's pretrained weights (from its cache, else downloaded).
         weights: a local weights file (see :func:`load_weights_file`); excludes ``pretrained``.
         num_classes: classifier size passed to the constructor.
@@ -194,12 +262,14 @@ def create_model(name: str, *, pretrained: bool = False, weights: str | os.PathL
             downloadable.
         WeightsFileError: the weights file is missing, unreadable or does not fit.
         ValueError: both ``pretrained`` and ``weights``.
-        ModelArgumentError: the constructor rejects a keyword argument.
+        ModelArgumentError: the constructor rejects a keyword argument, or one cannot be
+            recorded as JSON (checked before anything is built).
     """
     if pretrained and weights is not None:
         raise ValueError("pass either pretrained=True or weights=FILE, not both")
-    library, model_name = _resolve(name)
     kwargs = dict(model_kwargs or {})
+    check_model_kwargs(name, kwargs)
+    library, model_name = _resolve(name)
     if num_classes is not None:
         kwargs["num_classes"] = int(num_classes)
     try:
@@ -213,6 +283,8 @@ def create_model(name: str, *, pretrained: bool = False, weights: str | os.PathL
     except Exception as err:
         if pretrained:
             raise PretrainedWeightsError(name, f"{type(err).__name__}: {err}".splitlines()[0]) from err
+        if model_name.startswith(TIMM_SOURCES):
+            raise _unreadable_source(name, err) from err
         raise
     weights_info: dict[str, Any] = {"kind": "random"}
     if pretrained:
@@ -227,10 +299,16 @@ def build_model(source: ModelSource) -> nn.Module:
     """Rebuild the base model of ``source`` with freshly initialised weights, in eval mode.
 
     Raises:
-        UnknownModelError: the installed timm / torchvision does not know ``source.name``.
+        UnknownModelError: the installed timm / torchvision does not know ``source.name``, or a
+            ``hf-hub:`` model's config is neither cached nor downloadable.
     """
     library, name = _resolve(f"{source.library}:{source.name}")
-    return _build(library, name, source.kwargs, pretrained=False).eval()
+    try:
+        return _build(library, name, source.kwargs, pretrained=False).eval()
+    except Exception as err:
+        if name.startswith(TIMM_SOURCES) and not isinstance(err, ScconvError):
+            raise _unreadable_source(name, err) from err
+        raise
 
 
 def default_input_size(model: nn.Module, source: ModelSource | None = None) -> tuple[int, int, int]:

@@ -6,7 +6,6 @@ fails.
 """
 from __future__ import annotations
 
-import copy
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -16,11 +15,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .apply import apply_plan, check_shapes
+from .apply import apply_plan, check_shapes, copy_model
 from .checkpoint import build_manifest, check_output_path, read_checkpoint, rebuild, recorded_plan, save_checkpoint
 from .counting import CountReport, compare_counts
 from .errors import NothingSelectedError, OutputPathError, UnmatchedRuleError
-from .finetune import new_parameter_names, reset_batchnorm_stats, stale_batchnorms
+from .finetune import gradient_free_parameters, new_parameter_names, reset_batchnorm_stats, stale_batchnorms
 from .layers import ScConvConfig
 from .models import ModelSource, build_model, create_model, default_input_size
 from .plan import Plan, plan_conversion
@@ -71,11 +70,17 @@ def _noop(message: str) -> None:
     pass
 
 
-def _suffix_suggestions(patterns: Sequence[str], plan: Plan) -> list[str]:
-    """``*.PATTERN`` for a plain pattern that is the end of some conv names (people expect suffixes)."""
+def _pattern_suggestions(patterns: Sequence[str], plan: Plan) -> list[str]:
+    """Patterns that would match: ``*.PATTERN`` for a plain pattern that ends some conv names
+    (people expect suffixes), and the pieces of a pattern with commas (one rule per pattern)."""
     names = [n for d in plan.decisions for n in (d.name, *d.aliases)]
-    return [f"*.{p}" for p in patterns
-            if not p.startswith("re:") and not any(c in p for c in "*?[") and any(n.endswith(f".{p}") for n in names)]
+    suggestions = []
+    for p in patterns:
+        if "," in p:
+            suggestions += [piece.strip() for piece in p.split(",") if piece.strip()]
+        elif not p.startswith("re:") and not any(c in p for c in "*?[") and any(n.endswith(f".{p}") for n in names):
+            suggestions.append(f"*.{p}")
+    return suggestions
 
 
 def run_conversion(name: str, *, rules: Sequence[Rule] = (), config: ScConvConfig | None = None,
@@ -133,11 +138,11 @@ def run_conversion(name: str, *, rules: Sequence[Rule] = (), config: ScConvConfi
     plan = plan_conversion(base, rules, config=config)
     unmatched = plan.unmatched_includes()
     if unmatched and not allow_unmatched:
-        raise UnmatchedRuleError(unmatched, _suffix_suggestions(unmatched, plan), plan=plan)
+        raise UnmatchedRuleError(unmatched, _pattern_suggestions(unmatched, plan), plan=plan)
     if not plan.replaced:
         raise NothingSelectedError(plan.skip_summary(), plan=plan)
     on_step(f"replacing {len(plan.replaced)} convs")
-    converted = apply_plan(copy.deepcopy(base), plan, seed=seed)
+    converted = apply_plan(copy_model(base), plan, seed=seed)
     size = tuple(input_size) if input_size else default_input_size(base, source)
     on_step(f"checking output shapes at {'x'.join(map(str, size))}")
     check_shapes(base, converted, plan, size)  # also the first forward: a failure is ModelForwardError
@@ -149,7 +154,8 @@ def run_conversion(name: str, *, rules: Sequence[Rule] = (), config: ScConvConfi
     if out_path is not None and not dry_run:
         on_step(f"saving {out_path}")
         manifest = build_manifest(source, plan, seed=seed, input_size=size, counts=report.to_dict(),
-                                  new_parameters=new_parameter_names(converted), stale_batchnorms=stale,
+                                  new_parameters=new_parameter_names(converted),
+                                  gradient_free_parameters=gradient_free_parameters(converted), stale_batchnorms=stale,
                                   reset_bn_stats=reset_bn_stats)
         save_checkpoint(out_path, converted, manifest)
     return ConversionResult(source, plan, report, converted, out_path, seed, dry_run, tuple(stale), reset_bn_stats)
@@ -200,7 +206,7 @@ def recount_checkpoint(path: str | os.PathLike, *, input_size: tuple[int, int, i
     source = ModelSource.from_dict(manifest["source"])
     on_step(f"building {source.library}:{source.name}")
     base = build_model(source)
-    converted = rebuild(path, manifest, base=copy.deepcopy(base))
+    converted = rebuild(path, manifest, base=copy_model(base))
     plan = recorded_plan(manifest)
     size = tuple(input_size) if input_size else tuple(manifest.get("input_size") or default_input_size(base, source))
     on_step(f"counting at {'x'.join(map(str, size))}")

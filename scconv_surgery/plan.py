@@ -18,6 +18,7 @@ from enum import Enum
 from typing import Any
 
 from torch import nn
+from torch.nn.utils import parametrize
 
 from .layers import ScConv, ScConvConfig, StridePolicy, scconv_constraint_error
 from .rules import FILTER_FIELDS, Rule, RuleAction, match_rules, merged_config, validate_rules
@@ -54,6 +55,8 @@ class SkipReason(str, Enum):
     STRIDE = "stride"  # non-uniform stride, or stride policy 'skip'
     CHANNELS = "channels"  # channel counts SCConv cannot map
     CONV_SUBCLASS = "conv_subclass"  # an nn.Conv2d subclass with its own forward
+    PARAMETRIZED = "parametrized"  # torch.nn.utils.parametrize on its weight or bias
+    WEIGHT_HOOK = "weight_hook"  # a hook computes its weight or hooks the weight tensor's gradient
 
 
 @dataclass(frozen=True)
@@ -209,6 +212,35 @@ def find_convs(model: nn.Module) -> list[tuple[str, tuple[str, ...], nn.Conv2d]]
     return [(n[0], tuple(n[1:]), modules[key]) for key, n in names.items()]
 
 
+def _managed_weight(conv: nn.Conv2d) -> tuple[SkipReason, str] | None:
+    """Why the conv's weight belongs to something that cannot move to SCConv, or None.
+
+    SCConv has none of the conv's tensors, so whatever computes or hooks them would act on
+    nothing: ``torch.nn.utils.parametrize`` (the new-style ``weight_norm``, ``spectral_norm``,
+    ``orthogonal``), the forward pre-hooks of the old-style ``weight_norm`` / ``spectral_norm``
+    and of ``torch.nn.utils.prune`` (the weight is then a plain attribute, not a parameter), and
+    gradient hooks on the weight or bias tensors.
+    """
+    if parametrize.is_parametrized(conv):
+        kinds = "; ".join(f"{name} by {', '.join(type(p).__name__.lstrip('_') for p in chain)}"
+                          for name, chain in conv.parametrizations.items())
+        return SkipReason.PARAMETRIZED, (f"parametrized ({kinds}, torch.nn.utils.parametrize): SCConv has no such "
+                                         "tensor; remove_parametrizations() first to replace it")
+    computed = [name for name in ("weight", "bias") if name not in conv._parameters and getattr(conv, name, None) is not None]
+    if computed:
+        hooks = sorted({type(h).__name__ for h in conv._forward_pre_hooks.values()
+                        if hasattr(h, "name") or hasattr(h, "_tensor_name")}) or ["a forward pre-hook"]
+        return SkipReason.WEIGHT_HOOK, (f"{' and '.join(computed)} computed by {', '.join(hooks)} (old-style "
+                                        "weight_norm / spectral_norm, or pruning): the hook cannot move to SCConv; "
+                                        "remove it first to replace this conv")
+    hooked = [name for name, p in conv._parameters.items()
+              if p is not None and (p._backward_hooks or getattr(p, "_post_accumulate_grad_hooks", None))]
+    if hooked:
+        return SkipReason.WEIGHT_HOOK, (f"gradient hooks on its {' and '.join(hooked)} tensor (Tensor.register_hook), "
+                                        "which SCConv does not have")
+    return None
+
+
 def _ineligibility(conv: nn.Conv2d, spec: ConvSpec, config: ScConvConfig, *, kernel_asked: bool = False,
                    class_asked: bool = False) -> tuple[SkipReason, str] | None:
     """Why ``conv`` cannot be replaced under ``config``, or None if it can.
@@ -217,6 +249,9 @@ def _ineligibility(conv: nn.Conv2d, spec: ConvSpec, config: ScConvConfig, *, ker
     become eligible). ``class_asked``: an include rule names this conv's class (an
     ``nn.Conv2d`` subclass with its own forward becomes eligible).
     """
+    managed = _managed_weight(conv)
+    if managed:
+        return managed
     cls = type(conv).__name__
     if type(conv) is not nn.Conv2d and cls not in TIMM_SAME_SHAPE_CONVS and not class_asked:
         return SkipReason.CONV_SUBCLASS, f"{cls} subclasses nn.Conv2d with its own forward; name it in a rule's conv_class"

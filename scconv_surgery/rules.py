@@ -300,6 +300,19 @@ class RulesFile:
     rules: tuple[Rule, ...]
 
 
+def _parse_problem(err: Exception) -> str:
+    """A parser's error on one line, with the line and column (PyYAML's spans several lines;
+    tomllib's already ends with "(at line L, column C)")."""
+    mark = getattr(err, "problem_mark", None)
+    if mark is None:
+        return str(err)
+    text = f"{getattr(err, 'problem', None) or err} at line {mark.line + 1}, column {mark.column + 1}"
+    context, start = getattr(err, "context", None), getattr(err, "context_mark", None)
+    if context and start is not None:
+        text += f" ({context} from line {start.line + 1}, column {start.column + 1})"
+    return text
+
+
 def load_rules_file(path: str | Path) -> RulesFile:
     """Read a YAML (``.yaml``/``.yml``) or TOML (``.toml``) rules file.
 
@@ -331,7 +344,7 @@ def load_rules_file(path: str | Path) -> RulesFile:
     except RulesFileError:
         raise
     except Exception as err:
-        raise RulesFileError(text_path, None, None, f"not valid {path.suffix[1:].upper()}: {err}") from err
+        raise RulesFileError(text_path, None, None, f"not valid {path.suffix[1:].upper()}: {_parse_problem(err)}") from err
     if not isinstance(document, Mapping):
         raise RulesFileError(text_path, None, None, "the top level must be a mapping with a 'rules' list")
     for key in document:

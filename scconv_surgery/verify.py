@@ -9,11 +9,12 @@ from typing import Any
 
 import torch
 
+from ._probe import tensor_leaves
 from .checkpoint import model_from_payload, read_checkpoint
-from .errors import ModelForwardError
+from .errors import CheckpointError, ModelForwardError
 from .models import ModelSource, build_model
 from .pipeline import RESULT_SCHEMA_VERSION
-from .weights import read_state_dict
+from .weights import read_weights
 
 __all__ = ["Check", "VerifyResult", "verify_checkpoint"]
 
@@ -56,24 +57,66 @@ class VerifyResult:
                 "checks": [c.to_dict() for c in self.checks]}
 
 
+def _listed(items: list[str], limit: int = 5) -> str:
+    return ", ".join(items[:limit]) + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+
+
+def _output_checks(out: Any, expected: Any) -> list[Check]:
+    """Shape and finiteness, tensor by tensor, of an output that may be nested (lists, dicts, ...)."""
+    got = [(path, tuple(t.shape)) for path, t in tensor_leaves(out)]
+    want = [(path, tuple(t.shape)) for path, t in tensor_leaves(expected)]
+    if not got:
+        return [Check("output shape", False, f"the output holds no tensor ({type(out).__name__})")]
+    if [path for path, _ in got] == [path for path, _ in want] == ["output"]:  # one tensor
+        shape_check = Check("output shape", got == want, f"{got[0][1]} (base model: {want[0][1]})")
+    elif got == want:
+        count = "1 tensor, of" if len(got) == 1 else f"{len(got)} tensors, each of"
+        shape_check = Check("output shape", True, f"{count} the base model's shape: "
+                            + _listed([f"{path} {shape}" for path, shape in got]))
+    else:
+        base, own = dict(want), dict(got)
+        problems = {path: f"{path} {shape} (base model: {base[path] if path in base else 'absent'})"
+                    for path, shape in got if base.get(path) != shape}
+        problems.update({path: f"{path} missing" for path in base if path not in own})
+        shape_check = Check("output shape", False, "differs from the base model's: " + _listed(list(problems.values())),
+                            tuple(problems))
+    bad = [path for path, t in tensor_leaves(out) if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    finite_check = Check("finite output", not bad, "all finite" if not bad else f"NaN or inf in {_listed(bad)}",
+                         tuple(bad))
+    return [shape_check, finite_check]
+
+
 def verify_checkpoint(path: str | os.PathLike, *, weights: str | os.PathLike | None = None,
                       input_size: tuple[int, int, int] | None = None,
                       on_step: Callable[[str], None] = _noop) -> VerifyResult:
     """Check that a checkpoint loads and runs, and optionally that it kept the source weights.
 
     Checks: the checkpoint loads strictly; a forward at the recorded input size (batch 2,
-    eval mode) gives the base model's output shape and finite values; with ``weights``, every
+    eval mode) gives the base model's output shape and finite values, tensor by tensor for
+    outputs that are lists, tuples or dicts of tensors (timm ``features_only``, torchvision
+    segmentation, Inception's auxiliary logits); with ``weights``, every
     tensor outside the replaced modules equals the weights file's (except the classifier keys
     re-initialised for ``num_classes`` and BatchNorm statistics reset by ``--reset-bn-stats``).
 
+    A checkpoint that is read but does not load (its recorded plan does not fit the rebuilt base
+    model, or its state_dict has missing, unexpected or misshapen tensors) is a failed ``loads``
+    check, with the keys, and no further checks: :attr:`VerifyResult.passed` is False (the CLI's
+    exit 4), not an exception.
+
     Raises:
-        CheckpointError, UnknownModelError: the checkpoint cannot be loaded at all.
+        CheckpointError: the file cannot be read as a checkpoint (missing, not a checkpoint,
+            truncated, of a newer format).
+        UnknownModelError, FactoryError: the base model cannot be built here.
         WeightsFileError: ``weights`` cannot be read.
     """
     on_step(f"loading {path}")
     payload = read_checkpoint(path)  # read once: the manifest and the model come from it
     manifest = payload["manifest"]
-    model = model_from_payload(path, payload)
+    try:
+        model = model_from_payload(path, payload)
+    except CheckpointError as err:  # read, but its plan or state_dict does not fit: the first check fails
+        problem = str(err).split(": ", 1)[-1]
+        return VerifyResult(Path(path), (Check("loads", False, problem, err.missing_keys + err.unexpected_keys),))
     checks = [Check("loads", True, f"{len(manifest['replaced'])} replaced convs, state_dict loaded strictly")]
     size = tuple(input_size or manifest.get("input_size") or (3, 224, 224))
     on_step(f"forward at 2x{'x'.join(map(str, size))}")
@@ -87,13 +130,10 @@ def verify_checkpoint(path: str | os.PathLike, *, weights: str | os.PathLike | N
     except Exception as err:
         raise ModelForwardError(f"{manifest['source']['library']}:{manifest['source']['name']}", tuple(x.shape),
                                 f"{type(err).__name__}: {err}") from err
-    checks.append(Check("output shape", tuple(out.shape) == tuple(expected.shape),
-                        f"{tuple(out.shape)} (base model: {tuple(expected.shape)})"))
-    finite = bool(torch.isfinite(out).all())
-    checks.append(Check("finite output", finite, "all finite" if finite else "NaN or inf in the output"))
+    checks += _output_checks(out, expected)
     if weights is not None:
         on_step(f"comparing with {weights}")
-        source_weights = read_state_dict(Path(weights))
+        source_weights = read_weights(weights).fitted_to(base.state_dict()).state_dict
         replaced = [d["name"] for d in manifest["replaced"]]
         reinitialized = set(manifest["source"].get("weights", {}).get("reinitialized", []))
         reset = set(manifest.get("stale_batchnorms", [])) if manifest.get("reset_bn_stats") else set()
@@ -109,10 +149,7 @@ def verify_checkpoint(path: str | os.PathLike, *, weights: str | os.PathLike | N
                 differ.append(key)
             compared += 1
         ok = not differ and not missing
-        def listed(keys: list[str]) -> str:
-            return ", ".join(keys[:5]) + (f", ... ({len(keys) - 5} more)" if len(keys) > 5 else "")
-
         detail = (f"{compared} untouched tensors equal the weights file" if ok else
-                  f"{len(differ)} differ ({listed(differ)}), {len(missing)} missing from the file ({listed(missing)})")
+                  f"{len(differ)} differ ({_listed(differ)}), {len(missing)} missing from the file ({_listed(missing)})")
         checks.append(Check("untouched weights", ok, detail, tuple(differ + missing)))
     return VerifyResult(Path(path), tuple(checks))

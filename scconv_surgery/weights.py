@@ -2,28 +2,37 @@
 
 Accepts plain state_dicts (``torch.load(weights_only=True)`` or safetensors) and the training
 checkpoints of timm's and torchvision's scripts (the state_dict under ``state_dict``, ``model``
-or their EMA keys), with the prefixes of PyTorch's wrappers stripped (timm: ``load_state_dict``
-and ``clean_state_dict`` in timm/models/_helpers.py).
+or their EMA keys), with the prefixes of PyTorch's wrappers stripped in any order and nesting
+(timm: ``load_state_dict`` and ``clean_state_dict`` in timm/models/_helpers.py; PyTorch:
+``clean_tensor_name`` in torch/distributed/fsdp/_common_utils.py).
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
 import os
-import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from ._files import TORCH_KINDS, describe, sniff, torch_load_problem
 from .errors import WeightsFileError
 
-__all__ = ["read_state_dict", "load_weights_file", "classifier_prefixes"]
+__all__ = ["WeightsFile", "read_weights", "read_state_dict", "strip_wrapper_prefixes", "load_weights_file",
+           "classifier_prefixes"]
 
 _WRAPPER_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")  # timm/torchvision trainers
-_KEY_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers
+# Wrappers that put their attribute name before every key of the wrapped model's state_dict:
+# DistributedDataParallel, DataParallel, timm's ModelEmaV2/V3 and torch.optim.swa_utils.AveragedModel
+# ("module."), torch.compile ("_orig_mod."), FSDP and activation checkpointing.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.", "_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
+# Those that also sit inside keys, around a compiled, sharded or checkpointed submodule; "module."
+# inside a key is an ordinary module name.
+_INNER_WRAPPERS = ("_orig_mod.", "_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
 _NON_STATE_KEYS = ("n_averaged",)  # torch.optim.swa_utils.AveragedModel's counter (torchvision's EMA)
 
 
@@ -35,14 +44,91 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a state_dict file, unwrapped from trainer checkpoints and wrapper prefixes."""
+@dataclass(frozen=True)
+class WeightsFile:
+    """A state_dict read from a weights file, and the wrapper prefixes its keys lost.
+
+    Attributes:
+        path: the file.
+        state_dict: name -> tensor, with wrapper prefixes stripped.
+        stripped_prefixes: the prefixes stripped, in order of first appearance, e.g.
+            ``("_orig_mod.", "module.")`` for ``torch.compile(DDP(model))``; empty if none.
+    """
+
+    path: Path
+    state_dict: dict[str, torch.Tensor]
+    stripped_prefixes: tuple[str, ...] = ()
+
+    def fitted_to(self, keys: Collection[str]) -> WeightsFile:
+        """The same weights, with one more leading prefix stripped if that makes the keys ``keys``.
+
+        Trainers that keep the model as an attribute (PyTorch Lightning's ``self.model``, or
+        ``self.net``) save every key under that attribute's name; no fixed list can know it, so
+        it is stripped only when every key carries it and the rest equals the model's keys.
+        """
+        names = list(self.state_dict)
+        first = names[0].split(".", 1)[0] + "." if names and "." in names[0] else None
+        if first is None or set(names) == set(keys) or not all(n.startswith(first) for n in names):
+            return self
+        if {n[len(first):] for n in names} != set(keys):
+            return self
+        state_dict = {n[len(first):]: v for n, v in self.state_dict.items()}
+        return replace(self, state_dict=state_dict, stripped_prefixes=(*self.stripped_prefixes, first))
+
+
+def strip_wrapper_prefixes(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], tuple[str, ...]]:
+    """Strip the key prefixes of PyTorch's wrappers (:data:`WRAPPER_PREFIXES`), until none is left.
+
+    A leading prefix is stripped when every key carries it, again and again, so that any
+    nesting (``_orig_mod.module.`` from ``torch.compile(DDP(model))``, ``module._orig_mod.``
+    from ``DDP(torch.compile(model))``) comes off; ``_orig_mod.``, ``_fsdp_wrapped_module.``
+    and ``_checkpoint_wrapped_module.`` are also removed inside keys.
+
+    Returns:
+        ``(state_dict, stripped prefixes in order of first appearance)``.
+
+    Raises:
+        ValueError: two keys become one after stripping.
+    """
+    names = list(state_dict)
+    stripped: list[str] = []
+    while names:
+        prefix = next((p for p in WRAPPER_PREFIXES if all(n.startswith(p) for n in names)), None)
+        if prefix is None:
+            break
+        names = [n[len(prefix):] for n in names]
+        stripped.append(prefix)
+    for i, name in enumerate(names):
+        for wrapper in _INNER_WRAPPERS:
+            if f".{wrapper}" in f".{name}":
+                name = f".{name}".replace(f".{wrapper}", ".")[1:]
+                stripped.append(wrapper)
+        names[i] = name
+    if len(set(names)) != len(names):
+        clashes = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"keys clash once the wrapper prefixes {', '.join(dict.fromkeys(stripped))} are stripped: "
+                         f"{clashes[:5]}")
+    return dict(zip(names, state_dict.values())), tuple(dict.fromkeys(stripped))
+
+
+def read_weights(path: str | os.PathLike) -> WeightsFile:
+    """Read a weights file: a state_dict, unwrapped from trainer checkpoints and wrapper prefixes.
+
+    Raises:
+        WeightsFileError: the file is missing, unreadable, an scconv checkpoint, or holds no
+            state_dict.
+    """
+    path = Path(path)
     if path.is_dir():
         raise WeightsFileError(str(path), "is a directory, not a weights file")
     if not path.is_file():
         raise WeightsFileError(str(path), "not a regular file" if path.exists() else "no such file")
+    kind = sniff(path)
+    if kind not in (*TORCH_KINDS, "safetensors"):
+        raise WeightsFileError(str(path), f"not a weights file: it is {describe(path, kind)}; expected a PyTorch "
+                               "state_dict (.pt, .pth, .bin) or a .safetensors file")
     try:
-        if path.suffix == ".safetensors":
+        if kind == "safetensors":
             from safetensors.torch import load_file
             obj: Any = load_file(str(path))
         else:
@@ -50,12 +136,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             with torch.serialization.safe_globals([argparse.Namespace]):
                 obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # torch's message carries terminal colours
-        hint = ("; it holds pickled objects: save model.state_dict() instead of the module"
-                if "unsupported global" in text.lower() or "weights_only=false" in text.lower() else "")
-        raise WeightsFileError(
-            str(path), f"not a readable PyTorch or safetensors file ({type(err).__name__}: "
-            f"{text.splitlines()[0] if text else ''}){hint}") from err
+        problem = torch_load_problem(err) if kind in TORCH_KINDS else f"{type(err).__name__}: {err}".splitlines()[0]
+        raise WeightsFileError(str(path), f"cannot be read as {describe(path, kind)}: {problem}") from err
     if isinstance(obj, Mapping) and obj.get("format") == "scconv-surgery":
         raise WeightsFileError(str(path), "is an scconv-surgery checkpoint, not base-model weights; load it with "
                                "scconv_surgery.load(), or convert from the original weights")
@@ -67,12 +149,16 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsFileError(str(path), "holds no state_dict (expected a mapping of names to "
                                f"tensors, or one under {', '.join(_WRAPPER_KEYS)})")
-    state_dict = {}
-    for key, value in obj.items():
-        for prefix in _KEY_PREFIXES:
-            key = key.removeprefix(prefix)
-        state_dict[key] = value
-    return state_dict
+    try:
+        state_dict, stripped = strip_wrapper_prefixes(obj)
+    except ValueError as err:
+        raise WeightsFileError(str(path), str(err)) from err
+    return WeightsFile(path, state_dict, stripped)
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file (:func:`read_weights` without the stripped prefixes)."""
+    return read_weights(path).state_dict
 
 
 def classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
@@ -91,8 +177,9 @@ def load_weights_file(model: nn.Module, path: str | os.PathLike, *, reinit_class
 
     Accepts a plain state_dict (``.pt``/``.pth``/``.bin`` via ``torch.load(weights_only=True)``,
     or ``.safetensors``), and timm / torchvision training checkpoints (the state_dict under
-    ``state_dict``, ``model``, ``state_dict_ema`` or ``model_ema``), with ``module.`` (DDP) and
-    ``_orig_mod.`` (torch.compile) prefixes stripped.
+    ``state_dict``, ``model``, ``state_dict_ema`` or ``model_ema``), with the key prefixes of
+    wrappers stripped (:func:`strip_wrapper_prefixes`, and a trainer's attribute name such as
+    Lightning's ``model.`` where every key carries it and the rest fits the model).
 
     Args:
         model: the model to load into.
@@ -102,16 +189,17 @@ def load_weights_file(model: nn.Module, path: str | os.PathLike, *, reinit_class
             timm does; the keys are reported.
 
     Returns:
-        ``{"kind": "file", "name": file name, "sha256": hex digest, "reinitialized": [keys]}``
-        for the manifest.
+        ``{"kind": "file", "name": file name, "sha256": hex digest, "reinitialized": [keys],
+        "stripped_prefixes": [prefixes]}`` for the manifest.
 
     Raises:
         WeightsFileError: the file is missing, unreadable, holds no state_dict, or its keys or
             shapes do not fit the model (the error lists them).
     """
     path = Path(path)
-    state_dict = read_state_dict(path)
     own = model.state_dict()
+    weights = read_weights(path).fitted_to(own)
+    state_dict = weights.state_dict
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
     if missing or unexpected:
@@ -128,4 +216,5 @@ def load_weights_file(model: nn.Module, path: str | os.PathLike, *, reinit_class
     for key in wrong:  # the classifier keeps its fresh initialisation
         state_dict[key] = own[key]
     model.load_state_dict(state_dict, strict=True)
-    return {"kind": "file", "name": path.name, "sha256": _sha256(path), "reinitialized": sorted(wrong)}
+    return {"kind": "file", "name": path.name, "sha256": _sha256(path), "reinitialized": sorted(wrong),
+            "stripped_prefixes": list(weights.stripped_prefixes)}

@@ -1,6 +1,10 @@
 """Shared fixtures: toy models named after their edge case, and small real models."""
 from __future__ import annotations
 
+import collections
+import sys
+import types
+
 import pytest
 import torch
 from torch import nn
@@ -52,6 +56,69 @@ class SubclassConvNet(nn.Module):
         return self.conv(x)
 
 
+LogitsAndFeatures = collections.namedtuple("LogitsAndFeatures", ["logits", "features"])
+
+
+class NestedOutputNet(nn.Module):
+    """Two eligible 3x3 convs (stem 3->16 excluded: too few channels); the output nests three
+    tensors in a list, tuple (with a None), namedtuple or dict, as detection, segmentation,
+    ``features_only`` and auxiliary-logit models do."""
+
+    def __init__(self, kind: str = "list"):
+        super().__init__()
+        self.kind = kind
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.body = nn.Conv2d(16, 16, 3, padding=1)
+        self.head = nn.Linear(16, 5)
+        self.aux = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor):
+        features = self.body(torch.relu(self.stem(x)))
+        pooled = features.mean((2, 3))
+        logits, aux = self.head(pooled), self.aux(pooled)
+        if self.kind == "list":
+            return [logits, [features, aux]]
+        if self.kind == "tuple":
+            return logits, (features, None, aux)
+        if self.kind == "namedtuple":
+            return LogitsAndFeatures(logits, {"map": features, "aux": aux})
+        return collections.OrderedDict(out=logits, features=features, aux=aux)
+
+
+class LongNameNet(nn.Module):
+    """Three convs, two of them eligible, under 73-character names that differ only at the end
+    (as in wrapped or detection models)."""
+
+    STAGE = "a_long_wrapper_name_from_a_detection_framework_stage"
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        stage = nn.Module()
+        stage.conv_left = nn.Conv2d(16, 16, 3, padding=1)
+        stage.conv_right = nn.Conv2d(16, 16, 3, padding=1)
+        self.backbone_body = nn.Module()
+        self.backbone_body.add_module(self.STAGE, stage)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        stage = getattr(self.backbone_body, self.STAGE)
+        return stage.conv_right(stage.conv_left(self.stem(x)))
+
+
+@pytest.fixture
+def toy_factory(monkeypatch) -> str:
+    """``factory:`` prefix of a module whose builders return toy models: ``nested(kind)``
+    (:class:`NestedOutputNet`), ``long_names()`` (:class:`LongNameNet`), ``tiny()``
+    (:class:`TinyConvNet`), ``resizing()`` (:class:`ResizingNet`)."""
+    module = types.ModuleType("scconv_test_toys")
+    module.nested = lambda kind="list": NestedOutputNet(kind)
+    module.long_names = LongNameNet
+    module.tiny = TinyConvNet
+    module.resizing = lambda: ResizingNet()
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    return "factory:scconv_test_toys"
+
+
 @pytest.fixture
 def tiny_net() -> TinyConvNet:
     torch.manual_seed(0)
@@ -63,3 +130,16 @@ def resnet50_bottleneck_conv2() -> set[str]:
     """The 3x3 conv of each of resnet50's 16 bottleneck blocks (stage depths 3, 4, 6, 3)."""
     return {f"layer{stage}.{block}.conv2" for stage, depth in zip((1, 2, 3, 4), (3, 4, 6, 3))
             for block in range(depth)}
+
+
+class ResizingNet(nn.Module):
+    """Resizes any input to 3x32x32 before its first conv, as detectors' transforms do."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Conv2d(3, 16, 3, padding=1)
+        self.block = nn.Conv2d(16, 16, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.nn.functional.interpolate(x, size=(32, 32), mode="nearest")
+        return self.block(self.body(x))

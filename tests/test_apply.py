@@ -88,3 +88,26 @@ def test_apply_plan_checks_everything_before_mutating(tiny_net):
         apply_plan(other, plan)
     assert info.value.name == "block2"
     assert type(other.block1) is nn.Conv2d  # block1 came first in the plan and was not replaced
+
+
+@pytest.mark.filterwarnings("ignore:`torch.nn.utils.weight_norm` is deprecated:FutureWarning")
+def test_models_with_weight_hooks_convert_after_a_training_step(tiny_net):
+    """The old-style hooks keep a computed, non-leaf weight on the module: deepcopy refused it."""
+    nn.utils.weight_norm(tiny_net.block1)
+    nn.utils.spectral_norm(tiny_net.block2)
+    tiny_net.train()
+    tiny_net(torch.randn(2, 3, 8, 8)).sum().backward()
+    converted, plan = convert(tiny_net)
+    assert {d.name: d.reason.value for d in plan.skipped if d.name.startswith("block")} == \
+        {"block1": "weight_hook", "block2": "weight_hook"}
+    assert not tiny_net.block1.weight.is_leaf  # the input model is as it was
+    torch.testing.assert_close(converted.eval()(torch.ones(1, 3, 8, 8)), tiny_net.eval()(torch.ones(1, 3, 8, 8)))
+
+
+def test_backward_hooks_are_carried(tiny_net):
+    seen = []
+    tiny_net.block1.register_full_backward_hook(lambda m, grad_in, grad_out: seen.append(grad_out[0].shape))
+    tiny_net.block1.register_full_backward_pre_hook(lambda m, grad_out: seen.append("pre"))
+    converted, _ = convert(tiny_net)
+    converted(torch.randn(1, 3, 8, 8)).sum().backward()
+    assert seen == ["pre", (1, 16, 8, 8)]

@@ -236,3 +236,16 @@ def test_write_failure_is_an_output_path_error(tiny_net, tmp_path, monkeypatch):
     with pytest.raises(OutputPathError, match="writing failed.*nothing was written"):
         checkpoint.save_checkpoint(tmp_path / "m.pt", tiny_net, {})
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("content, words", [
+    pytest.param(b"epoch,loss\n1,0.5\n", "not an scconv-surgery checkpoint: it is a text file (it starts with 'epoch,loss')",
+                 id="text"),
+    pytest.param(b"", "not an scconv-surgery checkpoint: it is an empty file", id="empty"),
+])
+def test_a_file_that_is_not_a_checkpoint_is_named_as_such(content, words, tmp_path):
+    path = tmp_path / "model.pt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError) as info:
+        read_checkpoint(path)
+    assert words in str(info.value) and "truncated" not in str(info.value)

@@ -1,13 +1,16 @@
 
+from collections import Counter
+
 import pytest
 import timm
 import torch
 from torch import nn
 
+from conftest import NestedOutputNet
 from scconv_surgery import counting
 from scconv_surgery.apply import convert
 from scconv_surgery.counting import compare_counts, count_model
-from scconv_surgery.layers import ScConv
+from scconv_surgery.layers import ScConv, ScConvConfig
 
 
 def _scconv_conv_macs(c_in: int, c_out: int, out_area: int, in_area: int, k: int = 3, g: int = 2) -> int:
@@ -70,21 +73,67 @@ def test_counting_leaves_the_model_as_it_was(tiny_net):
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in tiny_net.modules())
 
 
+def _break_fvcore(monkeypatch, fails=lambda model: True):
+    real = counting._count_fvcore
+
+    def maybe_broken(model, *args):
+        if fails(model):
+            raise RuntimeError("tracing failed")
+        return real(model, *args)
+    monkeypatch.setattr(counting, "_count_fvcore", maybe_broken)
+
+
 def test_fallback_counter_when_fvcore_fails(monkeypatch):
     torch.manual_seed(0)
     model = timm.create_model("resnet18").eval()
-    fvcore_counts = count_model(model, (3, 224, 224))
-
-    def broken(*args, **kwargs):
-        raise RuntimeError("tracing failed")
-
-    monkeypatch.setattr(counting, "_count_fvcore", broken)
-    fallback = count_model(model, (3, 224, 224))
+    fvcore_counts = count_model(model, (3, 64, 64))
+    _break_fvcore(monkeypatch)
+    fallback = count_model(model, (3, 64, 64))
     assert fallback.counter == "torch.utils.flop_counter"
     assert "tracing failed" in fallback.note
-    dense = fvcore_counts.macs_by_operator["conv"] + fvcore_counts.macs_by_operator["linear"]
-    assert abs(fallback.macs - dense) / dense < 0.01
     assert fallback.params == fvcore_counts.params
+    # the same operators counted the same way; fvcore's F.linear is the addmm kernel that ran
+    assert fallback.macs == fvcore_counts.macs
+    linear = fvcore_counts.macs_by_operator["linear"]
+    assert fallback.macs_by_operator == {**{k: v for k, v in fvcore_counts.macs_by_operator.items() if k != "linear"},
+                                         "addmm": linear}
+    assert set(fallback.macs_by_operator) == {"conv", "batch_norm", "adaptive_avg_pool2d", "addmm"}
+    assert fallback.uncounted_ops == fvcore_counts.uncounted_ops == {"aten::max_pool2d": 1, "aten::add_": 8}
+    for name in ("layer1.0.conv1", "layer4.1", "fc"):  # per module, from FlopCounterMode's module tracker
+        assert fallback.macs_by_module[name] == fvcore_counts.macs_by_module[name] > 0
+
+
+@pytest.mark.parametrize("variant", ["paper", "seed"])
+def test_both_counters_agree_on_a_converted_model(variant, monkeypatch):
+    """GroupNorm (SRU) and the elementwise operators are counted alike by both counters."""
+    torch.manual_seed(0)
+    model, plan = convert(timm.create_model("test_resnet").eval(), config=ScConvConfig(variant=variant))
+    fvcore_counts = count_model(model, (3, 32, 32), count_elementwise=True)
+    fallback = count_model(model, (3, 32, 32), count_elementwise=True, counter=counting.FALLBACK)
+    assert fallback.macs == fvcore_counts.macs
+    assert ("group_norm" in fallback.macs_by_operator) == (variant == "paper")
+    per_module = {k: v for k, v in fvcore_counts.macs_by_module.items() if v}
+    assert {k: v for k, v in fallback.macs_by_module.items() if v} == per_module
+    # elementwise: fvcore's jit trace and the fallback both run SCConv's module-by-module forward
+    # (fvcore's trace out of place, the fallback under no_grad partly in place): the same operators
+    assert fvcore_counts.elementwise_ops == fallback.elementwise_ops > 0
+    def out_of_place(counts):
+        merged = Counter()
+        for op, n in counts.elementwise_by_operator.items():
+            merged[op.rstrip("_")] += n
+        return merged
+    assert out_of_place(fvcore_counts) == out_of_place(fallback)
+
+
+def test_a_delta_is_never_counted_by_two_counters(tiny_net, monkeypatch):
+    converted, plan = convert(tiny_net)
+    _break_fvcore(monkeypatch, fails=lambda model: model is converted)  # fvcore fails on the converted model only
+    report = compare_counts(tiny_net, converted, (3, 16, 16), replaced=plan.replaced)
+    assert report.before.counter == report.after.counter == counting.FALLBACK
+    assert "both models counted by torch.utils.flop_counter" in report.before.note
+    rows = {layer.name: layer for layer in report.layers}
+    assert rows["block1"].macs_before == 16 * 16 * 9 * 16 * 16  # per-layer rows under the fallback, not 0 -> 0
+    assert 0 < rows["block1"].macs_after < rows["block1"].macs_before
 
 
 def test_per_layer_rows_and_elementwise_counts(tiny_net):
@@ -114,3 +163,15 @@ def test_report_to_dict_has_layers_and_units(tiny_net):
     assert doc["unit"].startswith("MACs")
     assert [row["name"] for row in doc["layers"]] == ["block1", "block2"]
     assert doc["input_size"] == [3, 16, 16]
+
+
+@pytest.mark.parametrize("kind", ["list", "tuple", "namedtuple", "dict"])
+@pytest.mark.parametrize("force_fallback", [False, True], ids=["fvcore", "fallback"])
+def test_models_with_nested_outputs_are_counted(kind, force_fallback, monkeypatch):
+    """Counting does not depend on the output's structure (lists, tuples, namedtuples, dicts)."""
+    if force_fallback:
+        _break_fvcore(monkeypatch)
+    counts = count_model(NestedOutputNet(kind).eval(), (3, 8, 8))
+    conv = (3 * 16 * 9 + 16 * 16 * 9) * 8 * 8  # stem and body: C_in * C_out * k^2 per output pixel
+    assert counts.macs == conv + 2 * 16 * 5  # and the two 16 -> 5 linear heads
+    assert counts.counter == (counting.FALLBACK if force_fallback else counting.FVCORE)

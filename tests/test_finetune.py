@@ -3,8 +3,14 @@ import timm
 import torch
 
 from scconv_surgery.apply import convert
-from scconv_surgery.finetune import new_parameter_names, param_groups, reset_batchnorm_stats, stale_batchnorms
-from scconv_surgery.layers import ScConv
+from scconv_surgery.finetune import (
+    gradient_free_parameters,
+    new_parameter_names,
+    param_groups,
+    reset_batchnorm_stats,
+    stale_batchnorms,
+)
+from scconv_surgery.layers import ScConv, ScConvConfig
 
 
 @pytest.fixture(scope="module")
@@ -63,3 +69,21 @@ def test_reset_batchnorm_stats(converted_resnet50):
     reset_batchnorm_stats(model, ["layer1.0.bn2"])
     assert torch.equal(bn.running_mean, torch.zeros(64)) and torch.equal(bn.running_var, torch.ones(64))
     assert bn.num_batches_tracked.item() == 0
+
+
+@pytest.mark.parametrize("variant", ["paper", "seed"])
+def test_parameters_that_never_get_a_gradient_are_frozen_and_left_out(variant):
+    """The seed's hard masks give its group norm's scale and bias no gradient: under DDP a parameter
+    that requires grad and never gets one stops training at the second step."""
+    torch.manual_seed(0)
+    model, _ = convert(timm.create_model("test_resnet"), config=ScConvConfig(variant=variant))
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == set(gradient_free_parameters(model))
+    model.requires_grad_(True).train()
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    no_gradient = {name for name, p in model.named_parameters() if p.grad is None}
+    assert no_gradient == frozen  # exactly the parameters no loss reaches
+    scconv_layers = sum(isinstance(m, ScConv) for m in model.modules())
+    assert len(no_gradient) == (2 * scconv_layers if variant == "seed" else 0)
+    grouped = {id(p) for g in param_groups(model, lr=0.1) for p in g["params"]}  # even when requiring grad
+    assert not grouped & {id(model.get_parameter(name)) for name in no_gradient}

@@ -2,7 +2,8 @@
 
 Expected numbers come from DESIGN sections 2 and 3, written out here; the seed variant is
 checked against tests/golden/seed_scconv.safetensors (made by tests/golden/make_seed_golden.py
-from the seed document's code, which these tests never import).
+from the unofficial ScConv implementation that circulates in blog posts, which these tests
+never import).
 """
 from __future__ import annotations
 

@@ -2,9 +2,8 @@ import urllib.error
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
-from scconv_surgery.errors import PretrainedWeightsError, UnknownModelError, WeightsFileError
+from scconv_surgery.errors import PretrainedWeightsError, UnknownModelError
 from scconv_surgery.models import ModelSource, build_model, create_model, default_input_size
 
 
@@ -61,57 +60,6 @@ def test_pretrained_torchvision_download_failure(monkeypatch, tmp_path):
     assert info.value.name == "torchvision:resnet18"
 
 
-def _reference_state_dict():
-    torch.manual_seed(3)
-    model, _ = create_model("torchvision:resnet18", num_classes=5)
-    for p in model.parameters():
-        p.data.normal_()
-    return model.state_dict()
-
-
-@pytest.mark.parametrize("layout", ["plain", "state_dict+module.", "model+_orig_mod.", "state_dict_ema",
-                                    "safetensors"])
-def test_weights_file_layouts(layout, tmp_path):
-    reference = _reference_state_dict()
-    path = tmp_path / ("w.safetensors" if layout == "safetensors" else "w.pth")
-    if layout == "plain":
-        torch.save(reference, path)
-    elif layout == "state_dict+module.":
-        torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in reference.items()}}, path)
-    elif layout == "model+_orig_mod.":
-        torch.save({"model": {f"_orig_mod.{k}": v for k, v in reference.items()}, "optimizer": {}}, path)
-    elif layout == "state_dict_ema":
-        torch.save({"state_dict_ema": reference}, path)
-    else:
-        save_file({k: v.contiguous() for k, v in reference.items()}, str(path))
-    model, source = create_model("torchvision:resnet18", weights=path, num_classes=5)
-    for key, value in model.state_dict().items():
-        assert torch.equal(value, reference[key]), key
-    assert source.weights["kind"] == "file" and source.weights["name"] == path.name
-    assert len(source.weights["sha256"]) == 64
-
-
-@pytest.mark.parametrize("case", ["missing", "not a checkpoint", "no tensors", "wrong keys", "wrong head"])
-def test_bad_weights_files(case, tmp_path):
-    path = tmp_path / "w.pt"
-    if case == "not a checkpoint":
-        path.write_text("hello")
-    elif case == "no tensors":
-        torch.save({"epoch": 1}, path)
-    elif case == "wrong keys":
-        torch.save({"fc.weight": torch.zeros(5, 512), "nonsense": torch.zeros(1)}, path)
-    elif case == "wrong head":
-        torch.save(_reference_state_dict(), path)  # 5 classes; the model below has 1000
-    expected = {"missing": "no such file", "not a checkpoint": "not a readable", "no tensors": "no state_dict",
-                "wrong keys": "missing key", "wrong head": "shape mismatch"}[case]
-    with pytest.raises(WeightsFileError, match=expected) as info:
-        create_model("torchvision:resnet18", weights=path)
-    assert info.value.path == str(path)
-    if case == "wrong keys":
-        assert "nonsense" in info.value.unexpected_keys
-        assert "conv1.weight" in info.value.missing_keys
-
-
 def test_pretrained_and_weights_are_exclusive(tmp_path):
     with pytest.raises(ValueError, match="not both"):
         create_model("resnet18", pretrained=True, weights=tmp_path / "w.pt")
@@ -133,44 +81,6 @@ def test_model_source_round_trip():
     assert ModelSource.from_dict(source.to_dict()) == source
 
 
-def test_training_checkpoint_with_argparse_namespace(tmp_path):
-    """timm's CheckpointSaver and torchvision's reference scripts store their args beside the weights."""
-    import argparse
-
-    reference = _reference_state_dict()
-    path = tmp_path / "train.pth"
-    torch.save({"epoch": 9, "args": argparse.Namespace(lr=0.1, model="resnet18"),
-                "state_dict": {f"module.{k}": v for k, v in reference.items()}}, path)
-    model, _ = create_model("torchvision:resnet18", weights=path, num_classes=5)
-    assert torch.equal(model.fc.weight, reference["fc.weight"])
-
-
-def test_torchvision_ema_checkpoint(tmp_path):
-    reference = _reference_state_dict()
-    ema = {"n_averaged": torch.tensor(12), **{f"module.{k}": v for k, v in reference.items()}}
-    path = tmp_path / "ema.pth"
-    torch.save({"model": {f"module.{k}": v for k, v in reference.items()}, "model_ema": ema}, path)
-    model, _ = create_model("torchvision:resnet18", weights=path, num_classes=5)
-    assert torch.equal(model.conv1.weight, reference["conv1.weight"])
-
-
-@pytest.mark.parametrize("case, match", [
-    ("pickled module", "save model.state_dict()"),
-    ("scconv checkpoint", "is an scconv-surgery checkpoint"),
-    ("directory", "is a directory"),
-])
-def test_weights_that_are_something_else(case, match, tmp_path):
-    path = tmp_path / "w.pt"
-    if case == "pickled module":
-        torch.save(torch.nn.Linear(2, 2), path)
-    elif case == "scconv checkpoint":
-        torch.save({"format": "scconv-surgery", "format_version": 1, "manifest": {}, "state_dict": {}}, path)
-    else:
-        path.mkdir()
-    with pytest.raises(WeightsFileError, match=match):
-        create_model("torchvision:resnet18", weights=path)
-
-
 def test_torchvision_detection_models_download_no_backbone(monkeypatch):
     def no_download(*args, **kwargs):
         raise AssertionError("a download was attempted")
@@ -187,3 +97,56 @@ def test_unknown_name_messages():
     assert len(info.value.suggestions) == len(set(info.value.suggestions))
     with pytest.raises(UnknownModelError, match="'foo' is not a library prefix"):
         create_model("foo:resnet50")
+
+
+def test_unknown_timm_pretrained_tag_names_the_known_tags():
+    with pytest.raises(UnknownModelError, match="timm knows 'resnet10t' but not its pretrained tag 'nosuchtag'") as info:
+        create_model("timm:resnet10t.nosuchtag")
+    assert info.value.suggestions == ("timm:resnet10t.c3_in1k",)
+
+
+@pytest.fixture
+def hf_cache(tmp_path, monkeypatch):
+    """An offline Hugging Face cache holding timm/test_resnet.fake_in1k: its config.json and weights."""
+    import json
+
+    import timm
+    from huggingface_hub import constants
+    from safetensors.torch import save_file
+
+    repo = tmp_path / "hub" / "models--timm--test_resnet.fake_in1k"
+    revision = "0" * 40
+    snapshot = repo / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    config = {"architecture": "test_resnet", "num_classes": 10,
+              "pretrained_cfg": {"tag": "fake_in1k", "input_size": [3, 48, 48], "num_classes": 10,
+                                 "classifier": "fc", "mean": [0.5] * 3, "std": [0.5] * 3}}
+    (snapshot / "config.json").write_text(json.dumps(config))
+    torch.manual_seed(0)
+    reference = timm.create_model("test_resnet", num_classes=10).state_dict()
+    save_file({k: v.contiguous() for k, v in reference.items()}, str(snapshot / "model.safetensors"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return reference
+
+
+@pytest.mark.parametrize("name", ["hf-hub:timm/test_resnet.fake_in1k", "timm:hf-hub:timm/test_resnet.fake_in1k"])
+def test_hf_hub_names_build_from_the_local_cache(name, hf_cache, tmp_path):
+    from scconv_surgery import load, run_conversion
+
+    model, source = create_model(name, pretrained=True)
+    assert (source.library, source.name) == ("timm", "hf-hub:timm/test_resnet.fake_in1k")
+    assert source.weights == {"kind": "pretrained", "tag": "fake_in1k"}
+    assert torch.equal(model.fc.weight, hf_cache["fc.weight"]) and model.fc.out_features == 10
+    assert default_input_size(model, source) == (3, 48, 48)  # from the Hub's config
+    result = run_conversion(name, pretrained=True, out=tmp_path / "hub.pt")
+    assert result.report.input_size == (3, 48, 48)
+    loaded = load(tmp_path / "hub.pt")  # rebuilt from the cached config, offline
+    assert torch.equal(loaded.fc.weight, hf_cache["fc.weight"])
+
+
+def test_hf_hub_name_missing_from_the_cache_offline(hf_cache):
+    with pytest.raises(UnknownModelError, match="neither in the local Hugging Face cache nor downloadable"):
+        create_model("hf-hub:timm/not_in_the_cache")

@@ -3,6 +3,7 @@ import copy
 import pytest
 import timm
 import torch
+import torch.nn.utils.prune
 import torchvision
 from torch import nn
 
@@ -141,3 +142,43 @@ def test_plan_to_dict_round_trips_decisions(tiny_net):
     doc = plan.to_dict()
     assert (doc["convs"], doc["replaced"], doc["skipped"]) == (4, 2, 2)
     assert [Decision.from_dict(d) for d in doc["decisions"]] == list(plan.decisions)
+
+
+def _old_style(fn, *args):
+    def make() -> nn.Conv2d:
+        conv = nn.Conv2d(16, 16, 3, padding=1)
+        fn(conv, *args)
+        return conv
+    return make
+
+
+def _gradient_hooked() -> nn.Conv2d:
+    conv = nn.Conv2d(16, 16, 3, padding=1)
+    conv.weight.register_hook(lambda grad: grad.clamp(-1, 1))
+    return conv
+
+
+MANAGED_WEIGHTS = [  # (case, conv factory, reason, words in the detail)
+    ("parametrizations.spectral_norm", _old_style(nn.utils.parametrizations.spectral_norm), "parametrized",
+     "parametrized (weight by SpectralNorm, torch.nn.utils.parametrize)"),
+    ("parametrizations.weight_norm", _old_style(nn.utils.parametrizations.weight_norm), "parametrized",
+     "parametrized (weight by WeightNorm"),
+    ("parametrizations.orthogonal", _old_style(nn.utils.parametrizations.orthogonal), "parametrized",
+     "parametrized (weight by Orthogonal"),
+    ("old-style spectral_norm", _old_style(nn.utils.spectral_norm), "weight_hook", "weight computed by SpectralNorm"),
+    ("old-style weight_norm", _old_style(nn.utils.weight_norm), "weight_hook", "weight computed by WeightNorm"),
+    ("pruned", _old_style(torch.nn.utils.prune.l1_unstructured, "weight", 0.5), "weight_hook",
+     "weight computed by L1Unstructured"),
+    ("gradient hook on the weight", _gradient_hooked, "weight_hook", "gradient hooks on its weight tensor"),
+]
+
+
+@pytest.mark.filterwarnings("ignore:`torch.nn.utils.weight_norm` is deprecated:FutureWarning")
+@pytest.mark.parametrize("case, make, reason, words", MANAGED_WEIGHTS, ids=[c[0] for c in MANAGED_WEIGHTS])
+def test_convs_whose_weight_is_managed_are_skipped_with_a_named_reason(case, make, reason, words):
+    """Parametrizations and weight hooks belong to a weight SCConv does not have."""
+    model = nn.Sequential(make(), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1))
+    plan = plan_conversion(model, [Rule("*", conv_class=type(model[0]).__name__)])  # even when a rule names it
+    assert (plan.decisions[0].action.value, plan.decisions[0].reason.value) == ("skip", reason)
+    assert words in plan.decisions[0].detail
+    assert plan_conversion(model).decisions[1].is_replaced

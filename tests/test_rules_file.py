@@ -73,6 +73,11 @@ REJECTED = [  # (case, file text, rule index, key, words in the message)
     ("rules not a list", "rules: layer1.*\n", None, "rules", "must be a list"),
     ("unknown preset", "preset: fancy\n", None, "preset", "unknown preset 'fancy'"),
     ("not YAML", "rules: [unclosed\n", None, None, "not valid YAML"),
+    ("YAML indented wrong", "rules:\n  - include: 'a'\n   exclude: 'b'\n", None, None,
+     "not valid YAML: expected <block end>, but found '<block mapping start>' at line 3, column 4 (while parsing a "
+     "block collection from line 2, column 3)"),
+    ("YAML list left open", "rules:\n  - include: 'a'\n    alpha: [0.5\n", None, None,
+     "at line 4, column 1 (while parsing a flow sequence from line 3, column 12)"),
 ]
 
 

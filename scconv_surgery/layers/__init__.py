@@ -12,7 +12,7 @@ Redundancy", CVPR 2023, pp. 6153-6162. ``ScConv = CRU(SRU(x))``:
 
 Two variants (:class:`Variant`), each its own pair of classes: ``paper`` (:class:`SRU`,
 :class:`CRU`) follows the equations; ``seed`` (:class:`SeedSRU`, :class:`SeedCRU`) reproduces,
-to float tolerance, the code of the user's seed document (hand-written group norm, hard
+to float tolerance, the unofficial ScConv implementation that circulates in blog posts (hand-written group norm, hard
 masks, a softmax over all 2C channels of the fuse). Both are generalised, beyond the paper,
 to ``in_channels != out_channels`` and ``stride > 1`` (:class:`StridePolicy`) so that a
 :class:`ScConv` is a drop-in for a dense k x k convolution.

@@ -17,7 +17,7 @@ class Variant(str, Enum):
     """Which formulation of SCConv a layer computes."""
 
     PAPER = "paper"  # the paper's equations (DESIGN section 2), nn.GroupNorm, partly soft gate
-    SEED = "seed"  # the seed document's code, defects included, to float tolerance
+    SEED = "seed"  # the unofficial ScConv code circulating in blog posts, defects included, to float tolerance
 
 
 class StridePolicy(str, Enum):

@@ -187,7 +187,7 @@ class CRU(InferenceCache, nn.Module):
 
 
 class SeedCRU(CRU):
-    """CRU as the seed document computes it (``variant="seed"``): the fuse is a softmax over
+    """CRU as the unofficial ScConv code (blog posts) computes it (``variant="seed"``): the fuse is a softmax over
     all ``2 * C_out`` channels of ``concat(GAP(Y1), GAP(Y2))``, then ``Y1 * b1 + Y2 * b2``."""
 
     def __init__(self, in_channels: int, out_channels: int | None = None, *, kernel_size: int = 3,

@@ -3,7 +3,7 @@
 ``paper`` (:class:`SRU`): ``G = GroupNorm(X)`` (eq. 1), ``w = gamma / sum(gamma)`` (eq. 2),
 ``S = sigmoid(G * w)`` (eq. 3); where ``S > t`` the input is kept whole (``W1 = 1, W2 = 0``),
 elsewhere ``W1 = W2 = S``; ``out = X1 + roll(X2, -C // 2)`` over channels (eq. 4).
-``seed`` (:class:`SeedSRU`): the seed document's code: a hand-written group norm and hard
+``seed`` (:class:`SeedSRU`): the unofficial ScConv code that circulates in blog posts: a hand-written group norm and hard
 complementary masks ``S >= t`` and ``S < t``, through which GroupNorm gets no gradient.
 
 The gate and its threshold are computed in float32 (float64 for float64 input) whatever the
@@ -250,7 +250,7 @@ class SRU(InferenceCache, nn.Module):
 
 
 class SeedSRU(SRU):
-    """SRU as the seed document computes it (``variant="seed"``): :class:`SeedGroupNorm` and
+    """SRU as the unofficial ScConv code (blog posts) computes it (``variant="seed"``): :class:`SeedGroupNorm` and
     hard masks ``S >= t`` / ``S < t``, through which GroupNorm receives no gradient."""
 
     def __init__(self, channels: int, *, gn_groups: int = 16, gate_threshold: float = 0.5,

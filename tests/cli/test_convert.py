@@ -93,7 +93,7 @@ def test_json_errors_go_to_stderr_as_json(in_tmp):
     ("missing output directory", ["--out", "nope/m.pt"], ["nope", "does not exist"]),
     ("output is a directory", ["--out", "adir.pt"], ["is a directory"]),
     ("missing weights file", ["--out", "m.pt", "--weights", "missing.pth"], ["missing.pth", "no such file"]),
-    ("weights not a checkpoint", ["--out", "m.pt", "--weights", "junk.pth"], ["junk.pth", "not a readable"]),
+    ("weights not a checkpoint", ["--out", "m.pt", "--weights", "junk.pth"], ["junk.pth", "not a weights file"]),
     ("no --out nor --dry-run", [], ["--out"]),
     ("bad input size", ["--dry-run", "--input-size", "3x224x"], ["CxHxW"]),
     ("pretrained and weights", ["--out", "m.pt", "--pretrained", "--weights", "junk.pth"], ["exclusive"]),
@@ -125,11 +125,13 @@ def test_weights_file_is_used_and_recorded(in_tmp):
     import torchvision
 
     reference = torchvision.models.resnet18(num_classes=3)
-    torch.save({"state_dict": {f"module.{k}": v for k, v in reference.state_dict().items()}}, "w.pth")
+    # saved from torch.compile(DDP(model)): both wrappers' prefixes
+    torch.save({"state_dict": {f"_orig_mod.module.{k}": v for k, v in reference.state_dict().items()}}, "w.pth")
     result = invoke("convert", "torchvision:resnet18", "--weights", "w.pth", "--num-classes", "3",
                     "--out", "m.pt", "--input-size", "64", "--json")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["model"]["weights"]["name"] == "w.pth"
+    weights = json.loads(result.stdout)["model"]["weights"]
+    assert weights["name"] == "w.pth" and weights["stripped_prefixes"] == ["_orig_mod.", "module."]
     model = load("m.pt")
     assert torch.equal(model.fc.weight, reference.fc.weight)
     assert torch.equal(model.layer1[0].bn2.running_var, reference.layer1[0].bn2.running_var)
@@ -252,6 +254,8 @@ def test_existing_output_needs_force_and_weights_are_never_overwritten(in_tmp):
     ("contradicting num_classes", ["--model-kwargs", "num_classes=10", "--num-classes", "5"], ["contradicts"]),
     ("model kwarg given twice", ["--model-kwargs", "drop_rate=0.1", "--model-kwargs", "drop_rate=0.2"], ["twice"]),
     ("input size out of range", ["--input-size", "3x100000x100000"], ["out of range"]),
+    ("input size with channels last", ["--input-size", "224x224x3"], ["puts the channels last", "3x224x224"]),
+    ("seed above 2**63 - 1", ["--seed", str(2**63)], ["largest seed"]),
     ("channels the model does not take", ["--input-size", "1x64x64"], ["forward", "3 channels", "--input-size"]),
 ])
 def test_more_bad_input_exits_2(case, args, words, in_tmp):
@@ -282,3 +286,26 @@ def test_dry_run_json_says_what_it_would_write(in_tmp):
 def test_version():
     result = invoke("--version")
     assert result.exit_code == 0 and result.stdout.startswith("scconv-surgery ")
+
+
+def test_summary_prints_totals_without_a_row_per_conv(in_tmp):
+    full = invoke("convert", "timm:test_resnet", "--dry-run", "--input-size", "32")
+    result = invoke("convert", "timm:test_resnet", "--dry-run", "--input-size", "32", "--summary")
+    assert result.exit_code == 0, result.output
+    replaced = next(line for line in full.stderr.splitlines() if "convs replaced" in line).strip()
+    assert replaced in result.stderr and "Totals at input 1x3x32x32" in result.stderr
+    assert "layer1.0.conv1" in full.stderr and "layer1.0.conv1" not in result.stderr
+    assert len(result.stderr.splitlines()) < len(full.stderr.splitlines()) // 3
+
+
+def test_the_size_actually_counted_is_stated(in_tmp, toy_factory):
+    """A model that resizes its input (as detectors do) is counted at the resized size."""
+    factory = toy_factory.removeprefix("factory:") + ":resizing"
+    result = invoke("convert", "--factory", factory, "--input-size", "3x64x64", "--dry-run", "--json")
+    assert result.exit_code == 0, result.output
+    counts = json.loads(result.stdout)["counts"]
+    assert counts["input_size"] == [3, 64, 64] and counts["resized_input"] == [3, 32, 32]
+    assert counts["before"]["macs_by_operator"]["conv"] == (3 * 16 + 16 * 16) * 9 * 32 * 32
+    human = invoke("convert", "--factory", factory, "--input-size", "3x64x64", "--dry-run")
+    assert "Totals at input 1x3x64x64, which the model resizes to 1x3x32x32 (the size counted)" in \
+        " ".join(human.stderr.split())

@@ -114,11 +114,20 @@ def test_bad_factory_exits_2(args, words, monkeypatch):
 
 
 def test_finetune_under_torchrun_two_processes(tmp_path):
-    """examples/finetune.py under torchrun --nproc_per_node=2 on CPU (gloo), synthetic data."""
+    """examples/finetune.py under torchrun --nproc_per_node=2 on CPU (gloo), synthetic data, on a
+    checkpoint that mixes both variants: the seed layers' group norm never gets a gradient, which
+    stopped DDP at step 2 ("Expected to have finished reduction in the prior iteration")."""
+    from scconv_surgery import Rule
     from scconv_surgery.pipeline import run_conversion
 
     ckpt = tmp_path / "tr.pt"
-    run_conversion("timm:test_resnet", out=ckpt, input_size=(3, 64, 64))
+    rules = [Rule("*"), Rule("layer1.*", variant="seed")]
+    result = run_conversion("timm:test_resnet", rules=rules, out=ckpt, input_size=(3, 64, 64))
+    seed_layers = [d.name for d in result.plan.replaced if d.config.variant.value == "seed"]
+    assert seed_layers and len(seed_layers) < len(result.plan.replaced)
+    manifest = torch.load(ckpt, weights_only=True)["manifest"]
+    assert manifest["gradient_free_parameters"] == [f"{name}.sru.gn.{p}" for name in seed_layers
+                                                    for p in ("weight", "bias")]
     out = tmp_path / "ft.pt"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",

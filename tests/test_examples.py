@@ -1,0 +1,97 @@
+"""examples/finetune.py's pieces, imported from the script (the torchrun run is in tests/cli)."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def finetune():
+    spec = importlib.util.spec_from_file_location("finetune_example", ROOT / "examples" / "finetune.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+LOGITS, AUX, LABELS = torch.randn(4, 5, generator=torch.Generator().manual_seed(0)), \
+    torch.randn(4, 5, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 1, 2, 3])
+
+
+@pytest.mark.parametrize("output, aux_terms", [
+    pytest.param(LOGITS, 0, id="tensor"),
+    pytest.param((LOGITS, AUX), 1, id="tuple (Inception with aux_logits)"),
+    pytest.param({"out": LOGITS, "features": torch.zeros(4, 8, 2, 2), "aux": AUX}, 1, id="dict with a feature map"),
+])
+def test_loss_of_nested_outputs_uses_logits_and_auxiliary_classifiers(finetune, output, aux_terms):
+    expected = nn.functional.cross_entropy(LOGITS, LABELS) + aux_terms * 0.4 * nn.functional.cross_entropy(AUX, LABELS)
+    torch.testing.assert_close(finetune.classification_loss(output, LABELS), expected)
+
+
+def test_a_model_without_logits_is_refused(finetune):
+    features = [torch.zeros(1, 64, 16, 16), torch.zeros(1, 128, 8, 8)]  # timm features_only
+    with pytest.raises(ValueError, match=r"returns output\[0\] \(1, 64, 16, 16\), output\[1\] \(1, 128, 8, 8\)"):
+        finetune.logits_and_auxiliary(features)
+
+
+@pytest.fixture
+def tiny_checkpoint(toy_factory, tmp_path, monkeypatch):
+    from scconv_surgery import run_conversion
+
+    monkeypatch.chdir(tmp_path)
+    run_conversion(f"{toy_factory}:tiny", out=tmp_path / "tiny.pt", input_size=(3, 16, 16))
+    (tmp_path / "notes.txt").write_text("not a checkpoint\n")
+    return "tiny.pt"
+
+
+@pytest.mark.parametrize("args, words", [
+    pytest.param(["tiny.pt", "--out", "ft.txt"], "unsupported suffix '.txt'", id="--out suffix"),
+    pytest.param(["tiny.pt", "--out", "/nonexistent/ft.pt"], "directory '/nonexistent' does not exist",
+                 id="--out directory"),
+    pytest.param(["tiny.pt", "--out", "tiny.pt", "--force"], "is the checkpoint being fine-tuned", id="--out = input"),
+    pytest.param(["notes.txt", "--out", "ft.pt"], "not an scconv-surgery checkpoint", id="not a checkpoint"),
+    pytest.param(["tiny.pt", "--out", "ft.pt", "--steps", "0"], "--steps must be at least 1", id="--steps 0"),
+    pytest.param(["tiny.pt", "--out", "ft.pt", "--lr", "nan"], "--lr must be a finite number", id="--lr nan"),
+    pytest.param(["tiny.pt", "--out", "ft.pt", "--data", "no_such_dir"], "is not a directory", id="--data"),
+    pytest.param(["tiny.pt", "--out", "ft.pt", "--synthetic-images", "4", "--batch-size", "8"],
+                 "fewer than one batch", id="no full batch"),
+])
+def test_bad_arguments_exit_2_before_any_work(args, words, finetune, tiny_checkpoint, monkeypatch, capsys):
+    """The example used to train first and then die on its output path."""
+    monkeypatch.setattr("sys.argv", ["finetune.py", *args])
+    monkeypatch.setattr(finetune.scconv_surgery, "load", lambda *a, **k: pytest.fail("work started"))
+    with pytest.raises(SystemExit) as exit_info:
+        finetune.main()
+    assert exit_info.value.code == 2
+    assert words in capsys.readouterr().err
+    assert not Path("ft.pt").exists()
+
+
+def _pipeline_copy(tmp_path: Path, with_venv: bool) -> Path:
+    """examples/pipeline.sh in a repository of its own, with or without a .venv holding scconv."""
+    (tmp_path / "examples").mkdir()
+    script = tmp_path / "examples" / "pipeline.sh"
+    script.write_text((ROOT / "examples" / "pipeline.sh").read_text())
+    if with_venv:
+        bin_dir = tmp_path / ".venv" / "bin"
+        bin_dir.mkdir(parents=True)
+        (bin_dir / "scconv").write_text("#!/bin/sh\necho \"venv scconv $*\" >&2\nexit 5\n")
+        (bin_dir / "scconv").chmod(0o755)
+    return script
+
+
+@pytest.mark.parametrize("with_venv, code, words", [
+    pytest.param(False, 127, "'scconv' not found: install the project into .venv", id="no virtualenv"),
+    pytest.param(True, 5, "venv scconv convert resnet50 --dry-run --json", id="the repository's .venv"),
+])
+def test_pipeline_script_finds_the_repository_virtualenv(with_venv, code, words, tmp_path):
+    import subprocess
+
+    script = _pipeline_copy(tmp_path, with_venv)
+    done = subprocess.run(["bash", str(script)], capture_output=True, text=True, cwd=tmp_path,
+                          env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert done.returncode == code, done.stderr
+    assert words in done.stderr

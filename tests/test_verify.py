@@ -1,0 +1,64 @@
+"""verify_checkpoint: loads, output shapes and finiteness tensor by tensor, untouched weights."""
+import pytest
+import torch
+
+from scconv_surgery import run_conversion, verify_checkpoint
+
+
+@pytest.mark.parametrize("kind, paths", [
+    ("list", ["output[0] (2, 5)", "output[1][0] (2, 16, 8, 8)", "output[1][1] (2, 5)"]),
+    ("tuple", ["output[0] (2, 5)", "output[1][0] (2, 16, 8, 8)", "output[1][2] (2, 5)"]),
+    ("namedtuple", ["output.logits (2, 5)", "output.features['map'] (2, 16, 8, 8)", "output.features['aux'] (2, 5)"]),
+    ("dict", ["output['out'] (2, 5)", "output['features'] (2, 16, 8, 8)", "output['aux'] (2, 5)"]),
+])
+def test_nested_outputs_are_checked_tensor_by_tensor(kind, paths, toy_factory, tmp_path):
+    ckpt = tmp_path / f"{kind}.pt"
+    run_conversion(f"{toy_factory}:nested", model_kwargs={"kind": kind}, out=ckpt, input_size=(3, 8, 8))
+    result = verify_checkpoint(ckpt)
+    checks = {c.name: c for c in result.checks}
+    assert result.passed, result.to_dict()
+    assert checks["output shape"].detail == "3 tensors, each of the base model's shape: " + ", ".join(paths)
+    assert checks["finite output"].detail == "all finite"
+
+
+def test_a_non_finite_tensor_is_named_by_its_path(toy_factory, tmp_path):
+    ckpt = tmp_path / "dict.pt"
+    run_conversion(f"{toy_factory}:nested", model_kwargs={"kind": "dict"}, out=ckpt, input_size=(3, 8, 8))
+    payload = torch.load(ckpt, weights_only=True)
+    payload["state_dict"]["aux.bias"] = torch.full((5,), float("nan"))
+    torch.save(payload, ckpt)
+    checks = {c.name: c for c in verify_checkpoint(ckpt).checks}
+    assert checks["output shape"].passed
+    assert not checks["finite output"].passed
+    assert checks["finite output"].detail == "NaN or inf in output['aux']"
+    assert checks["finite output"].keys == ("output['aux']",)
+
+
+def test_features_only_model_verifies(tmp_path):
+    """timm's features_only models return a list of feature maps (verify crashed on it)."""
+    ckpt = tmp_path / "features.pt"
+    run_conversion("timm:test_resnet", model_kwargs={"features_only": True}, out=ckpt, input_size=(3, 32, 32))
+    result = verify_checkpoint(ckpt)
+    assert result.passed, result.to_dict()
+    detail = {c.name: c for c in result.checks}["output shape"].detail
+    assert detail.startswith("5 tensors, each of the base model's shape: output[0] (2, ")
+
+
+@pytest.mark.parametrize("edit, words", [
+    pytest.param(lambda sd: sd.pop("block1.cru.gwc.weight"), "missing ['block1.cru.gwc.weight']", id="missing key"),
+    pytest.param(lambda sd: sd.__setitem__("extra.weight", torch.zeros(1)), "unexpected ['extra.weight']",
+                 id="unexpected key"),
+    pytest.param(lambda sd: sd.__setitem__("head.weight", torch.zeros(3, 32)), "size mismatch for head.weight",
+                 id="wrong shape"),
+])
+def test_a_state_dict_that_does_not_fit_is_a_failed_check(edit, words, toy_factory, tmp_path):
+    """Exit 4 (a check failed), not 2: the file is a readable checkpoint, it just does not load."""
+    path = tmp_path / "tiny.pt"
+    run_conversion(f"{toy_factory}:tiny", out=path, input_size=(3, 16, 16))
+    payload = torch.load(path, weights_only=True)
+    edit(payload["state_dict"])
+    torch.save(payload, path)
+    result = verify_checkpoint(path)
+    assert not result.passed
+    (check,) = result.checks
+    assert check.name == "loads" and words in check.detail
