@@ -57,6 +57,21 @@ def test_optimize_for_inference_is_module_state():
         optimize_for_inference(layer, merge="sometimes")
 
 
+def test_cache_rebuilt_under_inference_mode_serves_a_saliency_forward():
+    # a frozen model: the cache is used by forwards with gradients too (no parameter needs one)
+    layer = _layer().requires_grad_(False)
+    optimize_for_inference(layer, merge="always")
+    x = _input()
+    with torch.no_grad():
+        layer.sru.gn.weight.add_(0.25)  # the parameters move: the next forward rebuilds the cache
+        layer.cru.gwc.weight.mul_(1.5)
+    with torch.inference_mode():
+        expected = layer(x)  # the rebuild happens here, under inference_mode
+    saliency = x.clone().requires_grad_()
+    out = layer(saliency)  # would save inference tensors for backward: RuntimeError
+    out.sum().backward()
+    torch.testing.assert_close(out.detach(), expected, atol=1e-5, rtol=1e-5)
+    assert saliency.grad.shape == x.shape and saliency.grad.abs().sum() > 0
 
 
 def test_cache_follows_in_place_parameter_updates():

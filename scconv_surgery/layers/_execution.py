@@ -96,7 +96,9 @@ class InferenceCache:
         return True
 
     def _refresh_cache(self) -> None:
-        with torch.no_grad():
+        # normal tensors even when the rebuild happens inside torch.inference_mode: a later forward
+        # that records autograd (an eval forward for input gradients) may save them for backward
+        with torch.inference_mode(False), torch.no_grad():
             self._build_cache()
         self._cache_key = self._cache_key_now()
 
