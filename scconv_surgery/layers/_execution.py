@@ -1,10 +1,9 @@
 """How an SCConv unit runs its forward: the fast path, or submodule by submodule.
 
 Every unit has two forwards with the same parameters and the same outputs (to float
-rounding): a fast one that reads its submodules' weights and runs few, large kernels (the
-weights of GWC and PWC1 assembled into one dense conv, the squeezes as 1x1 convs over the
-whole input, no channel slices), and one that calls each parameter-holding submodule as a
-module, as the paper draws it. The second runs only where calling the submodules is observable:
+rounding): a fast one that reads its submodules' weights and runs few, large operators (see
+``sru.py``, ``cru.py`` and ``_fused.py``), and one that calls each parameter-holding submodule
+as a module, as the paper draws it. The second runs only where calling the submodules is observable:
 a hook on one of them (or a global module hook), or a tracer that records module calls
 (``torch.fx`` symbolic tracing, as in torchvision's ``create_feature_extractor``, and
 ``torch.jit`` tracing or scripting, as in the TorchScript ONNX exporter).
@@ -16,7 +15,7 @@ from torch import nn
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 from torch.nn.modules import module as _module
 
-__all__ = ["calls_submodules", "gate_dtype", "writes_in_place", "InferenceCache"]
+__all__ = ["calls_submodules", "gate_dtype", "InferenceCache"]
 
 
 def _has_hooks(module: nn.Module) -> bool:
@@ -32,12 +31,6 @@ def calls_submodules(*modules: nn.Module) -> bool:
             or _module._global_backward_hooks or _module._global_backward_pre_hooks):
         return True
     return any(_has_hooks(m) for m in modules)
-
-
-def writes_in_place() -> bool:
-    """True where a forward may overwrite its own intermediate tensors: no autograd graph is
-    being recorded and no tracer records the ops (jit tracing checks its trace in both modes)."""
-    return not torch.is_grad_enabled() and not torch.jit.is_tracing()
 
 
 def gate_dtype(x: torch.Tensor) -> torch.dtype:

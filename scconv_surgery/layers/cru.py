@@ -6,13 +6,15 @@ by a 1x1 conv to ``up // r`` and ``low // r``; ``Y1 = GWC(up) + PWC1(up)`` (eq. 
 ``beta`` a softmax across the two branches per channel (``paper``, :class:`CRU`) or over all
 ``2 * C_out`` concatenated channels (``seed``, :class:`SeedCRU`).
 
-The fast forward runs the same parameters without channel slices: each squeeze is a 1x1 conv
-over the whole input whose weight is zero outside its part. Under ``torch.compile`` GWC + PWC1
-run as one dense ``k x k`` conv whose weight is assembled from both in every forward, so that
-both receive their gradients (:func:`merged_gwc_pwc1_weight`; inductor fuses the assembly,
-and a dense conv avoids the layout transforms cuDNN puts around grouped convs); in eager mode
-they run as the grouped conv, the 1x1 conv and an add (three ops instead of seven), unless
-``merge_gwc_pwc1`` or :meth:`CRU.cache_inference_weights` says otherwise.
+The fast forward runs the same parameters in few operators. Each squeeze runs on its channel
+slice on CPUs (a view), and on GPUs as a 1x1 conv over the whole input whose weight is zero
+outside its part (no channel-slice copy of a channels_last tensor). Under ``torch.compile``
+GWC + PWC1 run as one dense ``k x k`` conv whose weight is assembled from both in every
+forward, so that both receive their gradients (:func:`merged_gwc_pwc1_weight`; inductor fuses
+the assembly, and a dense conv avoids the layout transforms cuDNN puts around grouped convs);
+in eager mode they run as the grouped conv and the 1x1 conv added in place, unless
+``merge_gwc_pwc1`` or :meth:`CRU.cache_inference_weights` says otherwise. The fuse is
+:func:`~scconv_surgery.layers._fused.fuse` (a hand-written backward, in-place without autograd).
 """
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._execution import InferenceCache, calls_submodules, writes_in_place
+from ._execution import InferenceCache, calls_submodules
+from ._fused import fuse
 from .config import ScConvConfig, Variant, cru_split, scconv_constraint_error
 
 __all__ = ["CRU", "SeedCRU", "merged_gwc_pwc1_weight"]
@@ -46,15 +49,6 @@ def merged_gwc_pwc1_weight(gwc_weight: torch.Tensor, pwc1_weight: torch.Tensor, 
     else:  # rows of group i hold its weights at columns i * in_per_group ... (i + 1) * in_per_group - 1
         dense = torch.block_diag(*gwc_weight.flatten(1).chunk(groups)).view(out_channels, groups * in_per_group, k, k)
     return dense + F.pad(pwc1_weight, (k // 2,) * 4)
-
-
-def _fuse(y1: torch.Tensor, y2: torch.Tensor) -> torch.Tensor:
-    """Eqs. 7-9, per channel: a softmax over two branches is a sigmoid of the difference, and
-    ``beta1 * Y1 + beta2 * Y2 = Y2 + beta1 * (Y1 - Y2)``: one lerp."""
-    beta1 = torch.sigmoid(y1.mean((2, 3), keepdim=True) - y2.mean((2, 3), keepdim=True))
-    if writes_in_place():
-        return y2.lerp_(y1, beta1)
-    return torch.lerp(y2, y1, beta1)
 
 
 class CRU(InferenceCache, nn.Module):
@@ -129,34 +123,53 @@ class CRU(InferenceCache, nn.Module):
     def _merges_gwc_pwc1(self) -> bool:
         return torch.compiler.is_compiling() if self.merge_gwc_pwc1 is None else self.merge_gwc_pwc1
 
-    def _branches(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(Y1, Y2)`` of eqs. 5-6."""
-        if calls_submodules(self.squeeze1, self.squeeze2, self.gwc, self.pwc1, self.pwc2):
+    def _squeezed(self, x: torch.Tensor, cached: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both squeezes (eq. 5's and eq. 6's inputs). On CPUs each runs on its channel slice
+        (a view; the conv reorders its input anyway); on GPUs, where a conv would copy a
+        channel slice of a channels_last tensor, over the whole input with a zero-padded weight."""
+        if not x.is_cuda:
             up, low = torch.split(x, self.split, dim=1)
-            up, low = self.squeeze1(up), self.squeeze2(low)
-            y1 = self.gwc(up) + self.pwc1(up)
-            return y1, self._y2(low, self.pwc2(low))
-        cached = self._use_cache()
+            return F.conv2d(up, self.squeeze1.weight), F.conv2d(low, self.squeeze2.weight)
         squeeze1, squeeze2 = (self.squeeze1_weight, self.squeeze2_weight) if cached else self._squeeze_weights()
-        up, low = F.conv2d(x, squeeze1), F.conv2d(x, squeeze2)
+        return F.conv2d(x, squeeze1), F.conv2d(x, squeeze2)
+
+    def _calls_submodules(self) -> bool:
+        return calls_submodules(self.squeeze1, self.squeeze2, self.gwc, self.pwc1, self.pwc2)
+
+    def _module_branches(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(Y1, PWC2(low), reused low)`` of eqs. 5-6, each submodule called as a module."""
+        up, low = torch.split(x, self.split, dim=1)
+        up, low = self.squeeze1(up), self.squeeze2(low)
+        return self.gwc(up) + self.pwc1(up), self.pwc2(low), self._reused(low)
+
+    def _branches(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(Y1, PWC2(low), reused low)`` of eqs. 5-6 (``Y2`` is the concat of the last two),
+        by the fast forward, or module by module where that is observable."""
+        if self._calls_submodules():
+            return self._module_branches(x)
+        cached = self._use_cache()
+        up, low = self._squeezed(x, cached)
         gwc = self.gwc
         if cached and self.y1_weight is not None:
             y1 = F.conv2d(up, self.y1_weight, gwc.bias, self.stride, gwc.padding)
         elif not cached and self._merges_gwc_pwc1():
             weight = merged_gwc_pwc1_weight(gwc.weight, self.pwc1.weight, gwc.groups)
             y1 = F.conv2d(up, weight, gwc.bias, self.stride, gwc.padding)
-        else:
+        else:  # the conv output is ours: PWC1 is added in place (conv backward does not need it)
             y1 = F.conv2d(up, gwc.weight, gwc.bias, self.stride, gwc.padding, 1, gwc.groups)
-            y1 = y1 + F.conv2d(up, self.pwc1.weight, None, self.stride)
-        return y1, self._y2(low, F.conv2d(low, self.pwc2.weight, None, self.stride))
+            y1 = y1.add_(F.conv2d(up, self.pwc1.weight, None, self.stride))
+        return y1, F.conv2d(low, self.pwc2.weight, None, self.stride), self._reused(low)
 
-    def _y2(self, low: torch.Tensor, pwc2: torch.Tensor) -> torch.Tensor:
-        """Eq. 6: ``concat(PWC2(low), low)``, the reused part average-pooled at stride > 1."""
-        reused = low if self.stride == 1 else F.avg_pool2d(low, self.stride, ceil_mode=True)
-        return torch.cat((pwc2, reused), dim=1)
+    def _reused(self, low: torch.Tensor) -> torch.Tensor:
+        """Eq. 6's reused part: the squeezed lower part, average-pooled at stride > 1."""
+        return low if self.stride == 1 else F.avg_pool2d(low, self.stride, ceil_mode=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _fuse(*self._branches(x))
+        if self._calls_submodules():  # the paper's steps as written: what tracers and exporters record
+            y1, pwc2, reused = self._module_branches(x)
+            y2 = torch.cat((pwc2, reused), dim=1)
+            return torch.lerp(y2, y1, torch.sigmoid(y1.mean((2, 3), keepdim=True) - y2.mean((2, 3), keepdim=True)))
+        return fuse(*self._branches(x))
 
     def cache_inference_weights(self, enabled: bool = True, *, merge_gwc_pwc1: bool = True) -> None:
         """Keep (``enabled``) or drop the assembled weights used by eval-mode forwards that need
@@ -199,7 +212,8 @@ class SeedCRU(CRU):
                          device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y1, y2 = self._branches(x)
+        y1, pwc2, reused = self._branches(x)
+        y2 = torch.cat((pwc2, reused), dim=1)
         beta = torch.softmax(torch.cat((y1.mean((2, 3), keepdim=True), y2.mean((2, 3), keepdim=True)), dim=1), dim=1)
         beta1, beta2 = beta.chunk(2, dim=1)
         return torch.addcmul(y1 * beta1, y2, beta2)

@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._execution import InferenceCache, calls_submodules, gate_dtype, writes_in_place
+from ._execution import InferenceCache, calls_submodules, gate_dtype
+from ._fused import guarded_inverse_sum, ratio_affine, soft_gate
 from .config import Variant, gn_group_count
 
 __all__ = ["SRU", "SeedSRU", "SeedGroupNorm", "gamma_ratio", "reconstruct", "GAMMA_SUM_EPS"]
@@ -38,8 +39,7 @@ def gamma_ratio(gamma: torch.Tensor, eps: float = GAMMA_SUM_EPS) -> torch.Tensor
         Shape ``(C,)``, in ``gamma``'s dtype: pass float32 (as SRU does) so that weights up
         to ``|gamma| / eps`` stay finite.
     """
-    total = gamma.sum()
-    return gamma / torch.where(total < 0, total.clamp_max(-eps), total.clamp_min(eps))
+    return gamma * guarded_inverse_sum(gamma, eps)
 
 
 def reconstruct(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
@@ -57,69 +57,45 @@ def reconstruct(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
     return x1 + x2.roll(-(x2.shape[1] // 2), 1)
 
 
-def _reconstruct_(x1: torch.Tensor, x2: torch.Tensor, channels: int) -> torch.Tensor:
-    """:func:`reconstruct` written into ``x1`` (two in-place adds on channel slices, no copy)."""
-    half = channels // 2
-    x1[:, : channels - half].add_(x2[:, half:])
-    x1[:, channels - half:].add_(x2[:, :half])
-    return x1
-
-
-def _soft_gate(x: torch.Tensor, gate: torch.Tensor, threshold: float, channels: int) -> torch.Tensor:
-    """``paper`` steps 4-6: ``W1 = 1, W2 = 0`` where ``S > t``, ``W1 = W2 = S`` elsewhere; eq. 4.
-
-    ``threshold(S, t, 0)`` is ``S * keep``, so ``S - threshold(S, t, 0)`` is ``W2`` exactly and
-    gradients reach ``S`` only where it is not kept (no ``torch.where``, slow on CPUs, and no
-    boolean tensor). Without autograd every step but two writes into a fresh tensor in place.
-    """
-    kept = F.threshold(gate, threshold, 0.0)
-    if not writes_in_place():  # autograd saves neither `kept` nor addcmul's output: both may change
-        x2 = x * (gate - kept)
-        x1 = torch.addcmul(x2, kept.detach().ceil_(), x)
-        return x1.add_(x2.roll(-(channels // 2), 1))
-    x2 = gate.sub_(kept).mul_(x)
-    x1 = kept.ceil_().mul_(x).add_(x2)
-    return _reconstruct_(x1, x2, channels)
-
-
 def _soft_gate_reference(x: torch.Tensor, gate: torch.Tensor, threshold: float) -> torch.Tensor:
-    """:func:`_soft_gate` as the paper states it (``torch.where``), for the module-by-module
+    """:func:`soft_gate` as the paper states it (``torch.where``), for the module-by-module
     forward: slower on CPUs, exportable by every exporter, same values."""
     keep = gate > threshold
     x2 = x * torch.where(keep, 0.0, gate)
     return reconstruct(torch.where(keep, x, x2), x2)
 
 
-def _hard_gate(x: torch.Tensor, gate: torch.Tensor, threshold: float, channels: int) -> torch.Tensor:
-    """``seed`` steps 4-6: ``X1 = (S >= t) * X``, ``X2 = (S < t) * X``; eq. 4.
+def _hard_gate(x: torch.Tensor, dropped: torch.Tensor) -> torch.Tensor:
+    """``seed`` steps 5-6: ``X1 = (S >= t) * X``, ``X2 = (S < t) * X``; eq. 4.
 
-    ``ceil(t - S)`` is 1 exactly where ``S < t`` (``t - S`` lies in ``(-1, 1)``), a float mask
-    (boolean masks are slow on CPUs); ``X1 = X - X2`` is exact.
+    ``dropped`` is the float mask ``S < t`` (``ceil(t - S)``: ``t - S`` lies in ``(-1, 1)``;
+    boolean masks are slow on CPUs). ``X1 = X - X2`` is exact, so
+    ``out = X1 + roll(X2) = X + roll(X2) - X2``. Without autograd ``dropped`` is overwritten.
     """
-    dropped = torch.rsub(gate, threshold).ceil_()
-    if not writes_in_place():
-        x2 = x * dropped
-        return (x - x2).add_(x2.roll(-(channels // 2), 1))
-    x2 = dropped.mul_(x)
-    return _reconstruct_(torch.sub(x, x2), x2, channels)
+    x2 = dropped.mul_(x) if not torch.is_grad_enabled() else dropped * x
+    return x2.roll(-(x.shape[1] // 2), 1).sub_(x2).add_(x)
 
 
-def seed_group_norm_affine(x: torch.Tensor, num_groups: int, weight: torch.Tensor, bias: torch.Tensor,
-                           eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The seed's group norm as a per-sample, per-channel affine map ``GN(x) = x * scale + shift``.
+def seed_group_norm(x: torch.Tensor, num_groups: int, weight: torch.Tensor, bias: torch.Tensor,
+                    eps: float) -> torch.Tensor:
+    """The seed's group norm: ``(x - mean) / (std + eps) * weight + bias`` per group.
 
-    Unbiased std, ``eps`` added to the std. Statistics over ``x.unflatten(1, (G, C // G))``, a
-    view for any memory format, so channels_last input is neither copied nor converted.
+    Unbiased std, ``eps`` added to the std. Computed on ``x.unflatten(1, (G, C // G))``, a view
+    for any memory format, so channels_last input is neither copied nor converted.
+
+    Args:
+        x: ``(N, C, H, W)``.
+        num_groups: G, dividing C.
+        weight, bias: ``(C,)``.
+        eps: added to the std.
 
     Returns:
-        ``(scale, shift)``, each ``(N, C, 1, 1)``.
+        ``(N, C, H, W)``, in the memory format of ``x``.
     """
     grouped = x.unflatten(1, (num_groups, -1))
     std, mean = torch.std_mean(grouped, dim=(2, 3, 4), keepdim=True)
-    inv = (std + eps).reciprocal().expand(-1, -1, grouped.shape[2], -1, -1).flatten(1, 2)
-    scale = inv * weight.reshape(1, -1, 1, 1)
-    shift = bias.reshape(1, -1, 1, 1) - mean.expand(-1, -1, grouped.shape[2], -1, -1).flatten(1, 2) * scale
-    return scale, shift
+    scale = weight.reshape(num_groups, -1, 1, 1) / (std + eps)
+    return torch.addcmul(bias.reshape(num_groups, -1, 1, 1) - mean * scale, grouped, scale).flatten(1, 2)
 
 
 class SeedGroupNorm(nn.Module):
@@ -152,8 +128,7 @@ class SeedGroupNorm(nn.Module):
             self.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scale, shift = seed_group_norm_affine(x, self.num_groups, self.weight, self.bias, self.eps)
-        return torch.addcmul(shift, x, scale)
+        return seed_group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
         return f"{self.num_groups}, {self.num_channels}, eps={self.eps}"
@@ -176,7 +151,9 @@ class SRU(InferenceCache, nn.Module):
 
     Note:
         The fast forward folds ``w`` into GroupNorm's affine (``G * w = norm(X) * (gamma * w) +
-        beta * w``), one kernel; it calls ``self.gn`` as a module only where that is observable
+        beta * w``), one kernel, and runs the gate and reconstruction as
+        :func:`~scconv_surgery.layers._fused.soft_gate` (a hand-written backward; in place
+        without autograd); it calls ``self.gn`` as a module only where that is observable
         (hooks, fx or jit tracing; see ``_execution.py``). :meth:`cache_inference_weights`
         keeps the folded affine for eval-mode forwards without gradients. ``use_triton``
         (default: environment variable ``SCCONV_TRITON=1``) runs steps 3-6 of eager CUDA
@@ -208,9 +185,7 @@ class SRU(InferenceCache, nn.Module):
         """GroupNorm's affine with ``w`` folded in: ``(gamma * w, beta * w)``, each ``(C,)``."""
         if self._use_cache():
             return self.gate_scale, self.gate_shift
-        gamma, beta = self.gn.weight.to(dtype), self.gn.bias.to(dtype)
-        w = gamma_ratio(gamma)
-        return gamma * w, beta * w
+        return ratio_affine(self.gn.weight.to(dtype), self.gn.bias.to(dtype), GAMMA_SUM_EPS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = gate_dtype(x)
@@ -218,12 +193,13 @@ class SRU(InferenceCache, nn.Module):
             gate = torch.sigmoid(self.gn(x).to(dtype) * gamma_ratio(self.gn.weight.to(dtype)).reshape(1, -1, 1, 1))
             return _soft_gate_reference(x, gate, self.gate_threshold).to(x.dtype)
         scale, shift = self.gate_affine(dtype)
-        if self.use_triton and x.is_cuda and writes_in_place() and not torch.compiler.is_compiling():
+        if self.use_triton and x.is_cuda and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
             from .triton_sru import fused_soft_gate
 
             return fused_soft_gate(x, self.gn.num_groups, self.gn.eps, scale, shift, self.gate_threshold)
-        gate = F.group_norm(x.to(dtype), self.gn.num_groups, scale, shift, self.gn.eps).sigmoid_()
-        return _soft_gate(x, gate, self.gate_threshold, self.channels).to(x.dtype)
+        xf = x.to(dtype)
+        z = F.group_norm(xf, self.gn.num_groups, scale, shift, self.gn.eps)
+        return soft_gate(xf, z, self.gate_threshold).to(x.dtype)
 
     def cache_inference_weights(self, enabled: bool = True) -> None:
         """Keep (``enabled``) or drop the folded GroupNorm affine used by eval-mode forwards that
@@ -241,9 +217,7 @@ class SRU(InferenceCache, nn.Module):
 
     def _build_cache(self) -> None:
         dtype = torch.float64 if self.gn.weight.dtype == torch.float64 else torch.float32
-        gamma = self.gn.weight.to(dtype)
-        w = gamma_ratio(gamma)
-        self.gate_scale, self.gate_shift = gamma * w, self.gn.bias.to(dtype) * w
+        self.gate_scale, self.gate_shift = ratio_affine(self.gn.weight.to(dtype), self.gn.bias.to(dtype), GAMMA_SUM_EPS)
 
     def extra_repr(self) -> str:
         return f"{self.channels}, variant={self.variant.value}, gate_threshold={self.gate_threshold}"
@@ -265,15 +239,15 @@ class SeedSRU(SRU):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = gate_dtype(x)
         gn = self.gn
-        w = gamma_ratio(gn.weight.detach().to(dtype)).reshape(1, -1, 1, 1)
         if calls_submodules(gn):  # the seed's own masks
-            gate = torch.sigmoid(gn(x).to(dtype) * w)
+            gate = torch.sigmoid(gn(x).to(dtype) * gamma_ratio(gn.weight.detach().to(dtype)).reshape(1, -1, 1, 1))
             return reconstruct(x * (gate >= self.gate_threshold), x * (gate < self.gate_threshold)).to(x.dtype)
-        # the masks carry no gradient: the gate is computed from detached values
-        scale, shift = seed_group_norm_affine(x.detach().to(dtype), gn.num_groups, gn.weight.detach().to(dtype),
-                                              gn.bias.detach().to(dtype), gn.eps)
-        gate = torch.addcmul(shift * w, x.detach().to(dtype), scale * w).sigmoid_()
-        return _hard_gate(x, gate, self.gate_threshold, self.channels).to(x.dtype)
+        with torch.no_grad():  # the masks carry no gradient: computed from plain values, w folded in
+            gamma = gn.weight.to(dtype)
+            w = gamma_ratio(gamma)
+            gate = seed_group_norm(x.to(dtype), gn.num_groups, gamma * w, gn.bias.to(dtype) * w, gn.eps).sigmoid_()
+            dropped = torch.rsub(gate, self.gate_threshold).ceil_()
+        return _hard_gate(x, dropped).to(x.dtype)
 
     def cache_inference_weights(self, enabled: bool = True) -> None:
         """Nothing to cache: the seed's group norm depends on each sample's statistics."""
