@@ -6,10 +6,14 @@
     python benchmarks/latency.py --suite ops                            # ATen ops (and CUDA kernels) per layer
     python benchmarks/latency.py --device cuda --dtype bfloat16 --batch 128 --modes eager compile cudagraphs
 
-The variants are timed interleaved (dense, seed, paper in turn, repeat after repeat), never
-in blocks: on CPUs, allocator and page-fault state differ between blocks and flatter the
-later ones, while a real network interleaves its layers. Each figure is the median over
-``--repeats`` after ``--warmup`` rounds (CUDA: CUDA events). Inference runs in eval mode under
+The variants are timed interleaved (dense, seed, paper in turn, repeat after repeat, the
+first of each round rotating so that none always follows the same one), never in blocks: on
+CPUs, allocator and page-fault state differ between blocks and flatter the later ones, while
+a real network interleaves its layers. Each time is the median over ``--repeats`` after
+``--warmup`` rounds (CUDA: CUDA events); each ratio is the median of the per-round ratios, so
+that a machine whose load drifts during the run compares like with like. On a shared, loaded
+CPU machine ``--clock cpu`` times the process's CPU time instead of wall time (with
+``--threads 1`` that is the computing thread's own time, unaffected by waiting for a core). Inference runs in eval mode under
 ``torch.inference_mode``; a training step is forward + backward of ``output.sum()`` in train
 mode. ``--dtype bfloat16|float16`` runs under ``torch.autocast``. ``--modes compile`` wraps
 each module in ``torch.compile`` (inductor), ``cudagraphs`` in ``torch.compile(mode=
@@ -17,9 +21,9 @@ each module in ``torch.compile`` (inductor), ``cudagraphs`` in ``torch.compile(m
 and channels_last on CPU, channels_last on CUDA, unless ``--formats`` says otherwise.
 
 ``--suite ops`` counts, per layer at C=64 (8x8 input, batch 2), the ATen operators
-dispatched (a ``TorchDispatchMode``; device independent) in an inference forward (plain, and
-after ``optimize_for_inference``) and in a training forward + backward, and on CUDA the
-kernels the profiler records. The table gives milliseconds and the ratios to the dense conv
+dispatched (a ``TorchDispatchMode``; views and ``detach`` included) in an inference forward
+(plain, and after ``optimize_for_inference``) and in a training forward + backward, and on
+CUDA the kernels the profiler records; ``--op-list`` prints each sequence in order. The table gives milliseconds and the ratios to the dense conv
 (or the original network); ``--json`` writes every row, the op counts, the targets and the
 environment. The targets of the speed issue are checked at the end.
 """
@@ -59,21 +63,26 @@ class Row:
     dense_ms: float
     seed_ms: float
     paper_ms: float
+    seed_over_dense: float  # median of the per-round ratios
+    paper_over_dense: float
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "seed_over_dense": round(self.seed_ms / self.dense_ms, 3),
-                "paper_over_dense": round(self.paper_ms / self.dense_ms, 3)}
+        return {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(self).items()}
 
 
 def interleaved_ms(fns: dict[str, Callable[[], object]], device: torch.device, warmup: int,
-                   repeats: int) -> dict[str, float]:
-    """Median wall time of each callable in milliseconds, the callables run in turn each round."""
+                   repeats: int, clock: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:
+    """Milliseconds of each callable per round, the callables run in turn each round, the
+    first one rotating from round to round."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
+    names = list(fns)
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    for round_ in range(repeats):
+        start = round_ % len(names)
+        for name in names[start:] + names[:start]:
+            fn = fns[name]
             if device.type == "cuda":
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 torch.cuda.synchronize(device)
@@ -83,10 +92,10 @@ def interleaved_ms(fns: dict[str, Callable[[], object]], device: torch.device, w
                 torch.cuda.synchronize(device)
                 times[name].append(start.elapsed_time(end))
             else:
-                start_s = time.perf_counter()
+                start_s = clock()
                 fn()
-                times[name].append((time.perf_counter() - start_s) * 1e3)
-    return {name: statistics.median(t) for name, t in times.items()}
+                times[name].append((clock() - start_s) * 1e3)
+    return times
 
 
 def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
@@ -140,17 +149,27 @@ def prepare(modules: dict[str, nn.Module], x: torch.Tensor, args: argparse.Names
 
 
 def time_variants(modules: dict[str, nn.Module], x: torch.Tensor, args: argparse.Namespace, mode: str,
-                  fmt: str, step: str) -> dict[str, float]:
+                  fmt: str, step: str) -> dict[str, list[float]]:
     modules, inp = prepare(modules, x, args, fmt, step)
     fns = {name: make_step(m, inp, step, mode, args.dtype) for name, m in modules.items()}
     if mode != "eager":
         for fn in fns.values():  # compile (and record CUDA graphs) outside the timing
             fn()
             fn()
-    ms = interleaved_ms(fns, args.device, args.warmup, args.repeats)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    ms = interleaved_ms(fns, args.device, args.warmup, args.repeats, clock)
     if mode != "eager":
         torch._dynamo.reset()
     return ms
+
+
+def make_row(suite: str, case: str, batch: int, mode: str, fmt: str, step: str, ms: dict[str, list[float]]) -> Row:
+    def ratio(name: str) -> float:
+        return statistics.median(t / d for t, d in zip(ms[name], ms["dense"]))
+
+    median = {name: statistics.median(t) for name, t in ms.items()}
+    return Row(suite, case, batch, mode, fmt, step, median["dense"], median["seed"], median["paper"],
+               ratio("seed"), ratio("paper"))
 
 
 def layer_modules(channels: int) -> dict[str, nn.Module]:
@@ -169,8 +188,7 @@ def layer_rows(args: argparse.Namespace) -> list[Row]:
                 for fmt in args.formats:
                     for step in args.steps:
                         ms = time_variants(layer_modules(channels), x, args, mode, fmt, step)
-                        rows.append(Row("layer", f"C={channels}@{size}", batch, mode, fmt, step,
-                                        ms["dense"], ms["seed"], ms["paper"]))
+                        rows.append(make_row("layer", f"C={channels}@{size}", batch, mode, fmt, step, ms))
                         report_progress(rows[-1])
     return rows
 
@@ -188,40 +206,39 @@ def network_rows(args: argparse.Namespace) -> list[Row]:
             for fmt in args.formats:
                 for step in args.steps:
                     ms = time_variants({k: copy.deepcopy(v) for k, v in modules.items()}, x, args, mode, fmt, step)
-                    rows.append(Row("network", "resnet50", batch, mode, fmt, step, ms["dense"], ms["seed"],
-                                    ms["paper"]))
+                    rows.append(make_row("network", "resnet50", batch, mode, fmt, step, ms))
                     report_progress(rows[-1])
     return rows
 
 
-class _OpCounter(TorchDispatchMode):
-    """Counts every ATen operator dispatched (views and ``detach`` included)."""
+class _OpRecorder(TorchDispatchMode):
+    """Records every ATen operator dispatched, in order (views and ``detach`` included)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.ops: collections.Counter[str] = collections.Counter()
+        self.ops: list[str] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        self.ops[func.overloadpacket.__name__] += 1
+        self.ops.append(func.overloadpacket.__name__)
         return func(*args, **(kwargs or {}))
 
 
-def count_ops(module: nn.Module, x: torch.Tensor, step: str) -> collections.Counter[str]:
+def record_ops(module: nn.Module, x: torch.Tensor, step: str) -> list[str]:
     """ATen operators of one inference forward (eval, no grad) or one train forward + backward."""
     if step == "inference":
         module.eval()
         with torch.no_grad():
             module(x)  # warm: caches built outside the count
-            with _OpCounter() as counter:
+            with _OpRecorder() as recorder:
                 module(x)
-        return counter.ops
+        return recorder.ops
     module.train()
     x = x.detach().requires_grad_()
     grad = torch.ones_like(module(x))
     module.zero_grad(set_to_none=True)
-    with _OpCounter() as counter:
+    with _OpRecorder() as recorder:
         module(x).backward(grad)
-    return counter.ops
+    return recorder.ops
 
 
 def count_kernels(module: nn.Module, x: torch.Tensor, step: str) -> int:
@@ -243,14 +260,18 @@ def op_counts(args: argparse.Namespace) -> list[dict]:
     x = torch.randn(2, 64, 8, 8, device=args.device)
     for name, module in layer_modules(64).items():
         module = module.to(args.device)
-        row = {"variant": name, "inference_ops": sum(count_ops(module, x, "inference").values()),
-               "train_ops": sum(count_ops(module, x, "train").values())}
+        sequences = {"inference_ops": record_ops(module, x, "inference"), "train_ops": record_ops(module, x, "train")}
         if name != "dense":
             optimize_for_inference(module, merge="always")
-            row["inference_ops_optimized"] = sum(count_ops(module, x, "inference").values())
-            row["inference_ops_by_name"] = dict(count_ops(module, x, "inference"))
+            sequences["inference_ops_optimized"] = record_ops(module, x, "inference")
             optimize_for_inference(module, merge="never")
-        row["train_ops_by_name"] = dict(count_ops(module, x, "train"))
+        row: dict = {"variant": name}
+        row.update({key: len(ops) for key, ops in sequences.items()})
+        row.update({f"{key}_by_name": dict(collections.Counter(ops)) for key, ops in sequences.items()})
+        row.update({f"{key}_sequence": ops for key, ops in sequences.items()})
+        if args.op_list:
+            for key, ops in sequences.items():
+                print(f"{name} {key} ({len(ops)}): {' '.join(ops)}")
         if args.device.type == "cuda":
             xb = torch.randn(64, 64, 56, 56, device=args.device)
             row["inference_kernels"] = count_kernels(module, xb, "inference")
@@ -270,8 +291,8 @@ def print_table(rows: list[Row], ops: list[dict]) -> None:
     header = ("suite", "case", "batch", "mode", "format", "step", "dense ms", "seed ms", "paper ms",
               "seed/dense", "paper/dense")
     lines = [header] + [(r.suite, r.case, str(r.batch), r.mode, r.memory_format, r.step, f"{r.dense_ms:.2f}",
-                         f"{r.seed_ms:.2f}", f"{r.paper_ms:.2f}", f"{r.seed_ms / r.dense_ms:.2f}x",
-                         f"{r.paper_ms / r.dense_ms:.2f}x") for r in rows]
+                         f"{r.seed_ms:.2f}", f"{r.paper_ms:.2f}", f"{r.seed_over_dense:.2f}x",
+                         f"{r.paper_over_dense:.2f}x") for r in rows]
     if rows:
         widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
         for i, line in enumerate(lines):
@@ -295,7 +316,7 @@ def check_targets(rows: list[Row], ops: list[dict], device: torch.device) -> lis
             targets.append({"target": f"{name} (b{r.batch}, {r.memory_format})", "value": round(v, 3),
                             "limit": limit, "met": v <= limit})
 
-    paper = lambda r: r.paper_ms / r.dense_ms  # noqa: E731
+    paper = lambda r: r.paper_over_dense  # noqa: E731
     if device.type == "cpu":
         target("C=64@56 eager inference: paper/dense <= 1.0", find("layer", "C=64@56"), paper, 1.0)
         target("C=256@14 eager inference: paper/dense <= 0.5", find("layer", "C=256@14"), paper, 0.5)
@@ -335,6 +356,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (CPU)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="CPU timing clock: wall time, or the process's CPU time (for a loaded machine; "
+                             "use with --threads 1)")
+    parser.add_argument("--op-list", action="store_true", help="--suite ops: print each operator sequence")
     parser.add_argument("--json", help="write the rows, op counts, targets and the environment to this file")
     parser.add_argument("--optimize-for-inference", action="store_true",
                         help="apply scconv_surgery.optimize_for_inference(merge='auto') to SCConv before inference steps")
@@ -367,7 +392,7 @@ def main() -> None:
         print(f"{'met   ' if t['met'] else 'MISSED'} {t['target']}: {t['value']}")
     document = {"environment": {"device": str(args.device), "device_name": torch.cuda.get_device_name(args.device)
                                 if cuda else platform.processor(), "threads": torch.get_num_threads(),
-                                "dtype": str(args.dtype), "torch": torch.__version__,
+                                "dtype": str(args.dtype), "torch": torch.__version__, "clock": args.clock,
                                 "python": platform.python_version(), "machine": platform.machine(),
                                 "warmup": args.warmup, "repeats": args.repeats},
                 "rows": [r.to_dict() for r in rows], "ops": ops, "targets": targets}

@@ -128,3 +128,37 @@ def test_layer_second_derivatives_are_exact():
         return gx
 
     assert gradcheck(penalty_grad, (x, *params), atol=1e-5, fast_mode=True)
+
+
+def _scalar(fn):
+    """A fixed weighted sum of ``fn``'s outputs, to take Hessians of."""
+    def weighted(*args):
+        outs = fn(*args)
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        return sum((o * torch.linspace(-1, 1, o.numel(), dtype=o.dtype).reshape(o.shape)).sum() for o in outs)
+    return weighted
+
+
+def _forward_mode_cases():
+    torch.manual_seed(0)
+    d = torch.float64
+    yield ("ratio-affine", lambda g, b: ratio_affine(g, b, GAMMA_SUM_EPS),
+           lambda g, b: _ratio_affine_reference(g, b, GAMMA_SUM_EPS), (torch.rand(5, dtype=d) + 0.1, torch.randn(5, dtype=d)))
+    yield ("soft-gate", lambda x, z: soft_gate(x, z, 0.5), lambda x, z: _soft_gate_reference(x, z, 0.5),
+           (torch.randn(1, 5, 2, 2, dtype=d), torch.randn(1, 5, 2, 2, dtype=d)))
+    yield ("fuse", fuse, _fuse_reference,
+           (torch.randn(1, 4, 2, 2, dtype=d), torch.randn(1, 3, 2, 2, dtype=d), torch.randn(1, 1, 2, 2, dtype=d)))
+
+
+FORWARD_MODE_CASES = list(_forward_mode_cases())
+
+
+@pytest.mark.parametrize("name,fn,reference,args", FORWARD_MODE_CASES, ids=[c[0] for c in FORWARD_MODE_CASES])
+def test_forward_mode_matches_reference(name, fn, reference, args):
+    # the jvp rules: torch.func.jacfwd, and hessian = jacfwd(jacrev) through the backward too
+    from torch.func import hessian, jacfwd, jacrev
+
+    argnums = tuple(range(len(args)))
+    torch.testing.assert_close(jacfwd(fn, argnums=argnums)(*args), jacrev(reference, argnums=argnums)(*args))
+    torch.testing.assert_close(hessian(_scalar(fn), argnums=argnums)(*args),
+                               hessian(_scalar(reference), argnums=argnums)(*args))

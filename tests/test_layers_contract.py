@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, grad, jacrev, vmap
+from torch.func import functional_call, grad, jacfwd, jacrev, vmap
 
 from scconv_surgery import ScConv, ScConvConfig, convert, optimize_for_inference
 from scconv_surgery.layers import SRU
@@ -195,7 +195,7 @@ def test_double_backward(variant):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_torch_func_per_sample_gradients_and_jacobian(variant):
+def test_torch_func_per_sample_gradients_and_jacobians(variant):
     layer = _layer(variant)
     params = {k: v.detach() for k, v in layer.named_parameters()}
     x = _input(n=3)
@@ -211,6 +211,8 @@ def test_torch_func_per_sample_gradients_and_jacobian(variant):
         torch.testing.assert_close(per_sample["cru.gwc.weight"][i], layer.cru.gwc.weight.grad, atol=1e-4, rtol=1e-4)
     jac = jacrev(layer)(x[:1, :, :4, :4])
     assert jac.shape == (1, 32, 2, 2, 1, 16, 4, 4)
+    # forward mode (jacfwd, jvp, hessian = jacfwd(jacrev)) gives the same Jacobian
+    torch.testing.assert_close(jacfwd(layer)(x[:1, :, :4, :4]), jac, atol=1e-5, rtol=1e-4)
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,8 +12,9 @@ autograd: SRU's GroupNorm affine with eq. 2's ratio folded in, SRU's gate and re
   returned as an extra output (unused by the caller), as PyTorch's extension notes prescribe,
   so that double backward (gradient penalties) and ``torch.func`` (``grad``, ``vmap``,
   ``jacrev``) differentiate the backward itself exactly. ``setup_context`` and
-  ``generate_vmap_rule`` make them ``torch.func``-ready; ``torch.compile`` and ``torch.export``
-  trace through them.
+  ``generate_vmap_rule`` make them ``torch.func``-ready, a ``jvp`` gives forward mode
+  (``jvp``, ``jacfwd``, ``hessian``), and ``torch.compile`` / ``torch.export`` trace through
+  them (through a subclass without the ``jvp``, which Dynamo cannot trace).
 
 Both forms use only operators with ``vmap`` batching rules (no ``addcmul_``, ``lerp_``, ``out=``).
 tests/test_fused.py checks each function against plain autograd on the equations it
@@ -30,6 +31,12 @@ __all__ = ["guarded_inverse_sum", "ratio_affine", "soft_gate", "fuse"]
 def _sigmoid_backward(grad: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
     """``grad * output * (1 - output)`` in one operator (differentiable, with vmap rules)."""
     return torch.ops.aten.sigmoid_backward(grad, output)
+
+
+def _without_jvp(function: type[torch.autograd.Function]) -> type[torch.autograd.Function]:
+    """``function`` without its forward-mode rule (``jvp``), for ``torch.compile``, which cannot
+    trace a custom one; same forward and backward."""
+    return type(function.__name__, (function,), {"jvp": staticmethod(torch.autograd.Function.jvp)})
 
 
 def _plus(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
@@ -52,7 +59,12 @@ def guarded_inverse_sum(gamma: torch.Tensor, eps: float) -> torch.Tensor:
 
 class _RatioAffine(torch.autograd.Function):
     """``(gamma, beta) -> (gamma * w, beta * w)`` with ``w = gamma * inv``, ``inv`` the guarded
-    inverse sum. Extra outputs for the backward: ``inv``, and ``active`` (the clamp did not bind)."""
+    inverse sum. Extra outputs for the backward: ``inv``, and ``active`` (the clamp did not bind).
+
+    ``inv`` goes to the backward as a non-differentiable value (no autograd bookkeeping for a
+    scalar); under ``create_graph`` the backward recomputes it from ``gamma`` instead, so that
+    second derivatives see its dependence on ``gamma``.
+    """
 
     generate_vmap_rule = True
 
@@ -65,18 +77,36 @@ class _RatioAffine(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):  # type: ignore[no-untyped-def, override]
-        gamma, beta, _ = inputs
+        gamma, beta, eps = inputs
         _, _, inv, active = output
-        ctx.mark_non_differentiable(active)
+        ctx.mark_non_differentiable(inv, active)
         ctx.save_for_backward(gamma, beta, inv, active)
+        ctx.save_for_forward(gamma, beta, inv, active)
+        ctx.eps = eps
         ctx.set_materialize_grads(False)
 
     @staticmethod
-    def backward(ctx, g_scale, g_shift, g_inv, _g_active):  # type: ignore[no-untyped-def, override]
+    def jvp(ctx, t_gamma, t_beta, _t_eps):  # type: ignore[no-untyped-def, override]
+        # forward mode (torch.func.jvp, jacfwd, hessian): d inv = -active inv^2 sum(d gamma);
+        # d scale = 2 gamma inv d gamma + gamma^2 d inv; d shift = inv (beta d gamma + gamma d beta) + beta gamma d inv
+        gamma, beta, inv, active = ctx.saved_tensors
+        t_scale = t_shift = None
+        if t_gamma is not None:
+            t_inv = -(t_gamma.sum() * inv * inv * active)
+            t_scale = gamma * (2 * inv * t_gamma + gamma * t_inv)
+            t_shift = beta * (inv * t_gamma + gamma * t_inv)
+        if t_beta is not None:
+            t_shift = _plus(t_shift, gamma * inv * t_beta)
+        return t_scale, t_shift, None, None
+
+    @staticmethod
+    def backward(ctx, g_scale, g_shift, _g_inv, _g_active):  # type: ignore[no-untyped-def, override]
         # scale = gamma^2 inv, shift = beta gamma inv; d inv / d gamma_j = -inv^2 where the clamp
         # does not bind (active), else 0. With w = gamma inv and p = g_scale w + g_shift inv beta:
-        # g_gamma = p + g_scale w - active (sum(w p) + g_inv inv^2), g_beta = g_shift inv gamma
+        # g_gamma = p + g_scale w - active sum(w p), g_beta = g_shift inv gamma
         gamma, beta, inv, active = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: the backward is differentiated in turn
+            inv = guarded_inverse_sum(gamma, ctx.eps)
         w = gamma * inv
         g_scale_w = None if g_scale is None else g_scale * w
         g_shift_inv = None if g_shift is None else g_shift * inv
@@ -84,12 +114,13 @@ class _RatioAffine(torch.autograd.Function):
             p = g_scale_w
         else:
             p = g_shift_inv * beta if g_scale_w is None else torch.addcmul(g_scale_w, g_shift_inv, beta)
-        through_inv = _plus(None if p is None else torch.dot(w, p), None if g_inv is None else g_inv * inv * inv)
-        if through_inv is None:
+        if p is None:
             return None, None, None
-        through_inv = through_inv * active
-        g_gamma = (-through_inv).expand_as(gamma) if p is None else _plus(p, g_scale_w) - through_inv
+        g_gamma = _plus(p, g_scale_w) - torch.dot(w, p) * active
         return g_gamma, None if g_shift_inv is None else g_shift_inv * gamma, None
+
+
+_RatioAffineCompiled = _without_jvp(_RatioAffine)
 
 
 def ratio_affine(gamma: torch.Tensor, beta: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,7 +133,8 @@ def ratio_affine(gamma: torch.Tensor, beta: torch.Tensor, eps: float) -> tuple[t
     if not torch.is_grad_enabled():
         w = gamma * guarded_inverse_sum(gamma, eps)
         return gamma * w, beta * w
-    scale, shift, _, _ = _RatioAffine.apply(gamma, beta, eps)
+    function = _RatioAffineCompiled if torch.compiler.is_compiling() else _RatioAffine
+    scale, shift, _, _ = function.apply(gamma, beta, eps)
     return scale, shift
 
 
@@ -147,8 +179,20 @@ class _SoftGate(torch.autograd.Function):
         _, w2, keep = output
         ctx.mark_non_differentiable(keep)
         ctx.save_for_backward(x, w2, keep)
+        ctx.save_for_forward(x, w2, keep)
         ctx.shift = shift
         ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def jvp(ctx, t_x, t_z, _t_threshold, _t_shift):  # type: ignore[no-untyped-def, override]
+        # d W2 = W2 (1 - W2) d z; d X2 = W2 d X + X d W2; d out = d X2 + roll(d X2, -shift) + keep d X
+        x, w2, keep = ctx.saved_tensors
+        t_w2 = None if t_z is None else _sigmoid_backward(t_z, w2)
+        t_x2 = _plus(None if t_x is None else w2 * t_x, None if t_w2 is None else x * t_w2)
+        if t_x2 is None:
+            return None, None, None
+        t_out = t_x2 + t_x2.roll(-ctx.shift, 1)
+        return t_out if t_x is None else torch.addcmul(t_out, keep, t_x), t_w2, None
 
     @staticmethod
     def backward(ctx, g, g_w2, _g_keep):  # type: ignore[no-untyped-def, override]
@@ -168,6 +212,9 @@ class _SoftGate(torch.autograd.Function):
         return g_x, g_z, None, None
 
 
+_SoftGateCompiled = _without_jvp(_SoftGate)
+
+
 def soft_gate(x: torch.Tensor, z: torch.Tensor, threshold: float) -> torch.Tensor:
     """SRU's partly soft gate and cross reconstruction (``paper``, DESIGN section 2 steps 3-6).
 
@@ -183,7 +230,8 @@ def soft_gate(x: torch.Tensor, z: torch.Tensor, threshold: float) -> torch.Tenso
         ``(N, C, H, W)``, in the memory format of ``x``.
     """
     if torch.is_grad_enabled():
-        return _SoftGate.apply(x, z, threshold, x.shape[1] // 2)[0]
+        function = _SoftGateCompiled if torch.compiler.is_compiling() else _SoftGate
+        return function.apply(x, z, threshold, x.shape[1] // 2)[0]
     w2, keep = _gate_masks(z.sigmoid_(), threshold)
     x2 = w2.mul_(x)  # in z's buffer
     return _add_rolled_(keep.mul_(x).add_(x2), x2)  # W1 * X = keep * X + X2, in keep's buffer
@@ -211,8 +259,27 @@ class _Fuse(torch.autograd.Function):
         _, pwc2, reused = inputs
         _, diff, beta = output
         ctx.save_for_backward(diff, beta)
+        ctx.save_for_forward(diff, beta)
         ctx.split = (pwc2.shape[1], reused.shape[1])
         ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def jvp(ctx, t_y1, t_pwc2, t_reused):  # type: ignore[no-untyped-def, override]
+        # d Y2 = concat(d pwc2, d reused); d D = d Y1 - d Y2; d beta = beta (1 - beta) mean_hw(d D);
+        # d out = d Y2 + d beta D + beta d D
+        diff, beta = ctx.saved_tensors
+        t_y2 = None
+        if t_pwc2 is not None or t_reused is not None:
+            n, _, h, w = diff.shape
+            zeros = diff.new_zeros
+            t_y2 = torch.cat((zeros(n, ctx.split[0], h, w) if t_pwc2 is None else t_pwc2,
+                              zeros(n, ctx.split[1], h, w) if t_reused is None else t_reused), dim=1)
+        t_diff = t_y1 if t_y2 is None else (-t_y2 if t_y1 is None else t_y1 - t_y2)
+        if t_diff is None:
+            return None, None, None
+        t_beta = _sigmoid_backward(t_diff.mean((2, 3), keepdim=True), beta)
+        t_out = torch.addcmul(beta * t_diff, t_beta, diff)
+        return t_out if t_y2 is None else t_out + t_y2, t_diff, t_beta
 
     @staticmethod
     def backward(ctx, g, g_diff, g_beta):  # type: ignore[no-untyped-def, override]
@@ -233,6 +300,9 @@ class _Fuse(torch.autograd.Function):
         return g_d, g_pwc2, g_reused
 
 
+_FuseCompiled = _without_jvp(_Fuse)
+
+
 def fuse(y1: torch.Tensor, pwc2: torch.Tensor, reused: torch.Tensor) -> torch.Tensor:
     """CRU's fuse, eqs. 7-9, ``paper`` variant: ``Y2 = concat(pwc2, reused)`` (eq. 6),
     ``beta1 = softmax(GAP(Y1), GAP(Y2))_1`` per channel, ``Y = beta1 * Y1 + (1 - beta1) * Y2``.
@@ -248,7 +318,9 @@ def fuse(y1: torch.Tensor, pwc2: torch.Tensor, reused: torch.Tensor) -> torch.Te
         ``(N, C_out, H, W)``.
     """
     if torch.is_grad_enabled():
-        return _Fuse.apply(y1, pwc2, reused)[0]
+        function = _FuseCompiled if torch.compiler.is_compiling() else _Fuse
+        return function.apply(y1, pwc2, reused)[0]
     y2 = torch.cat((pwc2, reused), dim=1)
     diff = y1.sub_(y2)
     return diff.mul_(diff.mean((2, 3), keepdim=True).sigmoid_()).add_(y2)
+
