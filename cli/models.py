@@ -33,8 +33,8 @@ def models_table(surveys: list[ModelSurvey]) -> Table:
 
 def models(
     patterns: Annotated[list[str] | None, typer.Argument(
-        help="Globs over the names, e.g. 'resnet*' or 'torchvision:*' (case-insensitive; several keep a name "
-        "that matches any). Default: every model.", show_default=False)] = None,
+        help="Globs over the names, e.g. 'resnet*', 'timm:*' or 'torchvision:*' (case-insensitive; several keep a "
+        "name that matches any). Default: every model.", show_default=False)] = None,
     *,
     eligible: Annotated[bool, typer.Option(
         "--eligible", help="Only models with at least one conv the default rules replace.")] = False,
@@ -55,8 +55,9 @@ def models(
     output = Output(json=json_output, debug=debug)
     with output.errors(), output.progress() as step:
         step("listing models")
-        names = list_model_names(patterns or ())
-        surveys = survey_models(names, cache_dir=None if no_cache else default_cache_dir(), strict_paper=strict_paper,
+        cache_dir = None if no_cache else default_cache_dir()
+        names = list_model_names(patterns or (), cache_dir=cache_dir)
+        surveys = survey_models(names, cache_dir=cache_dir, strict_paper=strict_paper,
                                 jobs=jobs, on_progress=lambda done, total, name: step(f"planned {done}/{total}: {name}"))
     shown = [s for s in surveys if s.replaced > 0] if eligible else surveys
     if json_output:
@@ -65,7 +66,7 @@ def models(
                           "models": [s.to_dict() for s in shown]})
         return
     if not names:
-        close = difflib.get_close_matches((patterns or [""])[0], list_model_names(), n=5, cutoff=0.6)
+        close = difflib.get_close_matches((patterns or [""])[0], list_model_names(cache_dir=cache_dir), n=5, cutoff=0.6)
         output.warn(f"no model name matches {', '.join(patterns or [])}"
                     + (f"; did you mean {', '.join(close)}?" if close else "; try a glob such as 'resnet*'"))
         return

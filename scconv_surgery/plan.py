@@ -20,6 +20,7 @@ stride (skipped under the ``skip`` stride policy), and channel counts SCConv can
 """
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -349,14 +350,11 @@ def _fit(spec: ConvSpec, config: ScConvConfig, *, strict: bool
     return fitted
 
 
-def _params_after(spec: ConvSpec, config: ScConvConfig, cache: dict) -> int:
+@functools.lru_cache(maxsize=4096)
+def _params_after(in_channels: int, out_channels: int, kernel_size: int, stride: int, config: ScConvConfig) -> int:
     """Parameter count of the replacement, from a module built on the meta device."""
-    key = (spec.in_channels, spec.out_channels, spec.kernel_size[0], spec.stride[0], config)
-    if key not in cache:
-        layer = ScConv(spec.in_channels, spec.out_channels, kernel_size=spec.kernel_size[0],
-                       stride=spec.stride[0], config=config, device="meta")
-        cache[key] = sum(p.numel() for p in layer.parameters())
-    return cache[key]
+    layer = ScConv(in_channels, out_channels, kernel_size=kernel_size, stride=stride, config=config, device="meta")
+    return sum(p.numel() for p in layer.parameters())
 
 
 def _replaced_detail(adapted: Sequence[Adaptation], cls: str, norm: str | None) -> str:
@@ -418,7 +416,6 @@ def plan_conversion(model: nn.Module, rules: Sequence[Rule] = (), *,
     validate_rules(rules)
     matches = [0] * len(rules)
     decisions = []
-    cache: dict = {}
     for name, aliases, conv in find_convs(model):
         spec = ConvSpec.from_conv(conv)
         cls = type(conv).__name__
@@ -438,5 +435,6 @@ def plan_conversion(model: nn.Module, rules: Sequence[Rule] = (), *,
         else:
             chosen, adapted, detail = outcome
             decisions.append(Decision(name, aliases, cls, spec, Action.REPLACE, None, detail, rule_index, chosen,
-                                      spec.params, _params_after(spec, chosen, cache), adapted))
+                                      spec.params, _params_after(spec.in_channels, spec.out_channels,
+                                                                 spec.kernel_size[0], spec.stride[0], chosen), adapted))
     return Plan(tuple(decisions), rules, tuple(matches))

@@ -66,23 +66,44 @@ def _timm_families() -> dict[str, str]:
     return {name: module for module in timm.list_modules() for name in timm.list_models(module=module)}
 
 
-def list_model_names(patterns: Sequence[str] = ()) -> list[str]:
+def _all_model_names(cache_dir: Path | None) -> list[str]:
+    """timm's and torchvision's names; read from ``cache_dir`` when cached for the installed
+    versions (importing timm's models takes seconds)."""
+    path = cache_dir / f"names-{_versions_key()}.json" if cache_dir is not None else None
+    with contextlib.suppress(OSError, ValueError, TypeError):
+        if path is not None:
+            return list(json.loads(path.read_text())["names"])
+    import timm
+    import torchvision
+
+    names = sorted(timm.list_models()) + [TORCHVISION + n for n in sorted(torchvision.models.list_models())]
+    if path is not None:
+        _write_json(path, {"schema_version": SURVEY_SCHEMA_VERSION, "names": names})
+    return names
+
+
+def list_model_names(patterns: Sequence[str] = (), *, cache_dir: Path | None = None) -> list[str]:
     """Every model ``scconv convert`` can build by name: timm's (bare names, e.g. ``resnet50``),
     then torchvision's (``torchvision:resnet50``), each sorted.
 
     Args:
         patterns: globs (``fnmatch``, case-insensitive) over those names; a name is kept when one
-            matches. ``resnet*`` matches timm's ResNets, ``torchvision:*`` all of torchvision.
-            Empty keeps every name.
+            matches. ``resnet*`` matches timm's ResNets, ``timm:*`` all of timm (a timm name
+            also matches as ``timm:NAME``), ``torchvision:*`` all of torchvision. Empty keeps
+            every name.
+        cache_dir: read the names from a cache there, or write them to it
+            (:func:`default_cache_dir`); None: ask timm and torchvision.
     """
-    import timm
-    import torchvision
-
-    names = sorted(timm.list_models()) + [TORCHVISION + n for n in sorted(torchvision.models.list_models())]
+    names = _all_model_names(cache_dir)
     if not patterns:
         return names
     lowered = [p.lower() for p in patterns]
-    return [n for n in names if any(fnmatch.fnmatchcase(n.lower(), p) for p in lowered)]
+
+    def matches(name: str) -> bool:
+        spellings = (name.lower(),) if name.startswith(TORCHVISION) else (name.lower(), "timm:" + name.lower())
+        return any(fnmatch.fnmatchcase(n, p) for n in spellings for p in lowered)
+
+    return [n for n in names if matches(n)]
 
 
 def model_family(name: str) -> str:
@@ -318,17 +339,33 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "scconv-surgery"
 
 
-def _cache_key(strict_paper: bool, config: ScConvConfig | None, count_macs: bool) -> str:
-    """Versions of what decides a survey: the libraries that build models and our planning code."""
+def _versions_key() -> str:
+    """A hash of the installed versions of torch, timm and torchvision (read without importing them)."""
     digest = hashlib.sha256()
     for dist in ("torch", "timm", "torchvision"):
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             digest.update(f"{dist}={importlib.metadata.version(dist)};".encode())
+    return digest.hexdigest()[:16]
+
+
+def _cache_key(strict_paper: bool, config: ScConvConfig | None, count_macs: bool) -> str:
+    """Versions of what decides a survey: the libraries that build models, our planning code, the options."""
+    digest = hashlib.sha256(_versions_key().encode())
     here = Path(__file__).parent
     for module in ("plan.py", "fitting.py", "layers.py", "rules.py", "std_conv.py", "models.py", "survey.py"):
         digest.update((here / module).read_bytes())
     digest.update(json.dumps([strict_paper, count_macs, (config or ScConvConfig()).to_dict()], sort_keys=True).encode())
     return digest.hexdigest()[:16]
+
+
+def _write_json(path: Path, document: Mapping[str, Any]) -> None:
+    """Write ``document`` to ``path`` atomically; a cache that cannot be written is not an error."""
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(document, f)
+        os.replace(tmp, path)
 
 
 @contextlib.contextmanager
@@ -337,19 +374,14 @@ def _cache(cache_dir: Path | None, key: str) -> Iterator[dict[str, dict]]:
     path = cache_dir / f"models-{key}.json" if cache_dir is not None else None
     entries: dict[str, dict] = {}
     if path is not None and path.is_file():
-        with contextlib.suppress(OSError, ValueError):
-            entries = json.loads(path.read_text()).get("models", {})
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            entries = dict(json.loads(path.read_text()).get("models", {}))
     count = len(entries)
     try:
         yield entries
     finally:
         if path is not None and len(entries) > count:
-            with contextlib.suppress(OSError):
-                path.parent.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".models-", suffix=".tmp")
-                with os.fdopen(fd, "w") as f:
-                    json.dump({"schema_version": SURVEY_SCHEMA_VERSION, "models": entries}, f)
-                os.replace(tmp, path)
+            _write_json(path, {"schema_version": SURVEY_SCHEMA_VERSION, "models": entries})
 
 
 def survey_models(names: Sequence[str], *, cache_dir: Path | None = None, strict_paper: bool = False,

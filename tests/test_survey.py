@@ -17,6 +17,8 @@ def test_list_model_names_globs_case_insensitively():
     assert list_model_names(["RESNET18"]) == ["resnet18"]
     assert list_model_names(["torchvision:resnet1*"]) == ["torchvision:resnet101", "torchvision:resnet152",
                                                           "torchvision:resnet18"]
+    assert list_model_names(["timm:resnet18"]) == ["resnet18"]
+    assert not any(n.startswith("torchvision:") for n in list_model_names(["timm:*"]))
     everything = list_model_names()
     assert everything.index("resnet18") < everything.index("torchvision:alexnet")  # timm first
 
