@@ -20,6 +20,7 @@ Writes JSON, prints a summary table, and can write the README's coverage section
     python benchmarks/zoo.py --jobs 2 --json zoo.json --readme README.md       # everything
     python benchmarks/zoo.py --filter 'resnet*' --filter 'torchvision:dense*' --convert 1
     python benchmarks/zoo.py --sample 100 --convert 0                          # plan only
+    python benchmarks/zoo.py --from-json zoo.json --readme README.md           # re-render only
 """
 from __future__ import annotations
 
@@ -188,6 +189,11 @@ def markdown(summary: dict[str, Any], conversions: list[dict], command: str, sec
         f"{s['converted']} |",
         f"| failures while converting | {len(s['conversion_failures'])} |",
         "",
+        f"Of the {s['with_dense_3x3']} models with a dense 3x3 conv past the stem (`in_channels > 3`), "
+        f"{s['with_dense_3x3_convert']} convert; the others, and why: "
+        + (", ".join(f"`{n}` ({WHY_NOT.get(w, w).split(':')[0]})" for n, w in s["with_dense_3x3_skipped"].items())
+           or "none") + ".",
+        "",
         "Models with no eligible conv, by why (a model is classed by its 3x3 convs past the stem):",
         "",
     ]
@@ -257,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample", type=int, default=0, metavar="N",
                         help="sweep a random sample of N of the matching models (seeded by --seed); 0: all")
     parser.add_argument("--jobs", type=int, default=1,
-                        help="worker processes (default 1; a crash or hang of one model never ends the sweep)")
+                        help="worker processes (default 1; a crash or hang of one model never ends the sweep; "
+                        "0 runs in this process, where a crash does)")
     parser.add_argument("--convert", type=int, default=1, metavar="K",
                         help="convert for real the K smallest eligible models of each family (default 1; 0: plan only)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds per model and stage (default 600)")
@@ -265,9 +272,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="FILE", help="write every record and the summary as JSON")
     parser.add_argument("--markdown", metavar="FILE", help="write the README coverage section to FILE")
     parser.add_argument("--readme", metavar="FILE", help="replace the coverage section of FILE (README.md)")
+    parser.add_argument("--from-json", metavar="FILE", help="sweep nothing: write the table, --markdown and --readme "
+                        "from the JSON of an earlier run")
     args = parser.parse_args(argv)
-    command = "python benchmarks/zoo.py " + " ".join(a for a in (argv if argv is not None else sys.argv[1:])
-                                                     if not a.endswith((".json", ".md")))
+    if args.from_json:
+        saved = json.loads(Path(args.from_json).read_text())
+        surveys = [ModelSurvey.from_dict(d) for d in saved["models"]]
+        summary = summarize(surveys, saved["conversions"])
+        summary.update({k: saved["summary"][k] for k in ("seconds", "plan_seconds", "jobs")})
+        print_table(summary)
+        write_outputs(args, markdown(summary, saved["conversions"], saved["command"], summary["seconds"]))
+        return 0
+    command = " ".join(["python benchmarks/zoo.py", *(f"--filter '{f}'" for f in args.filter),
+                        *(f"--{k} {getattr(args, k)}" for k in ("sample", "seed") if getattr(args, k)),
+                        f"--jobs {args.jobs} --convert {args.convert} --readme README.md"])
 
     start = time.perf_counter()
     names = [n for n in list_model_names(args.filter) if in_scope(n)]
@@ -299,16 +317,19 @@ def main(argv: list[str] | None = None) -> int:
     summary.update(seconds=round(seconds, 1), plan_seconds=round(plan_seconds, 1), jobs=args.jobs)
     print_table(summary)
     print(f"plan stage {plan_seconds / 60:.1f} min, total {seconds / 60:.1f} min ({args.jobs} jobs)")
-    section = markdown(summary, conversions, command, seconds)
     if args.json:
         Path(args.json).write_text(json.dumps({"schema_version": 1, "command": command, "torch": torch.__version__,
                                                "summary": summary, "models": [s.to_dict() for s in surveys],
                                                "conversions": conversions}, indent=1))
+    write_outputs(args, markdown(summary, conversions, command, seconds))
+    return 0
+
+
+def write_outputs(args: argparse.Namespace, section: str) -> None:
     if args.markdown:
         Path(args.markdown).write_text(section + "\n")
     if args.readme:
         update_readme(Path(args.readme), section)
-    return 0
 
 
 if __name__ == "__main__":

@@ -34,15 +34,14 @@ def models_table(surveys: list[ModelSurvey]) -> Table:
 def models(
     patterns: Annotated[list[str] | None, typer.Argument(
         help="Globs over the names, e.g. 'resnet*', 'timm:*' or 'torchvision:*' (case-insensitive; several keep a "
-        "name that matches any). Default: every model.", show_default=False)] = None,
+        "name that matches any). Default: every model.", metavar="PATTERN", show_default=False)] = None,
     *,
     eligible: Annotated[bool, typer.Option(
         "--eligible", help="Only models with at least one conv the default rules replace.")] = False,
     json_output: JsonOpt = False,
     strict_paper: StrictPaperOpt = False,
     no_cache: Annotated[bool, typer.Option(
-        "--no-cache", help="Plan every model again instead of reading the cache (the cache is still not "
-        "written).")] = False,
+        "--no-cache", help="Plan every model again; neither read nor write the cache.")] = False,
     jobs: Annotated[int | None, typer.Option(
         help="Worker processes that plan models; 0 plans in this process (default: every CPU when more than 100 "
         "models are not cached, else 0).", min=0, max=256, show_default=False)] = None,
@@ -50,7 +49,7 @@ def models(
 ) -> None:
     """List the models 'scconv convert' can build by name, with the convs the default rules would replace.
 
-    timm names come bare, torchvision names as 'torchvision:NAME'. Each model is built on the meta device (no weights, no memory) and planned; results are cached per library version in the directory $SCCONV_CACHE_DIR (default ~/.cache/scconv-surgery), so listings after the first are instant. Exit codes: 0 success (also when no name matches); 1 unexpected failure.
+    timm names come bare, torchvision names as 'torchvision:NAME'. Each model is built on the meta device (no weights, no memory) and planned; results are cached per library version in $SCCONV_CACHE_DIR (default $XDG_CACHE_HOME/scconv-surgery, else ~/.cache/scconv-surgery), so listings after the first read the cache. Exit codes: 0 success (also when no name matches); 1 unexpected failure.
     """
     output = Output(json=json_output, debug=debug)
     with output.errors(), output.progress() as step:

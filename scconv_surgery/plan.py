@@ -357,13 +357,11 @@ def _params_after(in_channels: int, out_channels: int, kernel_size: int, stride:
     return sum(p.numel() for p in layer.parameters())
 
 
-def _replaced_detail(adapted: Sequence[Adaptation], cls: str, norm: str | None) -> str:
+def _replaced_detail(adapted: Sequence[Adaptation], note: str) -> str:
     detail = "replaced by SCConv"
     if adapted:
         detail += "; adapted " + "; ".join(str(a) for a in adapted)
-    if norm is not None:
-        detail += f"; {cls}'s weight standardisation is dropped, and {norm} normalises the output after it"
-    return detail
+    return detail + (f"; {note}" if note else "")
 
 
 def _decide(model: nn.Module, name: str, conv: nn.Conv2d, spec: ConvSpec, config: ScConvConfig, *,
@@ -376,18 +374,20 @@ def _decide(model: nn.Module, name: str, conv: nn.Conv2d, spec: ConvSpec, config
                                        class_asked=class_asked)
     if reason is not None:
         return reason
-    norm = None
-    if cls in WEIGHT_STANDARDIZING_CONVS and not class_asked:
-        norm = following_norm(model, name)
-        if norm is None:
+    note = ""
+    if cls in WEIGHT_STANDARDIZING_CONVS:
+        norm = None if class_asked else following_norm(model, name)
+        if norm is None and not class_asked:
             return SkipReason.WEIGHT_STANDARDIZED, (
                 f"{cls} standardises its weight and no normalisation layer follows it, so SCConv would change the "
                 f"output scale; name it in an include rule's conv_class ({cls}) to replace it anyway")
+        note = (f"{cls}'s weight standardisation is dropped, and {norm} normalises the output after it" if norm
+                else f"{cls}'s weight standardisation is dropped: an include rule names the class")
     fitted = _fit(spec, config, strict=strict)
     if isinstance(fitted[0], SkipReason):
         return fitted  # type: ignore[return-value]
     config, adapted = fitted  # type: ignore[misc]
-    return config, adapted, _replaced_detail(adapted, cls, norm)
+    return config, adapted, _replaced_detail(adapted, note)
 
 
 def plan_conversion(model: nn.Module, rules: Sequence[Rule] = (), *,

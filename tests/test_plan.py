@@ -275,6 +275,8 @@ def test_weight_standardised_conv_is_replaced_only_before_a_norm():
     assert "no normalisation layer follows it" in bare.detail and "conv_class (ScaledStdConv2d)" in bare.detail
     opted_in = plan_conversion(StdConvNet(), [Rule("*"), Rule("*", conv_class="ScaledStdConv2d")])
     assert [d.is_replaced for d in opted_in.decisions] == [True, True]
+    assert opted_in.decisions[1].detail == ("replaced by SCConv; ScaledStdConv2d's weight standardisation is dropped: "
+                                            "an include rule names the class")
 
 
 def test_following_norm_needs_the_conv_s_width():
