@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from scconv_surgery import ModelSurvey, list_model_names, load, run_conversion, survey_models
+from scconv_surgery import ModelSurvey, list_model_names, load, run_conversion, survey_models, tensor_leaves
 from scconv_surgery.workers import WorkerCrash, map_in_workers
 
 TORCHVISION_SCOPE = ("", "segmentation", "detection")  # torchvision.models, .segmentation, .detection
@@ -72,15 +72,9 @@ def in_scope(name: str) -> bool:
 
 # -- stage 2: convert, forward, reload --------------------------------------------------------
 
-def _leaves(value: Any) -> list[torch.Tensor]:
-    """The tensors of a model output: a tensor, or nested tuples, lists and dicts of them."""
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, dict):
-        return [t for v in value.values() for t in _leaves(v)]
-    if isinstance(value, (list, tuple)):
-        return [t for v in value for t in _leaves(v)]
-    return []
+def _leaves(output: Any) -> list[torch.Tensor]:
+    """The tensors of a model output (one tensor, or nested lists, tuples and dicts of them)."""
+    return [tensor for _, tensor in tensor_leaves(output)]
 
 
 def convert_and_reload(name: str, workdir: str) -> dict[str, Any]:
@@ -201,6 +195,12 @@ def markdown(summary: dict[str, Any], conversions: list[dict], command: str, sec
         shown = ", ".join(f"`{n}`" for n in names)
         lines += [f"<details><summary>{WHY_NOT.get(why, why)}: {len(names)}</summary>", "", shown, "", "</details>",
                   ""]
+    if s["macs_not_counted"]:
+        lines += [f"The MACs delta of the plan stage comes from one forward on the meta device; it could not run for "
+                  f"{len(s['macs_not_counted'])} models ("
+                  + ", ".join(f"`{n}`" for n in sorted(s["macs_not_counted"])[:4])
+                  + (", ..." if len(s["macs_not_counted"]) > 4 else "")
+                  + ": post-processing that depends on values); the JSON gives the reason for each.", ""]
     failures = [f"- `{n}` (plan): {e}" for n, e in s["plan_failures"].items()]
     failures += [f"- `{n}` ({e['step']}): {e['type']}: {e['message']}" for n, e in s["conversion_failures"].items()]
     lines += ["Failures: " + ("none." if not failures else ""), *failures, ""]

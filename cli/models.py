@@ -12,7 +12,7 @@ from rich.table import Table
 from scconv_surgery import ModelSurvey, default_cache_dir, list_model_names, survey_models
 
 from .output import Output
-from .params import DebugOpt, JsonOpt, StrictPaperOpt
+from .params import FLAG, DebugOpt, HelpOpt, JsonOpt, StrictPaperOpt
 
 MODELS_SCHEMA_VERSION = 1
 
@@ -32,20 +32,21 @@ def models_table(surveys: list[ModelSurvey]) -> Table:
 
 
 def models(
-    patterns: Annotated[list[str] | None, typer.Argument(
-        help="Globs over the names, e.g. 'resnet*', 'timm:*' or 'torchvision:*' (case-insensitive; several keep a "
-        "name that matches any). Default: every model.", metavar="PATTERN", show_default=False)] = None,
+    pattern: Annotated[str | None, typer.Argument(
+        help="A glob over the names, e.g. 'resnet*', 'timm:*', 'torchvision:*' or 'regnetx_00[24]' "
+        "(case-insensitive). Default: every model.", metavar="PATTERN", show_default=False)] = None,
     *,
     eligible: Annotated[bool, typer.Option(
-        "--eligible", help="Only models with at least one conv the default rules replace.")] = False,
+        "--eligible", metavar=FLAG, help="Only models with at least one conv the default rules replace.")] = False,
     json_output: JsonOpt = False,
     strict_paper: StrictPaperOpt = False,
     no_cache: Annotated[bool, typer.Option(
-        "--no-cache", help="Plan every model again; neither read nor write the cache.")] = False,
+        "--no-cache", metavar=FLAG, help="Plan every model again; neither read nor write the cache.")] = False,
     jobs: Annotated[int | None, typer.Option(
-        help="Worker processes that plan models; 0 plans in this process (default: every CPU when more than 100 "
+        metavar="N", help="Worker processes that plan models; 0 plans in this process (default: every CPU when more than 100 "
         "models are not cached, else 0).", min=0, max=256, show_default=False)] = None,
     debug: DebugOpt = False,
+    help_: HelpOpt = False,
 ) -> None:
     """List the models 'scconv convert' can build by name, with the convs the default rules would replace.
 
@@ -55,18 +56,18 @@ def models(
     with output.errors(), output.progress() as step:
         step("listing models")
         cache_dir = None if no_cache else default_cache_dir()
-        names = list_model_names(patterns or (), cache_dir=cache_dir)
+        names = list_model_names([pattern] if pattern else (), cache_dir=cache_dir)
         surveys = survey_models(names, cache_dir=cache_dir, strict_paper=strict_paper,
                                 jobs=jobs, on_progress=lambda done, total, name: step(f"planned {done}/{total}: {name}"))
     shown = [s for s in surveys if s.replaced > 0] if eligible else surveys
     if json_output:
-        output.emit_json({"schema_version": MODELS_SCHEMA_VERSION, "patterns": list(patterns or []),
+        output.emit_json({"schema_version": MODELS_SCHEMA_VERSION, "pattern": pattern,
                           "eligible_only": eligible, "strict_paper": strict_paper, "count": len(shown),
                           "models": [s.to_dict() for s in shown]})
         return
     if not names:
-        close = difflib.get_close_matches((patterns or [""])[0], list_model_names(cache_dir=cache_dir), n=5, cutoff=0.6)
-        output.warn(f"no model name matches {', '.join(patterns or [])}"
+        close = difflib.get_close_matches(pattern or "", list_model_names(cache_dir=cache_dir), n=5, cutoff=0.6)
+        output.warn(f"no model name matches {pattern!r}"
                     + (f"; did you mean {', '.join(close)}?" if close else "; try a glob such as 'resnet*'"))
         return
     output.console.print(models_table(shown))

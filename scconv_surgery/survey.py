@@ -349,11 +349,10 @@ def _versions_key() -> str:
 
 
 def _cache_key(strict_paper: bool, config: ScConvConfig | None, count_macs: bool) -> str:
-    """Versions of what decides a survey: the libraries that build models, our planning code, the options."""
+    """Versions of what decides a survey: the libraries that build models, this package's code, the options."""
     digest = hashlib.sha256(_versions_key().encode())
-    here = Path(__file__).parent
-    for module in ("plan.py", "fitting.py", "layers.py", "rules.py", "std_conv.py", "models.py", "survey.py"):
-        digest.update((here / module).read_bytes())
+    for path in sorted(Path(__file__).parent.rglob("*.py")):  # this package's code: any change plans afresh
+        digest.update(path.read_bytes())
     digest.update(json.dumps([strict_paper, count_macs, (config or ScConvConfig()).to_dict()], sort_keys=True).encode())
     return digest.hexdigest()[:16]
 

@@ -18,22 +18,23 @@ def cache(tmp_path, monkeypatch):
 
 
 def test_models_json_lists_counts_and_why_not(cache):
-    result = runner.invoke(app, ["models", "resnet18", "vit_tiny_patch16_224", "torchvision:densenet121", "--json"])
+    result = runner.invoke(app, ["models", "*densenet121", "--json"])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
-    assert (doc["schema_version"], doc["count"], doc["eligible_only"]) == (1, 3, False)
+    assert (doc["schema_version"], doc["count"], doc["eligible_only"], doc["pattern"]) == (1, 2, False, "*densenet121")
     rows = {m["name"]: (m["replaced"], m["adapted"], m["coverage"]) for m in doc["models"]}
-    assert rows == {"resnet18": (16, 0, "converts"), "vit_tiny_patch16_224": (0, 0, "no_3x3"),
-                    "torchvision:densenet121": (58, 58, "converts")}
+    assert rows == {"densenet121": (58, 58, "converts"), "torchvision:densenet121": (58, 58, "converts")}
     assert len(list(cache.glob("models-*.json"))) == 1
+    (vit,) = json.loads(runner.invoke(app, ["models", "vit_tiny_patch16_224", "--json"]).stdout)["models"]
+    assert (vit["replaced"], vit["coverage"]) == (0, "no_3x3")
 
 
 def test_models_eligible_table_goes_to_stderr(cache):
-    result = runner.invoke(app, ["models", "resnet18", "vit_tiny_patch16_224", "--eligible"])
+    result = runner.invoke(app, ["models", "regnetx_00[24]", "--eligible"])
     assert result.exit_code == 0, result.output
     assert result.stdout == ""
-    assert "│ resnet18 " in result.stderr and "│ vit_tiny_patch16_224 " not in result.stderr
-    assert "1 of 1 models" in result.stderr
+    assert "│ regnetx_004 " in result.stderr and "│ regnetx_002 " not in result.stderr  # SCConv costs more there
+    assert "1 of 1 models" in result.stderr and "not eligible: 1 grouped" in result.stderr
 
 
 def test_models_strict_paper_counts_what_the_paper_fits(cache):
@@ -45,7 +46,7 @@ def test_models_strict_paper_counts_what_the_paper_fits(cache):
 def test_models_without_a_match_suggests_names(cache):
     result = runner.invoke(app, ["models", "resnet_18"])
     assert result.exit_code == 0, result.output
-    assert "no model name matches resnet_18" in result.stderr and "resnet18" in result.stderr
+    assert "no model name matches 'resnet_18'" in result.stderr and "resnet18" in result.stderr
 
 
 def test_convert_strict_paper_skips_with_the_fix_and_exits_3(monkeypatch):
