@@ -58,6 +58,14 @@ WHY_NOT = {  # Coverage value -> how the README names the group
     "other": "other",
 }
 
+WHAT_TO_DO = {  # Coverage value -> what a user can do about it
+    "weight_standardized": "A rule that names the class opts them in (for example `conv_class: ScaledStdConv2d` in a rules "
+                           "file); see \"Weight-standardised convs\" for what that does to the output scale.",
+    "padding": "SCConv keeps the spatial size (its GWC pads by k // 2), so convs that shrink it cannot be replaced "
+               "without changing the network's shapes.",
+    "channels": "The skip reason names the hyperparameter change that makes them fit.",
+}
+
 
 def in_scope(name: str) -> bool:
     """timm, and torchvision's classification / segmentation / detection models."""
@@ -184,9 +192,17 @@ def markdown(summary: dict[str, Any], conversions: list[dict], command: str, sec
         f"| failures while converting | {len(s['conversion_failures'])} |",
         "",
         f"Of the {s['with_dense_3x3']} models with a dense 3x3 conv past the stem (`in_channels > 3`), "
-        f"{s['with_dense_3x3_convert']} convert; the others, and why: "
-        + (", ".join(f"`{n}` ({WHY_NOT.get(w, w).split(':')[0]})" for n, w in s["with_dense_3x3_skipped"].items())
-           or "none") + ".",
+        f"{s['with_dense_3x3_convert']} convert; the others, by why"
+        + (":" if s["with_dense_3x3_skipped"] else ": none."),
+        "",
+    ]
+    skipped: dict[str, list[str]] = {}
+    for name, why in s["with_dense_3x3_skipped"].items():
+        skipped.setdefault(why, []).append(name)
+    for why, names in skipped.items():
+        fix = f" {WHAT_TO_DO[why]}" if why in WHAT_TO_DO else ""
+        lines.append(f"- {WHY_NOT.get(why, why)} ({len(names)}): " + ", ".join(f"`{n}`" for n in names) + f".{fix}")
+    lines += [
         "",
         "Models with no eligible conv, by why (a model is classed by its 3x3 convs past the stem):",
         "",
