@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from . import convert, report, verify
+from . import convert, models, report, verify
 from .params import FLAG, HelpOpt
 
 
@@ -40,6 +40,7 @@ def create_app() -> typer.Typer:
     app.command("convert", no_args_is_help=True)(convert.convert)
     app.command("report", no_args_is_help=True)(report.report)
     app.command("verify", no_args_is_help=True)(verify.verify)
+    app.command("models")(models.models)
     return app
 
 

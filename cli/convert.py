@@ -22,7 +22,17 @@ from scconv_surgery import (
 )
 
 from .output import Output
-from .params import FLAG, CountElementwiseOpt, DebugOpt, HelpOpt, InputSizeOpt, JsonOpt, SummaryOpt, parse_input_size
+from .params import (
+    FLAG,
+    CountElementwiseOpt,
+    DebugOpt,
+    HelpOpt,
+    InputSizeOpt,
+    JsonOpt,
+    StrictPaperOpt,
+    SummaryOpt,
+    parse_input_size,
+)
 from .render import render_conversion
 
 
@@ -90,6 +100,7 @@ def convert(
     stride_policy: Annotated[StridePolicy, typer.Option(
         help="Strided convs: 'inside' strides GWC/PWC1/PWC2 and pools the reused channels; 'pool' average-pools "
         "first; 'skip' leaves them alone.")] = StridePolicy.INSIDE,
+    strict_paper: StrictPaperOpt = False,
     input_size: InputSizeOpt = None,
     pretrained: Annotated[bool, typer.Option(
         "--pretrained", metavar=FLAG, help="Start from the library's pretrained weights (from its cache, else downloaded).")] = False,
@@ -142,7 +153,8 @@ def convert(
         rules = assemble_rules(preset=preset.value if preset else None, rules_file=rules_file,
                                include=include or (), exclude=exclude or ())
         name = model if model is not None else f"factory:{factory}"
-        result = run_conversion(name, rules=rules, config=config, pretrained=pretrained, weights=weights,
+        result = run_conversion(name, rules=rules, config=config, strict_paper=strict_paper, pretrained=pretrained,
+                                weights=weights,
                                 num_classes=num_classes, model_kwargs=kwargs, input_size=size, out=out,
                                 dry_run=dry_run,
                                 seed=seed, allow_unmatched=allow_unmatched, count_elementwise=count_elementwise,

@@ -38,6 +38,10 @@ DebugOpt = Annotated[bool, typer.Option("--debug", metavar=FLAG, help="Show trac
 SummaryOpt = Annotated[bool, typer.Option(
     "--summary", metavar=FLAG, help="Human report: only the totals and the counts per reason, not one row per "
     "conv or layer.")]
+StrictPaperOpt = Annotated[bool, typer.Option(
+    "--strict-paper", metavar=FLAG, help="Keep SCConv's hyperparameters exactly as configured: a conv whose channels "
+    "they do not fit is skipped ('channels', with the change that would fit) instead of getting a larger "
+    "squeeze_ratio or a smaller gwc_groups. A rule's strict_paper key overrides it for the convs it includes.")]
 
 
 MAX_SIDE = 4096  # larger inputs are almost surely a typo (and would not fit in memory)

@@ -58,7 +58,9 @@ def _config_summary(d: Decision) -> str:
     if d.config is None:
         return ""
     default = ScConvConfig().to_dict()
-    changed = [f"{k}={v}" for k, v in d.config.to_dict().items() if v != default[k]]
+    why = {a.key: a for a in d.adapted}
+    changed = [f"{k}={v}" + (f" [yellow](adapted from {why[k].configured}: {escape(why[k].why)})[/]" if k in why else "")
+               for k, v in d.config.to_dict().items() if v != default[k] or k in why]
     return ", ".join(changed)
 
 

@@ -2,7 +2,9 @@
 
 The pipeline, one step per module: :func:`create_model` (models; weights files in weights) ->
 :func:`plan_conversion` (plan) -> :func:`apply_plan` (apply) -> :func:`compare_counts`
-(counting) -> :func:`save_checkpoint` / :func:`load` (checkpoint). :func:`convert` plans and
+(counting) -> :func:`save_checkpoint` / :func:`load` (checkpoint). :func:`fit_config` (fitting)
+adapts SCConv's hyperparameters to a conv's channels; :func:`survey_models` (survey) plans
+whole zoos on the meta device. :func:`convert` plans and
 applies in one call on any ``nn.Module``; :func:`run_conversion` (pipeline) is ``scconv
 convert`` as a function, :func:`verify_checkpoint` (verify) is ``scconv verify``.
 """
@@ -36,11 +38,13 @@ from .finetune import (
     stale_batchnorms,
 )
 from .inference import optimize_for_inference
+from .fitting import Adaptation, fit_config
 from .layers import CRU, SRU, ScConv, ScConvConfig, StridePolicy, Variant
 from .models import ModelSource, build_model, check_model_kwargs, create_model, default_input_size
 from .pipeline import CheckpointReport, ConversionResult, recount_checkpoint, run_conversion
 from .plan import Action, ConvSpec, Decision, Plan, SkipReason, plan_conversion
 from .rules import PRESETS, Rule, RuleAction, assemble_rules, load_rules_file
+from .survey import Coverage, ModelSurvey, default_cache_dir, list_model_names, survey_model, survey_models
 from .verify import Check, VerifyResult, verify_checkpoint
 from .weights import WeightsFile, load_weights_file, read_state_dict, read_weights, strip_wrapper_prefixes
 
@@ -59,5 +63,6 @@ __all__ = [
     "build_model", "load_weights_file", "read_state_dict", "PRESETS", "InvalidOptionError", "ModelForwardError",
     "run_conversion", "ConversionResult", "recount_checkpoint", "CheckpointReport", "verify_checkpoint",
     "VerifyResult", "Check", "tensor_leaves", "WeightsFile", "read_weights", "strip_wrapper_prefixes",
-    "check_model_kwargs", "gradient_free_parameters", "check_output_path",
+    "check_model_kwargs", "gradient_free_parameters", "check_output_path", "Adaptation", "fit_config", "Coverage", "ModelSurvey", "list_model_names",
+    "survey_model", "survey_models", "default_cache_dir",
 ]

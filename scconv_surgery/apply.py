@@ -166,13 +166,15 @@ def check_shapes(base: nn.Module, converted: nn.Module, plan: Plan, input_size: 
 
 
 def convert(model: nn.Module, rules: Sequence[Rule] = (), *, config: ScConvConfig | None = None,
-            seed: int | None = 0, inplace: bool = False) -> tuple[nn.Module, Plan]:
+            strict_paper: bool = False, seed: int | None = 0, inplace: bool = False) -> tuple[nn.Module, Plan]:
     """Plan and apply SCConv replacements on any ``nn.Module``.
 
     Args:
         model: the model to convert.
         rules: include / exclude rules; empty replaces every eligible conv.
         config: SCConv hyperparameters (default: the paper's).
+        strict_paper: never adapt hyperparameters to a conv's channels (see
+            :func:`~scconv_surgery.plan.plan_conversion`).
         seed: initialisation seed of the new modules.
         inplace: modify ``model`` itself; by default a deep copy is converted and ``model`` is
             left untouched.
@@ -189,6 +191,6 @@ def convert(model: nn.Module, rules: Sequence[Rule] = (), *, config: ScConvConfi
         >>> len(plan.replaced)  # the 3x3 conv of each of the 16 bottlenecks
         16
     """
-    plan = plan_conversion(model, rules, config=config)
+    plan = plan_conversion(model, rules, config=config, strict_paper=strict_paper)
     target = model if inplace else copy_model(model)
     return apply_plan(target, plan, seed=seed), plan

@@ -84,7 +84,7 @@ def _pattern_suggestions(patterns: Sequence[str], plan: Plan) -> list[str]:
 
 
 def run_conversion(name: str, *, rules: Sequence[Rule] = (), config: ScConvConfig | None = None,
-                   pretrained: bool = False, weights: str | os.PathLike | None = None,
+                   strict_paper: bool = False, pretrained: bool = False, weights: str | os.PathLike | None = None,
                    num_classes: int | None = None, model_kwargs: Mapping[str, Any] | None = None,
                    input_size: tuple[int, int, int] | None = None,
                    out: str | os.PathLike | None = None, dry_run: bool = False, seed: int = 0,
@@ -97,6 +97,8 @@ def run_conversion(name: str, *, rules: Sequence[Rule] = (), config: ScConvConfi
         name: ``resnet50``, ``timm:NAME`` or ``torchvision:NAME``.
         rules: include / exclude rules; empty replaces every eligible conv.
         config: SCConv hyperparameters (default: the paper's).
+        strict_paper: never adapt hyperparameters to a conv's channels (see
+            :func:`~scconv_surgery.plan.plan_conversion`).
         pretrained, weights, num_classes, model_kwargs: see
             :func:`~scconv_surgery.models.create_model`.
         input_size: ``(C, H, W)`` to count at; default the model's own
@@ -135,7 +137,7 @@ def run_conversion(name: str, *, rules: Sequence[Rule] = (), config: ScConvConfi
         base, source = create_model(name, pretrained=pretrained, weights=weights, num_classes=num_classes,
                                     model_kwargs=model_kwargs)
     on_step("planning")
-    plan = plan_conversion(base, rules, config=config)
+    plan = plan_conversion(base, rules, config=config, strict_paper=strict_paper)
     unmatched = plan.unmatched_includes()
     if unmatched and not allow_unmatched:
         raise UnmatchedRuleError(unmatched, _pattern_suggestions(unmatched, plan), plan=plan)

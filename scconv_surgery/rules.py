@@ -18,6 +18,8 @@ Rules files (YAML or TOML, :func:`load_rules_file`) hold the same rules::
       - include: "layer4.*"
         alpha: 0.75          # hyperparameters for what this rule matches
       - exclude: "re:layer[234]\\.0\\.conv2"
+      - include: "features.*"
+        strict_paper: true   # never adapt hyperparameters to fit these convs' channels
 """
 from __future__ import annotations
 
@@ -39,7 +41,8 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 __all__ = ["RuleAction", "Rule", "PRESETS", "preset_rules", "validate_rules", "match_rules",
-           "merged_config", "load_rules_file", "rule_from_mapping", "assemble_rules", "RulesFile"]
+           "merged_config", "merged_strict_paper", "load_rules_file", "rule_from_mapping", "assemble_rules",
+           "RulesFile"]
 
 REGEX_PREFIX = "re:"
 
@@ -49,6 +52,8 @@ FILTER_FIELDS = ("kernel_size", "stride", "dilation", "groups", "conv_class", "m
 # SCConv hyperparameters a rule may set (fields of ScConvConfig).
 CONFIG_FIELDS = ("variant", "alpha", "squeeze_ratio", "gwc_groups", "gn_groups", "gate_threshold",
                  "stride_policy")
+# Planning options a rule may set for the convs it includes (not SCConv hyperparameters).
+OPTION_FIELDS = ("strict_paper",)
 
 
 class RuleAction(str, Enum):
@@ -77,10 +82,14 @@ class Rule:
         variant, alpha, squeeze_ratio, gwc_groups, gn_groups, gate_threshold, stride_policy:
             SCConv hyperparameters (:class:`~scconv_surgery.layers.ScConvConfig`) for the convs
             this include rule matches; None inherits.
+        strict_paper: for the convs this include rule matches, True keeps the hyperparameters
+            exactly as configured (a conv that fails the channel constraints is skipped);
+            False lets the planner adapt ``squeeze_ratio`` / ``gwc_groups`` to fit
+            (:func:`~scconv_surgery.fitting.fit_config`); None inherits.
 
     Raises:
         ValueError: a contradictory rule (a lower bound above its upper bound, hyperparameters
-            on an exclude rule, an include asking for a 1x1 or even kernel).
+            or ``strict_paper`` on an exclude rule, an include asking for a 1x1 or even kernel).
     """
 
     pattern: str
@@ -101,6 +110,7 @@ class Rule:
     gn_groups: int | None = None
     gate_threshold: float | None = None
     stride_policy: StridePolicy | None = None
+    strict_paper: bool | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "action", RuleAction(self.action))
@@ -119,8 +129,11 @@ class Rule:
             low, high = getattr(self, f"min_{side}_channels"), getattr(self, f"max_{side}_channels")
             if low is not None and high is not None and low > high:
                 raise ValueError(f"min_{side}_channels={low} is above max_{side}_channels={high}")
-        if self.action is RuleAction.EXCLUDE and self.config_overrides():
-            raise ValueError(f"an exclude rule cannot set hyperparameters ({', '.join(self.config_overrides())})")
+        if self.action is RuleAction.EXCLUDE and (self.config_overrides() or self.strict_paper is not None):
+            keys = [*self.config_overrides(), *(["strict_paper"] if self.strict_paper is not None else [])]
+            raise ValueError(f"an exclude rule cannot set hyperparameters ({', '.join(keys)})")
+        if self.strict_paper is not None and not isinstance(self.strict_paper, bool):
+            raise ValueError(f"strict_paper must be true or false, got {self.strict_paper!r}")
         if self.action is RuleAction.INCLUDE and self.kernel_size is not None and (
                 self.kernel_size < 3 or self.kernel_size % 2 == 0):
             raise ValueError(f"kernel_size={self.kernel_size}: SCConv replaces odd kernels of 3 or more")
@@ -158,7 +171,7 @@ class Rule:
     def to_dict(self) -> dict[str, Any]:
         """The rules-file form: ``{"include": pattern, ...fields that are set}``."""
         d: dict[str, Any] = {self.action.value: self.pattern}
-        for f in (*FILTER_FIELDS, *CONFIG_FIELDS):
+        for f in (*FILTER_FIELDS, *CONFIG_FIELDS, *OPTION_FIELDS):
             value = getattr(self, f)
             if value is not None:
                 d[f] = value.value if isinstance(value, Enum) else value
@@ -228,6 +241,15 @@ def merged_config(base: ScConvConfig, matching: Sequence[int], rules: Sequence[R
     return replace(base, **overrides) if overrides else base
 
 
+def merged_strict_paper(base: bool, matching: Sequence[int], rules: Sequence[Rule]) -> bool:
+    """``base`` unless a matching include rule sets ``strict_paper``; the last one wins."""
+    for index in matching:
+        rule = rules[index]
+        if rule.action is RuleAction.INCLUDE and rule.strict_paper is not None:
+            base = rule.strict_paper
+    return base
+
+
 # -- rules files ---------------------------------------------------------------------------
 
 _TYPES: dict[str, tuple[type, ...]] = {
@@ -235,10 +257,10 @@ _TYPES: dict[str, tuple[type, ...]] = {
                            "max_in_channels", "min_out_channels", "max_out_channels",
                            "squeeze_ratio", "gwc_groups", "gn_groups")},
     "conv_class": (str,), "variant": (str,), "stride_policy": (str,),
-    "alpha": (float, int), "gate_threshold": (float, int),
+    "alpha": (float, int), "gate_threshold": (float, int), "strict_paper": (bool,),
 }
 _CHOICES = {"variant": [v.value for v in Variant], "stride_policy": [p.value for p in StridePolicy]}
-RULE_KEYS = ("include", "exclude", *FILTER_FIELDS, *CONFIG_FIELDS)
+RULE_KEYS = ("include", "exclude", *FILTER_FIELDS, *CONFIG_FIELDS, *OPTION_FIELDS)
 
 
 def rule_from_mapping(entry: Mapping[str, Any], *, path: str = "<rules>", index: int = 0) -> Rule:
@@ -267,7 +289,7 @@ def rule_from_mapping(entry: Mapping[str, Any], *, path: str = "<rules>", index:
         if key in actions:
             continue
         allowed = _TYPES[key]
-        if isinstance(value, bool) or not isinstance(value, allowed):
+        if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
             names = " or ".join(t.__name__ for t in allowed)
             raise RulesFileError(path, index, key, f"must be {names}, got {value!r} ({type(value).__name__})")
         if key in _CHOICES and value not in _CHOICES[key]:
@@ -280,7 +302,7 @@ def rule_from_mapping(entry: Mapping[str, Any], *, path: str = "<rules>", index:
         raise RulesFileError(path, index, action, str(err).split(": ", 1)[-1]) from err
     except ValueError as err:
         text = str(err)
-        named = [key for key in (*FILTER_FIELDS, *CONFIG_FIELDS) if re.search(rf"\b{key}\b", text)]
+        named = [key for key in (*FILTER_FIELDS, *CONFIG_FIELDS, *OPTION_FIELDS) if re.search(rf"\b{key}\b", text)]
         raise RulesFileError(path, index, named[0] if named else None, f"invalid rule: {text}") from err
     return rule
 

@@ -78,6 +78,11 @@ REJECTED = [  # (case, file text, rule index, key, words in the message)
      "block collection from line 2, column 3)"),
     ("YAML list left open", "rules:\n  - include: 'a'\n    alpha: [0.5\n", None, None,
      "at line 4, column 1 (while parsing a flow sequence from line 3, column 12)"),
+    ("strict_paper as text", "rules:\n  - include: a\n    strict_paper: 'yes'\n", 0, "strict_paper", "must be bool"),
+    ("strict_paper on an exclude", "rules:\n  - exclude: a\n    strict_paper: true\n", 0, "strict_paper",
+     "exclude rule cannot"),
+    ("integer hyperparameter given as a bool", "rules:\n  - include: a\n    squeeze_ratio: true\n", 0,
+     "squeeze_ratio", "must be int"),
 ]
 
 
@@ -180,3 +185,11 @@ def test_conv_class_rule_makes_a_subclass_eligible():
 
     plan = plan_conversion(SubclassConvNet(), [Rule("*", conv_class="OwnForwardConv")])
     assert plan.decisions[0].is_replaced
+
+
+def test_strict_paper_key_in_yaml_and_toml(tmp_path):
+    (tmp_path / "r.yaml").write_text("rules:\n  - include: 'features.*'\n    strict_paper: true\n")
+    (tmp_path / "r.toml").write_text("[[rules]]\ninclude = 'features.*'\nstrict_paper = false\n")
+    assert load_rules_file(tmp_path / "r.yaml").rules == (Rule("features.*", strict_paper=True),)
+    assert load_rules_file(tmp_path / "r.toml").rules == (Rule("features.*", strict_paper=False),)
+    assert Rule("features.*", strict_paper=True).to_dict() == {"include": "features.*", "strict_paper": True}

@@ -19,6 +19,7 @@ ZOO = [  # (case, model name, constructor kwargs, replaced, classes replaced, sk
     ("resnetv2_50x1_bit (StdConv2d)", "timm:resnetv2_50x1_bit", {}, 16, {"StdConv2d"}, {"pointwise"}),
     ("inception_v3 (non-square kernels)", "timm:inception_v3", {}, 10, {"Conv2d"}, {"kernel", "padding"}),
     ("vgg16 (in != out)", "torchvision:vgg16", {}, 12, {"Conv2d"}, {"channels"}),
+    ("densenet121 (adapted squeeze_ratio)", "timm:densenet121", {}, 58, {"Conv2d"}, {"kernel", "pointwise"}),
 ]
 
 
@@ -65,3 +66,53 @@ def test_depthwise_networks_have_nothing_eligible(name):
     assert summary["grouped"] >= 7 and summary["channels"] == 1
     stem = next(d for d in plan.decisions if d.name == "conv_stem")
     assert "in_channels=3" in stem.detail
+
+
+@pytest.mark.parametrize("factory, kwargs, replaced, params_delta", [
+    # growth rate 8 (the paper's 32, scaled down): 58 dense 3x3 convs 32 -> 8, where squeeze_ratio 2 leaves PWC2
+    # empty; at the adapted 4, each 2,304 -> 392 params (GroupNorm 2 * 32, squeezes 2 * 16 * 4, GWC 2 * 8 * 9 +
+    # bias 8, PWC1 4 * 8, PWC2 4 * 4)
+    ("densenet121_cifar", {"growth_rate": 8}, 58, -58 * (2_304 - 392)),
+    # the 7 unstrided grouped 3x3 convs (8 groups) of widths 128, 256, 512: SCConv with GWC in 8 groups has
+    # GroupNorm 2C, squeezes 2 * (C/2) * (C/4), GWC (C/32) * C * 9 + bias C, PWC1 (C/4) * C, PWC2 (C/4) * (3C/4)
+    # parameters (16,256, 64,256, 255,488); the 2 strided ones would cost more MACs as SCConv
+    ("resnext29_8x64d", {"base_width": 16}, 7, -3 * (18_432 - 16_256) - 2 * (73_728 - 64_256) - 2 * (294_912 - 255_488)),
+], ids=["DenseNet-121 CIFAR", "ResNeXt-29 8x16d CIFAR"])
+def test_the_paper_s_cifar_networks_convert_and_reload(factory, kwargs, replaced, params_delta, tmp_path):
+    torch.manual_seed(0)
+    base, source = create_model(f"factory:examples.cifar_models:{factory}", model_kwargs=kwargs)
+    plan = plan_conversion(base)
+    assert len(plan.replaced) == replaced
+    converted = apply_plan(copy.deepcopy(base), plan)
+    params = [sum(p.numel() for p in model.parameters()) for model in (base, converted)]
+    assert params[1] - params[0] == params_delta
+    assert {d.config.squeeze_ratio for d in plan.replaced} == ({4} if factory.startswith("dense") else {2})
+    if factory.startswith("resnext"):
+        assert {d.config.gwc_groups for d in plan.replaced} == {8}
+        assert plan.skip_summary()["grouped"] == 2
+    path = save_checkpoint(tmp_path / "m.pt", converted, build_manifest(source, plan, seed=0, input_size=(3, 32, 32)))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(load(path)(x), converted.eval()(x), rtol=0, atol=0)
+
+
+def test_the_zoo_benchmark_writes_its_json_and_readme_section(tmp_path):
+    """benchmarks/zoo.py on two models, in this process, plan only: the README generator stays working."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "zoo.py"
+    spec = importlib.util.spec_from_file_location("zoo_benchmark", path)
+    zoo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(zoo)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n{zoo.README_START}\nold\n{zoo.README_END}\nafter\n")
+    assert zoo.main(["--filter", "resnet10t", "--filter", "vit_tiny_patch16_224", "--convert", "0", "--jobs", "0",
+                     "--json", str(tmp_path / "zoo.json"), "--readme", str(readme)]) == 0
+    summary = json.loads((tmp_path / "zoo.json").read_text())["summary"]
+    assert (summary["models"], summary["convert"], summary["with_dense_3x3"]) == (2, 1, 1)
+    assert summary["why_not"] == {"no_3x3": ["vit_tiny_patch16_224"]} and summary["plan_failures"] == {}
+    text = readme.read_text()
+    assert text.startswith("# title\n" + zoo.README_START) and text.endswith(zoo.README_END + "\nafter\n")
+    assert "| convert (at least one conv replaced) | 1 |" in text and "old" not in text

@@ -1,0 +1,77 @@
+"""``scconv models [PATTERN]``: the timm / torchvision models, with how many convs SCConv replaces."""
+from __future__ import annotations
+
+import difflib
+from collections import Counter
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from scconv_surgery import ModelSurvey, default_cache_dir, list_model_names, survey_models
+
+from .output import Output
+from .params import FLAG, DebugOpt, HelpOpt, JsonOpt, StrictPaperOpt
+
+MODELS_SCHEMA_VERSION = 1
+
+
+def models_table(surveys: list[ModelSurvey]) -> Table:
+    """One row per model: name, family, convs, replaced (adapted), and why not when nothing is."""
+    table = Table(title=f"{sum(s.replaced > 0 for s in surveys)} of {len(surveys)} models have convs to replace",
+                  title_justify="left")
+    for column in ("model", "family", "convs", "replaced", "adapted", "why not"):
+        table.add_column(column, justify="right" if column in ("convs", "replaced", "adapted") else "left",
+                         no_wrap=column == "model", overflow="fold")
+    for s in surveys:
+        why = "" if s.replaced else escape(s.error or (s.coverage.value if s.coverage else ""))
+        table.add_row(escape(s.name), s.family, str(s.convs), str(s.replaced) if s.replaced else "[dim]0[/]",
+                      str(s.adapted) if s.adapted else "", f"[yellow]{why}[/]" if s.error else why)
+    return table
+
+
+def models(
+    pattern: Annotated[str | None, typer.Argument(
+        help="A glob over the names, e.g. 'resnet*', 'timm:*', 'torchvision:*' or 'regnetx_00[24]' "
+        "(case-insensitive). Default: every model.", metavar="PATTERN", show_default=False)] = None,
+    *,
+    eligible: Annotated[bool, typer.Option(
+        "--eligible", metavar=FLAG, help="Only models with at least one conv the default rules replace.")] = False,
+    json_output: JsonOpt = False,
+    strict_paper: StrictPaperOpt = False,
+    no_cache: Annotated[bool, typer.Option(
+        "--no-cache", metavar=FLAG, help="Plan every model again; neither read nor write the cache.")] = False,
+    jobs: Annotated[int | None, typer.Option(
+        metavar="N", help="Worker processes that plan models; 0 plans in this process (default: every CPU when more than 100 "
+        "models are not cached, else 0).", min=0, max=256, show_default=False)] = None,
+    debug: DebugOpt = False,
+    help_: HelpOpt = False,
+) -> None:
+    """List the models 'scconv convert' can build by name, with the convs the default rules would replace.
+
+    timm names come bare, torchvision names as 'torchvision:NAME'. Each model is built on the meta device (no weights, no memory) and planned; results are cached per library version in $SCCONV_CACHE_DIR (default $XDG_CACHE_HOME/scconv-surgery, else ~/.cache/scconv-surgery), so listings after the first read the cache. Exit codes: 0 success (also when no name matches); 1 unexpected failure.
+    """
+    output = Output(json=json_output, debug=debug)
+    with output.errors(), output.progress() as step:
+        step("listing models")
+        cache_dir = None if no_cache else default_cache_dir()
+        names = list_model_names([pattern] if pattern else (), cache_dir=cache_dir)
+        surveys = survey_models(names, cache_dir=cache_dir, strict_paper=strict_paper,
+                                jobs=jobs, on_progress=lambda done, total, name: step(f"planned {done}/{total}: {name}"))
+    shown = [s for s in surveys if s.replaced > 0] if eligible else surveys
+    if json_output:
+        output.emit_json({"schema_version": MODELS_SCHEMA_VERSION, "pattern": pattern,
+                          "eligible_only": eligible, "strict_paper": strict_paper, "count": len(shown),
+                          "models": [s.to_dict() for s in shown]})
+        return
+    if not names:
+        close = difflib.get_close_matches(pattern or "", list_model_names(cache_dir=cache_dir), n=5, cutoff=0.6)
+        output.warn(f"no model name matches {pattern!r}"
+                    + (f"; did you mean {', '.join(close)}?" if close else "; try a glob such as 'resnet*'"))
+        return
+    output.console.print(models_table(shown))
+    coverage = Counter(s.coverage.value for s in surveys if s.coverage and not s.replaced)
+    if coverage:
+        output.console.print("not eligible: " + ", ".join(f"{n} {why}" for why, n in coverage.most_common()),
+                             highlight=False)

@@ -1,0 +1,57 @@
+"""``scconv models`` and ``scconv convert --strict-paper``."""
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from scconv_surgery.cli.app import app
+from scconv_surgery.cli.errors import EXIT_NOTHING_SELECTED
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCCONV_CACHE_DIR", str(tmp_path))
+    return tmp_path
+
+
+def test_models_json_lists_counts_and_why_not(cache):
+    result = runner.invoke(app, ["models", "*densenet121", "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert (doc["schema_version"], doc["count"], doc["eligible_only"], doc["pattern"]) == (1, 2, False, "*densenet121")
+    rows = {m["name"]: (m["replaced"], m["adapted"], m["coverage"]) for m in doc["models"]}
+    assert rows == {"densenet121": (58, 58, "converts"), "torchvision:densenet121": (58, 58, "converts")}
+    assert len(list(cache.glob("models-*.json"))) == 1
+    (vit,) = json.loads(runner.invoke(app, ["models", "vit_tiny_patch16_224", "--json"]).stdout)["models"]
+    assert (vit["replaced"], vit["coverage"]) == (0, "no_3x3")
+
+
+def test_models_eligible_table_goes_to_stderr(cache):
+    result = runner.invoke(app, ["models", "regnetx_00[24]", "--eligible"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""
+    assert "│ regnetx_004 " in result.stderr and "│ regnetx_002 " not in result.stderr  # SCConv costs more there
+    assert "1 of 1 models" in result.stderr and "not eligible: 1 grouped" in result.stderr
+
+
+def test_models_strict_paper_counts_what_the_paper_fits(cache):
+    result = runner.invoke(app, ["models", "torchvision:densenet121", "--strict-paper", "--json"])
+    (row,) = json.loads(result.stdout)["models"]
+    assert (row["replaced"], row["coverage"], row["skip_reasons"]["channels"]) == (0, "channels", 58)
+
+
+def test_models_without_a_match_suggests_names(cache):
+    result = runner.invoke(app, ["models", "resnet_18"])
+    assert result.exit_code == 0, result.output
+    assert "no model name matches 'resnet_18'" in result.stderr and "resnet18" in result.stderr
+
+
+def test_convert_strict_paper_skips_with_the_fix_and_exits_3(monkeypatch):
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])  # examples/ is importable from the repository root
+    result = runner.invoke(app, ["convert", "--factory", "examples.cifar_models:densenet121_cifar", "--model-kwargs",
+                                 "growth_rate=8", "--input-size", "3x32x32", "--dry-run", "--strict-paper"])
+    assert result.exit_code == EXIT_NOTHING_SELECTED, result.output
+    assert "squeeze_ratio: 4" in result.stderr and "--strict-paper" in result.stderr
