@@ -153,7 +153,8 @@ def recompute_batchnorm_stats(model: nn.Module, images: torch.Tensor, *, batch_s
         names: the BatchNorm layers to update (default: every one that tracks running statistics).
 
     Returns:
-        The names of the updated layers.
+        The names of the updated layers. A BatchNorm the forward never calls keeps its
+        statistics and is not listed.
     """
     modules = dict(model.named_modules())
     chosen = [n for n, m in modules.items() if isinstance(m, _BatchNorm) and m.track_running_stats
@@ -162,6 +163,7 @@ def recompute_batchnorm_stats(model: nn.Module, images: torch.Tensor, *, batch_s
         return []
     first = next(model.parameters())
     momenta = {n: modules[n].momentum for n in chosen}
+    saved = {n: {k: v.clone() for k, v in modules[n].state_dict().items()} for n in chosen}
     with eval_mode(model), torch.no_grad():
         try:
             for n in chosen:
@@ -173,4 +175,7 @@ def recompute_batchnorm_stats(model: nn.Module, images: torch.Tensor, *, batch_s
         finally:
             for n in chosen:
                 modules[n].momentum = momenta[n]
-    return chosen
+        updated = [n for n in chosen if int(modules[n].num_batches_tracked) > 0]
+        for n in set(chosen) - set(updated):  # never called (e.g. an auxiliary head in eval mode): as it was
+            modules[n].load_state_dict(saved[n])
+    return updated

@@ -162,6 +162,26 @@ def test_recompute_batchnorm_stats_is_the_plain_average_over_batches():
     torch.testing.assert_close(z.mean((0, 2, 3)), torch.zeros(4), atol=1e-5, rtol=0)
 
 
+class AuxHeadNet(nn.Module):
+    """A BatchNorm in an auxiliary head that only runs in train mode (as inception_v3's AuxLogits)."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))
+        self.aux = nn.BatchNorm2d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.body(x)
+        return self.aux(y) if self.training else y
+
+
+def test_a_batchnorm_the_forward_never_calls_keeps_its_statistics():
+    model = AuxHeadNet().eval()
+    model.aux.running_mean.fill_(3.0)
+    assert recompute_batchnorm_stats(model, torch.randn(4, 3, 5, 5)) == ["body.1"]
+    assert torch.equal(model.aux.running_mean, torch.full((4,), 3.0)) and int(model.aux.num_batches_tracked) == 0
+
+
 def test_a_conv_called_twice_is_fitted_on_both_calls_and_an_uncalled_one_is_reported():
     torch.manual_seed(0)
     shared = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1))
