@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from scconv_surgery import load, read_checkpoint
 from scconv_surgery.cli.app import app
 from scconv_surgery.cli.errors import EXIT_BAD_INPUT
+from test_convert import assert_clean_error
 
 ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
@@ -20,14 +21,6 @@ FAST = ["--calibrate-images", "16", "--calibrate-steps", "20", "--calibrate-batc
 
 def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_clean_error(result, code, *words):
-    assert result.exit_code == code, result.output
-    assert result.stdout == ""
-    assert "Traceback" not in result.stderr
-    for word in words:
-        assert word in result.stderr, result.stderr
 
 
 @pytest.fixture
