@@ -6,10 +6,10 @@ from typing import Annotated
 
 import typer
 
-from scconv_surgery import CalibrationConfig, CalibrationStrategy, calibrate_checkpoint
+from scconv_surgery import CalibrationConfig, CalibrationStrategy, InvalidOptionError, calibrate_checkpoint
 
 from .output import Output
-from .params import FLAG, DebugOpt, HelpOpt, JsonOpt
+from .params import FLAG, MAX_SEED, DebugOpt, HelpOpt, JsonOpt
 from .render import render_calibration
 
 IMAGES_HELP = "How many images to calibrate on (a seeded random choice; all if the folder has fewer)."
@@ -40,10 +40,10 @@ def calibrate(
     images: Annotated[int, typer.Option(metavar="N", help=IMAGES_HELP, min=1)] = CalibrationConfig.num_images,
     steps: Annotated[int, typer.Option(metavar="N", help=STEPS_HELP, min=0)] = CalibrationConfig.steps,
     batch_size: Annotated[int, typer.Option(metavar="N", help=BATCH_HELP, min=1)] = CalibrationConfig.batch_size,
-    strategy: Annotated[CalibrationStrategy, typer.Option(help=STRATEGY_HELP)] = CalibrationConfig.strategy,
+    strategy: Annotated[CalibrationStrategy, typer.Option(metavar="STRATEGY", help=STRATEGY_HELP)] = CalibrationConfig.strategy,
     device: Annotated[str | None, typer.Option(metavar="DEVICE", help=DEVICE_HELP, show_default=False)] = None,
     seed: Annotated[int, typer.Option(metavar="N", help="Seed (0 to 2**63 - 1) that chooses the images and orders the "
-                                      "batches.", min=0, max=2**63 - 1)] = 0,
+                                      "batches.", min=0)] = 0,
     allow_random_weights: Annotated[bool, typer.Option("--allow-random-weights", metavar=FLAG, help=RANDOM_HELP)] = False,
     force: Annotated[bool, typer.Option("--force", metavar=FLAG, help="Overwrite an existing --out file.")] = False,
     json_output: JsonOpt = False,
@@ -56,6 +56,8 @@ def calibrate(
     """
     output = Output(json=json_output, debug=debug)
     with output.errors(), output.progress_bars() as (step, fit):
+        if seed > MAX_SEED:
+            raise InvalidOptionError("--seed", f"{seed} is above the largest seed, 2**63 - 1")
         config = CalibrationConfig(data=data, num_images=images, steps=steps, batch_size=batch_size,
                                    strategy=strategy, device=device, seed=seed,
                                    allow_random_weights=allow_random_weights)

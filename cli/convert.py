@@ -27,6 +27,7 @@ from .calibrate import BATCH_HELP, DEVICE_HELP, IMAGES_HELP, RANDOM_HELP, STEPS_
 from .output import Output
 from .params import (
     FLAG,
+    MAX_SEED,
     CountElementwiseOpt,
     DebugOpt,
     HelpOpt,
@@ -38,8 +39,6 @@ from .params import (
 )
 from .render import render_conversion
 
-
-MAX_SEED = 2**63 - 1
 Preset = Enum("Preset", {name: name for name in PRESETS}, type=str)  # type: ignore[misc]
 
 
@@ -138,7 +137,7 @@ def convert(
     calibrate_images: Annotated[int, typer.Option(metavar="N", help=IMAGES_HELP, min=1)] = CalibrationConfig.num_images,
     calibrate_steps: Annotated[int, typer.Option(metavar="N", help=STEPS_HELP, min=0)] = CalibrationConfig.steps,
     calibrate_batch_size: Annotated[int, typer.Option(metavar="N", help=BATCH_HELP, min=1)] = CalibrationConfig.batch_size,
-    calibrate_strategy: Annotated[CalibrationStrategy, typer.Option(help=STRATEGY_HELP)] = CalibrationConfig.strategy,
+    calibrate_strategy: Annotated[CalibrationStrategy, typer.Option(metavar="STRATEGY", help=STRATEGY_HELP)] = CalibrationConfig.strategy,
     calibrate_device: Annotated[str | None, typer.Option(metavar="DEVICE", help=DEVICE_HELP, show_default=False)] = None,
     allow_random_weights: Annotated[bool, typer.Option("--allow-random-weights", metavar=FLAG, help=RANDOM_HELP)] = False,
     debug: DebugOpt = False,

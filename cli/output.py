@@ -130,12 +130,12 @@ class Output:
     def progress_bars(self) -> Iterator[tuple[Callable[[str], None], Callable[[str, int, int, float], None]]]:
         """:meth:`progress`, plus a bar callback ``(name, done, total, loss)``: one bar per name.
 
-        On a terminal, a Rich progress display: a spinner line for the current step and a bar
-        per name with its loss; otherwise one line per step and one per finished bar.
+        On an interactive terminal, a Rich progress display: a spinner line for the current step
+        and a bar per name with its loss; otherwise one line per step and one per finished bar.
         """
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-        if not self.console.is_terminal:
+        if not self.terminal.interactive:
             def line(name: str, done: int, total: int, loss: float) -> None:
                 if done == total:
                     self.console.print(f"scconv: {name}: {total} steps, loss {loss:.4g}", style="dim", highlight=False,
