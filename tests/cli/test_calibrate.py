@@ -106,6 +106,12 @@ def test_calibrate_command_fits_a_saved_checkpoint(workdir):
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert {k.split(".")[0] + "." + k.split(".")[1] for k in changed if "running" not in k
             and "num_batches" not in k} == set(REPLACED)
+    # verify: it loads, runs, and every tensor outside the replaced layers is the weights file's
+    # (BatchNorm statistics re-estimated by the calibration excepted)
+    verified = invoke("verify", calibrated, "--weights", workdir / "w.pt", "--json")
+    assert verified.exit_code == 0, verified.output
+    checks = json.loads(verified.stdout)["checks"]
+    assert all(check["passed"] for check in checks) and "weights" in " ".join(c["name"] for c in checks)
 
 
 def test_calibrate_command_rebuilds_the_original_only_as_recorded(workdir):
