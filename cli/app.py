@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from . import convert, models, report, verify
+from . import calibrate, convert, models, report, verify
 from .params import FLAG, HelpOpt
 
 
@@ -41,6 +41,7 @@ def create_app() -> typer.Typer:
     app.command("report", no_args_is_help=True)(report.report)
     app.command("verify", no_args_is_help=True)(verify.verify)
     app.command("models")(models.models)
+    app.command("calibrate", no_args_is_help=True)(calibrate.calibrate)
     return app
 
 

@@ -10,6 +10,8 @@ import yaml
 
 from scconv_surgery import (
     PRESETS,
+    CalibrationConfig,
+    CalibrationStrategy,
     InvalidOptionError,
     ModelArgumentError,
     RuleAction,
@@ -21,9 +23,11 @@ from scconv_surgery import (
     run_conversion,
 )
 
+from .calibrate import BATCH_HELP, DEVICE_HELP, IMAGES_HELP, RANDOM_HELP, STEPS_HELP, STRATEGY_HELP
 from .output import Output
 from .params import (
     FLAG,
+    MAX_SEED,
     CountElementwiseOpt,
     DebugOpt,
     HelpOpt,
@@ -35,8 +39,6 @@ from .params import (
 )
 from .render import render_conversion
 
-
-MAX_SEED = 2**63 - 1
 Preset = Enum("Preset", {name: name for name in PRESETS}, type=str)  # type: ignore[misc]
 
 
@@ -118,7 +120,8 @@ def convert(
         "--model-kwargs", metavar="KEY=VALUE", help="Constructor argument KEY=VALUE (value read as YAML: 8, 0.1, true, text), e.g. "
         "output_stride=8. Repeatable; recorded in the checkpoint.", show_default=False)] = None,
     seed: Annotated[int, typer.Option(metavar="N", help="Seed (0 to 2**63 - 1) that initialises the new SCConv "
-                                      "parameters.", min=0)] = 0,
+                                      "parameters (and, with --calibrate, chooses the images and orders the batches).",
+                                      min=0)] = 0,
     force: Annotated[bool, typer.Option("--force", metavar=FLAG, help="Overwrite an existing --out file.")] = False,
     count_elementwise: CountElementwiseOpt = False,
     reset_bn_stats: Annotated[bool, typer.Option(
@@ -127,6 +130,16 @@ def convert(
     allow_unmatched: Annotated[bool, typer.Option(
         "--allow-unmatched", metavar=FLAG, help="Do not fail (exit 3) when an --include pattern matches no conv.")] = False,
     summary: SummaryOpt = False,
+    calibrate: Annotated[Path | None, typer.Option(
+        "--calibrate", metavar="DIR", help="Before saving, fit each SCConv to reproduce the conv it replaces on this "
+        "folder of images (searched recursively; no labels), then re-estimate BatchNorm statistics. Needs "
+        "--pretrained or --weights.", show_default=False)] = None,
+    calibrate_images: Annotated[int, typer.Option(metavar="N", help=IMAGES_HELP, min=1)] = CalibrationConfig.num_images,
+    calibrate_steps: Annotated[int, typer.Option(metavar="N", help=STEPS_HELP, min=0)] = CalibrationConfig.steps,
+    calibrate_batch_size: Annotated[int, typer.Option(metavar="N", help=BATCH_HELP, min=1)] = CalibrationConfig.batch_size,
+    calibrate_strategy: Annotated[CalibrationStrategy, typer.Option(metavar="STRATEGY", help=STRATEGY_HELP)] = CalibrationConfig.strategy,
+    calibrate_device: Annotated[str | None, typer.Option(metavar="DEVICE", help=DEVICE_HELP, show_default=False)] = None,
+    allow_random_weights: Annotated[bool, typer.Option("--allow-random-weights", metavar=FLAG, help=RANDOM_HELP)] = False,
     debug: DebugOpt = False,
     help_: HelpOpt = False,
 ) -> None:
@@ -135,7 +148,7 @@ def convert(
     Exit codes: 0 success; 1 unexpected failure; 2 bad input (unknown model, unreadable or invalid file, bad option); 3 an --include matched nothing, or no conv was selected.
     """
     output = Output(json=json_output, debug=debug)
-    with output.errors(), output.progress() as step:
+    with output.errors(), output.progress_bars() as (step, fit):
         if out is None and not dry_run:
             raise InvalidOptionError("--out", "give --out FILE.pt, or --dry-run to write nothing")
         if (model is None) == (factory is None):
@@ -153,12 +166,17 @@ def convert(
         rules = assemble_rules(preset=preset.value if preset else None, rules_file=rules_file,
                                include=include or (), exclude=exclude or ())
         name = model if model is not None else f"factory:{factory}"
+        calibration = None
+        if calibrate is not None:
+            calibration = CalibrationConfig(data=calibrate, num_images=calibrate_images, steps=calibrate_steps,
+                                            batch_size=calibrate_batch_size, strategy=calibrate_strategy,
+                                            device=calibrate_device, seed=seed,
+                                            allow_random_weights=allow_random_weights)
         result = run_conversion(name, rules=rules, config=config, strict_paper=strict_paper, pretrained=pretrained,
-                                weights=weights,
-                                num_classes=num_classes, model_kwargs=kwargs, input_size=size, out=out,
-                                dry_run=dry_run,
-                                seed=seed, allow_unmatched=allow_unmatched, count_elementwise=count_elementwise,
-                                reset_bn_stats=reset_bn_stats, overwrite=force, on_step=step)
+                                weights=weights, num_classes=num_classes, model_kwargs=kwargs, input_size=size,
+                                out=out, dry_run=dry_run, seed=seed, allow_unmatched=allow_unmatched, count_elementwise=count_elementwise,
+                                reset_bn_stats=reset_bn_stats, overwrite=force, calibration=calibration,
+                                on_step=step, on_fit=fit)
     for rule, matched in zip(result.plan.rules, result.plan.rule_matches):
         if rule.action is RuleAction.EXCLUDE and matched == 0:
             output.warn(f"exclude rule {rule.pattern!r} matched no conv")
@@ -166,3 +184,6 @@ def convert(
         output.emit_json(result.to_dict())
     else:
         render_conversion(output.console, result, summary=summary)
+        if calibration is not None and dry_run:
+            output.console.print(f"dry run: would calibrate on up to {calibration.num_images} images from "
+                                 f"{calibration.data}", highlight=False, markup=False)

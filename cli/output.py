@@ -109,6 +109,9 @@ class Output:
     def warn(self, message: str) -> None:
         self.console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)
 
+    def _log_step(self, message: str) -> None:
+        self.console.print(f"scconv: {message}...", style="dim", highlight=False)
+
     @contextlib.contextmanager
     def progress(self) -> Iterator[Callable[[str], None]]:
         """A step callback: a spinner on an interactive terminal, else one line per step on stderr.
@@ -121,7 +124,41 @@ class Output:
                 with self.console.status("starting") as status:
                     yield lambda message: status.update(f"{message}...")
             else:
-                yield lambda message: self.console.print(f"scconv: {message}...", style="dim", highlight=False)
+                yield self._log_step
+
+    @contextlib.contextmanager
+    def progress_bars(self) -> Iterator[tuple[Callable[[str], None], Callable[[str, int, int, float], None]]]:
+        """:meth:`progress`, plus a bar callback ``(name, done, total, loss)``: one bar per name.
+
+        On an interactive terminal, a Rich progress display: a spinner line for the current step
+        and a bar per name with its loss; otherwise one line per step and one per finished bar.
+        """
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        if not self.terminal.interactive:
+            def line(name: str, done: int, total: int, loss: float) -> None:
+                if done == total:
+                    self.console.print(f"scconv: {name}: {total} steps, loss {loss:.4g}", style="dim", highlight=False,
+                                       markup=False)
+            with self.progress() as step:
+                yield step, line
+            return
+        columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[loss]}"), TimeElapsedColumn())
+        with _stdout_fd_to_stderr(), contextlib.redirect_stdout(sys.stderr), \
+                Progress(*columns, console=self.console) as progress:
+            status = progress.add_task("starting", total=None, loss="")
+            bars: dict[str, Any] = {}
+
+            def step(message: str) -> None:
+                progress.update(status, description=f"{escape(message)}...")
+
+            def bar(name: str, done: int, total: int, loss: float) -> None:
+                if name not in bars:
+                    bars[name] = progress.add_task(escape(name), total=total, loss="")
+                progress.update(bars[name], completed=done, loss=f"loss {loss:.4g}")
+            yield step, bar
+            progress.update(status, description="done", total=1, completed=1)
 
     @contextlib.contextmanager
     def errors(self) -> Iterator[None]:

@@ -44,6 +44,7 @@ StrictPaperOpt = Annotated[bool, typer.Option(
     "squeeze_ratio or a smaller gwc_groups. A rule's strict_paper key overrides it for the convs it includes.")]
 
 
+MAX_SEED = 2**63 - 1  # torch.manual_seed takes at most this
 MAX_SIDE = 4096  # larger inputs are almost surely a typo (and would not fit in memory)
 MAX_CHANNELS = 64
 

@@ -7,14 +7,34 @@ adapts SCConv's hyperparameters to a conv's channels; :func:`survey_models` (sur
 whole zoos on the meta device. :func:`convert` plans and
 applies in one call on any ``nn.Module``; :func:`run_conversion` (pipeline) is ``scconv
 convert`` as a function, :func:`verify_checkpoint` (verify) is ``scconv verify``.
+:func:`calibrate` (calibration) fits the new layers to the replaced convs without labels, on
+images read by :func:`load_images` (images); :func:`calibrate_checkpoint` (calibration_run) is
+``scconv calibrate``.
 """
 from ._probe import tensor_leaves
 from .apply import apply_plan, build_replacement, check_shapes, convert
+from .calibration import (
+    BatchNormUpdate,
+    CalibrationResult,
+    CalibrationStrategy,
+    LayerCalibration,
+    calibrate,
+    recompute_batchnorm_stats,
+)
+from .calibration_run import (
+    CalibrationConfig,
+    CalibrationRun,
+    CheckpointCalibration,
+    calibrate_checkpoint,
+    calibrate_from_folder,
+)
 from .checkpoint import build_manifest, check_output_path, load, read_checkpoint, save_checkpoint
 from .counting import CountReport, Counts, compare_counts, count_model
 from .errors import (
+    CalibrationError,
     CheckpointError,
     FactoryError,
+    ImageDataError,
     InvalidOptionError,
     InvalidRuleError,
     ModelArgumentError,
@@ -37,6 +57,7 @@ from .finetune import (
     reset_batchnorm_stats,
     stale_batchnorms,
 )
+from .images import find_images, image_transform, load_images
 from .inference import optimize_for_inference
 from .fitting import Adaptation, fit_config
 from .layers import CRU, SRU, ScConv, ScConvConfig, StridePolicy, Variant
@@ -63,6 +84,9 @@ __all__ = [
     "build_model", "load_weights_file", "read_state_dict", "PRESETS", "InvalidOptionError", "ModelForwardError",
     "run_conversion", "ConversionResult", "recount_checkpoint", "CheckpointReport", "verify_checkpoint",
     "VerifyResult", "Check", "tensor_leaves", "WeightsFile", "read_weights", "strip_wrapper_prefixes",
-    "check_model_kwargs", "gradient_free_parameters", "check_output_path", "Adaptation", "fit_config", "Coverage", "ModelSurvey", "list_model_names",
-    "survey_model", "survey_models", "default_cache_dir",
+    "check_model_kwargs", "gradient_free_parameters", "check_output_path", "Adaptation", "fit_config", "Coverage",
+    "ModelSurvey", "list_model_names", "survey_model", "survey_models", "default_cache_dir",
+    "calibrate", "recompute_batchnorm_stats", "CalibrationStrategy", "BatchNormUpdate", "LayerCalibration",
+    "CalibrationResult", "CalibrationConfig", "CalibrationRun", "CheckpointCalibration", "calibrate_from_folder",
+    "calibrate_checkpoint", "find_images", "image_transform", "load_images", "ImageDataError", "CalibrationError",
 ]

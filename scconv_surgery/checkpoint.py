@@ -62,7 +62,7 @@ def library_versions() -> dict[str, str]:
 def build_manifest(source: ModelSource, plan: Plan, *, seed: int | None, input_size: tuple[int, int, int],
                    counts: Mapping[str, Any] | None = None, new_parameters: Sequence[str] = (),
                    gradient_free_parameters: Sequence[str] = (), stale_batchnorms: Sequence[str] = (),
-                   reset_bn_stats: bool = False) -> dict[str, Any]:
+                   reset_bn_stats: bool = False, calibration: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The manifest stored in a checkpoint: plain JSON-ready values only.
 
     Args:
@@ -76,6 +76,8 @@ def build_manifest(source: ModelSource, plan: Plan, *, seed: int | None, input_s
             loaded; see :func:`~scconv_surgery.gradient_free_parameters`).
         stale_batchnorms: BatchNorm layers right after a replaced conv (statistics stale).
         reset_bn_stats: whether their running statistics were reset before saving.
+        calibration: how the new layers were calibrated (``CalibrationRun.to_dict()``), or
+            None; manifests written before calibration existed have no such key.
     """
     return {
         "source": source.to_dict(),
@@ -89,6 +91,7 @@ def build_manifest(source: ModelSource, plan: Plan, *, seed: int | None, input_s
         "gradient_free_parameters": list(gradient_free_parameters),
         "stale_batchnorms": list(stale_batchnorms),
         "reset_bn_stats": reset_bn_stats,
+        "calibration": dict(calibration) if calibration is not None else None,
     }
 
 

@@ -248,3 +248,27 @@ class ModelForwardError(ScconvError, RuntimeError):
             f"the forward of {name!r} failed on a dummy input of shape {self.input_shape}: {problem}. "
             "scconv needs a model that takes one image tensor; check --input-size (C must match the model)."
         )
+
+
+class ImageDataError(ScconvError, ValueError):
+    """A folder of calibration images that cannot be used: missing, empty, or holding an unreadable file.
+
+    Attributes:
+        path: the folder, or the offending file.
+    """
+
+    def __init__(self, path: str, problem: str):
+        self.path = path
+        super().__init__(f"images {path!r}: {problem}")
+
+
+class CalibrationError(ScconvError, ValueError):
+    """Calibration that cannot run: the models do not correspond, or an option is out of range.
+
+    Attributes:
+        name: the layer (or option) at fault, or None for the call as a whole.
+    """
+
+    def __init__(self, problem: str, name: str | None = None):
+        self.name = name
+        super().__init__(f"calibration: {f'{name!r}: ' if name else ''}{problem}")

@@ -8,7 +8,8 @@ gradient (:func:`gradient_free_parameters`: the ``seed`` variant's GroupNorm sca
 behind its hard masks); they are created frozen and left out of the groups, so that
 DistributedDataParallel does not wait for their gradients. A BatchNorm right after a replaced
 conv normalises statistics gathered on the dense conv's outputs: :func:`stale_batchnorms`
-finds these, and :func:`reset_batchnorm_stats` resets their running estimates.
+finds these, :func:`reset_batchnorm_stats` resets their running estimates, and
+:func:`recompute_batchnorm_stats` re-estimates them on images.
 """
 from __future__ import annotations
 
@@ -18,11 +19,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from torch.nn.modules.batchnorm import _BatchNorm
+
 from ._probe import eval_mode, example_input
 from .layers import SRU, ScConv, Variant
 
 __all__ = ["new_parameter_names", "gradient_free_parameters", "param_groups", "stale_batchnorms",
-           "reset_batchnorm_stats"]
+           "reset_batchnorm_stats", "recompute_batchnorm_stats"]
 
 
 def new_parameter_names(model: nn.Module) -> list[str]:
@@ -132,3 +135,47 @@ def reset_batchnorm_stats(model: nn.Module, names: Sequence[str]) -> None:
     """Reset the running mean, variance and batch count of the named BatchNorms (in place)."""
     for name in names:
         model.get_submodule(name).reset_running_stats()
+
+
+def recompute_batchnorm_stats(model: nn.Module, images: torch.Tensor, *, batch_size: int = 32,
+                              names: Sequence[str] | None = None) -> list[str]:
+    """Re-estimate the running mean and variance of BatchNorm layers on ``images`` (in place).
+
+    As ``torch.optim.swa_utils.update_bn``: the statistics are reset and accumulated as a
+    plain average over the batches (``momentum=None``) in one pass without grad, but only the
+    BatchNorm layers are in train mode (dropout and drop-path stay off). Every module's mode
+    and momentum are restored afterwards.
+
+    Args:
+        model: the model; its BatchNorm buffers are modified.
+        images: ``(N, C, H, W)``, moved to the model's device and dtype batch by batch.
+        batch_size: images per forward (the statistics of each batch normalise it, as in training).
+        names: the BatchNorm layers to update (default: every one that tracks running statistics).
+
+    Returns:
+        The names of the updated layers. A BatchNorm the forward never calls keeps its
+        statistics and is not listed.
+    """
+    modules = dict(model.named_modules())
+    chosen = [n for n, m in modules.items() if isinstance(m, _BatchNorm) and m.track_running_stats
+              and (names is None or n in names)]
+    if not chosen:
+        return []
+    first = next(model.parameters())
+    momenta = {n: modules[n].momentum for n in chosen}
+    saved = {n: {k: v.clone() for k, v in modules[n].state_dict().items()} for n in chosen}
+    with eval_mode(model), torch.no_grad():
+        try:
+            for n in chosen:
+                modules[n].reset_running_stats()
+                modules[n].momentum = None
+                modules[n].train()
+            for start in range(0, images.shape[0], batch_size):
+                model(images[start:start + batch_size].to(device=first.device, dtype=first.dtype))
+        finally:
+            for n in chosen:
+                modules[n].momentum = momenta[n]
+        updated = [n for n in chosen if int(modules[n].num_batches_tracked) > 0]
+        for n in set(chosen) - set(updated):  # never called (e.g. an auxiliary head in eval mode): as it was
+            modules[n].load_state_dict(saved[n])
+    return updated

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .apply import apply_plan, check_shapes, copy_model
+from .calibration_run import CalibrationConfig, CalibrationRun, calibrate_from_folder, check_calibration_source
 from .checkpoint import build_manifest, check_output_path, read_checkpoint, rebuild, recorded_plan, save_checkpoint
 from .counting import CountReport, compare_counts
 from .errors import NothingSelectedError, OutputPathError, UnmatchedRuleError
@@ -44,6 +45,7 @@ class ConversionResult:
         dry_run: nothing was written.
         stale_batchnorms: BatchNorm layers right after a replaced conv.
         reset_bn_stats: whether their running statistics were reset.
+        calibration: the calibration of the new layers, if asked for (None in a dry run).
     """
 
     source: ModelSource
@@ -55,6 +57,7 @@ class ConversionResult:
     dry_run: bool
     stale_batchnorms: tuple[str, ...] = ()
     reset_bn_stats: bool = False
+    calibration: CalibrationRun | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The ``--json`` document (``schema_version`` at the root)."""
@@ -63,10 +66,11 @@ class ConversionResult:
                 "output": str(self.output) if self.output and not self.dry_run else None,
                 "would_write": str(self.output) if self.output and self.dry_run else None,
                 "seed": self.seed, "plan": self.plan.to_dict(), "counts": self.report.to_dict(),
-                "stale_batchnorms": list(self.stale_batchnorms), "reset_bn_stats": self.reset_bn_stats}
+                "stale_batchnorms": list(self.stale_batchnorms), "reset_bn_stats": self.reset_bn_stats,
+                "calibration": self.calibration.to_dict() if self.calibration else None}
 
 
-def _noop(message: str) -> None:
+def _noop(*args: Any) -> None:
     pass
 
 
@@ -89,8 +93,9 @@ def run_conversion(name: str, *, rules: Sequence[Rule] = (), config: ScConvConfi
                    input_size: tuple[int, int, int] | None = None,
                    out: str | os.PathLike | None = None, dry_run: bool = False, seed: int = 0,
                    allow_unmatched: bool = False, count_elementwise: bool = False, reset_bn_stats: bool = False,
-                   overwrite: bool = False,
-                   on_step: Callable[[str], None] = _noop) -> ConversionResult:
+                   overwrite: bool = False, calibration: CalibrationConfig | None = None,
+                   on_step: Callable[[str], None] = _noop,
+                   on_fit: Callable[[str, int, int, float], None] = _noop) -> ConversionResult:
     """Convert the model ``name`` and save a checkpoint at ``out`` unless ``dry_run``.
 
     Args:
@@ -112,7 +117,11 @@ def run_conversion(name: str, *, rules: Sequence[Rule] = (), config: ScConvConfi
         reset_bn_stats: reset the running statistics of the BatchNorms right after a
             replaced conv (they were gathered on the dense conv's outputs).
         overwrite: replace an existing file at ``out`` (never the ``weights`` file).
+        calibration: fit the new layers to the replaced convs on a folder of images before
+            saving (:func:`~scconv_surgery.calibration_run.calibrate_from_folder`); the folder
+            and the base weights are checked first; a dry run checks but does not calibrate.
         on_step: called with a short message as each step starts (progress display).
+        on_fit: called after each calibration step with ``(layer, step, steps, loss)``.
 
     Returns:
         A :class:`ConversionResult`.
@@ -125,11 +134,14 @@ def run_conversion(name: str, *, rules: Sequence[Rule] = (), config: ScConvConfi
         UnmatchedRuleError: an include rule matched no conv (unless ``allow_unmatched``).
         NothingSelectedError: no conv is replaced.
         ShapeMismatchError: a replacement does not return its conv's shape (nothing is saved).
+        CalibrationError, ImageDataError: see ``calibration`` (checked before any work).
     """
     out_path = check_output_path(out, overwrite=overwrite) if out is not None else None
     if out_path is not None and weights is not None and Path(weights).resolve() == out_path.resolve():
         raise OutputPathError(str(out_path), "is the --weights file; write the checkpoint elsewhere")
     validate_rules(rules)
+    if calibration is not None:
+        check_calibration_source(pretrained or weights is not None, calibration)
     config = config or ScConvConfig()
     on_step(f"building {name}")
     with torch.random.fork_rng(devices=[]):  # a randomly initialised base is reproducible too
@@ -153,14 +165,19 @@ def run_conversion(name: str, *, rules: Sequence[Rule] = (), config: ScConvConfi
         reset_batchnorm_stats(converted, stale)
     on_step(f"counting at {'x'.join(map(str, size))}")
     report = compare_counts(base, converted, size, replaced=plan.replaced, count_elementwise=count_elementwise)
+    calibrated = None
+    if calibration is not None and not dry_run:  # the calibration step: the new layers learn from the old
+        calibrated = calibrate_from_folder(base, converted, source, size, calibration, on_step=on_step, on_fit=on_fit)
     if out_path is not None and not dry_run:
         on_step(f"saving {out_path}")
         manifest = build_manifest(source, plan, seed=seed, input_size=size, counts=report.to_dict(),
                                   new_parameters=new_parameter_names(converted),
                                   gradient_free_parameters=gradient_free_parameters(converted), stale_batchnorms=stale,
-                                  reset_bn_stats=reset_bn_stats)
+                                  reset_bn_stats=reset_bn_stats,
+                                  calibration=calibrated.to_dict() if calibrated else None)
         save_checkpoint(out_path, converted, manifest)
-    return ConversionResult(source, plan, report, converted, out_path, seed, dry_run, tuple(stale), reset_bn_stats)
+    return ConversionResult(source, plan, report, converted, out_path, seed, dry_run, tuple(stale), reset_bn_stats,
+                            calibrated)
 
 
 @dataclass(frozen=True)

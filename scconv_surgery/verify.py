@@ -96,7 +96,8 @@ def verify_checkpoint(path: str | os.PathLike, *, weights: str | os.PathLike | N
     outputs that are lists, tuples or dicts of tensors (timm ``features_only``, torchvision
     segmentation, Inception's auxiliary logits); with ``weights``, every
     tensor outside the replaced modules equals the weights file's (except the classifier keys
-    re-initialised for ``num_classes`` and BatchNorm statistics reset by ``--reset-bn-stats``).
+    re-initialised for ``num_classes`` and BatchNorm statistics reset by ``--reset-bn-stats`` or
+    re-estimated by calibration).
 
     A checkpoint that is read but does not load (its recorded plan does not fit the rebuilt base
     model, or its state_dict has missing, unexpected or misshapen tensors) is a failed ``loads``
@@ -137,6 +138,7 @@ def verify_checkpoint(path: str | os.PathLike, *, weights: str | os.PathLike | N
         replaced = [d["name"] for d in manifest["replaced"]]
         reinitialized = set(manifest["source"].get("weights", {}).get("reinitialized", []))
         reset = set(manifest.get("stale_batchnorms", [])) if manifest.get("reset_bn_stats") else set()
+        reset |= set((manifest.get("calibration") or {}).get("batchnorms", []))  # re-estimated by calibration
         compared, differ, missing = 0, [], []
         for key, value in model.state_dict().items():
             module, _, leaf = key.rpartition(".")

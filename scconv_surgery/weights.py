@@ -23,7 +23,7 @@ from ._files import TORCH_KINDS, describe, sniff, torch_load_problem
 from .errors import WeightsFileError
 
 __all__ = ["WeightsFile", "read_weights", "read_state_dict", "strip_wrapper_prefixes", "load_weights_file",
-           "classifier_prefixes"]
+           "classifier_prefixes", "file_sha256"]
 
 _WRAPPER_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")  # timm/torchvision trainers
 # Wrappers that put their attribute name before every key of the wrapped model's state_dict:
@@ -36,7 +36,8 @@ _INNER_WRAPPERS = ("_orig_mod.", "_fsdp_wrapped_module.", "_checkpoint_wrapped_m
 _NON_STATE_KEYS = ("n_averaged",)  # torch.optim.swa_utils.AveragedModel's counter (torchvision's EMA)
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The sha256 hex digest of a file, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -216,5 +217,5 @@ def load_weights_file(model: nn.Module, path: str | os.PathLike, *, reinit_class
     for key in wrong:  # the classifier keeps its fresh initialisation
         state_dict[key] = own[key]
     model.load_state_dict(state_dict, strict=True)
-    return {"kind": "file", "name": path.name, "sha256": _sha256(path), "reinitialized": sorted(wrong),
+    return {"kind": "file", "name": path.name, "sha256": file_sha256(path), "reinitialized": sorted(wrong),
             "stripped_prefixes": list(weights.stripped_prefixes)}

@@ -1,0 +1,71 @@
+"""``scconv calibrate CHECKPOINT --data DIR --out FILE``: fit a checkpoint's SCConvs to the convs they replaced."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from scconv_surgery import CalibrationConfig, CalibrationStrategy, InvalidOptionError, calibrate_checkpoint
+
+from .output import Output
+from .params import FLAG, MAX_SEED, DebugOpt, HelpOpt, JsonOpt
+from .render import render_calibration
+
+IMAGES_HELP = "How many images to calibrate on (a seeded random choice; all if the folder has fewer)."
+STEPS_HELP = "Optimizer steps per replaced layer (Adam, cosine schedule)."
+BATCH_HELP = "Images per step and per forward pass."
+DEVICE_HELP = "Where to compute: cpu, cuda, cuda:1, ... (default: cpu)."
+STRATEGY_HELP = ("'sequential': each layer learns from the input the converted network feeds it, earlier layers "
+                 "already calibrated (most accurate). 'independent': from the original network's activations "
+                 "(fewer forward passes: faster on large models).")
+RANDOM_HELP = ("Calibrate even when the base model has random weights (the SCConvs then imitate random convs: "
+               "for tests and timing only).")
+
+
+def calibrate(
+    checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT", help="A checkpoint written by 'scconv convert'.", dir_okay=False,
+                                               show_default=False)],
+    *,
+    data: Annotated[Path, typer.Option(
+        metavar="DIR", help="A folder of images, searched recursively (an ImageFolder works; labels are not used).",
+        show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="FILE", help="The calibrated checkpoint to write (.pt/.pth or "
+                                      ".safetensors); may be CHECKPOINT itself with --force.", show_default=False,
+                                      dir_okay=False)],
+    weights: Annotated[Path | None, typer.Option(
+        metavar="FILE", help="The base weights file the checkpoint was converted from (its sha256 is checked against the manifest); "
+        "also replaces pretrained weights that are neither cached nor downloadable.", dir_okay=False,
+        show_default=False)] = None,
+    images: Annotated[int, typer.Option(metavar="N", help=IMAGES_HELP, min=1)] = CalibrationConfig.num_images,
+    steps: Annotated[int, typer.Option(metavar="N", help=STEPS_HELP, min=0)] = CalibrationConfig.steps,
+    batch_size: Annotated[int, typer.Option(metavar="N", help=BATCH_HELP, min=1)] = CalibrationConfig.batch_size,
+    strategy: Annotated[CalibrationStrategy, typer.Option(metavar="STRATEGY", help=STRATEGY_HELP)] = CalibrationConfig.strategy,
+    device: Annotated[str | None, typer.Option(metavar="DEVICE", help=DEVICE_HELP, show_default=False)] = None,
+    seed: Annotated[int, typer.Option(metavar="N", help="Seed (0 to 2**63 - 1) that chooses the images and orders the "
+                                      "batches.", min=0)] = 0,
+    allow_random_weights: Annotated[bool, typer.Option("--allow-random-weights", metavar=FLAG, help=RANDOM_HELP)] = False,
+    force: Annotated[bool, typer.Option("--force", metavar=FLAG, help="Overwrite an existing --out file.")] = False,
+    json_output: JsonOpt = False,
+    debug: DebugOpt = False,
+    help_: HelpOpt = False,
+) -> None:
+    """Fit each SCConv of CHECKPOINT, without labels, to reproduce the conv it replaced, then re-estimate BatchNorm statistics.
+
+    The replaced convs' weights are not in the checkpoint: the original model is rebuilt from the manifest (pretrained weights from the cache, or --weights FILE). Exit codes: 0 success; 1 unexpected failure; 2 bad input (unreadable checkpoint or images, weights that do not match, random base weights without --allow-random-weights).
+    """
+    output = Output(json=json_output, debug=debug)
+    with output.errors(), output.progress_bars() as (step, fit):
+        if seed > MAX_SEED:
+            raise InvalidOptionError("--seed", f"{seed} is above the largest seed, 2**63 - 1")
+        config = CalibrationConfig(data=data, num_images=images, steps=steps, batch_size=batch_size,
+                                   strategy=strategy, device=device, seed=seed,
+                                   allow_random_weights=allow_random_weights)
+        result = calibrate_checkpoint(checkpoint, config, out=out, weights=weights, overwrite=force, on_step=step,
+                                      on_fit=fit)
+    if json_output:
+        output.emit_json(result.to_dict())
+    else:
+        render_calibration(output.console, result.run)
+        output.console.print(f"[bold]wrote[/] {result.output}  (load with scconv_surgery.load({str(result.output)!r}))",
+                             highlight=False)

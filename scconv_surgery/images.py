@@ -1,0 +1,143 @@
+"""Unlabeled images for calibration: any folder of images, read with the model's own preprocessing.
+
+A folder is searched recursively for files with the usual image suffixes, so an ImageFolder
+(one subfolder per class) works as it is and its labels are ignored. The preprocessing is the
+model's evaluation transform: timm's data config (``timm.data.resolve_data_config`` from the
+model's ``pretrained_cfg``, then ``timm.data.create_transform``), or for torchvision models the
+default weights' ``transforms()``; models that carry neither get timm's defaults (ImageNet
+mean and std, bicubic resize, centre crop at 87.5%).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import ImageDataError
+from .models import ModelSource, default_input_size
+
+__all__ = ["IMAGE_SUFFIXES", "find_images", "image_transform", "load_images"]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+def find_images(root: str | os.PathLike) -> list[Path]:
+    """Every image file under ``root``, recursively, in sorted order (hidden folders skipped).
+
+    Raises:
+        ImageDataError: ``root`` does not exist, is not a folder, or holds no image file.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise ImageDataError(str(root), "no such folder")
+    if not root.is_dir():
+        raise ImageDataError(str(root), "is not a folder; give a folder of images (searched recursively)")
+    found = []
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+        found += [Path(folder, f) for f in files if Path(f).suffix.lower() in IMAGE_SUFFIXES and not f.startswith(".")]
+    if not found:
+        raise ImageDataError(str(root), f"holds no image files (searched recursively for "
+                             f"{', '.join(IMAGE_SUFFIXES)}); point it at a folder of images")
+    return sorted(found)
+
+
+def image_transform(model: nn.Module, source: ModelSource | None = None,
+                    input_size: tuple[int, int, int] | None = None) -> Callable[[Any], torch.Tensor]:
+    """The model's evaluation preprocessing: a PIL image to a ``(C, H, W)`` float tensor.
+
+    Args:
+        model: the model (timm models carry their ``pretrained_cfg``).
+        source: how it was built; torchvision models take their default weights' transforms.
+        input_size: ``(C, H, W)`` to produce (default :func:`~scconv_surgery.default_input_size`);
+            C is 1 (the image in grey levels) or 3 (RGB).
+
+    Raises:
+        ImageDataError: C is neither 1 nor 3.
+    """
+    size = tuple(input_size) if input_size else default_input_size(model, source)
+    if size[0] not in (1, 3):
+        raise ImageDataError(str(size), f"the model takes {size[0]} channels; images give 1 (grey) or 3 (RGB)")
+    transform = _torchvision_transform(source, size) if source is not None and source.library == "torchvision" \
+        else None
+    if transform is None:
+        from timm.data import create_transform, resolve_data_config
+
+        config = resolve_data_config({"input_size": size}, model=model)
+        if size[0] == 1:  # one channel: the mean of the RGB statistics
+            config.update(mean=(sum(config["mean"]) / 3,), std=(sum(config["std"]) / 3,))
+        transform = create_transform(**config, is_training=False)
+    mode = "L" if size[0] == 1 else "RGB"
+    return lambda image: transform(image.convert(mode))
+
+
+def _torchvision_transform(source: ModelSource, size: tuple[int, ...]) -> Callable | None:
+    """The default weights' ``transforms()`` at the crop ``size``; None without weights, or for a
+    size they cannot give (one channel, or not square)."""
+    import torchvision
+
+    try:
+        weights = torchvision.models.get_model_weights(source.name).DEFAULT
+    except (ValueError, KeyError, AttributeError):
+        return None
+    if size[0] != 3 or size[1] != size[2]:
+        return None
+    keywords = dict(getattr(weights.transforms, "keywords", {}))
+    crop = keywords.get("crop_size", size[1])
+    if size[1] != crop:  # another size: keep the weights' resize ratio
+        resize = keywords.get("resize_size", crop)
+        resize = resize[0] if isinstance(resize, (list, tuple)) else resize
+        return weights.transforms(crop_size=size[1], resize_size=round(size[1] * resize / crop))
+    return weights.transforms()
+
+
+def load_images(root: str | os.PathLike, transform: Callable[[Any], torch.Tensor], *, num_images: int | None = 512,
+                seed: int = 0, dtype: torch.dtype = torch.float16,
+                on_image: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, list[Path]]:
+    """Read up to ``num_images`` images from ``root`` (a seeded random choice) into one tensor.
+
+    Every chosen file is decoded before any work starts, so an unreadable file fails early.
+
+    Args:
+        root: a folder of images, searched recursively (see :func:`find_images`).
+        transform: a PIL image to a ``(C, H, W)`` tensor (see :func:`image_transform`).
+        num_images: how many to read (None: all); a folder with fewer gives all it has.
+        seed: seeds the choice of files.
+        dtype: the dtype of the returned tensor; float16 (the default) halves the memory of
+            float32 and keeps preprocessed pixels to about 1e-3.
+        on_image: called as ``(done, total)`` after each image.
+
+    Returns:
+        ``(images, paths)``: ``(N, C, H, W)`` and the files, in that order.
+
+    Raises:
+        ImageDataError: the folder is missing or empty, a file cannot be decoded (named), or
+            the images do not give one size.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    paths = find_images(root)
+    if num_images is not None and num_images < len(paths):
+        chosen = torch.randperm(len(paths), generator=torch.Generator().manual_seed(seed))[:num_images]
+        paths = [paths[i] for i in sorted(chosen.tolist())]
+    images = None
+    for index, path in enumerate(paths):
+        try:
+            with Image.open(path) as image:
+                tensor = transform(image)
+        except (UnidentifiedImageError, OSError, ValueError) as err:
+            raise ImageDataError(str(path), f"cannot be read as an image ({type(err).__name__}: {err}); "
+                                 "remove it or point to another folder") from err
+        if images is None:
+            images = torch.empty((len(paths), *tensor.shape), dtype=dtype)
+        elif tensor.shape != images.shape[1:]:
+            raise ImageDataError(str(path), f"gives a tensor of shape {tuple(tensor.shape)}, the others "
+                                 f"{tuple(images.shape[1:])}; use a transform that crops to one size")
+        images[index] = tensor
+        if on_image is not None:
+            on_image(index + 1, len(paths))
+    return images, paths  # type: ignore[return-value]  # find_images found at least one file
