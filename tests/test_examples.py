@@ -95,3 +95,30 @@ def test_pipeline_script_finds_the_repository_virtualenv(with_venv, code, words,
                           env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
     assert done.returncode == code, done.stderr
     assert words in done.stderr
+
+
+def test_calibrate_digits_runs_end_to_end_and_reports_every_row(tmp_path, monkeypatch, capsys):
+    # examples/calibrate_digits.py with tiny settings; synthetic images in place of scikit-learn's
+    # digits (not a test dependency), so that the script's code path, tables and JSON stay working
+    import json
+
+    spec = importlib.util.spec_from_file_location("calibrate_digits", ROOT / "examples" / "calibrate_digits.py")
+    digits = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(digits)
+    g = torch.Generator().manual_seed(0)
+    fake = (torch.randn(96, 1, 32, 32, generator=g), torch.randint(0, 10, (96,), generator=g),
+            torch.randn(40, 1, 32, 32, generator=g), torch.randint(0, 10, (40,), generator=g))
+    monkeypatch.setattr(digits, "digits", lambda seed=0: fake)
+    out = tmp_path / "digits.json"
+    monkeypatch.setattr("sys.argv", ["calibrate_digits.py", "--train-steps", "3", "--calibration-images", "32",
+                                     "--calibration-steps", "2", "--finetune-steps", "4", "--evaluate-every", "2",
+                                     "--json", str(out)])
+    digits.main()
+    printed = capsys.readouterr().out
+    for row in ("| original |", "| converted, not calibrated |", "| converted, calibrated (0 labels) |",
+                "| random init |", "| calibrated |"):
+        assert row in printed
+    document = json.loads(out.read_text())
+    assert document["rows"]["original"]["agreement"] == 1.0
+    assert [layer["name"] for layer in document["calibration"]["layers"]] == [f"features.{i}.0" for i in range(1, 7)]
+    assert [step for step, _ in document["finetune"]["calibrated"]["history"]] == [2, 4]
