@@ -413,3 +413,23 @@ def test_channels_last_in_and_out(variant, grad):
     assert sru_out.is_contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         torch.testing.assert_close(out, layer(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channel slice", "channels_last", "stride 2"])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_pointwise_conv_equals_conv2d_with_gradients(layout, groups):
+    # CRU's 1x1 convs run as a bmm on NCHW CPU input: same values and gradients as F.conv2d
+    from scconv_surgery.layers.cru import pointwise_conv
+
+    g = torch.Generator().manual_seed(0)
+    full = torch.randn(3, 12, 5, 6, generator=g, dtype=torch.float64)
+    x = {"channel slice": full[:, 2:10], "channels_last": full[:, :8].contiguous(memory_format=torch.channels_last)}.get(
+        layout, full[:, :8].contiguous())
+    x = x.detach().requires_grad_()
+    weight = torch.randn(10, 8 // groups, 1, 1, generator=g, dtype=torch.float64, requires_grad=True)
+    stride = 2 if layout == "stride 2" else 1
+    out = pointwise_conv(x, weight, stride, groups)
+    expected = F.conv2d(x, weight, None, stride, 0, 1, groups)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(torch.autograd.grad(out.sin().sum(), (x, weight)),
+                               torch.autograd.grad(expected.sin().sum(), (x, weight)), rtol=0, atol=1e-12)
