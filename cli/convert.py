@@ -19,6 +19,7 @@ from scconv_surgery import (
     StridePolicy,
     Variant,
     assemble_rules,
+    check_calibration_images,
     check_model_kwargs,
     run_conversion,
 )
@@ -185,5 +186,6 @@ def convert(
     else:
         render_conversion(output.console, result, summary=summary)
         if calibration is not None and dry_run:
-            output.console.print(f"dry run: would calibrate on up to {calibration.num_images} images from "
-                                 f"{calibration.data}", highlight=False, markup=False)
+            count = len(check_calibration_images(calibration))
+            output.console.print(f"dry run: would calibrate on {count} images from {calibration.data} (each "
+                                 "checked to open as an image)", highlight=False, markup=False)

@@ -27,6 +27,7 @@ from .calibration_run import (
     CheckpointCalibration,
     calibrate_checkpoint,
     calibrate_from_folder,
+    check_calibration_images,
 )
 from .checkpoint import build_manifest, check_output_path, load, read_checkpoint, save_checkpoint
 from .counting import CountReport, Counts, compare_counts, count_model
@@ -57,7 +58,7 @@ from .finetune import (
     reset_batchnorm_stats,
     stale_batchnorms,
 )
-from .images import find_images, image_transform, load_images
+from .images import check_images, choose_images, find_images, image_transform, load_images
 from .inference import optimize_for_inference
 from .fitting import Adaptation, fit_config
 from .layers import CRU, SRU, ScConv, ScConvConfig, StridePolicy, Variant
@@ -88,5 +89,6 @@ __all__ = [
     "ModelSurvey", "list_model_names", "survey_model", "survey_models", "default_cache_dir",
     "calibrate", "recompute_batchnorm_stats", "CalibrationStrategy", "BatchNormUpdate", "LayerCalibration",
     "CalibrationResult", "CalibrationConfig", "CalibrationRun", "CheckpointCalibration", "calibrate_from_folder",
-    "calibrate_checkpoint", "find_images", "image_transform", "load_images", "ImageDataError", "CalibrationError",
+    "calibrate_checkpoint", "check_calibration_images", "find_images", "choose_images", "check_images",
+    "image_transform", "load_images", "ImageDataError", "CalibrationError",
 ]

@@ -38,12 +38,12 @@ from .calibration import (
 )
 from .checkpoint import check_output_path, model_from_payload, read_checkpoint, save_checkpoint
 from .errors import CalibrationError, WeightsFileError
-from .images import find_images, image_transform, load_images
+from .images import check_images, choose_images, find_images, image_transform, load_images
 from .models import ModelSource, create_model
 from .weights import file_sha256
 
 __all__ = ["CalibrationConfig", "CalibrationRun", "calibrate_from_folder", "calibrate_checkpoint",
-           "check_calibration_source"]
+           "check_calibration_source", "check_calibration_images"]
 
 
 def _noop(*args: Any) -> None:
@@ -119,8 +119,21 @@ class CalibrationRun:
                 "images_requested": self.requested, "input_size": list(self.input_size)}
 
 
+def check_calibration_images(config: CalibrationConfig) -> list[Path]:
+    """The image files calibration will read (the seeded choice of :func:`load_images`), each
+    checked to open as an image, without decoding the pixels: run before any work.
+
+    Raises:
+        ImageDataError: the folder is missing or empty, or a chosen file is not an image (named).
+    """
+    paths = choose_images(config.data, config.num_images, config.seed)
+    check_images(paths)
+    return paths
+
+
 def check_calibration_source(has_trained_weights: bool, config: CalibrationConfig) -> None:
-    """Refuse a random base model unless allowed, and a missing or empty folder (before any work).
+    """Refuse a random base model unless allowed, and a missing or empty folder or a chosen file
+    that is not an image (before any work; see :func:`check_calibration_images`).
 
     Args:
         has_trained_weights: the base model starts from pretrained or file weights.
@@ -128,13 +141,13 @@ def check_calibration_source(has_trained_weights: bool, config: CalibrationConfi
 
     Raises:
         CalibrationError: random base weights and ``allow_random_weights`` is off.
-        ImageDataError: the folder is missing or holds no images.
+        ImageDataError: the folder is missing or holds no images, or a chosen file is not an image.
     """
     if not has_trained_weights and not config.allow_random_weights:
         raise CalibrationError("the base model has random weights, so the SCConvs would learn to imitate random "
                                "convs; start from trained weights (--pretrained or --weights FILE), or pass "
                                "--allow-random-weights to calibrate anyway (tests, timing)", "--calibrate")
-    find_images(config.data)
+    check_calibration_images(config)
 
 
 def calibrate_from_folder(original: nn.Module, converted: nn.Module, source: ModelSource | None,
@@ -263,7 +276,7 @@ def calibrate_checkpoint(path: str | os.PathLike, config: CalibrationConfig, *, 
     payload = read_checkpoint(path)
     manifest = payload["manifest"]
     source = ModelSource.from_dict(manifest["source"])
-    find_images(config.data)
+    check_calibration_images(config)
     on_step(f"building the original {source.library}:{source.name}")
     original = _original(source, manifest, weights, config.allow_random_weights)
     converted = model_from_payload(path, payload)

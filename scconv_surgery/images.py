@@ -20,7 +20,7 @@ from torch import nn
 from .errors import ImageDataError
 from .models import ModelSource, default_input_size
 
-__all__ = ["IMAGE_SUFFIXES", "find_images", "image_transform", "load_images"]
+__all__ = ["IMAGE_SUFFIXES", "find_images", "choose_images", "check_images", "image_transform", "load_images"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -95,6 +95,43 @@ def _torchvision_transform(source: ModelSource, size: tuple[int, ...]) -> Callab
     return weights.transforms()
 
 
+def choose_images(root: str | os.PathLike, num_images: int | None = 512, seed: int = 0) -> list[Path]:
+    """The files :func:`load_images` reads: up to ``num_images`` of :func:`find_images`, a random
+    choice seeded by ``seed``, in their sorted order (all of them when the folder has fewer).
+
+    Raises:
+        ImageDataError: the folder is missing or holds no image file.
+    """
+    paths = find_images(root)
+    if num_images is not None and num_images < len(paths):
+        chosen = torch.randperm(len(paths), generator=torch.Generator().manual_seed(seed))[:num_images]
+        paths = [paths[i] for i in sorted(chosen.tolist())]
+    return paths
+
+
+def _unreadable(path: Path, err: Exception) -> ImageDataError:
+    return ImageDataError(str(path), f"cannot be read as an image ({type(err).__name__}: {err}); "
+                          "remove it or point to another folder")
+
+
+def check_images(paths: list[Path]) -> None:
+    """Check that every file is an image PIL can open (its header and, where PIL can, its
+    integrity, with ``Image.verify``), without decoding the pixels: fast enough to run before
+    any work.
+
+    Raises:
+        ImageDataError: a file is not a readable image (named).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+            raise _unreadable(path, err) from err
+
+
 def load_images(root: str | os.PathLike, transform: Callable[[Any], torch.Tensor], *, num_images: int | None = 512,
                 seed: int = 0, dtype: torch.dtype = torch.float16,
                 on_image: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, list[Path]]:
@@ -120,18 +157,14 @@ def load_images(root: str | os.PathLike, transform: Callable[[Any], torch.Tensor
     """
     from PIL import Image, UnidentifiedImageError
 
-    paths = find_images(root)
-    if num_images is not None and num_images < len(paths):
-        chosen = torch.randperm(len(paths), generator=torch.Generator().manual_seed(seed))[:num_images]
-        paths = [paths[i] for i in sorted(chosen.tolist())]
+    paths = choose_images(root, num_images, seed)
     images = None
     for index, path in enumerate(paths):
         try:
             with Image.open(path) as image:
                 tensor = transform(image)
-        except (UnidentifiedImageError, OSError, ValueError) as err:
-            raise ImageDataError(str(path), f"cannot be read as an image ({type(err).__name__}: {err}); "
-                                 "remove it or point to another folder") from err
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+            raise _unreadable(path, err) from err
         if images is None:
             images = torch.empty((len(paths), *tensor.shape), dtype=dtype)
         elif tensor.shape != images.shape[1:]:

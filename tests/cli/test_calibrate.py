@@ -83,11 +83,22 @@ def test_bad_calibration_input_exits_2_before_any_work(workdir, args, words):
     assert not (workdir / "m.pt").exists()
 
 
+@pytest.mark.parametrize("dry_run", [False, True], ids=["run", "dry-run"])
+def test_a_file_that_is_not_an_image_is_named_before_the_model_is_built(workdir, dry_run):
+    (workdir / "images" / "class0" / "notes.png").write_text("not an image")
+    result = invoke("convert", *MODEL, "--weights", workdir / "w.pt", "--calibrate", workdir / "images",
+                    *(["--dry-run"] if dry_run else ["--out", workdir / "m.pt"]))
+    assert_clean_error(result, EXIT_BAD_INPUT, "notes.png", "cannot be read as an image")
+    assert "building" not in result.stderr and not (workdir / "m.pt").exists()
+
+
 def test_dry_run_checks_but_does_not_calibrate(workdir):
     result = invoke("convert", *MODEL, "--weights", workdir / "w.pt", "--calibrate", workdir / "images",
                     "--dry-run", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["calibration"] is None
+    human = invoke("convert", *MODEL, "--weights", workdir / "w.pt", "--calibrate", workdir / "images", "--dry-run")
+    assert "would calibrate on 16 images from" in " ".join(human.stderr.split())
 
 
 def test_calibrate_command_fits_a_saved_checkpoint(workdir):
