@@ -12,7 +12,7 @@ from rich.table import Table
 from scconv_surgery import ModelSurvey, default_cache_dir, list_model_names, survey_models
 
 from .output import Output
-from .params import FLAG, DebugOpt, HelpOpt, JsonOpt, StrictPaperOpt
+from .params import FLAG, DebugOpt, HelpOpt, JsonOpt
 
 MODELS_SCHEMA_VERSION = 1
 
@@ -39,7 +39,9 @@ def models(
     eligible: Annotated[bool, typer.Option(
         "--eligible", metavar=FLAG, help="Only models with at least one conv the default rules replace.")] = False,
     json_output: JsonOpt = False,
-    strict_paper: StrictPaperOpt = False,
+    strict_paper: Annotated[bool, typer.Option(
+        "--strict-paper", metavar=FLAG, help="Count as 'scconv convert --strict-paper' would: convs whose channels "
+        "the configured hyperparameters do not fit are skipped instead of adapted.")] = False,
     no_cache: Annotated[bool, typer.Option(
         "--no-cache", metavar=FLAG, help="Plan every model again; neither read nor write the cache.")] = False,
     jobs: Annotated[int | None, typer.Option(
@@ -60,18 +62,20 @@ def models(
         surveys = survey_models(names, cache_dir=cache_dir, strict_paper=strict_paper,
                                 jobs=jobs, on_progress=lambda done, total, name: step(f"planned {done}/{total}: {name}"))
     shown = [s for s in surveys if s.replaced > 0] if eligible else surveys
+    if not names:  # a warning on stderr, with --json too (stdout keeps its one document)
+        close = difflib.get_close_matches(pattern or "", list_model_names(cache_dir=cache_dir), n=5, cutoff=0.6)
+        output.warn(f"no model name matches {pattern!r}"
+                    + (f"; did you mean {', '.join(close)}?" if close else "; try a glob such as 'resnet*'"))
     if json_output:
         output.emit_json({"schema_version": MODELS_SCHEMA_VERSION, "pattern": pattern,
                           "eligible_only": eligible, "strict_paper": strict_paper, "count": len(shown),
                           "models": [s.to_dict() for s in shown]})
         return
     if not names:
-        close = difflib.get_close_matches(pattern or "", list_model_names(cache_dir=cache_dir), n=5, cutoff=0.6)
-        output.warn(f"no model name matches {pattern!r}"
-                    + (f"; did you mean {', '.join(close)}?" if close else "; try a glob such as 'resnet*'"))
         return
     output.console.print(models_table(shown))
     coverage = Counter(s.coverage.value for s in surveys if s.coverage and not s.replaced)
     if coverage:
-        output.console.print("not eligible: " + ", ".join(f"{n} {why}" for why, n in coverage.most_common()),
+        label = "not listed (--eligible), no conv to replace" if eligible else "not eligible"
+        output.console.print(f"{label}: " + ", ".join(f"{n} {why}" for why, n in coverage.most_common()),
                              highlight=False)

@@ -34,7 +34,15 @@ def test_models_eligible_table_goes_to_stderr(cache):
     assert result.exit_code == 0, result.output
     assert result.stdout == ""
     assert "│ regnetx_004 " in result.stderr and "│ regnetx_002 " not in result.stderr  # SCConv costs more there
-    assert "1 of 1 models" in result.stderr and "not eligible: 1 grouped" in result.stderr
+    assert "1 of 1 models" in result.stderr
+    assert "not listed (--eligible), no conv to replace: 1 grouped" in " ".join(result.stderr.split())
+
+
+def test_a_pattern_that_matches_nothing_warns_on_stderr_with_json_too(cache):
+    result = runner.invoke(app, ["models", "nosuch_model*", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["count"] == 0
+    assert "no model name matches 'nosuch_model*'" in result.stderr
 
 
 def test_models_strict_paper_counts_what_the_paper_fits(cache):
