@@ -148,7 +148,7 @@ def convert(
 
     Exit codes: 0 success; 1 unexpected failure; 2 bad input (unknown model, unreadable or invalid file, bad option); 3 an --include matched nothing, or no conv was selected.
     """
-    output = Output(json=json_output, debug=debug)
+    output = Output(json=json_output, debug=debug, summary=summary)
     with output.errors(), output.progress_bars() as (step, fit):
         if out is None and not dry_run:
             raise InvalidOptionError("--out", "give --out FILE.pt, or --dry-run to write nothing")

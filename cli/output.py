@@ -89,12 +89,14 @@ class Output:
     Attributes:
         json: write exactly one JSON document to stdout; everything else goes to stderr.
         debug: print tracebacks of unexpected errors.
+        summary: a plan shown with an error (exit 3) is summarised, not listed conv by conv.
         terminal: what stderr is (a terminal or a log), hence spinner or lines, colour, width.
         console: Rich console on stderr, for tables, progress, warnings and errors.
     """
 
     json: bool = False
     debug: bool = False
+    summary: bool = False
     terminal: Terminal = field(default_factory=_stderr_terminal)
     console: Console = field(default=None)  # type: ignore[assignment]  # from terminal unless given
 
@@ -177,7 +179,10 @@ class Output:
                 from .render import plan_records
 
                 title = f"The plan, not applied: {len(plan.decisions)} convs (nothing was replaced or written)"
-                self.console.print(plan_records(self.console, plan, title=title))
+                if self.summary:  # the error message below gives the counts per reason
+                    self.console.print(title, highlight=False, markup=False)
+                else:
+                    self.console.print(plan_records(self.console, plan, title=title))
             if self.debug:
                 self.console.print(traceback.format_exc(), highlight=False, markup=False)
             if self.json:

@@ -298,6 +298,14 @@ def test_summary_prints_totals_without_a_row_per_conv(in_tmp):
     assert len(result.stderr.splitlines()) < len(full.stderr.splitlines()) // 3
 
 
+def test_summary_applies_to_the_plan_shown_with_exit_3(in_tmp):
+    args = ("convert", "timm:test_resnet", "--dry-run", "--input-size", "32", "--include", "nothing.matches")
+    full, result = invoke(*args), invoke(*args, "--summary")
+    assert full.exit_code == result.exit_code == 3
+    assert "layer1.0.conv1" in full.stderr and "layer1.0.conv1" not in result.stderr
+    assert "The plan, not applied" in result.stderr
+
+
 def test_the_size_actually_counted_is_stated(in_tmp, toy_factory):
     """A model that resizes its input (as detectors do) is counted at the resized size."""
     factory = toy_factory.removeprefix("factory:") + ":resizing"
