@@ -151,7 +151,11 @@ def verify_checkpoint(path: str | os.PathLike, *, weights: str | os.PathLike | N
                 differ.append(key)
             compared += 1
         ok = not differ and not missing
-        detail = (f"{compared} untouched tensors equal the weights file" if ok else
-                  f"{len(differ)} differ ({_listed(differ)}), {len(missing)} missing from the file ({_listed(missing)})")
+        own = model.state_dict().keys()
+        extra = [k for k in source_weights if k not in own and not any(k.startswith(f"{r}.") for r in replaced)]
+        problems = [f"{len(keys)} {what} ({_listed(keys)})" for keys, what in (
+            (differ, "differ"), (missing, "missing from the file"),
+            (extra, "in the file but not in the model: weights of another architecture?")) if keys]
+        detail = f"{compared} untouched tensors equal the weights file" if ok else ", ".join(problems)
         checks.append(Check("untouched weights", ok, detail, tuple(differ + missing)))
     return VerifyResult(Path(path), tuple(checks))

@@ -62,3 +62,18 @@ def test_a_state_dict_that_does_not_fit_is_a_failed_check(edit, words, toy_facto
     assert not result.passed
     (check,) = result.checks
     assert check.name == "loads" and words in check.detail
+
+
+def test_weights_of_another_architecture_are_named_as_such(tmp_path):
+    import timm
+
+    ckpt, weights = tmp_path / "m.pt", tmp_path / "bigger.pt"
+    run_conversion("timm:test_resnet", out=ckpt, input_size=(3, 32, 32))
+    torch.manual_seed(1)  # other weights, and one tensor the model does not have
+    other = timm.create_model("test_resnet").state_dict()
+    other["extra_block.weight"] = torch.zeros(2)
+    torch.save(other, weights)
+    check = {c.name: c for c in verify_checkpoint(ckpt, weights=weights).checks}["untouched weights"]
+    assert not check.passed
+    assert "1 in the file but not in the model: weights of another architecture? (extra_block.weight)" in check.detail
+    assert "missing from the file" not in check.detail  # no empty "0 missing ()" part
