@@ -42,7 +42,7 @@ class PretrainedWeightsError(ScconvError, OSError):
     def __init__(self, name: str, cause: str):
         self.name = name
         super().__init__(
-            f"could not load pretrained weights for {name!r}: {cause}. They are not in the "
+            f"could not load pretrained weights for {name!r}: {cause.rstrip().rstrip('.')}. They are not in the "
             "local cache and could not be downloaded (offline?). Pass a local file with "
             "--weights FILE (Python: weights=...) instead of --pretrained."
         )
