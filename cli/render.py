@@ -281,3 +281,11 @@ def render_calibration(console: Console, run: CalibrationRun) -> None:
     if result.uncalled:
         console.print(f"[yellow]not calibrated[/] (the forward never calls them): {escape(', '.join(result.uncalled))}",
                       highlight=False)
+    worse = [layer.name for layer in result.layers if result.steps and layer.error_after > layer.error_before]
+    if worse:
+        console.print(f"[yellow]warning:[/] the error grew during the fit for {escape(', '.join(worse))}: "
+                      "give more images or more steps", highlight=False)
+    if result.num_images < result.batch_size or not result.held_out:
+        console.print(f"[yellow]warning:[/] {result.num_images} images are few for calibration (at least 16 hold "
+                      f"some out to measure the errors; a batch is {result.batch_size}): the BatchNorm statistics "
+                      "and the errors above rest on them alone", highlight=False)

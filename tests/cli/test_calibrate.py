@@ -157,3 +157,22 @@ def test_calibrating_a_trained_checkpoint_is_refused(workdir):
     result = invoke("calibrate", trained, "--data", workdir / "images", "--out", workdir / "c.pt", "--weights",
                     workdir / "w.pt", "--steps", 1)
     assert_clean_error(result, EXIT_BAD_INPUT, "differs from checkpoint", "0.0.weight")
+
+
+def test_few_images_and_a_layer_that_got_worse_are_warned_about(workdir, monkeypatch):
+    from scconv_surgery import calibration
+
+    real = calibration._relative_error
+    calls = []
+
+    def error(*args, **kwargs):  # the second measurement of each layer (after the fit) reads worse
+        calls.append(1)
+        return real(*args, **kwargs) + (10.0 if len(calls) % 2 == 0 else 0.0)
+
+    monkeypatch.setattr(calibration, "_relative_error", error)
+    result = invoke("convert", *MODEL, "--weights", workdir / "w.pt", "--calibrate", workdir / "images",
+                    "--calibrate-images", 4, "--calibrate-steps", 2, "--out", workdir / "m.pt")
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.stderr.split())
+    assert "the error grew during the fit for 1.0, 2.0, 3.0" in text
+    assert "4 images are few for calibration" in text
