@@ -16,7 +16,8 @@ EXIT_UNEXPECTED = 1  # a bug or an environment failure: run again with --debug
 EXIT_BAD_INPUT = 2  # unknown model, unreadable or invalid file, bad option (as Click's usage errors)
 EXIT_NOTHING_SELECTED = 3  # an include rule matched nothing, or no conv was selected
 EXIT_VERIFY_FAILED = 4  # scconv verify: a check failed
-EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT); SIGTERM gives 143. Nothing is left at the output path.
+EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT). Nothing is left at the output path.
+EXIT_TERMINATED = 143  # SIGTERM (128 + 15), likewise.
 
 # Looked up along the exception's MRO, so the most specific class wins whatever the order.
 ERROR_EXIT_CODES: dict[type[BaseException], int] = {

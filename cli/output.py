@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from .errors import EXIT_INTERRUPTED, EXIT_UNEXPECTED, error_document, exit_code_for
+from .errors import EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_UNEXPECTED, error_document, exit_code_for
 
 
 @contextlib.contextmanager
@@ -162,6 +162,13 @@ class Output:
             yield step, bar
             progress.update(status, description="done", total=1, completed=1)
 
+    def _interrupted(self, kind: str, code: int) -> None:
+        message = "interrupted: nothing was written"
+        if self.json:  # one JSON line, as for every other error
+            sys.stderr.write(json.dumps({"error": {"type": kind, "message": message, "exit_code": code}}) + "\n")
+        else:
+            self.console.print(message, style="yellow")
+
     @contextlib.contextmanager
     def errors(self) -> Iterator[None]:
         """Turn exceptions into a message on stderr and the exit code of cli/errors.py."""
@@ -170,8 +177,12 @@ class Output:
         except typer.Exit:
             raise
         except KeyboardInterrupt:
-            self.console.print("interrupted: nothing was written", style="yellow")
+            self._interrupted("Interrupted", EXIT_INTERRUPTED)
             raise typer.Exit(EXIT_INTERRUPTED) from None
+        except SystemExit as err:  # SIGTERM (cli/app.py raises SystemExit(143) where the process is)
+            if err.code == EXIT_TERMINATED:
+                self._interrupted("Terminated", EXIT_TERMINATED)
+            raise
         except Exception as err:
             code = exit_code_for(err)
             plan = getattr(err, "plan", None)

@@ -81,3 +81,21 @@ def test_records_stay_a_table_where_they_fit():
     columns = (Column("name", key=True), Column("reason", wrap=True))
     assert isinstance(records(console, "t", columns, [["layer1.0.conv2", "a reason"]]), Table)
     assert not isinstance(records(console, "t", columns, [["x" * 60, "a reason"]]), Table)
+
+
+@pytest.mark.parametrize("raised, code, kind", [(KeyboardInterrupt(), 130, "Interrupted"),
+                                                (SystemExit(143), 143, "Terminated")], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("as_json", [False, True], ids=["human", "json"])
+def test_interruptions_are_reported_like_other_errors(raised, code, kind, as_json, capsys):
+    import typer
+
+    out = output.Output(json=as_json, console=Console(file=io.StringIO(), width=100))
+    with pytest.raises((typer.Exit, SystemExit)) as info:
+        with out.errors():
+            raise raised
+    assert getattr(info.value, "exit_code", getattr(info.value, "code", None)) == code
+    if as_json:
+        assert json.loads(capsys.readouterr().err) == {"error": {"type": kind, "message": "interrupted: nothing was "
+                                                                 "written", "exit_code": code}}
+    else:
+        assert "interrupted: nothing was written" in out.console.file.getvalue()
