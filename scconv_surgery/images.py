@@ -72,7 +72,21 @@ def image_transform(model: nn.Module, source: ModelSource | None = None,
             config.update(mean=(sum(config["mean"]) / 3,), std=(sum(config["std"]) / 3,))
         transform = create_transform(**config, is_training=False)
     mode = "L" if size[0] == 1 else "RGB"
-    return lambda image: transform(image.convert(mode))
+    return lambda image: transform(_eight_bit(image).convert(mode))
+
+
+def _eight_bit(image: Any) -> Any:
+    """16-bit and 32-bit integer or float grey images (PIL modes ``I;16*``, ``I``, ``F``) scaled to
+    8 bits by their type's range (``F``: assumed in [0, 1]); PIL's own ``convert`` clips them,
+    which turns a 16-bit image almost white. Other images are returned as they are."""
+    if not (image.mode.startswith("I;16") or image.mode in ("I", "F")):
+        return image
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.asarray(image, dtype=np.float64)
+    top = 1.0 if image.mode == "F" else 65535.0 if image.mode.startswith("I;16") or pixels.max() <= 65535 else 2**32 - 1
+    return Image.fromarray(np.clip(pixels / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
 
 
 def _torchvision_transform(source: ModelSource, size: tuple[int, ...]) -> Callable | None:

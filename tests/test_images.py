@@ -84,3 +84,19 @@ def test_one_channel_models_get_grey_images_and_others_are_refused():
     assert image_transform(model, input_size=(1, 16, 16))(image).shape == (1, 16, 16)
     with pytest.raises(ImageDataError, match="takes 4 channels"):
         image_transform(model, input_size=(4, 16, 16))
+
+
+@pytest.mark.parametrize("mode, value, grey", [("I;16", 32768, 32768 / 65535), ("F", 0.25, 0.25)])
+def test_high_bit_depth_grey_images_keep_their_brightness(tmp_path, mode, value, grey):
+    # PIL's own convert("RGB") clips 16-bit values, turning a mid-grey 16-bit PNG white
+    import numpy as np
+    from PIL import Image
+
+    dtype, suffix = (np.uint16, "png") if mode == "I;16" else (np.float32, "tif")
+    Image.fromarray(np.full((40, 40), value, dtype=dtype)).save(tmp_path / f"deep.{suffix}")
+    with Image.open(tmp_path / f"deep.{suffix}") as image:
+        assert image.mode == mode
+    model = timm.create_model("resnet18")
+    images, _ = load_images(tmp_path, image_transform(model, input_size=(3, 32, 32)), dtype=torch.float32)
+    mean, std = torch.tensor(model.pretrained_cfg["mean"]), torch.tensor(model.pretrained_cfg["std"])
+    torch.testing.assert_close(images[0].mean((1, 2)), (round(grey * 255) / 255 - mean) / std, atol=2e-3, rtol=0)
