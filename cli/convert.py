@@ -108,7 +108,7 @@ def convert(
     pretrained: Annotated[bool, typer.Option(
         "--pretrained", metavar=FLAG, help="Start from the library's pretrained weights (from its cache, else downloaded).")] = False,
     weights: Annotated[Path | None, typer.Option(
-        metavar="FILE", help="Start from a local weights file: a state_dict (.pt/.pth/.bin/.safetensors) or a timm/torchvision "
+        metavar="FILE", help="Start from a local weights file: a state_dict (.pt, .pth, .bin, .safetensors) or a timm/torchvision "
         "training checkpoint.", show_default=False, dir_okay=False)] = None,
     num_classes: Annotated[int | None, typer.Option(
         metavar="N", help="Classifier size passed to the model constructor.", min=1, max=1_000_000,
