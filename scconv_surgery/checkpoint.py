@@ -126,7 +126,9 @@ def check_output_path(path: str | os.PathLike, *, overwrite: bool = True) -> Pat
         with tempfile.NamedTemporaryFile(prefix=f".{path.name}.", suffix=".probe", dir=parent):
             pass
     except OSError as err:
-        raise OutputPathError(str(path), f"cannot create a file in {str(parent)!r} ({err.strerror or err})") from err
+        raise OutputPathError(str(path), f"the file system refuses new files in {str(parent)!r} (a read-only or "
+                              f"virtual file system? the system says: {err.strerror or err}); choose another "
+                              "directory") from err
     return path
 
 

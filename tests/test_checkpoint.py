@@ -97,6 +97,16 @@ def test_unwritable_directory(tmp_path, monkeypatch):
         check_output_path(tmp_path / "m.pt")
 
 
+def test_a_directory_that_refuses_new_files_is_named_as_such(tmp_path, monkeypatch):
+    # /proc, a read-only mount: writable by its permissions, yet creating a file fails
+    def refuse(*args, **kwargs):
+        raise FileNotFoundError(2, "No such file or directory")
+
+    monkeypatch.setattr(checkpoint.tempfile, "NamedTemporaryFile", refuse)
+    with pytest.raises(OutputPathError, match="the file system refuses new files in .*choose another directory"):
+        check_output_path(tmp_path / "m.pt")
+
+
 def test_plain_state_dict_is_named_as_such(tiny_net, tmp_path):
     path = tmp_path / "plain.pt"
     torch.save(tiny_net.state_dict(), path)
