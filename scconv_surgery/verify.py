@@ -139,11 +139,13 @@ def verify_checkpoint(path: str | os.PathLike, *, weights: str | os.PathLike | N
         reinitialized = set(manifest["source"].get("weights", {}).get("reinitialized", []))
         reset = set(manifest.get("stale_batchnorms", [])) if manifest.get("reset_bn_stats") else set()
         reset |= set((manifest.get("calibration") or {}).get("batchnorms", []))  # re-estimated by calibration
+        prefixes = tuple(f"{r}." for r in replaced)
+        state = model.state_dict()
         compared, differ, missing = 0, [], []
-        for key, value in model.state_dict().items():
+        for key, value in state.items():
             module, _, leaf = key.rpartition(".")
             statistics_reset = module in reset and leaf in ("running_mean", "running_var", "num_batches_tracked")
-            if any(key.startswith(f"{r}.") for r in replaced) or key in reinitialized or statistics_reset:
+            if key.startswith(prefixes) or key in reinitialized or statistics_reset:
                 continue
             if key not in source_weights:
                 missing.append(key)
@@ -151,11 +153,12 @@ def verify_checkpoint(path: str | os.PathLike, *, weights: str | os.PathLike | N
                 differ.append(key)
             compared += 1
         ok = not differ and not missing
-        own = model.state_dict().keys()
-        extra = [k for k in source_weights if k not in own and not any(k.startswith(f"{r}.") for r in replaced)]
-        problems = [f"{len(keys)} {what} ({_listed(keys)})" for keys, what in (
-            (differ, "differ"), (missing, "missing from the file"),
-            (extra, "in the file but not in the model: weights of another architecture?")) if keys]
-        detail = f"{compared} untouched tensors equal the weights file" if ok else ", ".join(problems)
+        if ok:
+            detail = f"{compared} untouched tensors equal the weights file"
+        else:
+            extra = [k for k in source_weights if k not in state and not k.startswith(prefixes)]
+            detail = ", ".join(f"{len(keys)} {what} ({_listed(keys)})" for keys, what in (
+                (differ, "differ"), (missing, "missing from the file"),
+                (extra, "in the file but not in the model: weights of another architecture?")) if keys)
         checks.append(Check("untouched weights", ok, detail, tuple(differ + missing)))
     return VerifyResult(Path(path), tuple(checks))
