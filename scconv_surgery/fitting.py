@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .layers import ScConvConfig, StridePolicy, scconv_constraint_error
+from .layers.config import cru_split
 
 __all__ = ["Adaptation", "Cost", "fit_config", "suggest_fixes", "format_fix", "conv_cost", "scconv_cost",
            "scconv_macs"]
@@ -183,9 +184,7 @@ def _scconv_parts(in_channels: int, out_channels: int, kernel_size: int, config:
     At the input resolution: GroupNorm (5 per element) and the two squeezes; at the output
     resolution: GWC, PWC1, PWC2. Parameters: GroupNorm affine, squeezes, GWC with bias, PWCs.
     """
-    up = int(config.alpha * in_channels)
-    low = in_channels - up
-    up_sq, low_sq = up // config.squeeze_ratio, low // config.squeeze_ratio
+    up, low, up_sq, low_sq = cru_split(in_channels, config.alpha, config.squeeze_ratio)
     squeeze = up * up_sq + low * low_sq
     transform = (up_sq // config.gwc_groups) * out_channels * kernel_size ** 2 + up_sq * out_channels \
         + low_sq * (out_channels - low_sq)

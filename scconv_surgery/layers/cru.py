@@ -177,9 +177,8 @@ class CRU(InferenceCache, nn.Module):
 
     def _branches(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(Y1, PWC2(low), reused low)`` of eqs. 5-6 (``Y2`` is the concat of the last two),
-        by the fast forward, or module by module where that is observable."""
-        if self._calls_submodules():
-            return self._module_branches(x)
+        by the fast forward (callers take :meth:`_module_branches` where calling the submodules
+        is observable)."""
         cached = self._use_cache()
         up, low = self._squeezed(x, cached)
         gwc = self.gwc
@@ -246,7 +245,7 @@ class SeedCRU(CRU):
                          device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y1, pwc2, reused = self._branches(x)
+        y1, pwc2, reused = self._module_branches(x) if self._calls_submodules() else self._branches(x)
         y2 = torch.cat((pwc2, reused), dim=1)
         beta = torch.softmax(torch.cat((y1.mean((2, 3), keepdim=True), y2.mean((2, 3), keepdim=True)), dim=1), dim=1)
         beta1, beta2 = beta.chunk(2, dim=1)

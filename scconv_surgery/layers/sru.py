@@ -185,6 +185,9 @@ class SRU(InferenceCache, nn.Module):
         """GroupNorm's affine with ``w`` folded in: ``(gamma * w, beta * w)``, each ``(C,)``."""
         if self._use_cache():
             return self.gate_scale, self.gate_shift
+        return self._folded_affine(dtype)
+
+    def _folded_affine(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         return ratio_affine(self.gn.weight.to(dtype), self.gn.bias.to(dtype), GAMMA_SUM_EPS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -216,8 +219,7 @@ class SRU(InferenceCache, nn.Module):
         return self.gate_scale is not None
 
     def _build_cache(self) -> None:
-        dtype = torch.float64 if self.gn.weight.dtype == torch.float64 else torch.float32
-        self.gate_scale, self.gate_shift = ratio_affine(self.gn.weight.to(dtype), self.gn.bias.to(dtype), GAMMA_SUM_EPS)
+        self.gate_scale, self.gate_shift = self._folded_affine(gate_dtype(self.gn.weight))
 
     def extra_repr(self) -> str:
         return f"{self.channels}, variant={self.variant.value}, gate_threshold={self.gate_threshold}"
@@ -243,9 +245,8 @@ class SeedSRU(SRU):
             gate = torch.sigmoid(gn(x).to(dtype) * gamma_ratio(gn.weight.detach().to(dtype)).reshape(1, -1, 1, 1))
             return reconstruct(x * (gate >= self.gate_threshold), x * (gate < self.gate_threshold)).to(x.dtype)
         with torch.no_grad():  # the masks carry no gradient: computed from plain values, w folded in
-            gamma = gn.weight.to(dtype)
-            w = gamma_ratio(gamma)
-            gate = seed_group_norm(x.to(dtype), gn.num_groups, gamma * w, gn.bias.to(dtype) * w, gn.eps).sigmoid_()
+            scale, shift = self._folded_affine(dtype)
+            gate = seed_group_norm(x.to(dtype), gn.num_groups, scale, shift, gn.eps).sigmoid_()
             dropped = torch.rsub(gate, self.gate_threshold).ceil_()
         return _hard_gate(x, dropped).to(x.dtype)
 
