@@ -57,10 +57,11 @@ def optimize_for_inference(model: nn.Module, input_size: tuple[int, int, int] = 
         batch_size: the batch size to time at.
         merge: ``"auto"`` (time GWC + PWC1 merged and as two convs per layer, keep the faster),
             ``"always"`` (merged), or ``"never"`` (drop every cache: the layers assemble their
-            weights in every forward again, GWC + PWC1 merged, as before this call).
+            weights in every forward again, as before this call; eager forwards then run GWC
+            and PWC1 as two convs, ``torch.compile`` merges them in its graph).
 
     Returns:
-        Layer name -> whether it runs GWC + PWC1 as one dense conv.
+        Layer name -> whether its eager eval forward runs GWC + PWC1 as one dense conv.
 
     Raises:
         ValueError: an unknown ``merge``.
@@ -71,7 +72,7 @@ def optimize_for_inference(model: nn.Module, input_size: tuple[int, int, int] = 
     if merge != "auto":
         for layer in layers.values():
             _cache(layer, merge == "always", merge_gwc_pwc1=True)
-        return {name: True for name in layers}
+        return {name: merge == "always" for name in layers}
     inputs: dict[str, torch.Tensor] = {}
     handles = [m.register_forward_pre_hook(lambda m, args, name=name: inputs.setdefault(name, args[0].detach()))
                for name, m in layers.items()]
