@@ -19,7 +19,6 @@ from scconv_surgery import (
     StridePolicy,
     Variant,
     assemble_rules,
-    check_calibration_images,
     check_model_kwargs,
     run_conversion,
 )
@@ -186,6 +185,6 @@ def convert(
     else:
         render_conversion(output.console, result, summary=summary)
         if calibration is not None and dry_run:
-            count = len(check_calibration_images(calibration))
-            output.console.print(f"dry run: would calibrate on {count} images from {calibration.data} (each "
-                                 "checked to open as an image)", highlight=False, markup=False)
+            output.console.print(f"dry run: would calibrate on {result.calibration_images} images from "
+                                 f"{calibration.data} (each checked to open as an image)", highlight=False,
+                                 markup=False)

@@ -58,7 +58,7 @@ from .finetune import (
     reset_batchnorm_stats,
     stale_batchnorms,
 )
-from .images import check_images, choose_images, find_images, image_transform, load_images
+from .images import ImageChoice, check_images, choose_images, find_images, image_transform, load_images, read_images
 from .inference import optimize_for_inference
 from .fitting import Adaptation, fit_config
 from .layers import CRU, SRU, ScConv, ScConvConfig, StridePolicy, Variant
@@ -90,5 +90,5 @@ __all__ = [
     "calibrate", "recompute_batchnorm_stats", "CalibrationStrategy", "BatchNormUpdate", "LayerCalibration",
     "CalibrationResult", "CalibrationConfig", "CalibrationRun", "CheckpointCalibration", "calibrate_from_folder",
     "calibrate_checkpoint", "check_calibration_images", "find_images", "choose_images", "check_images",
-    "image_transform", "load_images", "ImageDataError", "CalibrationError",
+    "image_transform", "load_images", "read_images", "ImageChoice", "ImageDataError", "CalibrationError",
 ]

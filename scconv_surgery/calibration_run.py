@@ -38,7 +38,7 @@ from .calibration import (
 )
 from .checkpoint import check_output_path, model_from_payload, read_checkpoint, save_checkpoint
 from .errors import CalibrationError, WeightsFileError
-from .images import check_images, choose_images, find_images, image_transform, load_images
+from .images import ImageChoice, check_images, choose_images, image_transform, read_images
 from .models import ModelSource, create_model
 from .weights import file_sha256
 
@@ -119,25 +119,28 @@ class CalibrationRun:
                 "images_requested": self.requested, "input_size": list(self.input_size)}
 
 
-def check_calibration_images(config: CalibrationConfig) -> list[Path]:
+def check_calibration_images(config: CalibrationConfig) -> ImageChoice:
     """The image files calibration will read (the seeded choice of :func:`load_images`), each
     checked to open as an image, without decoding the pixels: run before any work.
 
     Raises:
         ImageDataError: the folder is missing or empty, or a chosen file is not an image (named).
     """
-    paths = choose_images(config.data, config.num_images, config.seed)
-    check_images(paths)
-    return paths
+    choice = choose_images(config.data, config.num_images, config.seed)
+    check_images(choice.paths)
+    return choice
 
 
-def check_calibration_source(has_trained_weights: bool, config: CalibrationConfig) -> None:
+def check_calibration_source(has_trained_weights: bool, config: CalibrationConfig) -> ImageChoice:
     """Refuse a random base model unless allowed, and a missing or empty folder or a chosen file
     that is not an image (before any work; see :func:`check_calibration_images`).
 
     Args:
         has_trained_weights: the base model starts from pretrained or file weights.
         config: the calibration settings.
+
+    Returns:
+        The checked choice of images (see :func:`check_calibration_images`).
 
     Raises:
         CalibrationError: random base weights and ``allow_random_weights`` is off.
@@ -147,31 +150,32 @@ def check_calibration_source(has_trained_weights: bool, config: CalibrationConfi
         raise CalibrationError("the base model has random weights, so the SCConvs would learn to imitate random "
                                "convs; start from trained weights (--pretrained or --weights FILE), or pass "
                                "--allow-random-weights to calibrate anyway (tests, timing)", "--calibrate")
-    check_calibration_images(config)
+    return check_calibration_images(config)
 
 
 def calibrate_from_folder(original: nn.Module, converted: nn.Module, source: ModelSource | None,
                           input_size: tuple[int, int, int], config: CalibrationConfig, *,
+                          images: ImageChoice | None = None,
                           on_step: Callable[[str], None] = _noop,
                           on_fit: Callable[[str, int, int, float], None] = _noop) -> CalibrationRun:
     """Read images from ``config.data`` with the model's preprocessing and :func:`calibrate` ``converted``.
 
-    ``converted`` is modified in place; ``original`` is not.
+    ``converted`` is modified in place; ``original`` is not. ``images``: the files to read, as
+    :func:`check_calibration_images` chose and checked them (default: chosen here).
 
     Raises:
         ImageDataError: the folder is missing or empty, or a chosen file cannot be read.
         CalibrationError: see :func:`~scconv_surgery.calibrate`.
     """
     transform = image_transform(original, source, input_size)
-    available = len(find_images(config.data))
-    count = min(config.num_images, available)
-    on_step(f"reading {count} images from {config.data}")
-    images, _ = load_images(config.data, transform, num_images=config.num_images, seed=config.seed)
-    result = calibrate(original, converted, images, steps=config.steps, batch_size=config.batch_size, lr=config.lr,
+    choice = images or choose_images(config.data, config.num_images, config.seed)
+    on_step(f"reading {len(choice.paths)} images from {config.data}")
+    pixels = read_images(choice.paths, transform)
+    result = calibrate(original, converted, pixels, steps=config.steps, batch_size=config.batch_size, lr=config.lr,
                        strategy=config.strategy, batchnorm=config.batchnorm, device=config.device,
                        seed=config.seed, on_step=on_step, on_fit=on_fit)
-    return CalibrationRun(result, config.data, available, config.num_images,
-                          tuple(images.shape[1:]))  # type: ignore[arg-type]
+    return CalibrationRun(result, config.data, choice.available, config.num_images,
+                          tuple(pixels.shape[1:]))  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -276,13 +280,14 @@ def calibrate_checkpoint(path: str | os.PathLike, config: CalibrationConfig, *, 
     payload = read_checkpoint(path)
     manifest = payload["manifest"]
     source = ModelSource.from_dict(manifest["source"])
-    check_calibration_images(config)
+    images = check_calibration_images(config)
     on_step(f"building the original {source.library}:{source.name}")
     original = _original(source, manifest, weights, config.allow_random_weights)
     converted = model_from_payload(path, payload)
     _check_untouched(Path(path), original, converted, manifest)
     size = tuple(manifest.get("input_size") or (3, 224, 224))
-    run = calibrate_from_folder(original, converted, source, size, config, on_step=on_step, on_fit=on_fit)  # type: ignore[arg-type]
+    run = calibrate_from_folder(original, converted, source, size, config, images=images,  # type: ignore[arg-type]
+                                on_step=on_step, on_fit=on_fit)
     on_step(f"saving {out_path}")
     save_checkpoint(out_path, converted, {**copy.deepcopy(dict(manifest)), "calibration": run.to_dict()})
     return CheckpointCalibration(Path(path), out_path, source, run, converted)

@@ -10,7 +10,8 @@ mean and std, bicubic resize, centre crop at 87.5%).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,8 @@ from torch import nn
 from .errors import ImageDataError
 from .models import ModelSource, default_input_size
 
-__all__ = ["IMAGE_SUFFIXES", "find_images", "choose_images", "check_images", "image_transform", "load_images"]
+__all__ = ["IMAGE_SUFFIXES", "ImageChoice", "find_images", "choose_images", "check_images", "image_transform", "load_images",
+           "read_images"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -109,7 +111,20 @@ def _torchvision_transform(source: ModelSource, size: tuple[int, ...]) -> Callab
     return weights.transforms()
 
 
-def choose_images(root: str | os.PathLike, num_images: int | None = 512, seed: int = 0) -> list[Path]:
+@dataclass(frozen=True)
+class ImageChoice:
+    """The image files chosen from a folder.
+
+    Attributes:
+        paths: the chosen files, in sorted order.
+        available: how many image files the folder holds.
+    """
+
+    paths: tuple[Path, ...]
+    available: int
+
+
+def choose_images(root: str | os.PathLike, num_images: int | None = 512, seed: int = 0) -> ImageChoice:
     """The files :func:`load_images` reads: up to ``num_images`` of :func:`find_images`, a random
     choice seeded by ``seed``, in their sorted order (all of them when the folder has fewer).
 
@@ -117,10 +132,11 @@ def choose_images(root: str | os.PathLike, num_images: int | None = 512, seed: i
         ImageDataError: the folder is missing or holds no image file.
     """
     paths = find_images(root)
-    if num_images is not None and num_images < len(paths):
-        chosen = torch.randperm(len(paths), generator=torch.Generator().manual_seed(seed))[:num_images]
+    available = len(paths)
+    if num_images is not None and num_images < available:
+        chosen = torch.randperm(available, generator=torch.Generator().manual_seed(seed))[:num_images]
         paths = [paths[i] for i in sorted(chosen.tolist())]
-    return paths
+    return ImageChoice(tuple(paths), available)
 
 
 def _unreadable(path: Path, err: Exception) -> ImageDataError:
@@ -128,7 +144,7 @@ def _unreadable(path: Path, err: Exception) -> ImageDataError:
                           "remove it or point to another folder")
 
 
-def check_images(paths: list[Path]) -> None:
+def check_images(paths: Sequence[Path]) -> None:
     """Check that every file is an image PIL can open (its header and, where PIL can, its
     integrity, with ``Image.verify``), without decoding the pixels: fast enough to run before
     any work.
@@ -169,9 +185,21 @@ def load_images(root: str | os.PathLike, transform: Callable[[Any], torch.Tensor
         ImageDataError: the folder is missing or empty, a file cannot be decoded (named), or
             the images do not give one size.
     """
+    paths = list(choose_images(root, num_images, seed).paths)
+    return read_images(paths, transform, dtype=dtype, on_image=on_image), paths
+
+
+def read_images(paths: Sequence[Path], transform: Callable[[Any], torch.Tensor], *,
+                dtype: torch.dtype = torch.float16,
+                on_image: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """Decode ``paths`` with ``transform`` into one ``(N, C, H, W)`` tensor of ``dtype`` (see
+    :func:`load_images`, which chooses the files from a folder).
+
+    Raises:
+        ImageDataError: a file cannot be decoded (named), or the images do not give one size.
+    """
     from PIL import Image, UnidentifiedImageError
 
-    paths = choose_images(root, num_images, seed)
     images = None
     for index, path in enumerate(paths):
         try:
@@ -187,4 +215,4 @@ def load_images(root: str | os.PathLike, transform: Callable[[Any], torch.Tensor
         images[index] = tensor
         if on_image is not None:
             on_image(index + 1, len(paths))
-    return images, paths  # type: ignore[return-value]  # find_images found at least one file
+    return images  # type: ignore[return-value]  # at least one path

@@ -46,6 +46,8 @@ class ConversionResult:
         stale_batchnorms: BatchNorm layers right after a replaced conv.
         reset_bn_stats: whether their running statistics were reset.
         calibration: the calibration of the new layers, if asked for (None in a dry run).
+        calibration_images: how many images calibration reads (or, in a dry run, would read),
+            each checked to open as an image; None without calibration.
     """
 
     source: ModelSource
@@ -58,6 +60,7 @@ class ConversionResult:
     stale_batchnorms: tuple[str, ...] = ()
     reset_bn_stats: bool = False
     calibration: CalibrationRun | None = None
+    calibration_images: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The ``--json`` document (``schema_version`` at the root)."""
@@ -140,8 +143,7 @@ def run_conversion(name: str, *, rules: Sequence[Rule] = (), config: ScConvConfi
     if out_path is not None and weights is not None and Path(weights).resolve() == out_path.resolve():
         raise OutputPathError(str(out_path), "is the --weights file; write the checkpoint elsewhere")
     validate_rules(rules)
-    if calibration is not None:
-        check_calibration_source(pretrained or weights is not None, calibration)
+    images = check_calibration_source(pretrained or weights is not None, calibration) if calibration else None
     config = config or ScConvConfig()
     on_step(f"building {name}")
     with torch.random.fork_rng(devices=[]):  # a randomly initialised base is reproducible too
@@ -167,7 +169,8 @@ def run_conversion(name: str, *, rules: Sequence[Rule] = (), config: ScConvConfi
     report = compare_counts(base, converted, size, replaced=plan.replaced, count_elementwise=count_elementwise)
     calibrated = None
     if calibration is not None and not dry_run:  # the calibration step: the new layers learn from the old
-        calibrated = calibrate_from_folder(base, converted, source, size, calibration, on_step=on_step, on_fit=on_fit)
+        calibrated = calibrate_from_folder(base, converted, source, size, calibration, images=images,
+                                           on_step=on_step, on_fit=on_fit)
     if out_path is not None and not dry_run:
         on_step(f"saving {out_path}")
         manifest = build_manifest(source, plan, seed=seed, input_size=size, counts=report.to_dict(),
@@ -177,7 +180,7 @@ def run_conversion(name: str, *, rules: Sequence[Rule] = (), config: ScConvConfi
                                   calibration=calibrated.to_dict() if calibrated else None)
         save_checkpoint(out_path, converted, manifest)
     return ConversionResult(source, plan, report, converted, out_path, seed, dry_run, tuple(stale), reset_bn_stats,
-                            calibrated)
+                            calibrated, len(images.paths) if images else None)
 
 
 @dataclass(frozen=True)
