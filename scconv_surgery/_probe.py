@@ -1,7 +1,7 @@
 """Probing a model without changing it: eval mode that restores each module's own mode, an
 example input on the model's device and dtype, and the tensors of a nested output. Shared by
 the steps that run a model (shape check, counting, verification, stale-BatchNorm detection,
-inference timing)."""
+inference timing); and the do-nothing default of their progress callbacks."""
 from __future__ import annotations
 
 import contextlib
@@ -11,6 +11,10 @@ from typing import Any
 
 import torch
 from torch import nn
+
+
+def noop(*args: Any) -> None:
+    """A progress callback that does nothing: the default of ``on_step`` and ``on_fit``."""
 
 
 @contextlib.contextmanager

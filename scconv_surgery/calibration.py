@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ._capture import LayerCalls, group_by_bytes, probe_calls, record
-from ._probe import eval_mode
+from ._probe import eval_mode, noop
 from .errors import CalibrationError
 from .finetune import recompute_batchnorm_stats, stale_batchnorms
 from .layers import ScConv
@@ -53,10 +53,6 @@ class BatchNormUpdate(str, Enum):
     ALL = "all"  # every BatchNorm of the converted network
     AFTER_REPLACED = "after-replaced"  # only the BatchNorm right after each replaced conv
     NONE = "none"  # keep the running statistics as they are
-
-
-def _noop(*args: Any) -> None:
-    pass
 
 
 @dataclass(frozen=True)
@@ -271,8 +267,8 @@ def calibrate(original: nn.Module, converted: nn.Module, images: torch.Tensor, *
               strategy: CalibrationStrategy | str = CalibrationStrategy.SEQUENTIAL,
               batchnorm: BatchNormUpdate | str = BatchNormUpdate.ALL, device: torch.device | str | None = None,
               seed: int = 0, max_cache_bytes: int = 512 * 2**20,
-              on_step: Callable[[str], None] = _noop,
-              on_fit: Callable[[str, int, int, float], None] = _noop) -> CalibrationResult:
+              on_step: Callable[[str], None] = noop,
+              on_fit: Callable[[str, int, int, float], None] = noop) -> CalibrationResult:
     """Fit each SCConv of ``converted``, **in place**, to the conv it replaced in ``original``; no labels.
 
     For each layer, in the order the network calls it: record its input on ``images``, fit all

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._probe import noop
 from .calibration import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_LR,
@@ -44,10 +45,6 @@ from .weights import file_sha256
 
 __all__ = ["CalibrationConfig", "CalibrationRun", "calibrate_from_folder", "calibrate_checkpoint",
            "check_calibration_source", "check_calibration_images"]
-
-
-def _noop(*args: Any) -> None:
-    pass
 
 
 @dataclass(frozen=True)
@@ -156,8 +153,8 @@ def check_calibration_source(has_trained_weights: bool, config: CalibrationConfi
 def calibrate_from_folder(original: nn.Module, converted: nn.Module, source: ModelSource | None,
                           input_size: tuple[int, int, int], config: CalibrationConfig, *,
                           images: ImageChoice | None = None,
-                          on_step: Callable[[str], None] = _noop,
-                          on_fit: Callable[[str, int, int, float], None] = _noop) -> CalibrationRun:
+                          on_step: Callable[[str], None] = noop,
+                          on_fit: Callable[[str, int, int, float], None] = noop) -> CalibrationRun:
     """Read images from ``config.data`` with the model's preprocessing and :func:`calibrate` ``converted``.
 
     ``converted`` is modified in place; ``original`` is not. ``images``: the files to read, as
@@ -250,8 +247,8 @@ def _check_untouched(path: Path, original: nn.Module, converted: nn.Module, mani
 
 def calibrate_checkpoint(path: str | os.PathLike, config: CalibrationConfig, *, out: str | os.PathLike,
                          weights: str | os.PathLike | None = None, overwrite: bool = False,
-                         on_step: Callable[[str], None] = _noop,
-                         on_fit: Callable[[str, int, int, float], None] = _noop) -> CheckpointCalibration:
+                         on_step: Callable[[str], None] = noop,
+                         on_fit: Callable[[str, int, int, float], None] = noop) -> CheckpointCalibration:
     """Calibrate a saved checkpoint's SCConvs and write the result as a new checkpoint.
 
     The original model is rebuilt as the module docstring says; the images are preprocessed at

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._probe import noop
 from .apply import apply_plan, check_shapes, copy_model
 from .calibration_run import CalibrationConfig, CalibrationRun, calibrate_from_folder, check_calibration_source
 from .checkpoint import build_manifest, check_output_path, read_checkpoint, rebuild, recorded_plan, save_checkpoint
@@ -73,10 +74,6 @@ class ConversionResult:
                 "calibration": self.calibration.to_dict() if self.calibration else None}
 
 
-def _noop(*args: Any) -> None:
-    pass
-
-
 def _pattern_suggestions(patterns: Sequence[str], plan: Plan) -> list[str]:
     """Patterns that would match: ``*.PATTERN`` for a plain pattern that ends some conv names
     (people expect suffixes), and the pieces of a pattern with commas (one rule per pattern)."""
@@ -97,8 +94,8 @@ def run_conversion(name: str, *, rules: Sequence[Rule] = (), config: ScConvConfi
                    out: str | os.PathLike | None = None, dry_run: bool = False, seed: int = 0,
                    allow_unmatched: bool = False, count_elementwise: bool = False, reset_bn_stats: bool = False,
                    overwrite: bool = False, calibration: CalibrationConfig | None = None,
-                   on_step: Callable[[str], None] = _noop,
-                   on_fit: Callable[[str, int, int, float], None] = _noop) -> ConversionResult:
+                   on_step: Callable[[str], None] = noop,
+                   on_fit: Callable[[str, int, int, float], None] = noop) -> ConversionResult:
     """Convert the model ``name`` and save a checkpoint at ``out`` unless ``dry_run``.
 
     Args:
@@ -207,7 +204,7 @@ class CheckpointReport:
 
 def recount_checkpoint(path: str | os.PathLike, *, input_size: tuple[int, int, int] | None = None,
                        count_elementwise: bool = False,
-                       on_step: Callable[[str], None] = _noop) -> CheckpointReport:
+                       on_step: Callable[[str], None] = noop) -> CheckpointReport:
     """Count a checkpoint's converted model against its base model, at any input size.
 
     The base model is rebuilt from the manifest and the recorded replacements are replayed

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ._probe import tensor_leaves
+from ._probe import noop, tensor_leaves
 from .checkpoint import model_from_payload, read_checkpoint
 from .errors import CheckpointError, ModelForwardError
 from .models import ModelSource, build_model
@@ -17,10 +17,6 @@ from .pipeline import RESULT_SCHEMA_VERSION
 from .weights import read_weights
 
 __all__ = ["Check", "VerifyResult", "verify_checkpoint"]
-
-
-def _noop(message: str) -> None:
-    pass
 
 
 @dataclass(frozen=True)
@@ -88,7 +84,7 @@ def _output_checks(out: Any, expected: Any) -> list[Check]:
 
 def verify_checkpoint(path: str | os.PathLike, *, weights: str | os.PathLike | None = None,
                       input_size: tuple[int, int, int] | None = None,
-                      on_step: Callable[[str], None] = _noop) -> VerifyResult:
+                      on_step: Callable[[str], None] = noop) -> VerifyResult:
     """Check that a checkpoint loads and runs, and optionally that it kept the source weights.
 
     Checks: the checkpoint loads strictly; a forward at the recorded input size (batch 2,
