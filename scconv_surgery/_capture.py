@@ -93,13 +93,14 @@ def group_by_bytes(layers: Sequence[LayerCalls], sizes: Callable[[LayerCalls], t
 
 
 def record(model: nn.Module, layers: Sequence[LayerCalls], images: torch.Tensor, *, batch_size: int,
-           inputs: bool = True, outputs: bool = False, dtype: torch.dtype = torch.bfloat16,
-           device: torch.device | None = None) -> dict[str, list[torch.Tensor]]:
+           inputs: bool = True, outputs: bool = False,
+           dtype: torch.dtype = torch.bfloat16) -> dict[str, list[torch.Tensor]]:
     """Run ``model`` over ``images`` and keep what ``layers`` receive and / or return.
 
     The forward of each batch stops once every layer has made all its calls (as
     :func:`probe_calls` counted them). Eval mode, no grad; the
-    images are moved to the model's device and floating dtype batch by batch.
+    images are moved to the model's device and floating dtype batch by batch, and the
+    recordings are kept on the model's device.
 
     Args:
         model: the model to run (unchanged).
@@ -109,7 +110,6 @@ def record(model: nn.Module, layers: Sequence[LayerCalls], images: torch.Tensor,
         inputs: keep each call's first argument.
         outputs: keep each call's output (the module's own output, before other forward hooks).
         dtype: the dtype the recordings are kept in.
-        device: where the recordings are kept (default: the model's device).
 
     Returns:
         ``{name: [tensor per call]}``, each tensor ``(N, *shape)``; with both ``inputs`` and
@@ -118,12 +118,11 @@ def record(model: nn.Module, layers: Sequence[LayerCalls], images: torch.Tensor,
     first = next(model.parameters(), None)
     model_device = first.device if first is not None else images.device
     model_dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
-    device = device or model_device
     n = images.shape[0]
     buffers: dict[str, list[torch.Tensor]] = {}
     for layer in layers:
         shapes = (layer.input_shapes if inputs else ()) + (layer.output_shapes if outputs else ())
-        buffers[layer.name] = [torch.empty((n, *shape), dtype=dtype, device=device) for shape in shapes]
+        buffers[layer.name] = [torch.empty((n, *shape), dtype=dtype, device=model_device) for shape in shapes]
     position = {"start": 0, "stop": 0}
     counts: dict[str, int] = {}
     expected = {layer.name: len(layer.output_shapes) for layer in layers}

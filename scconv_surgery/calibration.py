@@ -118,13 +118,8 @@ class CalibrationResult:
 
 def _select_layers(original: nn.Module, converted: nn.Module, layers: Sequence[str] | None) -> list[str]:
     """The layers to fit: given, or every SCConv of ``converted`` (one name per module)."""
-    if layers is None:
-        seen: set[int] = set()
-        layers = []
-        for name, module in converted.named_modules():
-            if isinstance(module, ScConv) and id(module) not in seen:
-                seen.add(id(module))
-                layers.append(name)
+    if layers is None:  # named_modules lists a module shared under two names once
+        layers = [name for name, module in converted.named_modules() if isinstance(module, ScConv)]
         if not layers:
             raise CalibrationError("the converted model holds no SCConv; convert it first")
     for name in layers:

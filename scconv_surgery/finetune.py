@@ -126,7 +126,7 @@ def stale_batchnorms(model: nn.Module, replaced: Sequence[str], input_size: tupl
     modules = dict(model.named_modules())
     found = {}
     for before, after in zip(order, order[1:]):
-        if before in targets and isinstance(modules[after], nn.modules.batchnorm._BatchNorm):
+        if before in targets and isinstance(modules[after], _BatchNorm):
             found.setdefault(before, after)
     return [found[name] for name in replaced if name in found]
 

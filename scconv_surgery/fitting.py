@@ -103,6 +103,8 @@ def fit_config(in_channels: int, out_channels: int, config: ScConvConfig, *, gro
             continue
         if scconv_constraint_error(in_channels, out_channels, replace(config, squeeze_ratio=r, gwc_groups=g)) is None:
             best = (rank, r, g)
+            if rank[0] == 0:  # the configured pair (tried first) fits: nothing can rank better
+                break
     if best is None:
         return None
     _, r, g = best
