@@ -89,9 +89,10 @@ def map_in_workers(fn: Callable[[Any], Any], items: Sequence[Any], *, jobs: int,
     if jobs <= 0:
         for item in items:
             try:
-                on_result(item, _call_with_timeout(fn, item, timeout_s))
+                result = _call_with_timeout(fn, item, timeout_s)
             except Exception as err:
-                on_result(item, err)
+                result = err
+            on_result(item, result)  # once per item: an exception of on_result itself propagates
         return
     pending = list(items)
     while pending:

@@ -15,6 +15,18 @@ def test_in_this_process_results_and_exceptions_are_reported_per_item():
     assert results[4.0] == 2.0 and isinstance(results[-1.0], ValueError)
 
 
+def test_in_this_process_a_failing_callback_is_not_called_again_with_its_own_error():
+    calls = []
+
+    def on_result(item, result):
+        calls.append((item, result))
+        raise RuntimeError("the callback's own failure")
+
+    with pytest.raises(RuntimeError, match="callback's own"):
+        map_in_workers(math.sqrt, [4.0], jobs=0, on_result=on_result)
+    assert calls == [(4.0, 2.0)]
+
+
 def test_timeout_in_this_process():
     with pytest.raises(TimeoutError):
         workers._call_with_timeout(time.sleep, 5, 0.1)
