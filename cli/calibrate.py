@@ -6,21 +6,23 @@ from typing import Annotated
 
 import typer
 
-from scconv_surgery import CalibrationConfig, CalibrationStrategy, InvalidOptionError, calibrate_checkpoint
+from scconv_surgery import CalibrationConfig, CalibrationStrategy, calibrate_checkpoint
 
 from .output import Output
-from .params import FLAG, MAX_SEED, DebugOpt, HelpOpt, JsonOpt
-from .render import render_calibration
-
-IMAGES_HELP = "How many images to calibrate on (a seeded random choice; all if the folder has fewer)."
-STEPS_HELP = "Optimizer steps per replaced layer (Adam, cosine schedule)."
-BATCH_HELP = "Images per step and per forward pass."
-DEVICE_HELP = "Where to compute: cpu, cuda, cuda:1, ... (default: cpu)."
-STRATEGY_HELP = ("'sequential': each layer learns from the input the converted network feeds it, earlier layers "
-                 "already calibrated (most accurate). 'independent': from the original network's activations "
-                 "(fewer forward passes: faster on large models).")
-RANDOM_HELP = ("Calibrate even when the base model has random weights (the SCConvs then imitate random convs: "
-               "for tests and timing only).")
+from .params import (
+    CALIBRATE_BATCH_HELP,
+    CALIBRATE_DEVICE_HELP,
+    CALIBRATE_IMAGES_HELP,
+    CALIBRATE_STEPS_HELP,
+    CALIBRATE_STRATEGY_HELP,
+    FLAG,
+    AllowRandomWeightsOpt,
+    DebugOpt,
+    HelpOpt,
+    JsonOpt,
+    check_seed,
+)
+from .render import render_calibration, render_written
 
 
 def calibrate(
@@ -37,14 +39,14 @@ def calibrate(
         metavar="FILE", help="The base weights file the checkpoint was converted from (its sha256 is checked against the manifest); "
         "also replaces pretrained weights that are neither cached nor downloadable.", dir_okay=False,
         show_default=False)] = None,
-    images: Annotated[int, typer.Option(metavar="N", help=IMAGES_HELP, min=1)] = CalibrationConfig.num_images,
-    steps: Annotated[int, typer.Option(metavar="N", help=STEPS_HELP, min=0)] = CalibrationConfig.steps,
-    batch_size: Annotated[int, typer.Option(metavar="N", help=BATCH_HELP, min=1)] = CalibrationConfig.batch_size,
-    strategy: Annotated[CalibrationStrategy, typer.Option(metavar="STRATEGY", help=STRATEGY_HELP)] = CalibrationConfig.strategy,
-    device: Annotated[str | None, typer.Option(metavar="DEVICE", help=DEVICE_HELP, show_default=False)] = None,
+    images: Annotated[int, typer.Option(metavar="N", help=CALIBRATE_IMAGES_HELP, min=1)] = CalibrationConfig.num_images,
+    steps: Annotated[int, typer.Option(metavar="N", help=CALIBRATE_STEPS_HELP, min=0)] = CalibrationConfig.steps,
+    batch_size: Annotated[int, typer.Option(metavar="N", help=CALIBRATE_BATCH_HELP, min=1)] = CalibrationConfig.batch_size,
+    strategy: Annotated[CalibrationStrategy, typer.Option(metavar="STRATEGY", help=CALIBRATE_STRATEGY_HELP)] = CalibrationConfig.strategy,
+    device: Annotated[str | None, typer.Option(metavar="DEVICE", help=CALIBRATE_DEVICE_HELP, show_default=False)] = None,
     seed: Annotated[int, typer.Option(metavar="N", help="Seed (0 to 2**63 - 1) that chooses the images and orders the "
                                       "batches.", min=0)] = 0,
-    allow_random_weights: Annotated[bool, typer.Option("--allow-random-weights", metavar=FLAG, help=RANDOM_HELP)] = False,
+    allow_random_weights: AllowRandomWeightsOpt = False,
     force: Annotated[bool, typer.Option("--force", metavar=FLAG, help="Overwrite an existing --out file.")] = False,
     json_output: JsonOpt = False,
     debug: DebugOpt = False,
@@ -56,8 +58,7 @@ def calibrate(
     """
     output = Output(json=json_output, debug=debug)
     with output.errors(), output.progress_bars() as (step, fit):
-        if seed > MAX_SEED:
-            raise InvalidOptionError("--seed", f"{seed} is above the largest seed, 2**63 - 1")
+        check_seed(seed)
         config = CalibrationConfig(data=data, num_images=images, steps=steps, batch_size=batch_size,
                                    strategy=strategy, device=device, seed=seed,
                                    allow_random_weights=allow_random_weights)
@@ -67,5 +68,4 @@ def calibrate(
         output.emit_json(result.to_dict())
     else:
         render_calibration(output.console, result.run)
-        output.console.print(f"[bold]wrote[/] {result.output}  (load with scconv_surgery.load({str(result.output)!r}))",
-                             highlight=False)
+        render_written(output.console, result.output)

@@ -23,11 +23,15 @@ from scconv_surgery import (
     run_conversion,
 )
 
-from .calibrate import BATCH_HELP, DEVICE_HELP, IMAGES_HELP, RANDOM_HELP, STEPS_HELP, STRATEGY_HELP
 from .output import Output
 from .params import (
+    CALIBRATE_BATCH_HELP,
+    CALIBRATE_DEVICE_HELP,
+    CALIBRATE_IMAGES_HELP,
+    CALIBRATE_STEPS_HELP,
+    CALIBRATE_STRATEGY_HELP,
     FLAG,
-    MAX_SEED,
+    AllowRandomWeightsOpt,
     CountElementwiseOpt,
     DebugOpt,
     HelpOpt,
@@ -35,6 +39,7 @@ from .params import (
     JsonOpt,
     StrictPaperOpt,
     SummaryOpt,
+    check_seed,
     parse_input_size,
 )
 from .render import render_conversion
@@ -134,12 +139,12 @@ def convert(
         "--calibrate", metavar="DIR", help="Before saving, fit each SCConv to reproduce the conv it replaces on this "
         "folder of images (searched recursively; no labels), then re-estimate BatchNorm statistics. Needs "
         "--pretrained or --weights.", show_default=False)] = None,
-    calibrate_images: Annotated[int, typer.Option(metavar="N", help=IMAGES_HELP, min=1)] = CalibrationConfig.num_images,
-    calibrate_steps: Annotated[int, typer.Option(metavar="N", help=STEPS_HELP, min=0)] = CalibrationConfig.steps,
-    calibrate_batch_size: Annotated[int, typer.Option(metavar="N", help=BATCH_HELP, min=1)] = CalibrationConfig.batch_size,
-    calibrate_strategy: Annotated[CalibrationStrategy, typer.Option(metavar="STRATEGY", help=STRATEGY_HELP)] = CalibrationConfig.strategy,
-    calibrate_device: Annotated[str | None, typer.Option(metavar="DEVICE", help=DEVICE_HELP, show_default=False)] = None,
-    allow_random_weights: Annotated[bool, typer.Option("--allow-random-weights", metavar=FLAG, help=RANDOM_HELP)] = False,
+    calibrate_images: Annotated[int, typer.Option(metavar="N", help=CALIBRATE_IMAGES_HELP, min=1)] = CalibrationConfig.num_images,
+    calibrate_steps: Annotated[int, typer.Option(metavar="N", help=CALIBRATE_STEPS_HELP, min=0)] = CalibrationConfig.steps,
+    calibrate_batch_size: Annotated[int, typer.Option(metavar="N", help=CALIBRATE_BATCH_HELP, min=1)] = CalibrationConfig.batch_size,
+    calibrate_strategy: Annotated[CalibrationStrategy, typer.Option(metavar="STRATEGY", help=CALIBRATE_STRATEGY_HELP)] = CalibrationConfig.strategy,
+    calibrate_device: Annotated[str | None, typer.Option(metavar="DEVICE", help=CALIBRATE_DEVICE_HELP, show_default=False)] = None,
+    allow_random_weights: AllowRandomWeightsOpt = False,
     debug: DebugOpt = False,
     help_: HelpOpt = False,
 ) -> None:
@@ -155,8 +160,7 @@ def convert(
             raise InvalidOptionError("MODEL", "give a MODEL name or --factory package.module:function (one of them)")
         if pretrained and weights is not None:
             raise InvalidOptionError("--weights", "--pretrained and --weights are exclusive; pass one")
-        if seed > MAX_SEED:
-            raise InvalidOptionError("--seed", f"{seed} is above the largest seed, 2**63 - 1")
+        check_seed(seed)
         size = parse_input_size(input_size)
         kwargs = parse_model_kwargs(model_kwargs)
         if num_classes is not None and "num_classes" in kwargs and kwargs["num_classes"] != num_classes:

@@ -43,6 +43,19 @@ StrictPaperOpt = Annotated[bool, typer.Option(
     "they do not fit is skipped ('channels', with the change that would fit) instead of getting a larger "
     "squeeze_ratio or a smaller gwc_groups. A rule's strict_paper key overrides it for the convs it includes.")]
 
+# calibration: `convert --calibrate-*` and `calibrate` take the same settings
+CALIBRATE_IMAGES_HELP = "How many images to calibrate on (a seeded random choice; all if the folder has fewer)."
+CALIBRATE_STEPS_HELP = "Optimizer steps per replaced layer (Adam, cosine schedule)."
+CALIBRATE_BATCH_HELP = "Images per step and per forward pass."
+CALIBRATE_DEVICE_HELP = "Where to compute: cpu, cuda, cuda:1, ... (default: cpu)."
+CALIBRATE_STRATEGY_HELP = (
+    "'sequential': each layer learns from the input the converted network feeds it, earlier layers already "
+    "calibrated (most accurate). 'independent': from the original network's activations (fewer forward passes: "
+    "faster on large models).")
+AllowRandomWeightsOpt = Annotated[bool, typer.Option(
+    "--allow-random-weights", metavar=FLAG, help="Calibrate even when the base model has random weights (the SCConvs "
+    "then imitate random convs: for tests and timing only).")]
+
 
 MAX_SEED = 2**63 - 1  # torch.manual_seed takes at most this
 MAX_SIDE = 4096  # larger inputs are almost surely a typo (and would not fit in memory)
@@ -74,3 +87,11 @@ def parse_input_size(value: str | None) -> tuple[int, int, int] | None:
         raise InvalidOptionError("--input-size", f"{value!r} is out of range (at most {MAX_CHANNELS} channels and "
                                  f"{MAX_SIDE} pixels a side)")
     return tuple(parts)  # type: ignore[return-value]
+
+
+def check_seed(seed: int) -> None:
+    """Raises:
+        InvalidOptionError: ``seed`` is above :data:`MAX_SEED` (Typer has checked it is >= 0).
+    """
+    if seed > MAX_SEED:
+        raise InvalidOptionError("--seed", f"{seed} is above the largest seed, 2**63 - 1")

@@ -1,6 +1,8 @@
 """Rich renderers: pure functions from library values to tables (no decisions here)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from rich.console import Console, RenderableType
 from rich.markup import escape
 from rich.table import Table
@@ -241,8 +243,7 @@ def render_conversion(console: Console, result: ConversionResult, *, summary: bo
         console.print(f"[bold]dry run:[/] {target}{tensors} state_dict tensors and a manifest of "
                       f"{len(result.plan.replaced)} replaced convs; nothing written.", highlight=False)
     else:
-        console.print(f"[bold]wrote[/] {result.output}  (load with scconv_surgery.load({str(result.output)!r}))",
-                      highlight=False)
+        render_written(console, result.output)
 
 
 def _variants(plan: Plan) -> str:
@@ -289,3 +290,8 @@ def render_calibration(console: Console, run: CalibrationRun) -> None:
         console.print(f"[yellow]warning:[/] {result.num_images} images are few for calibration (at least 16 hold "
                       f"some out to measure the errors; a batch is {result.batch_size}): the BatchNorm statistics "
                       "and the errors above rest on them alone", highlight=False)
+
+
+def render_written(console: Console, path: Path) -> None:
+    """The line that names a checkpoint just written and how to load it."""
+    console.print(f"[bold]wrote[/] {path}  (load with scconv_surgery.load({str(path)!r}))", highlight=False)
