@@ -40,6 +40,7 @@ from typing import Any
 import torch
 
 from scconv_surgery import ModelSurvey, list_model_names, load, run_conversion, survey_models, tensor_leaves
+from scconv_surgery.survey import model_family
 from scconv_surgery.workers import WorkerCrash, map_in_workers
 
 TORCHVISION_SCOPE = ("", "segmentation", "detection")  # torchvision.models, .segmentation, .detection
@@ -71,11 +72,8 @@ def in_scope(name: str) -> bool:
     """timm, and torchvision's classification / segmentation / detection models."""
     if not name.startswith("torchvision:"):
         return True
-    import torchvision
-
-    module = torchvision.models.get_model_builder(name.split(":", 1)[1]).__module__
-    sub = module.removeprefix("torchvision.models").lstrip(".").split(".")
-    return (sub[0] if len(sub) > 1 else "") in TORCHVISION_SCOPE
+    parts = model_family(name).split(".")  # torchvision.resnet, torchvision.detection.faster_rcnn
+    return (parts[1] if len(parts) > 2 else "") in TORCHVISION_SCOPE
 
 
 # -- stage 2: convert, forward, reload --------------------------------------------------------

@@ -13,7 +13,6 @@ import fnmatch
 import functools
 import hashlib
 import importlib.metadata
-import inspect
 import json
 import os
 import tempfile
@@ -32,6 +31,7 @@ from torch.overrides import TorchFunctionMode
 from .fitting import conv_cost, scconv_macs
 from .layers import ScConvConfig
 from .models import ModelSource, default_input_size
+from .models import _build as build_by_library
 from .plan import Decision, Plan, plan_conversion
 from .workers import map_in_workers
 
@@ -117,17 +117,10 @@ def model_family(name: str) -> str:
 
 
 def _build(name: str) -> nn.Module:
+    """The model without pretrained weights, built as ``scconv convert`` builds it."""
     if name.startswith(TORCHVISION):
-        import torchvision
-
-        short = name[len(TORCHVISION):]
-        kwargs: dict[str, Any] = {}
-        if "weights_backbone" in inspect.signature(torchvision.models.get_model_builder(short)).parameters:
-            kwargs["weights_backbone"] = None
-        return torchvision.models.get_model(short, weights=None, **kwargs)
-    import timm
-
-    return timm.create_model(name.removeprefix("timm:"), pretrained=False)
+        return build_by_library("torchvision", name[len(TORCHVISION):], {}, pretrained=False)
+    return build_by_library("timm", name.removeprefix("timm:"), {}, pretrained=False)
 
 
 def build_model_on_meta(name: str) -> nn.Module:
