@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from ._capture import probe_calls
 from .fitting import conv_cost, scconv_macs
 from .layers import ScConvConfig
 from .models import ModelSource, default_input_size
@@ -256,20 +257,8 @@ def _macs_delta(model: nn.Module, name: str, plan: Plan) -> tuple[tuple[int, int
     saved), from the output shapes of one forward on the meta device."""
     library, _, short = name.rpartition(":")
     size = default_input_size(model, ModelSource(library or "timm", short))
-    shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
-
-    def record(name: str) -> Callable[..., None]:
-        def hook(module: nn.Module, args: Any, out: torch.Tensor) -> None:  # returns None: output kept
-            shapes.setdefault(name, (tuple(args[0].shape[-2:]), tuple(out.shape[-2:])))
-        return hook
-
-    handles = [model.get_submodule(d.name).register_forward_hook(record(d.name)) for d in plan.replaced]
-    try:
-        with torch.no_grad():
-            model.to("meta")(torch.empty(1, *size, device="meta"))
-    finally:
-        for handle in handles:
-            handle.remove()
+    calls = probe_calls(model.to("meta"), [d.name for d in plan.replaced], torch.empty(1, *size, device="meta"))
+    shapes = {c.name: (c.input_shapes[0][-2:], c.output_shapes[0][-2:]) for c in calls}  # first call, (H, W)
     delta = 0
     for d in plan.replaced:
         if d.name not in shapes:  # not called by the forward
