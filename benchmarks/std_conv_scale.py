@@ -24,7 +24,9 @@ import time
 
 import torch
 
-from scconv_surgery import Rule, build_replacement, create_model, default_input_size, plan_conversion
+from scconv_surgery import Rule, create_model, plan_conversion
+from scconv_surgery.apply import build_replacement
+from scconv_surgery.models import default_input_size
 from scconv_surgery.std_conv import WEIGHT_STANDARDIZING_CONVS, following_norm
 
 # one model per weight-standardising class of timm, smallest first

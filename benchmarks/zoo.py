@@ -7,7 +7,7 @@ is recorded with its step and exception type, a crashed or hung worker as ``Work
 1. **plan**, every model: built on the meta device (no weights), planned with the default
    rules, and run once on the meta device at its own input size to count the MACs delta.
    Records the conv count, replaced and adapted convs, skip reasons, params and MACs delta,
-   the coverage class (:class:`scconv_surgery.Coverage`) and the time taken.
+   the coverage class (:class:`scconv_surgery.survey.Coverage`) and the time taken.
 2. **convert**, a sample: the ``--convert`` smallest models of every family that have a conv
    to replace go through ``scconv convert`` for real (random weights, seed 0): plan, replace,
    the per-layer shape check at the model's own input size, fvcore counts, save. Then a forward
@@ -39,7 +39,10 @@ from typing import Any
 
 import torch
 
-from scconv_surgery import ModelSurvey, list_model_names, load, run_conversion, survey_models, tensor_leaves
+from scconv_surgery import load
+from scconv_surgery._probe import tensor_leaves
+from scconv_surgery.pipeline import WriteCheckpoint, run_conversion
+from scconv_surgery.survey import ModelSurvey, list_model_names, survey_models
 from scconv_surgery.survey import model_family
 from scconv_surgery.workers import WorkerCrash, map_in_workers
 
@@ -98,7 +101,7 @@ def convert_and_reload(name: str, workdir: str) -> dict[str, Any]:
 
     try:
         path = Path(workdir) / (re.sub(r"[^\w.-]", "_", name) + ".pt")
-        result = run_conversion(name, out=path, seed=0, overwrite=True, on_step=on_step)
+        result = run_conversion(name, output=WriteCheckpoint(path, overwrite=True), seed=0, on_step=on_step)
         report = result.report
         record.update(replaced=len(result.plan.replaced), adapted=len(result.plan.adapted),
                       input_size=list(report.input_size), params_before=report.before.params,

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from . import calibrate, convert, models, report, verify
+from .errors import exit_codes_epilog
 from .params import FLAG, HelpOpt
 
 
@@ -37,11 +38,10 @@ def create_app() -> typer.Typer:
              help_: HelpOpt = False) -> None:
         """scconv: SCConv model surgery."""
 
-    app.command("convert", no_args_is_help=True)(convert.convert)
-    app.command("report", no_args_is_help=True)(report.report)
-    app.command("verify", no_args_is_help=True)(verify.verify)
-    app.command("models")(models.models)
-    app.command("calibrate", no_args_is_help=True)(calibrate.calibrate)
+    for name, function, needs_args in (("convert", convert.convert, True), ("report", report.report, True),
+                                       ("verify", verify.verify, True), ("models", models.models, False),
+                                       ("calibrate", calibrate.calibrate, True)):
+        app.command(name, no_args_is_help=needs_args, epilog=exit_codes_epilog(name))(function)
     return app
 
 

@@ -6,7 +6,8 @@ from typing import Annotated
 
 import typer
 
-from scconv_surgery import CalibrationConfig, CalibrationStrategy, calibrate_checkpoint
+from scconv_surgery.calibration import CalibrationStrategy
+from scconv_surgery.calibration_run import CalibrationConfig, calibrate_checkpoint
 
 from .output import Output
 from .params import (
@@ -15,9 +16,9 @@ from .params import (
     CALIBRATE_IMAGES_HELP,
     CALIBRATE_STEPS_HELP,
     CALIBRATE_STRATEGY_HELP,
-    FLAG,
     AllowRandomWeightsOpt,
     DebugOpt,
+    ForceOpt,
     HelpOpt,
     JsonOpt,
     check_seed,
@@ -47,7 +48,7 @@ def calibrate(
     seed: Annotated[int, typer.Option(metavar="N", help="Seed (0 to 2**63 - 1) that chooses the images and orders the "
                                       "batches.", min=0)] = 0,
     allow_random_weights: AllowRandomWeightsOpt = False,
-    force: Annotated[bool, typer.Option("--force", metavar=FLAG, help="Overwrite an existing --out file.")] = False,
+    force: ForceOpt = False,
     json_output: JsonOpt = False,
     debug: DebugOpt = False,
     help_: HelpOpt = False,

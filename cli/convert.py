@@ -8,21 +8,15 @@ from typing import Annotated, Any
 import typer
 import yaml
 
-from scconv_surgery import (
-    PRESETS,
-    CalibrationConfig,
-    CalibrationStrategy,
-    InvalidOptionError,
-    ModelArgumentError,
-    RuleAction,
-    ScConvConfig,
-    StridePolicy,
-    Variant,
-    assemble_rules,
-    check_model_kwargs,
-    run_conversion,
-)
+from scconv_surgery.calibration import CalibrationStrategy
+from scconv_surgery.calibration_run import CalibrationConfig
+from scconv_surgery.errors import ModelArgumentError
+from scconv_surgery.layers import ScConvConfig, StridePolicy, Variant
+from scconv_surgery.models import ModelSource, WeightsSource, check_model_kwargs
+from scconv_surgery.pipeline import DryRun, WriteCheckpoint, run_conversion
+from scconv_surgery.rules import PRESETS, assemble_rules
 
+from .errors import InvalidOptionError
 from .output import Output
 from .params import (
     CALIBRATE_BATCH_HELP,
@@ -34,6 +28,7 @@ from .params import (
     AllowRandomWeightsOpt,
     CountElementwiseOpt,
     DebugOpt,
+    ForceOpt,
     HelpOpt,
     InputSizeOpt,
     JsonOpt,
@@ -69,7 +64,7 @@ def parse_model_kwargs(items: list[str] | None) -> dict[str, Any]:
         try:
             check_model_kwargs("--model-kwargs", {key: kwargs[key]})
         except ModelArgumentError as err:
-            problem = str(err).split(": ", 1)[1]
+            problem = err.problem
             raise InvalidOptionError("--model-kwargs", f"{item!r}: {problem}. To pass it as text, quote it for "
                                      f"YAML inside the shell's quotes: --model-kwargs \"{key}='{value}'\"") from err
     return kwargs
@@ -127,7 +122,7 @@ def convert(
     seed: Annotated[int, typer.Option(metavar="N", help="Seed (0 to 2**63 - 1) that initialises the new SCConv "
                                       "parameters (and, with --calibrate, chooses the images and orders the batches).",
                                       min=0)] = 0,
-    force: Annotated[bool, typer.Option("--force", metavar=FLAG, help="Overwrite an existing --out file.")] = False,
+    force: ForceOpt = False,
     count_elementwise: CountElementwiseOpt = False,
     reset_bn_stats: Annotated[bool, typer.Option(
         "--reset-bn-stats", metavar=FLAG, help="Reset the running statistics of the BatchNorm right after each replaced conv "
@@ -148,10 +143,7 @@ def convert(
     debug: DebugOpt = False,
     help_: HelpOpt = False,
 ) -> None:
-    """Replace the convs of MODEL with SCConv, report the change and save a checkpoint.
-
-    Exit codes: 0 success; 1 unexpected failure; 2 bad input (unknown model, unreadable or invalid file, bad option); 3 an --include matched nothing, or no conv was selected.
-    """
+    """Replace the convs of MODEL with SCConv, report the change and save a checkpoint."""
     output = Output(json=json_output, debug=debug, summary=summary)
     with output.errors(), output.progress_bars() as (step, fit):
         if out is None and not dry_run:
@@ -169,21 +161,25 @@ def convert(
         config = ScConvConfig(variant=variant, stride_policy=stride_policy)
         rules = assemble_rules(preset=preset.value if preset else None, rules_file=rules_file,
                                include=include or (), exclude=exclude or ())
-        name = model if model is not None else f"factory:{factory}"
+        weights_source = (WeightsSource.pretrained() if pretrained else
+                          WeightsSource.file(weights) if weights is not None else WeightsSource.random(seed))
+        if num_classes is not None:
+            kwargs["num_classes"] = num_classes
+        source = (ModelSource.parse(model, weights=weights_source, kwargs=kwargs) if model is not None
+                  else ModelSource.factory(factory, weights=weights_source, kwargs=kwargs))  # type: ignore[arg-type]
+        destination = DryRun(out, overwrite=force) if dry_run else WriteCheckpoint(out, overwrite=force)  # type: ignore[arg-type]
         calibration = None
         if calibrate is not None:
             calibration = CalibrationConfig(data=calibrate, num_images=calibrate_images, steps=calibrate_steps,
                                             batch_size=calibrate_batch_size, strategy=calibrate_strategy,
                                             device=calibrate_device, seed=seed,
                                             allow_random_weights=allow_random_weights)
-        result = run_conversion(name, rules=rules, config=config, strict_paper=strict_paper, pretrained=pretrained,
-                                weights=weights, num_classes=num_classes, model_kwargs=kwargs, input_size=size,
-                                out=out, dry_run=dry_run, seed=seed, allow_unmatched=allow_unmatched, count_elementwise=count_elementwise,
-                                reset_bn_stats=reset_bn_stats, overwrite=force, calibration=calibration,
-                                on_step=step, on_fit=fit)
-    for rule, matched in zip(result.plan.rules, result.plan.rule_matches):
-        if rule.action is RuleAction.EXCLUDE and matched == 0:
-            output.warn(f"exclude rule {rule.pattern!r} matched no conv")
+        result = run_conversion(source, output=destination, rules=rules, config=config, strict_paper=strict_paper,
+                                input_size=size, seed=seed, allow_unmatched=allow_unmatched,
+                                count_elementwise=count_elementwise, reset_bn_stats=reset_bn_stats,
+                                calibration=calibration, on_step=step, on_fit=fit)
+    for warning in result.warnings:
+        output.warn(warning)
     if json_output:
         output.emit_json(result.to_dict())
     else:

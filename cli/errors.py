@@ -1,23 +1,85 @@
-"""Exit codes, and the one table that maps library errors to them (see README, "Exit codes")."""
+"""Exit codes, the one table of what they mean, and how library errors reach the user.
+
+:data:`EXIT_CODES` is the single source: the commands' ``--help`` epilogs, docs/exit-codes.md
+(written by ``scripts/gen_cli_docs.py``) and the tests read it. Library errors carry their
+problem and the offending input as fields; :func:`hint` adds what to do in the CLI's own terms
+(its flags), which the library never names.
+"""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
-from scconv_surgery import (
+from scconv_surgery.errors import (
+    CalibrationError,
+    CheckpointError,
+    ModelForwardError,
     NothingSelectedError,
+    OutputPathError,
+    PretrainedWeightsError,
     ScconvError,
     ShapeMismatchError,
+    UnknownModelError,
     UnmatchedRuleError,
+    WeightsFileError,
 )
 
 EXIT_OK = 0
-EXIT_UNEXPECTED = 1  # a bug or an environment failure: run again with --debug
-EXIT_BAD_INPUT = 2  # unknown model, unreadable or invalid file, bad option (as Click's usage errors)
-EXIT_NOTHING_SELECTED = 3  # an include rule matched nothing, or no conv was selected
-EXIT_VERIFY_FAILED = 4  # scconv verify: a check failed
-EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT). Nothing is left at the output path.
-EXIT_TERMINATED = 143  # SIGTERM (128 + 15), likewise.
+EXIT_UNEXPECTED = 1
+EXIT_BAD_INPUT = 2
+EXIT_NOTHING_SELECTED = 3
+EXIT_VERIFY_FAILED = 4
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+
+
+@dataclass(frozen=True)
+class ExitCode:
+    """One exit code: its number, what it means, and the commands that use it."""
+
+    code: int
+    meaning: str
+    commands: tuple[str, ...] = ("convert", "report", "verify", "calibrate", "models")
+
+
+EXIT_CODES: tuple[ExitCode, ...] = (
+    ExitCode(EXIT_OK, "success (verify: every check passed)"),
+    ExitCode(EXIT_UNEXPECTED, "unexpected failure (a bug or the environment): run again with --debug for the "
+             "traceback"),
+    ExitCode(EXIT_BAD_INPUT, "bad input: unknown model, unreadable or invalid file (checkpoint, weights, rules, "
+             "images), bad option value; nothing is written"),
+    ExitCode(EXIT_NOTHING_SELECTED, "an --include pattern matched no conv, or the rules selected none (the plan "
+             "is printed; with --json it is in the error document)", ("convert",)),
+    ExitCode(EXIT_VERIFY_FAILED, "a check failed (including a checkpoint whose state_dict or plan does not fit "
+             "its rebuilt model)", ("verify",)),
+    ExitCode(EXIT_INTERRUPTED, "interrupted (Ctrl-C); nothing is left at the output path"),
+    ExitCode(EXIT_TERMINATED, "terminated (SIGTERM); nothing is left at the output path"),
+)
+
+
+def exit_codes_epilog(command: str) -> str:
+    """The ``Exit codes:`` paragraph of a command's help, from :data:`EXIT_CODES`."""
+    return "Exit codes: " + "; ".join(f"{e.code} {e.meaning}" for e in EXIT_CODES if command in e.commands) + "."
+
+
+def exit_codes_markdown() -> str:
+    """docs/exit-codes.md's table, from :data:`EXIT_CODES`."""
+    rows = [f"| {e.code} | {e.meaning} | {', '.join(e.commands)} |" for e in EXIT_CODES]
+    return "\n".join(["| code | meaning | commands |", "|---|---|---|", *rows]) + "\n"
+
+
+class InvalidOptionError(ScconvError, ValueError):
+    """An option value that cannot be used (the CLI's own checks, after Typer's parsing).
+
+    Attributes:
+        option: the option, e.g. ``"--input-size"``.
+    """
+
+    def __init__(self, option: str, problem: str):
+        self.option = option
+        super().__init__(f"{option}: {problem}", problem)
+
 
 # Looked up along the exception's MRO, so the most specific class wins whatever the order.
 ERROR_EXIT_CODES: dict[type[BaseException], int] = {
@@ -27,8 +89,19 @@ ERROR_EXIT_CODES: dict[type[BaseException], int] = {
     ScconvError: EXIT_BAD_INPUT,
 }
 
+# Library argument -> the flag that sets it (the same on every command that has it).
+ARGUMENT_FLAGS = {
+    "weights": "--weights FILE",
+    "allow_random_weights": "--allow-random-weights",
+    "num_images": "the number of images (--calibrate-images / --images)",
+    "steps": "the steps (--calibrate-steps / --steps)",
+    "batch_size": "the batch size (--calibrate-batch-size / --batch-size)",
+    "device": "the device (--calibrate-device / --device)",
+}
+
 _FIELDS = ("name", "suggestions", "path", "patterns", "pattern", "index", "key", "reasons",
-           "missing_keys", "unexpected_keys", "expected", "actual", "factory", "kwargs", "option", "input_shape")
+           "missing_keys", "unexpected_keys", "expected", "actual", "factory", "kwargs", "option", "input_shape",
+           "problem")
 
 
 def exit_code_for(err: BaseException) -> int:
@@ -37,6 +110,32 @@ def exit_code_for(err: BaseException) -> int:
         if cls in ERROR_EXIT_CODES:
             return ERROR_EXIT_CODES[cls]
     return EXIT_UNEXPECTED
+
+
+def hint(err: BaseException) -> str | None:
+    """What to do about a library error, in the CLI's terms (its flags), or None."""
+    if isinstance(err, PretrainedWeightsError):
+        return "pass a local weights file with --weights FILE instead of --pretrained"
+    if isinstance(err, UnmatchedRuleError):
+        text = "--dry-run lists the conv names; --allow-unmatched goes on without the rule"
+        if any("," in p for p in err.patterns):
+            text += "; give each pattern its own --include"
+        return text
+    if isinstance(err, UnknownModelError):
+        return "for your own model, pass --factory package.module:function"
+    if isinstance(err, ModelForwardError):
+        return "check --input-size (its C must match the model's input channels)"
+    if isinstance(err, OutputPathError) and err.exists:
+        return "pass --force to overwrite it"
+    if isinstance(err, CheckpointError) and err.found is not None:
+        return "create a checkpoint with 'scconv convert MODEL --out FILE'"
+    if isinstance(err, WeightsFileError) and err.classifier_only:
+        return "pass --num-classes N to re-initialise the classifier"
+    if isinstance(err, CalibrationError) and err.name in ARGUMENT_FLAGS:
+        if err.name == "allow_random_weights":
+            return "start from --pretrained or --weights FILE, or pass --allow-random-weights"
+        return f"see {ARGUMENT_FLAGS[err.name]}"
+    return None
 
 
 def _jsonable(value: Any) -> Any:
@@ -62,4 +161,7 @@ def error_document(err: BaseException, code: int) -> dict[str, Any]:
     plan = getattr(err, "plan", None)
     if plan is not None:
         fields["plan"] = plan.to_dict()
+    advice = hint(err)
+    if advice:
+        fields["hint"] = advice
     return {"error": {"type": type(err).__name__, "message": str(err), "exit_code": code, **fields}}

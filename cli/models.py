@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from scconv_surgery import ModelSurvey, default_cache_dir, list_model_names, survey_models
+from scconv_surgery.survey import ModelSurvey, default_cache_dir, list_model_names, survey_models
 
 from .output import Output
 from .params import FLAG, DebugOpt, HelpOpt, JsonOpt
@@ -52,7 +52,7 @@ def models(
 ) -> None:
     """List the models 'scconv convert' can build by name, with the convs the default rules would replace.
 
-    timm names come bare, torchvision names as 'torchvision:NAME'. Each model is built on the meta device (no weights, no memory) and planned; results are cached per library version in $SCCONV_CACHE_DIR (default $XDG_CACHE_HOME/scconv-surgery, else ~/.cache/scconv-surgery), so listings after the first read the cache. Exit codes: 0 success (also when no name matches); 1 unexpected failure; 2 bad option.
+    timm names come bare, torchvision names as 'torchvision:NAME'. Each model is built on the meta device (no weights, no memory) and planned; results are cached per library version in $SCCONV_CACHE_DIR (default $XDG_CACHE_HOME/scconv-surgery, else ~/.cache/scconv-surgery), so listings after the first read the cache. A pattern that matches no name is not an error: it warns and exits 0.
     """
     output = Output(json=json_output, debug=debug)
     with output.errors(), output.progress() as step:

@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from .errors import EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_UNEXPECTED, error_document, exit_code_for
+from .errors import EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_UNEXPECTED, error_document, exit_code_for, hint
 
 
 @contextlib.contextmanager
@@ -204,4 +204,7 @@ class Output:
                     self.console.print("Run again with --debug to see the traceback.", style="dim")
             else:
                 self.console.print(f"[red]error:[/] {escape(str(err))}", highlight=False)
+                advice = hint(err)
+                if advice:
+                    self.console.print(f"hint: {advice}", style="dim", highlight=False, markup=False)
             raise typer.Exit(code) from None

@@ -5,7 +5,7 @@ from typing import Annotated
 
 import typer
 
-from scconv_surgery import InvalidOptionError
+from .errors import InvalidOptionError
 
 FLAG = ""  # metavar of a flag: it takes no value, so the help shows none (Typer would show <bool>)
 
@@ -42,6 +42,8 @@ StrictPaperOpt = Annotated[bool, typer.Option(
     "--strict-paper", metavar=FLAG, help="Keep SCConv's hyperparameters exactly as configured: a conv whose channels "
     "they do not fit is skipped ('channels', with the change that would fit) instead of getting a larger "
     "squeeze_ratio or a smaller gwc_groups. A rule's strict_paper key overrides it for the convs it includes.")]
+
+ForceOpt = Annotated[bool, typer.Option("--force", metavar=FLAG, help="Overwrite an existing --out file.")]
 
 # calibration: `convert --calibrate-*` and `calibrate` take the same settings
 CALIBRATE_IMAGES_HELP = "How many images to calibrate on (a seeded random choice; all if the folder has fewer)."

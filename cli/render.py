@@ -7,7 +7,11 @@ from rich.console import Console, RenderableType
 from rich.markup import escape
 from rich.table import Table
 
-from scconv_surgery import CalibrationRun, ConversionResult, ConvSpec, CountReport, Decision, Plan, ScConvConfig
+from scconv_surgery.calibration_run import CalibrationRun
+from scconv_surgery.counting import CountReport, percent_change
+from scconv_surgery.layers import ScConvConfig
+from scconv_surgery.pipeline import ConversionResult
+from scconv_surgery.plan import ConvSpec, Decision, Plan
 
 from .layout import Column, records
 
@@ -87,8 +91,7 @@ def counts_table(report: CountReport) -> Table:
     for column in ("", "before", "after", "delta", "delta %"):
         table.add_column(column, justify="right" if column else "left")
     for label, x, y in _total_rows(report):
-        pct = 100.0 * (y - x) / x if x else 0.0
-        table.add_row(label, human(x), human(y), human(y - x), f"{pct:+.2f}%")
+        table.add_row(label, human(x), human(y), human(y - x), f"{percent_change(x, y):+.2f}%")
     return table
 
 
@@ -108,9 +111,9 @@ def layers_records(console: Console, report: CountReport) -> RenderableType:
     """One record per replaced conv: params and MACs before -> after at the report's input size."""
     rows = []
     for layer in report.layers:
-        pct = 100.0 * (layer.macs_after - layer.macs_before) / layer.macs_before if layer.macs_before else 0.0
         rows.append([escape(layer.name), f"{layer.params_before:,}", f"{layer.params_after:,}",
-                     human(layer.macs_before), human(layer.macs_after), f"{pct:+.1f}%"])
+                     human(layer.macs_before), human(layer.macs_after),
+                     f"{percent_change(layer.macs_before, layer.macs_after):+.1f}%"])
     return records(console, "Replaced layers", LAYER_COLUMNS, rows)
 
 
@@ -163,8 +166,7 @@ def counts_markdown(report: CountReport, title: str) -> str:
     parts = [f"### {title}", "", f"At {counted_size(report)}. {counter_note(report)}", ""]
     totals = []
     for label, x, y in _total_rows(report):
-        pct = 100.0 * (y - x) / x if x else 0.0
-        totals.append([label, human(x), human(y), human(y - x), f"{pct:+.2f}%"])
+        totals.append([label, human(x), human(y), human(y - x), f"{percent_change(x, y):+.2f}%"])
     parts += [_markdown_table(["", "before", "after", "delta", "delta %"], totals), ""]
     if report.layers:
         rows = [[f"`{l.name}`", f"{l.params_before:,}", f"{l.params_after:,}", human(l.macs_before),
@@ -207,7 +209,7 @@ def uncounted_records(console: Console, report: CountReport) -> RenderableType:
 def render_conversion(console: Console, result: ConversionResult, *, summary: bool = False) -> None:
     """The human report of ``scconv convert`` (``summary``: no row per conv, layer or rule)."""
     source = result.source
-    console.print(f"[bold]{source.library}:{source.name}[/]  weights: {source.weights.get('kind')}"
+    console.print(f"[bold]{escape(source.display_name)}[/]  weights: {source.weights.kind.value}"
                   f"  variant: {_variants(result.plan)}  seed: {result.seed}", highlight=False)
     if summary:
         console.print(f"{len(result.plan.replaced)} of {len(result.plan.decisions)} convs replaced", highlight=False)
@@ -222,11 +224,11 @@ def render_conversion(console: Console, result: ConversionResult, *, summary: bo
         console.print("skipped: " + ", ".join(f"{n} {reason}" for reason, n in sorted(skips.items())),
                       highlight=False)
     render_counts(console, result.report, summary=summary)
-    stripped = result.source.weights.get("stripped_prefixes")
+    stripped = result.source.weights.stripped_prefixes
     if stripped:
-        console.print(f"weights file {escape(str(result.source.weights.get('name')))}: key prefixes stripped: "
+        console.print(f"weights file {escape(str(result.source.weights.name))}: key prefixes stripped: "
                       f"{escape(', '.join(stripped))}", highlight=False)
-    reinitialized = result.source.weights.get("reinitialized")
+    reinitialized = result.source.weights.reinitialized
     if reinitialized:
         console.print(f"[yellow]classifier re-initialised[/] (its shape differs from the weights file): "
                       f"{', '.join(reinitialized)}", highlight=False)
@@ -282,14 +284,8 @@ def render_calibration(console: Console, run: CalibrationRun) -> None:
     if result.uncalled:
         console.print(f"[yellow]not calibrated[/] (the forward never calls them): {escape(', '.join(result.uncalled))}",
                       highlight=False)
-    worse = [layer.name for layer in result.layers if result.steps and layer.error_after > layer.error_before]
-    if worse:
-        console.print(f"[yellow]warning:[/] the error grew during the fit for {escape(', '.join(worse))}: "
-                      "give more images or more steps", highlight=False)
-    if result.num_images < result.batch_size or not result.held_out:
-        console.print(f"[yellow]warning:[/] {result.num_images} images are few for calibration (at least 16 hold "
-                      f"some out to measure the errors; a batch is {result.batch_size}): the BatchNorm statistics "
-                      "and the errors above rest on them alone", highlight=False)
+    for warning in run.warnings:
+        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
 
 
 def render_written(console: Console, path: Path) -> None:

@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
-from scconv_surgery import InvalidOptionError, recount_checkpoint
+from scconv_surgery.pipeline import recount_checkpoint
 
+from .errors import InvalidOptionError
 from .output import Output
 from .params import CheckpointInputSizeOpt, CountElementwiseOpt, DebugOpt, HelpOpt, JsonOpt, SummaryOpt, parse_input_size
 from .render import counts_csv, counts_markdown, render_counts
@@ -39,7 +41,7 @@ def report(
 ) -> None:
     """Re-count a checkpoint's parameters and MACs against its base model, at any input size.
 
-    The default input size is the one recorded in the checkpoint. Exit codes as for convert: 2 for a file that is not a readable checkpoint.
+    The default input size is the one recorded in the checkpoint.
     """
     fmt = ReportFormat.JSON if json_output else output_format
     output = Output(json=fmt is ReportFormat.JSON, debug=debug)
@@ -52,10 +54,10 @@ def report(
     if fmt is ReportFormat.JSON:
         output.emit_json(result.to_dict())
     elif fmt is ReportFormat.MARKDOWN:
-        sys.stdout.write(counts_markdown(result.report, f"{source.library}:{source.name} -> SCConv ({checkpoint.name})"))
+        sys.stdout.write(counts_markdown(result.report, f"{source.display_name} -> SCConv ({checkpoint.name})"))
     elif fmt is ReportFormat.CSV:
         sys.stdout.write(counts_csv(result.report))
     else:
-        output.console.print(f"[bold]{checkpoint}[/]: {source.library}:{source.name}, "
+        output.console.print(f"[bold]{checkpoint}[/]: {escape(source.display_name)}, "
                              f"{len(result.plan.replaced)} convs replaced", highlight=False)
         render_counts(output.console, result.report, summary=summary)

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from scconv_surgery import verify_checkpoint
+from scconv_surgery.verify import verify_checkpoint
 
 from .errors import EXIT_VERIFY_FAILED
 from .output import Output
@@ -26,8 +26,6 @@ def verify(
     help_: HelpOpt = False,
 ) -> None:
     """Load CHECKPOINT, run a forward at its recorded input size, check the output shape and finiteness, and with --weights that untouched layers equal the source weights.
-
-    Exit codes: 0 every check passed; 4 a check failed, including a checkpoint whose state_dict or plan does not fit its rebuilt model (the 'loads' check lists the keys); 2 the checkpoint or weights file cannot be read, or the base model cannot be built here.
     """
     output = Output(json=json_output, debug=debug)
     with output.errors(), output.progress() as step:

@@ -7,7 +7,7 @@
         --steps 1000 --batch-size 64 --lr 1e-4 --new-lr 1e-3 --out finetuned.pt
 
 The new SCConv parameters get their own learning rate (--new-lr), norms and biases no weight
-decay (scconv_surgery.param_groups); parameters that never receive a gradient (the `seed`
+decay (scconv_surgery.finetune.param_groups); parameters that never receive a gradient (the `seed`
 variant's group norm, behind its hard masks) are loaded frozen and left out, so DDP does not
 wait for them. Every argument, the checkpoint and the model's output are checked before any
 work (bad input exits 2, as argparse does). Where CUDA is present the model runs in
@@ -22,6 +22,7 @@ without (N, num_classes) logits (feature extractors, detectors) need a loss of t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -34,7 +35,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 
 import scconv_surgery
-from scconv_surgery import CheckpointError, OutputPathError, check_output_path, read_checkpoint, save_checkpoint
+from scconv_surgery import CheckpointError, read_checkpoint, save_checkpoint
+from scconv_surgery._probe import tensor_leaves
+from scconv_surgery.checkpoint import check_output_path
+from scconv_surgery.errors import OutputPathError
+from scconv_surgery.finetune import param_groups
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,7 +79,7 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     if args.data is not None and not os.path.isdir(args.data):
         parser.error(f"--data {args.data!r} is not a directory (an ImageFolder: one subfolder per class)")
     try:
-        manifest = read_checkpoint(args.checkpoint)["manifest"]
+        manifest = read_checkpoint(args.checkpoint).manifest
         out = check_output_path(args.out, overwrite=args.force)
     except (CheckpointError, OutputPathError) as err:
         parser.error(str(err))
@@ -107,7 +112,7 @@ def logits_and_auxiliary(output: object) -> tuple[torch.Tensor, list[torch.Tenso
     Raises:
         ValueError: the first tensor is not (N, num_classes): not a classifier's output.
     """
-    leaves = scconv_surgery.tensor_leaves(output)
+    leaves = tensor_leaves(output)
     if not leaves or leaves[0][1].ndim != 2:
         shapes = ", ".join(f"{path} {tuple(t.shape)}" for path, t in leaves[:4]) or type(output).__name__
         raise ValueError(f"this script trains classifiers, whose output (or its first tensor) is logits of shape "
@@ -149,7 +154,7 @@ def main() -> None:
         torch.cuda.set_device(device)
     torch.manual_seed(args.seed + rank)
     model = scconv_surgery.load(args.checkpoint, map_location=device)  # gradient-free parameters come frozen
-    size = args.input_size or manifest["input_size"][-1]
+    size = args.input_size or manifest.input_size[-1]
     try:
         with torch.no_grad():
             num_classes = logits_and_auxiliary(model(torch.zeros(1, 3, size, size, device=device)))[0].shape[-1]
@@ -164,7 +169,7 @@ def main() -> None:
     if cuda:
         model = model.to(memory_format=torch.channels_last)
     model.train()
-    groups = scconv_surgery.param_groups(model, lr=args.lr, new_lr=args.new_lr, weight_decay=args.weight_decay)
+    groups = param_groups(model, lr=args.lr, new_lr=args.new_lr, weight_decay=args.weight_decay)
     optimizer = torch.optim.AdamW(groups)
     ddp = DistributedDataParallel(model, device_ids=[device.index] if cuda else None) if world > 1 else model
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=args.seed) if world > 1 else None
@@ -205,10 +210,10 @@ def main() -> None:
 
     if rank == 0:
         model.eval()
-        manifest = dict(manifest)
-        manifest["finetune"] = {"from": os.path.basename(args.checkpoint), "steps": args.steps, "world_size": world,
-                                "batch_size": args.batch_size, "lr": args.lr, "new_lr": args.new_lr,
-                                "data": "synthetic" if not args.data else os.path.basename(os.path.abspath(args.data))}
+        finetune = {"from": os.path.basename(args.checkpoint), "steps": args.steps, "world_size": world,
+                    "batch_size": args.batch_size, "lr": args.lr, "new_lr": args.new_lr,
+                    "data": "synthetic" if not args.data else os.path.basename(os.path.abspath(args.data))}
+        manifest = dataclasses.replace(manifest, extra={**manifest.extra, "finetune": finetune})
         save_checkpoint(args.out, model.to(memory_format=torch.contiguous_format), manifest)
         print(json.dumps({"saved": args.out}), flush=True)
     if world > 1:

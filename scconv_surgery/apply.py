@@ -72,7 +72,7 @@ def apply_plan(model: nn.Module, plan: Plan, *, seed: int | None = 0) -> nn.Modu
     Each replacement takes the conv's device, dtype, train/eval mode and its module hooks
     (forward pre- and post-hooks, full backward hooks: :data:`CARRIED_HOOKS`); a conv under
     several names (aliases) gets one replacement set under all of them. Parameters that can
-    never receive a gradient (:func:`~scconv_surgery.gradient_free_parameters`, the ``seed``
+    never receive a gradient (:func:`~scconv_surgery.finetune.gradient_free_parameters`, the ``seed``
     variant's group norm) are created with ``requires_grad=False``. New parameters
     are initialised on the CPU from ``torch.manual_seed(seed)``, in plan order, then moved, so
     one plan and seed always give the same tensors on any device (the global RNG is left as

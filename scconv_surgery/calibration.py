@@ -277,7 +277,7 @@ def calibrate(original: nn.Module, converted: nn.Module, images: torch.Tensor, *
             of :func:`~scconv_surgery.convert`, which works on a copy).
         converted: the converted model; its SCConv parameters and BatchNorm statistics change.
         images: unlabeled images ``(N, C, H, W)``, preprocessed as the model expects (see
-            :func:`~scconv_surgery.load_images`); any dtype (cast batch by batch).
+            :func:`~scconv_surgery.images.load_images`); any dtype (cast batch by batch).
         layers: names of the layers to fit (default: every SCConv of ``converted``).
         steps: optimizer steps per layer (0: only measure the errors).
         batch_size: images per step, and per forward when recording.

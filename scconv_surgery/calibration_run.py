@@ -1,7 +1,8 @@
-"""Calibration as the CLI runs it: settings, a folder of images in, the result in the manifest.
+"""Calibration from a folder of images: settings in, the result in the manifest.
 
-:func:`calibrate_from_folder` is the calibration step of ``scconv convert --calibrate DIR``;
-:func:`calibrate_checkpoint` is ``scconv calibrate CHECKPOINT``. A saved checkpoint does not
+:func:`calibrate_from_folder` is the calibration step of a conversion
+(:func:`~scconv_surgery.pipeline.run_conversion`); :func:`calibrate_checkpoint` calibrates a
+saved checkpoint. A saved checkpoint does not
 hold the weights of the convs it replaced, so :func:`calibrate_checkpoint` rebuilds the
 original model from what its manifest records about the base weights:
 
@@ -17,10 +18,9 @@ the wrong weights).
 """
 from __future__ import annotations
 
-import copy
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +37,11 @@ from .calibration import (
     CalibrationStrategy,
     calibrate,
 )
-from .checkpoint import check_output_path, model_from_payload, read_checkpoint, save_checkpoint
-from .errors import CalibrationError, WeightsFileError
+from .checkpoint import check_output_path, read_checkpoint, save_checkpoint
+from .errors import CalibrationError
 from .images import ImageChoice, check_images, choose_images, image_transform, read_images
-from .models import ModelSource, create_model
-from .weights import file_sha256
+from .manifest import Manifest, untouched_tensors
+from .models import ModelSource, WeightsKind, WeightsSource, rebuild_base
 
 __all__ = ["CalibrationConfig", "CalibrationRun", "calibrate_from_folder", "calibrate_checkpoint",
            "check_calibration_source", "check_calibration_images"]
@@ -49,7 +49,7 @@ __all__ = ["CalibrationConfig", "CalibrationRun", "calibrate_from_folder", "cali
 
 @dataclass(frozen=True)
 class CalibrationConfig:
-    """Settings of a calibration from a folder of images (the CLI's ``--calibrate`` options).
+    """Settings of a calibration from a folder of images.
 
     Attributes:
         data: a folder of images, searched recursively (an ImageFolder works; labels unused).
@@ -110,6 +110,21 @@ class CalibrationRun:
     requested: int
     input_size: tuple[int, int, int]
 
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """What the user should know about this calibration: layers whose error grew during the
+        fit, and too few images to hold some out."""
+        result = self.result
+        found = []
+        worse = [layer.name for layer in result.layers if result.steps and layer.error_after > layer.error_before]
+        if worse:
+            found.append(f"the error grew during the fit for {', '.join(worse)}: give more images or more steps")
+        if result.num_images < result.batch_size or not result.held_out:
+            found.append(f"{result.num_images} images are few for calibration (at least 16 hold some out to measure "
+                         f"the errors; a batch is {result.batch_size}): the BatchNorm statistics and the errors rest "
+                         "on them alone")
+        return tuple(found)
+
     def to_dict(self) -> dict[str, Any]:
         """The manifest's ``calibration`` entry and the JSON report's."""
         return {**self.result.to_dict(), "data": str(self.data), "images_available": self.available,
@@ -145,8 +160,8 @@ def check_calibration_source(has_trained_weights: bool, config: CalibrationConfi
     """
     if not has_trained_weights and not config.allow_random_weights:
         raise CalibrationError("the base model has random weights, so the SCConvs would learn to imitate random "
-                               "convs; start from trained weights (--pretrained or --weights FILE), or pass "
-                               "--allow-random-weights to calibrate anyway (tests, timing)", "--calibrate")
+                               "convs; start from pretrained or file weights, or allow random weights to calibrate "
+                               "anyway (tests, timing)", "allow_random_weights")
     return check_calibration_images(config)
 
 
@@ -198,51 +213,32 @@ class CheckpointCalibration:
                 "model": self.source.to_dict(), "calibration": self.run.to_dict()}
 
 
-def _original(source: ModelSource, manifest: Mapping[str, Any], weights: str | os.PathLike | None,
-              allow_random: bool) -> nn.Module:
-    """The base model with the weights the checkpoint was converted from."""
-    kind = source.weights.get("kind", "random")
-    name = f"{source.library}:{source.name}"
-    tag = source.weights.get("tag")
-    if weights is not None:
-        recorded = source.weights.get("sha256")
-        if kind == "file" and recorded and file_sha256(Path(weights)) != recorded:
-            raise WeightsFileError(str(weights), f"its sha256 differs from the file the checkpoint was converted "
-                                   f"from ({source.weights.get('name')}, sha256 {recorded[:12]}...); pass that file")
-        model, _ = create_model(name, weights=weights, model_kwargs=source.kwargs,
-                                num_classes=source.kwargs.get("num_classes"))
-        return model
-    if kind == "file":
-        raise CalibrationError(f"the checkpoint was converted from the weights file {source.weights.get('name')!r}; "
-                               "pass it with --weights FILE (its sha256 is checked)", "--weights")
-    if kind == "pretrained":
-        if source.library == "timm" and tag and "." not in source.name:
-            name = f"{name}.{tag}"
-        model, _ = create_model(name, pretrained=True, model_kwargs=source.kwargs)
-        return model
-    if not allow_random:
+def _original(manifest: Manifest, weights: str | os.PathLike | None, allow_random: bool) -> nn.Module:
+    """The base model with the weights the checkpoint was converted from (:func:`rebuild_base`)."""
+    source = manifest.source
+    if weights is not None:  # the recorded file (its sha256 is checked), or in place of pretrained weights
+        sha256 = source.weights.sha256 if source.weights.kind is WeightsKind.FILE else None
+        source = replace(source, weights=replace(WeightsSource.file(weights, sha256), seed=source.weights.seed))
+    elif source.weights.kind is WeightsKind.FILE:
+        raise CalibrationError(f"the checkpoint was converted from the weights file {source.weights.name!r}; "
+                               "pass that file (its sha256 is checked)", "weights")
+    elif source.weights.kind is WeightsKind.RANDOM and not allow_random:
         raise CalibrationError("the checkpoint's base model has random weights, so calibration would teach the "
-                               "SCConvs to imitate random convs; pass --allow-random-weights to do it anyway "
-                               "(tests, timing)", "--allow-random-weights")
-    with torch.random.fork_rng(devices=[]):  # as run_conversion built it
-        torch.manual_seed(manifest.get("seed") or 0)
-        model, _ = create_model(name, model_kwargs=source.kwargs)
+                               "SCConvs to imitate random convs; allow random weights to do it anyway (tests, timing)",
+                               "allow_random_weights")
+    model, _ = rebuild_base(source)
     return model
 
 
-def _check_untouched(path: Path, original: nn.Module, converted: nn.Module, manifest: Mapping[str, Any]) -> None:
-    """The original's parameters outside the replaced layers must equal the checkpoint's."""
-    replaced = tuple(f"{d['name']}." for d in manifest["replaced"])
-    skip = set(manifest["source"].get("weights", {}).get("reinitialized", []))
-    own = dict(converted.named_parameters())
-    differ = [key for key, value in original.named_parameters()
-              if not key.startswith(replaced) and key not in skip
-              and (key not in own or not torch.equal(value, own[key].to(value.dtype)))]
+def _check_untouched(path: Path, original: nn.Module, converted: nn.Module, manifest: Manifest) -> None:
+    """The original's tensors outside the replaced layers must equal the checkpoint's."""
+    comparison = untouched_tensors(manifest, converted.state_dict(), original.state_dict())
+    differ = [*comparison.differ, *comparison.missing]
     if differ:
         raise CalibrationError(f"the rebuilt original model differs from checkpoint {str(path)!r} outside the replaced "
-                               f"layers ({len(differ)} parameters, e.g. {', '.join(differ[:3])}): the checkpoint was "
+                               f"layers ({len(differ)} tensors, e.g. {', '.join(differ[:3])}): the checkpoint was "
                                "trained after conversion, or these are not the weights it was converted from. "
-                               "Calibrate right after conversion, from the original weights (--weights FILE)")
+                               "Calibrate right after conversion, from the original weights", "weights")
 
 
 def calibrate_checkpoint(path: str | os.PathLike, config: CalibrationConfig, *, out: str | os.PathLike,
@@ -274,17 +270,16 @@ def calibrate_checkpoint(path: str | os.PathLike, config: CalibrationConfig, *, 
     """
     out_path = check_output_path(out, overwrite=overwrite)
     on_step(f"reading {path}")
-    payload = read_checkpoint(path)
-    manifest = payload["manifest"]
-    source = ModelSource.from_dict(manifest["source"])
+    checkpoint = read_checkpoint(path)
+    manifest = checkpoint.manifest
+    source = manifest.source
     images = check_calibration_images(config)
-    on_step(f"building the original {source.library}:{source.name}")
-    original = _original(source, manifest, weights, config.allow_random_weights)
-    converted = model_from_payload(path, payload)
+    on_step(f"building the original {source.display_name}")
+    original = _original(manifest, weights, config.allow_random_weights)
+    converted = checkpoint.model(path)
     _check_untouched(Path(path), original, converted, manifest)
-    size = tuple(manifest.get("input_size") or (3, 224, 224))
-    run = calibrate_from_folder(original, converted, source, size, config, images=images,  # type: ignore[arg-type]
+    run = calibrate_from_folder(original, converted, source, manifest.input_size, config, images=images,
                                 on_step=on_step, on_fit=on_fit)
     on_step(f"saving {out_path}")
-    save_checkpoint(out_path, converted, {**copy.deepcopy(dict(manifest)), "calibration": run.to_dict()})
+    save_checkpoint(out_path, converted, replace(manifest, calibration=run.to_dict()))
     return CheckpointCalibration(Path(path), out_path, source, run, converted)

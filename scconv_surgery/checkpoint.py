@@ -19,8 +19,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
-from importlib import metadata
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +30,11 @@ from torch import nn
 from ._files import TORCH_KINDS, describe, sniff, torch_load_problem
 from .apply import apply_plan
 from .errors import CheckpointError, OutputPathError, PlanMismatchError, ScconvError
-from .models import ModelSource, build_model
-from .plan import Decision, Plan
+from .manifest import Manifest
+from .models import build_model
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "build_manifest", "check_output_path", "save_checkpoint",
-           "read_checkpoint", "recorded_plan", "rebuild", "model_from_payload", "load"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "Checkpoint", "check_output_path", "save_checkpoint", "read_checkpoint",
+           "rebuild", "load"]
 
 FORMAT = "scconv-surgery"
 FORMAT_VERSION = 1
@@ -42,57 +42,58 @@ SUFFIXES = (".pt", ".pth", ".safetensors")
 SAFETENSORS = ".safetensors"
 
 
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint's contents: the manifest and the converted model's state_dict.
+
+    Attributes:
+        manifest: what the conversion did (:class:`~scconv_surgery.manifest.Manifest`).
+        state_dict: the converted model's tensors, by name.
+    """
+
+    manifest: Manifest
+    state_dict: Mapping[str, torch.Tensor] = field(repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``.pt`` payload: ``{"format", "format_version", "manifest", "state_dict"}``, plain
+        values and tensors only (``torch.load(weights_only=True)`` reads it)."""
+        return {"format": FORMAT, "format_version": FORMAT_VERSION, "manifest": self.manifest.to_dict(),
+                "state_dict": dict(self.state_dict)}
+
+    @classmethod
+    def from_dict(cls, payload: Mapping[str, Any]) -> Checkpoint:
+        """Read :meth:`to_dict`'s form (no checks: :func:`read_checkpoint` checks a file)."""
+        return cls(Manifest.from_dict(payload["manifest"]), dict(payload["state_dict"]))
+
+    def model(self, path: str | os.PathLike = "<checkpoint>", *, map_location: Any = "cpu") -> nn.Module:
+        """The converted model: the base rebuilt, the replacements replayed, this state_dict
+        loaded strictly; in eval mode. ``path`` names the file in errors.
+
+        Raises:
+            CheckpointError: the recorded plan or the state_dict does not fit the rebuilt model
+                (the missing and unexpected keys are listed).
+            UnknownModelError: the installed timm / torchvision does not know the base model.
+        """
+        model = rebuild(path, self.manifest)
+        own = model.state_dict()
+        missing = sorted(set(own) - set(self.state_dict))
+        unexpected = sorted(set(self.state_dict) - set(own))
+        if missing or unexpected:
+            raise CheckpointError(str(path), f"state_dict does not fit the rebuilt model: missing {missing}, "
+                                  f"unexpected {unexpected}", missing, unexpected)
+        try:
+            model.load_state_dict(self.state_dict, strict=True)
+        except RuntimeError as err:  # shape mismatches
+            raise CheckpointError(str(path), f"state_dict does not fit the rebuilt model: {err}") from err
+        if isinstance(map_location, (str, torch.device)):
+            model.to(map_location)
+        return model.eval()
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-def library_versions() -> dict[str, str]:
-    """Installed versions of this package and of what a checkpoint depends on."""
-    versions = {}
-    for dist in ("scconv-surgery", "torch", "torchvision", "timm", "fvcore"):
-        try:
-            versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            versions[dist] = "not installed"
-    return versions
-
-
-def build_manifest(source: ModelSource, plan: Plan, *, seed: int | None, input_size: tuple[int, int, int],
-                   counts: Mapping[str, Any] | None = None, new_parameters: Sequence[str] = (),
-                   gradient_free_parameters: Sequence[str] = (), stale_batchnorms: Sequence[str] = (),
-                   reset_bn_stats: bool = False, calibration: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The manifest stored in a checkpoint: plain JSON-ready values only.
-
-    Args:
-        source: how the base model was built.
-        plan: the applied plan; its replaced decisions are stored in full.
-        seed: the initialisation seed of the new modules.
-        input_size: ``(C, H, W)`` the counts were made at.
-        counts: the report's totals (``CountReport.to_dict()``), if counted.
-        new_parameters: names of the parameters the replacements added.
-        gradient_free_parameters: names of the parameters no gradient reaches (frozen when
-            loaded; see :func:`~scconv_surgery.gradient_free_parameters`).
-        stale_batchnorms: BatchNorm layers right after a replaced conv (statistics stale).
-        reset_bn_stats: whether their running statistics were reset before saving.
-        calibration: how the new layers were calibrated (``CalibrationRun.to_dict()``), or
-            None; manifests written before calibration existed have no such key.
-    """
-    return {
-        "source": source.to_dict(),
-        "versions": library_versions(),
-        "seed": seed,
-        "input_size": list(input_size),
-        "rules": [r.to_dict() for r in plan.rules],
-        "replaced": [d.to_dict() for d in plan.replaced],
-        "counts": dict(counts) if counts is not None else None,
-        "new_parameters": list(new_parameters),
-        "gradient_free_parameters": list(gradient_free_parameters),
-        "stale_batchnorms": list(stale_batchnorms),
-        "reset_bn_stats": reset_bn_stats,
-        "calibration": dict(calibration) if calibration is not None else None,
-    }
 
 
 def check_output_path(path: str | os.PathLike, *, overwrite: bool = True) -> Path:
@@ -114,7 +115,7 @@ def check_output_path(path: str | os.PathLike, *, overwrite: bool = True) -> Pat
     if path.is_dir():
         raise OutputPathError(str(path), "is a directory; give a file name such as model.pt")
     if path.exists() and not overwrite:
-        raise OutputPathError(str(path), "exists; pass --force to overwrite it")
+        raise OutputPathError(str(path), "exists; overwrite it explicitly, or choose another path", exists=True)
     parent = path.parent if str(path.parent) else Path(".")
     if parent.exists() and not parent.is_dir():
         raise OutputPathError(str(path), f"{str(parent)!r} is a file, not a directory")
@@ -150,10 +151,11 @@ def _write_safetensors(f: Any, state_dict: Mapping[str, torch.Tensor], manifest:
     f.write(save(tensors, metadata=metadata))
 
 
-def save_checkpoint(path: str | os.PathLike, model: nn.Module, manifest: Mapping[str, Any]) -> Path:
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, manifest: Manifest) -> Path:
     """Write ``model``'s state_dict and ``manifest`` to ``path`` atomically.
 
-    The suffix picks the form: ``.pt``/``.pth`` (``torch.save``) or ``.safetensors``.
+    The suffix picks the form: ``.pt``/``.pth`` (``torch.save`` of :meth:`Checkpoint.to_dict`)
+    or ``.safetensors`` (the manifest as JSON in the metadata).
 
     Raises:
         OutputPathError: see :func:`check_output_path`, or the write failed (disk full); nothing
@@ -161,14 +163,14 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, manifest: Mapping
     """
     path = check_output_path(path)
     state_dict = {k: v.detach() for k, v in model.state_dict().items()}
+    payload = Checkpoint(manifest, state_dict).to_dict()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             if path.suffix == SAFETENSORS:
-                _write_safetensors(f, {k: v.cpu() for k, v in state_dict.items()}, manifest)
+                _write_safetensors(f, {k: v.cpu() for k, v in state_dict.items()}, payload["manifest"])
             else:
-                torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "manifest": dict(manifest),
-                            "state_dict": state_dict}, f)
+                torch.save(payload, f)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
     except Exception as err:  # disk full surfaces as OSError or as torch's RuntimeError
@@ -197,11 +199,11 @@ def _read_safetensors(path: Path, map_location: Any) -> dict[str, Any]:
             "manifest": json.loads(metadata["manifest"]), "state_dict": state_dict}
 
 
-def read_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> dict[str, Any]:
+def read_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> Checkpoint:
     """Read and validate a checkpoint file without building the model.
 
     Returns:
-        The payload dict (``format``, ``format_version``, ``manifest``, ``state_dict``).
+        The :class:`Checkpoint`: its manifest and state_dict.
 
     Raises:
         CheckpointError: the file is missing, unreadable, not an scconv checkpoint (the
@@ -214,8 +216,8 @@ def read_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> di
         raise CheckpointError(str(path), "no such file")
     kind = sniff(path)
     if kind not in (*TORCH_KINDS, "safetensors"):
-        raise CheckpointError(str(path), f"not an scconv-surgery checkpoint: it is {describe(path, kind)}. "
-                              "Create one with 'scconv convert MODEL --out FILE'")
+        raise CheckpointError(str(path), f"not an scconv-surgery checkpoint: it is {describe(path, kind)}",
+                              found=describe(path, kind))
     try:
         if kind == "safetensors":
             payload = _read_safetensors(path, map_location)
@@ -231,8 +233,7 @@ def read_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> di
             kind = "a plain state_dict"
         else:
             kind = f"a {type(payload).__name__} without format={FORMAT!r}"
-        raise CheckpointError(str(path), f"not an scconv-surgery checkpoint: it holds {kind}. "
-                              "Create one with 'scconv convert MODEL --out FILE'")
+        raise CheckpointError(str(path), f"not an scconv-surgery checkpoint: it holds {kind}", found=kind)
     version = payload.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise CheckpointError(str(path), f"format_version {version!r} is newer than this release "
@@ -241,18 +242,18 @@ def read_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> di
     if not isinstance(manifest, Mapping) or not {"source", "replaced"} <= set(manifest) \
             or not isinstance(payload.get("state_dict"), Mapping):
         raise CheckpointError(str(path), "its manifest or state_dict is missing or incomplete")
-    return payload
+    try:
+        return Checkpoint(Manifest.from_dict(manifest), dict(payload["state_dict"]))
+    except (KeyError, TypeError, ValueError) as err:
+        if isinstance(err, ScconvError):
+            raise
+        raise CheckpointError(str(path), f"its manifest is invalid ({type(err).__name__}: {err})") from err
 
 
-def recorded_plan(manifest: Mapping[str, Any]) -> Plan:
-    """The plan a manifest records: its replaced convs, as decisions."""
-    return Plan(tuple(Decision.from_dict(d) for d in manifest["replaced"]))
-
-
-def rebuild(path: str | os.PathLike, manifest: Mapping[str, Any], base: nn.Module | None = None) -> nn.Module:
+def rebuild(path: str | os.PathLike, manifest: Manifest, base: nn.Module | None = None) -> nn.Module:
     """The converted architecture a manifest describes, with fresh (unloaded) weights.
 
-    Builds the base model from ``manifest["source"]`` (or modifies ``base``, if given, in
+    Builds the base model from ``manifest.source`` (or modifies ``base``, if given, in
     place) and replays the recorded replacements by exact name.
 
     Raises:
@@ -260,11 +261,11 @@ def rebuild(path: str | os.PathLike, manifest: Mapping[str, Any], base: nn.Modul
         UnknownModelError: the base model is unknown to the installed timm / torchvision.
     """
     try:
-        model = base if base is not None else build_model(ModelSource.from_dict(manifest["source"]))
-        return apply_plan(model, recorded_plan(manifest), seed=None)
+        model = base if base is not None else build_model(manifest.source)
+        return apply_plan(model, manifest.plan, seed=None)
     except PlanMismatchError as err:
         raise CheckpointError(str(path), f"the rebuilt base model does not fit: {err}") from err
-    except (KeyError, TypeError, ValueError) as err:
+    except (KeyError, TypeError, ValueError) as err:  # e.g. constructor arguments this library does not take
         if isinstance(err, ScconvError):
             raise
         raise CheckpointError(str(path), f"its manifest is invalid ({type(err).__name__}: {err})") from err
@@ -290,23 +291,4 @@ def load(path: str | os.PathLike, *, map_location: Any = "cpu") -> nn.Module:
             listed).
         UnknownModelError: the installed timm / torchvision does not know the base model.
     """
-    return model_from_payload(path, read_checkpoint(path, map_location=map_location), map_location=map_location)
-
-
-def model_from_payload(path: str | os.PathLike, payload: Mapping[str, Any], *, map_location: Any = "cpu") -> nn.Module:
-    """:func:`load` for a payload already read by :func:`read_checkpoint` (``path`` names it in errors)."""
-    model = rebuild(path, payload["manifest"])
-    state_dict = payload["state_dict"]
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    if missing or unexpected:
-        raise CheckpointError(str(path), f"state_dict does not fit the rebuilt model: missing {missing}, "
-                              f"unexpected {unexpected}", missing, unexpected)
-    try:
-        model.load_state_dict(state_dict, strict=True)
-    except RuntimeError as err:  # shape mismatches
-        raise CheckpointError(str(path), f"state_dict does not fit the rebuilt model: {err}") from err
-    if isinstance(map_location, (str, torch.device)):
-        model.to(map_location)
-    return model.eval()
+    return read_checkpoint(path, map_location=map_location).model(path, map_location=map_location)

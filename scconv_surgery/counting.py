@@ -89,7 +89,8 @@ class Counts:
         return d
 
 
-def _percent(before: int, after: int) -> float:
+def percent_change(before: int, after: int) -> float:
+    """``100 * (after - before) / before``: the change in percent (0.0 when ``before`` is 0)."""
     return 100.0 * (after - before) / before if before else 0.0
 
 
@@ -160,9 +161,9 @@ class CountReport:
             "before": self.before.to_dict(),
             "after": self.after.to_dict(),
             "params_delta": self.params_delta,
-            "params_delta_percent": round(_percent(self.before.params, self.after.params), 3),
+            "params_delta_percent": round(percent_change(self.before.params, self.after.params), 3),
             "macs_delta": self.macs_delta,
-            "macs_delta_percent": round(_percent(self.before.macs, self.after.macs), 3),
+            "macs_delta_percent": round(percent_change(self.before.macs, self.after.macs), 3),
             "uncounted_added": self.uncounted_added,
             "elementwise_ops_delta": self.after.elementwise_ops - self.before.elementwise_ops,
             "layers": [layer.to_dict() for layer in self.layers],

@@ -9,9 +9,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+__all__ = ["ScconvError", "UnknownModelError", "PretrainedWeightsError", "WeightsFileError", "NothingSelectedError", "UnmatchedRuleError", "InvalidRuleError", "OutputPathError", "CheckpointError", "ShapeMismatchError", "PlanMismatchError", "RulesFileError", "ModelArgumentError", "FactoryError", "ModelForwardError", "ImageDataError", "CalibrationError"]
+
 
 class ScconvError(Exception):
-    """Base class of every error raised by scconv-surgery on purpose."""
+    """Base class of every error raised by scconv-surgery on purpose.
+
+    Attributes:
+        problem: what is wrong, in words, without the offending input's name (the message,
+            ``str(err)``, puts the two together). Messages name Python arguments, never the
+            CLI's flags: the CLI adds those (``scconv_surgery.cli.errors``).
+    """
+
+    problem: str = ""
+
+    def __init__(self, message: str, problem: str | None = None):
+        self.problem = message if problem is None else problem
+        super().__init__(message)
 
 
 class UnknownModelError(ScconvError, LookupError):
@@ -28,8 +42,8 @@ class UnknownModelError(ScconvError, LookupError):
         hint = f" Did you mean: {', '.join(self.suggestions)}?" if self.suggestions else ""
         super().__init__(
             f"unknown model {name!r}: {problem}.{hint} "
-            "Use 'timm:NAME' or 'torchvision:NAME' to pick a library, or --factory for your own model."
-        )
+            "Use 'timm:NAME' or 'torchvision:NAME' to pick a library, or 'factory:package.module:function' for "
+            "your own model.", problem)
 
 
 class PretrainedWeightsError(ScconvError, OSError):
@@ -41,11 +55,9 @@ class PretrainedWeightsError(ScconvError, OSError):
 
     def __init__(self, name: str, cause: str):
         self.name = name
-        super().__init__(
-            f"could not load pretrained weights for {name!r}: {cause.rstrip().rstrip('.')}. They are not in the "
-            "local cache and could not be downloaded (offline?). Pass a local file with "
-            "--weights FILE (Python: weights=...) instead of --pretrained."
-        )
+        problem = (f"{cause.rstrip().rstrip('.')}. They are not in the local cache and could not be downloaded "
+                   "(offline?); start from a local weights file instead")
+        super().__init__(f"could not load pretrained weights for {name!r}: {problem}", problem)
 
 
 class WeightsFileError(ScconvError, ValueError):
@@ -55,14 +67,16 @@ class WeightsFileError(ScconvError, ValueError):
         path: the file as given.
         missing_keys: model keys the file lacks (empty when the file itself is the problem).
         unexpected_keys: file keys the model lacks.
+        classifier_only: only the classifier's shapes differ (another ``num_classes``).
     """
 
     def __init__(self, path: str, problem: str, missing_keys: Sequence[str] = (),
-                 unexpected_keys: Sequence[str] = ()):
+                 unexpected_keys: Sequence[str] = (), *, classifier_only: bool = False):
         self.path = path
         self.missing_keys = tuple(missing_keys)
         self.unexpected_keys = tuple(unexpected_keys)
-        super().__init__(f"weights file {path!r}: {problem}")
+        self.classifier_only = classifier_only
+        super().__init__(f"weights file {path!r}: {problem}", problem)
 
 
 class NothingSelectedError(ScconvError, ValueError):
@@ -94,11 +108,11 @@ class UnmatchedRuleError(ScconvError, ValueError):
         self.plan = plan
         hint = f" Did you mean {', '.join(map(repr, self.suggestions))}?" if self.suggestions else ""
         if any("," in p for p in self.patterns):
-            hint += " A comma is part of a pattern, not a separator: give each pattern its own --include."
+            hint += " A comma is part of a pattern, not a separator: give each pattern a rule of its own."
         super().__init__(
             f"include pattern(s) matched no conv: {', '.join(map(repr, self.patterns))}.{hint} "
             "Patterns match the full dotted module name (glob, or 're:' for a regex), never a suffix; "
-            "the conv names are listed by --dry-run (or --allow-unmatched to go on)."
+            "a dry run lists the conv names (or allow unmatched rules to go on)."
         )
 
 
@@ -113,7 +127,7 @@ class InvalidRuleError(ScconvError, ValueError):
     def __init__(self, pattern: str, index: int, problem: str):
         self.pattern = pattern
         self.index = index
-        super().__init__(f"rule {index} ({pattern!r}): {problem}")
+        super().__init__(f"rule {index} ({pattern!r}): {problem}", problem)
 
 
 class OutputPathError(ScconvError, OSError):
@@ -121,11 +135,13 @@ class OutputPathError(ScconvError, OSError):
 
     Attributes:
         path: the path as given.
+        exists: the only problem is that a file is there (overwriting it would do).
     """
 
-    def __init__(self, path: str, problem: str):
+    def __init__(self, path: str, problem: str, *, exists: bool = False):
         self.path = path
-        super().__init__(f"output {path!r}: {problem}")
+        self.exists = exists
+        super().__init__(f"output {path!r}: {problem}", problem)
 
 
 class CheckpointError(ScconvError, ValueError):
@@ -135,14 +151,16 @@ class CheckpointError(ScconvError, ValueError):
         path: the checkpoint path.
         missing_keys: keys the rebuilt model expects but the file lacks.
         unexpected_keys: keys in the file that the rebuilt model lacks.
+        found: what the file is instead, when it is not an scconv checkpoint at all.
     """
 
     def __init__(self, path: str, problem: str, missing_keys: Sequence[str] = (),
-                 unexpected_keys: Sequence[str] = ()):
+                 unexpected_keys: Sequence[str] = (), *, found: str | None = None):
         self.path = path
         self.missing_keys = tuple(missing_keys)
         self.unexpected_keys = tuple(unexpected_keys)
-        super().__init__(f"checkpoint {path!r}: {problem}")
+        self.found = found
+        super().__init__(f"checkpoint {path!r}: {problem}", problem)
 
 
 class ShapeMismatchError(ScconvError, RuntimeError):
@@ -170,7 +188,7 @@ class PlanMismatchError(ScconvError, ValueError):
 
     def __init__(self, name: str, problem: str):
         self.name = name
-        super().__init__(f"{name!r}: {problem}")
+        super().__init__(f"{name!r}: {problem}", problem)
 
 
 class RulesFileError(ScconvError, ValueError):
@@ -187,7 +205,7 @@ class RulesFileError(ScconvError, ValueError):
         self.index = index
         self.key = key
         where = "".join([f", rule {index}" if index is not None else "", f", key {key!r}" if key is not None else ""])
-        super().__init__(f"rules file {path!r}{where}: {problem}")
+        super().__init__(f"rules file {path!r}{where}: {problem}", problem)
 
 
 class ModelArgumentError(ScconvError, TypeError):
@@ -204,9 +222,9 @@ class ModelArgumentError(ScconvError, TypeError):
         self.kwargs = dict(kwargs)
         self.key = key
         if key is None:
-            super().__init__(f"model {name!r} rejected the constructor arguments {self.kwargs}: {problem}")
+            super().__init__(f"model {name!r} rejected the constructor arguments {self.kwargs}: {problem}", problem)
         else:
-            super().__init__(f"model {name!r}, constructor argument {key!r}: {problem}")
+            super().__init__(f"model {name!r}, constructor argument {key!r}: {problem}", problem)
 
 
 class FactoryError(ScconvError, LookupError):
@@ -218,19 +236,7 @@ class FactoryError(ScconvError, LookupError):
 
     def __init__(self, factory: str, problem: str):
         self.factory = factory
-        super().__init__(f"factory {factory!r}: {problem}")
-
-
-class InvalidOptionError(ScconvError, ValueError):
-    """An option value that cannot be used (the CLI's own checks, after parsing).
-
-    Attributes:
-        option: the option, e.g. ``"--input-size"``.
-    """
-
-    def __init__(self, option: str, problem: str):
-        self.option = option
-        super().__init__(f"{option}: {problem}")
+        super().__init__(f"factory {factory!r}: {problem}", problem)
 
 
 class ModelForwardError(ScconvError, RuntimeError):
@@ -246,8 +252,8 @@ class ModelForwardError(ScconvError, RuntimeError):
         self.input_shape = tuple(input_shape)
         super().__init__(
             f"the forward of {name!r} failed on a dummy input of shape {self.input_shape}: {problem}. "
-            "scconv needs a model that takes one image tensor; check --input-size (C must match the model)."
-        )
+            "scconv needs a model that takes one image tensor; check the input size (C must match the model).",
+            problem)
 
 
 class ImageDataError(ScconvError, ValueError):
@@ -259,7 +265,7 @@ class ImageDataError(ScconvError, ValueError):
 
     def __init__(self, path: str, problem: str):
         self.path = path
-        super().__init__(f"images {path!r}: {problem}")
+        super().__init__(f"images {path!r}: {problem}", problem)
 
 
 class CalibrationError(ScconvError, ValueError):
@@ -271,4 +277,4 @@ class CalibrationError(ScconvError, ValueError):
 
     def __init__(self, problem: str, name: str | None = None):
         self.name = name
-        super().__init__(f"calibration: {f'{name!r}: ' if name else ''}{problem}")
+        super().__init__(f"calibration: {f'{name!r}: ' if name else ''}{problem}", problem)

@@ -55,7 +55,7 @@ def image_transform(model: nn.Module, source: ModelSource | None = None,
     Args:
         model: the model (timm models carry their ``pretrained_cfg``).
         source: how it was built; torchvision models take their default weights' transforms.
-        input_size: ``(C, H, W)`` to produce (default :func:`~scconv_surgery.default_input_size`);
+        input_size: ``(C, H, W)`` to produce (default :func:`~scconv_surgery.models.default_input_size`);
             C is 1 (the image in grey levels) or 3 (RGB).
 
     Raises:

@@ -15,15 +15,23 @@ import os
 import socket
 import sys
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from torch import nn
 
-from .errors import FactoryError, ModelArgumentError, PretrainedWeightsError, ScconvError, UnknownModelError
-from .weights import load_weights_file
+from .errors import (
+    FactoryError,
+    ModelArgumentError,
+    PretrainedWeightsError,
+    ScconvError,
+    UnknownModelError,
+    WeightsFileError,
+)
+from .weights import WeightsKind, WeightsSource, file_sha256, load_weights_file
 
-__all__ = ["ModelSource", "create_model", "build_model", "default_input_size", "check_model_kwargs"]
+__all__ = ["WeightsKind", "WeightsSource", "ModelSource", "create_model", "rebuild_base", "build_model",
+           "default_input_size", "check_model_kwargs", "DEFAULT_INPUT_SIZE"]
 
 LIBRARIES = ("timm", "torchvision")
 # timm's model sources (timm: parse_model_name in timm/models/_factory.py): the rest of the name is
@@ -35,31 +43,67 @@ DEFAULT_INPUT_SIZE = (3, 224, 224)
 
 @dataclass(frozen=True)
 class ModelSource:
-    """How a base model was built: enough to rebuild it without the weights.
+    """How a base model is (or was) built: enough to rebuild it.
+
+    As a request (:meth:`parse`, :meth:`factory`), ``library`` may be None: a bare name is
+    looked up in timm first, then torchvision. As a record (what :func:`rebuild_base` returns
+    and a manifest stores), ``library`` is set and ``weights`` says what was loaded.
 
     Attributes:
-        library: ``"timm"``, ``"torchvision"`` or ``"factory"``.
-        name: the model name in that library (a timm name may carry a ``.tag``); for a
-            factory, ``"package.module:function"``.
+        library: ``"timm"``, ``"torchvision"``, ``"factory"``, or None (resolve the name).
+        name: the model name in that library (a timm name may carry a ``.tag``; a timm source
+            such as ``hf-hub:org/repo``); for a factory, ``"package.module:function"``.
         kwargs: constructor keyword arguments, e.g. ``{"num_classes": 10}``.
-        weights: where the weights came from: ``{"kind": "random"}``,
-            ``{"kind": "pretrained", "tag": ...}`` or
-            ``{"kind": "file", "name": ..., "sha256": ...}``.
+        weights: where the weights come from (:class:`WeightsSource`).
     """
 
-    library: str
+    library: str | None
     name: str
     kwargs: Mapping[str, Any] = field(default_factory=dict)
-    weights: Mapping[str, Any] = field(default_factory=lambda: {"kind": "random"})
+    weights: WeightsSource = field(default_factory=WeightsSource)
+
+    @classmethod
+    def parse(cls, text: str, *, weights: WeightsSource | None = None,
+              kwargs: Mapping[str, Any] | None = None) -> ModelSource:
+        """A request from a model name: ``resnet50``, ``timm:NAME``, ``torchvision:NAME``,
+        ``hf-hub:ORG/REPO`` / ``local-dir:PATH`` (timm's sources) or
+        ``factory:package.module:function``.
+
+        Raises:
+            UnknownModelError: a prefix that is not a library (``foo:bar``).
+        """
+        weights = weights or WeightsSource()
+        kwargs = dict(kwargs or {})
+        if text.removeprefix("timm:").startswith(TIMM_SOURCES):
+            return cls("timm", text.removeprefix("timm:"), kwargs, weights)
+        library, sep, model_name = text.partition(":")
+        if not sep:
+            return cls(None, text, kwargs, weights)
+        if library not in (*LIBRARIES, FACTORY):
+            raise UnknownModelError(text, [f"{lib}:{model_name}" for lib in LIBRARIES],
+                                    problem=f"{library!r} is not a library prefix (timm:, torchvision: or factory:)")
+        return cls(library, model_name, kwargs, weights)
+
+    @classmethod
+    def factory(cls, function: str, *, weights: WeightsSource | None = None,
+                kwargs: Mapping[str, Any] | None = None) -> ModelSource:
+        """A request for the user's own model: ``function`` is ``package.module:function``."""
+        return cls(FACTORY, function, dict(kwargs or {}), weights or WeightsSource())
+
+    @property
+    def display_name(self) -> str:
+        """``library:name``, or the bare name of an unresolved request."""
+        return f"{self.library}:{self.name}" if self.library else self.name
 
     def to_dict(self) -> dict[str, Any]:
         return {"library": self.library, "name": self.name, "kwargs": dict(self.kwargs),
-                "weights": dict(self.weights)}
+                "weights": self.weights.to_dict()}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> ModelSource:
+    def from_dict(cls, d: Mapping[str, Any], *, seed: int | None = None) -> ModelSource:
+        """Read :meth:`to_dict`'s form; ``seed``: the manifest's, for random weights."""
         return cls(library=d["library"], name=d["name"], kwargs=dict(d.get("kwargs", {})),
-                   weights=dict(d.get("weights", {"kind": "random"})))
+                   weights=WeightsSource.from_dict(d.get("weights") or {}, seed=seed))
 
 
 def _timm_names() -> list[str]:
@@ -72,12 +116,11 @@ def _torchvision_names() -> list[str]:
     return torchvision.models.list_models()
 
 
-def _resolve(name: str) -> tuple[str, str]:
-    """Split ``name`` into (library, model name); a bare name tries timm, then torchvision.
+def _resolve(source: ModelSource) -> tuple[str, str]:
+    """The (library, model name) a request names; a bare name tries timm, then torchvision.
 
-    timm's source prefixes (``hf-hub:org/repo``, ``local-dir:PATH``) go to timm as they are,
-    with or without ``timm:``; a timm name with a pretrained tag (``resnet50.a1_in1k``) must
-    name a tag timm knows.
+    A timm name with a pretrained tag (``resnet50.a1_in1k``) must name a tag timm knows; timm's
+    sources (``hf-hub:``, ``local-dir:``) and factories are taken as they are.
 
     Raises:
         UnknownModelError: no library knows the name, or timm does not know its tag; carries
@@ -85,18 +128,14 @@ def _resolve(name: str) -> tuple[str, str]:
     """
     import timm
 
-    if name.removeprefix("timm:").startswith(TIMM_SOURCES):
-        return "timm", name.removeprefix("timm:")
-    library, sep, model_name = name.partition(":")
-    if library == FACTORY:
-        return FACTORY, model_name
-    if not sep:
-        library, model_name = "", name
-    elif library not in LIBRARIES:
-        raise UnknownModelError(name, [f"{lib}:{model_name}" for lib in LIBRARIES],
+    library, model_name = source.library or "", source.name
+    if library == FACTORY or (library == "timm" and model_name.startswith(TIMM_SOURCES)):
+        return library, model_name
+    if library and library not in LIBRARIES:
+        raise UnknownModelError(source.display_name, [f"{lib}:{model_name}" for lib in LIBRARIES],
                                 problem=f"{library!r} is not a library prefix (timm:, torchvision: or factory:)")
     if library in ("", "timm") and timm.is_model(model_name):
-        _check_timm_tag(name, model_name)
+        _check_timm_tag(source.display_name, model_name)
         return "timm", model_name
     if library in ("", "torchvision") and model_name in _torchvision_names():
         return "torchvision", model_name
@@ -105,7 +144,8 @@ def _resolve(name: str) -> tuple[str, str]:
     for lib in ([library] if library else LIBRARIES):
         candidates += pool[lib]()
     problem = f"{library} does not know it" if library else "neither timm nor torchvision knows it"
-    raise UnknownModelError(name, difflib.get_close_matches(model_name, sorted(set(candidates)), n=5, cutoff=0.6),
+    raise UnknownModelError(source.display_name,
+                            difflib.get_close_matches(model_name, sorted(set(candidates)), n=5, cutoff=0.6),
                             problem=problem)
 
 
@@ -160,7 +200,8 @@ def _import_factory(factory: str) -> Any:
 def _build(library: str, name: str, kwargs: Mapping[str, Any], pretrained: bool) -> nn.Module:
     if library == FACTORY:
         if pretrained:
-            raise FactoryError(name, "--pretrained needs a timm or torchvision model; pass --weights FILE")
+            raise FactoryError(name, "pretrained weights exist only for timm and torchvision models; start from a "
+                               "weights file instead")
         model = _import_factory(name)(**kwargs)
         if not isinstance(model, nn.Module):
             raise FactoryError(name, f"returned {type(model).__name__}, not an nn.Module")
@@ -235,10 +276,10 @@ def _unreadable_source(name: str, err: Exception) -> UnknownModelError:
     return UnknownModelError(name, problem=f"timm cannot build it: {where} ({cause})")
 
 
-def create_model(name: str, *, pretrained: bool = False, weights: str | os.PathLike | None = None,
+def create_model(name: str, *, weights: WeightsSource | str | os.PathLike | None = None,
                  num_classes: int | None = None,
                  model_kwargs: Mapping[str, Any] | None = None) -> tuple[nn.Module, ModelSource]:
-    """Build a model by name, with pretrained weights, a local weights file, or neither.
+    """Build a model by name, with random, pretrained or file weights.
 
     Args:
         name: ``resnet50`` (timm first, then torchvision), ``timm:NAME`` (with a pretrained
@@ -246,9 +287,11 @@ def create_model(name: str, *, pretrained: bool = False, weights: str | os.PathL
             ``hf-hub:timm/resnet50.a1_in1k`` (the Hugging Face cache first, then the Hub), or
             ``factory:package.module:function`` (the function is called with the constructor
             keyword arguments and returns the model).
-        pretrained: load the library's pretrained weights (from its cache, else downloaded).
-        weights: a local weights file (see :func:`load_weights_file`); excludes ``pretrained``.
-        num_classes: classifier size passed to the constructor.
+        weights: :class:`WeightsSource` (``WeightsSource.pretrained()``,
+            ``WeightsSource.file(path)``, ``WeightsSource.random(seed)``), or a path for a file;
+            None: the constructor's random initialisation.
+        num_classes: classifier size passed to the constructor (a classifier whose shape then
+            differs from a weights file's is re-initialised, as timm does).
         model_kwargs: other constructor keyword arguments, e.g. ``{"output_stride": 8}``
             (recorded, so a checkpoint rebuilds the same architecture).
 
@@ -258,51 +301,105 @@ def create_model(name: str, *, pretrained: bool = False, weights: str | os.PathL
     Raises:
         UnknownModelError: the name is unknown (with close names).
         FactoryError: the factory cannot be imported or does not return an ``nn.Module``.
-        PretrainedWeightsError: ``pretrained`` and the weights are neither cached nor
-            downloadable.
+        PretrainedWeightsError: the pretrained weights are neither cached nor downloadable.
         WeightsFileError: the weights file is missing, unreadable or does not fit.
-        ValueError: both ``pretrained`` and ``weights``.
         ModelArgumentError: the constructor rejects a keyword argument, or one cannot be
             recorded as JSON (checked before anything is built).
     """
-    if pretrained and weights is not None:
-        raise ValueError("pass either pretrained=True or weights=FILE, not both")
+    if weights is not None and not isinstance(weights, WeightsSource):
+        weights = WeightsSource.file(weights)
     kwargs = dict(model_kwargs or {})
-    check_model_kwargs(name, kwargs)
-    library, model_name = _resolve(name)
     if num_classes is not None:
         kwargs["num_classes"] = int(num_classes)
+    return rebuild_base(ModelSource.parse(name, weights=weights, kwargs=kwargs))
+
+
+def rebuild_base(source: ModelSource) -> tuple[nn.Module, ModelSource]:
+    """Build the base model a source describes, with the weights it names.
+
+    The constructor runs seeded by ``source.weights.seed`` (when set, without touching the
+    caller's RNG), so a random base model (or a re-initialised classifier) is rebuilt exactly; pretrained weights come from the
+    library (cache first); a file is read from ``source.weights.path`` and, when the source
+    records a sha256, must have it. A classifier whose shape differs from a weights file's is
+    re-initialised when ``num_classes`` is among the constructor arguments.
+
+    Args:
+        source: a request (:meth:`ModelSource.parse`) or a record (a manifest's source, with
+            ``weights.path`` set for a file).
+
+    Returns:
+        ``(model, record)``: the model in eval mode on CPU, and the source as recorded: the
+        library resolved, and for a file its name, sha256, re-initialised keys and stripped
+        prefixes.
+
+    Raises:
+        UnknownModelError, FactoryError, PretrainedWeightsError, ModelArgumentError: see
+            :func:`create_model`.
+        WeightsFileError: no file is given for file weights, or it is unreadable, not the
+            recorded file (sha256), or does not fit.
+    """
+    weights = source.weights
+    kwargs = dict(source.kwargs)
+    check_model_kwargs(source.display_name, kwargs)
+    library, model_name = _resolve(source)
+    if weights.kind is WeightsKind.FILE and weights.path is None:
+        raise WeightsFileError(str(weights.name), "the model was built from this weights file, which is needed "
+                               "again to rebuild it; pass its path")
+    pretrained = weights.kind is WeightsKind.PRETRAINED
+    build_name = model_name
+    if pretrained and weights.tag and library == "timm" and "." not in model_name \
+            and not model_name.startswith(TIMM_SOURCES):
+        build_name = f"{model_name}.{weights.tag}"  # the recorded tag, on a name recorded without one
     try:
-        model = _build(library, model_name, kwargs, pretrained)
+        with _seeded(weights.seed):
+            model = _build(library, build_name, kwargs, pretrained)
     except TypeError as err:
         if kwargs:
-            raise ModelArgumentError(name, kwargs, str(err)) from err
+            raise ModelArgumentError(source.display_name, kwargs, str(err)) from err
         raise
     except FactoryError:
         raise
     except Exception as err:
         if pretrained:
-            raise PretrainedWeightsError(name, f"{type(err).__name__}: {err}".splitlines()[0]) from err
+            raise PretrainedWeightsError(source.display_name, f"{type(err).__name__}: {err}".splitlines()[0]) from err
         if model_name.startswith(TIMM_SOURCES):
-            raise _unreadable_source(name, err) from err
+            raise _unreadable_source(source.display_name, err) from err
         raise
-    weights_info: dict[str, Any] = {"kind": "random"}
     if pretrained:
         tag = getattr(model, "pretrained_cfg", {}).get("tag") if library == "timm" else "DEFAULT"
-        weights_info = {"kind": "pretrained", "tag": tag}
-    elif weights is not None:
-        weights_info = load_weights_file(model, weights, reinit_classifier=num_classes is not None)
-    return model.eval(), ModelSource(library, model_name, kwargs, weights_info)
+        weights = replace(WeightsSource.pretrained(tag), seed=weights.seed)
+    elif weights.kind is WeightsKind.FILE:
+        assert weights.path is not None
+        if weights.sha256 and file_sha256(weights.path) != weights.sha256:
+            raise WeightsFileError(str(weights.path), f"its sha256 differs from the recorded file's ({weights.name}, "
+                                   f"sha256 {weights.sha256[:12]}...); pass that file")
+        weights = replace(load_weights_file(model, weights.path, reinit_classifier="num_classes" in kwargs),
+                          seed=weights.seed)
+    return model.eval(), ModelSource(library, model_name, kwargs, weights)
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None) -> Iterator[None]:
+    """Seed torch's CPU generator meanwhile, restoring the caller's state after (no-op for None)."""
+    if seed is None:
+        yield
+        return
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def build_model(source: ModelSource) -> nn.Module:
-    """Rebuild the base model of ``source`` with freshly initialised weights, in eval mode.
+    """Rebuild the architecture of ``source`` with freshly initialised weights, in eval mode
+    (no weights loaded: the caller loads a state_dict).
 
     Raises:
         UnknownModelError: the installed timm / torchvision does not know ``source.name``, or a
             ``hf-hub:`` model's config is neither cached nor downloadable.
     """
-    library, name = _resolve(f"{source.library}:{source.name}")
+    library, name = _resolve(source)
     try:
         return _build(library, name, source.kwargs, pretrained=False).eval()
     except Exception as err:

@@ -7,29 +7,66 @@ fails.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from ._probe import noop
 from .apply import apply_plan, check_shapes, copy_model
 from .calibration_run import CalibrationConfig, CalibrationRun, calibrate_from_folder, check_calibration_source
-from .checkpoint import build_manifest, check_output_path, read_checkpoint, rebuild, recorded_plan, save_checkpoint
+from .checkpoint import check_output_path, read_checkpoint, rebuild, save_checkpoint
 from .counting import CountReport, compare_counts
 from .errors import NothingSelectedError, OutputPathError, UnmatchedRuleError
 from .finetune import gradient_free_parameters, new_parameter_names, reset_batchnorm_stats, stale_batchnorms
 from .layers import ScConvConfig
-from .models import ModelSource, build_model, create_model, default_input_size
+from .manifest import Manifest
+from .models import ModelSource, build_model, default_input_size, rebuild_base
 from .plan import Plan, plan_conversion
-from .rules import Rule, validate_rules
+from .rules import Rule, RuleAction
 
-__all__ = ["ConversionResult", "run_conversion", "CheckpointReport", "recount_checkpoint", "RESULT_SCHEMA_VERSION"]
+__all__ = ["WriteCheckpoint", "DryRun", "Destination", "ConversionResult", "run_conversion", "CheckpointReport",
+           "recount_checkpoint", "RESULT_SCHEMA_VERSION"]
 
 RESULT_SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class WriteCheckpoint:
+    """Where a conversion saves: a checkpoint file (``.pt``/``.pth`` or ``.safetensors``).
+
+    Attributes:
+        path: the file.
+        overwrite: replace an existing file there (never the base weights file).
+    """
+
+    path: Path
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+
+@dataclass(frozen=True)
+class DryRun:
+    """A conversion that writes nothing.
+
+    Attributes:
+        path: the checkpoint it would write, checked as a real run would check it; or None.
+        overwrite: as for :class:`WriteCheckpoint`, for that check.
+    """
+
+    path: Path | None = None
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.path is not None:
+            object.__setattr__(self, "path", Path(self.path))
+
+
+Destination = WriteCheckpoint | DryRun
 
 
 @dataclass(frozen=True)
@@ -41,37 +78,48 @@ class ConversionResult:
         plan: the decision for every conv.
         report: parameters and MACs before and after.
         model: the converted model (a copy; the base model is untouched).
-        output: the checkpoint path (written unless ``dry_run``), or None.
+        destination: where it was saved (:class:`WriteCheckpoint`), or :class:`DryRun`.
         seed: the initialisation seed of the new modules.
-        dry_run: nothing was written.
-        stale_batchnorms: BatchNorm layers right after a replaced conv.
+        stale_batchnorms: norms right after a replaced conv.
         reset_bn_stats: whether their running statistics were reset.
         calibration: the calibration of the new layers, if asked for (None in a dry run).
         calibration_images: how many images calibration reads (or, in a dry run, would read),
             each checked to open as an image; None without calibration.
+        warnings: what the user should know that is not an error (an exclude rule that matched
+            nothing, ...), one sentence each.
     """
 
     source: ModelSource
     plan: Plan
     report: CountReport
     model: nn.Module
-    output: Path | None
+    destination: Destination
     seed: int
-    dry_run: bool
     stale_batchnorms: tuple[str, ...] = ()
     reset_bn_stats: bool = False
     calibration: CalibrationRun | None = None
     calibration_images: int | None = None
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def dry_run(self) -> bool:
+        return isinstance(self.destination, DryRun)
+
+    @property
+    def output(self) -> Path | None:
+        """The checkpoint written, or (in a dry run) the one that would be written."""
+        return self.destination.path
 
     def to_dict(self) -> dict[str, Any]:
         """The ``--json`` document (``schema_version`` at the root)."""
+        path = str(self.output) if self.output else None
         return {"schema_version": RESULT_SCHEMA_VERSION, "model": self.source.to_dict(),
                 "dry_run": self.dry_run,
-                "output": str(self.output) if self.output and not self.dry_run else None,
-                "would_write": str(self.output) if self.output and self.dry_run else None,
+                "output": None if self.dry_run else path, "would_write": path if self.dry_run else None,
                 "seed": self.seed, "plan": self.plan.to_dict(), "counts": self.report.to_dict(),
                 "stale_batchnorms": list(self.stale_batchnorms), "reset_bn_stats": self.reset_bn_stats,
-                "calibration": self.calibration.to_dict() if self.calibration else None}
+                "calibration": self.calibration.to_dict() if self.calibration else None,
+                "warnings": list(self.warnings)}
 
 
 def _pattern_suggestions(patterns: Sequence[str], plan: Plan) -> list[str]:
@@ -87,36 +135,49 @@ def _pattern_suggestions(patterns: Sequence[str], plan: Plan) -> list[str]:
     return suggestions
 
 
-def run_conversion(name: str, *, rules: Sequence[Rule] = (), config: ScConvConfig | None = None,
-                   strict_paper: bool = False, pretrained: bool = False, weights: str | os.PathLike | None = None,
-                   num_classes: int | None = None, model_kwargs: Mapping[str, Any] | None = None,
-                   input_size: tuple[int, int, int] | None = None,
-                   out: str | os.PathLike | None = None, dry_run: bool = False, seed: int = 0,
-                   allow_unmatched: bool = False, count_elementwise: bool = False, reset_bn_stats: bool = False,
-                   overwrite: bool = False, calibration: CalibrationConfig | None = None,
-                   on_step: Callable[[str], None] = noop,
+def _plan_warnings(plan: Plan) -> tuple[str, ...]:
+    """What a plan says that is worth a warning: exclude rules that matched no conv."""
+    return tuple(f"exclude rule {rule.pattern!r} matched no conv"
+                 for rule, matched in zip(plan.rules, plan.rule_matches)
+                 if rule.action is RuleAction.EXCLUDE and matched == 0)
+
+
+def _destination(output: Destination | str | os.PathLike | None) -> Destination:
+    if output is None:
+        return DryRun()
+    if isinstance(output, (WriteCheckpoint, DryRun)):
+        return output
+    return WriteCheckpoint(Path(output))
+
+
+def run_conversion(model: ModelSource | str, *, output: Destination | str | os.PathLike | None = None,
+                   rules: Sequence[Rule] = (), config: ScConvConfig | None = None, strict_paper: bool = False,
+                   input_size: tuple[int, int, int] | None = None, seed: int = 0, allow_unmatched: bool = False,
+                   count_elementwise: bool = False, reset_bn_stats: bool = False,
+                   calibration: CalibrationConfig | None = None, on_step: Callable[[str], None] = noop,
                    on_fit: Callable[[str, int, int, float], None] = noop) -> ConversionResult:
-    """Convert the model ``name`` and save a checkpoint at ``out`` unless ``dry_run``.
+    """Convert a model and save a checkpoint: ``scconv convert`` as a function.
 
     Args:
-        name: ``resnet50``, ``timm:NAME`` or ``torchvision:NAME``.
+        model: the base model: a :class:`~scconv_surgery.models.ModelSource` (name,
+            constructor arguments and :class:`~scconv_surgery.models.WeightsSource`; see
+            :meth:`ModelSource.parse <scconv_surgery.models.ModelSource.parse>`), or a name
+            (``resnet50``, ``timm:NAME``, ``torchvision:NAME``) for random weights. Its
+            constructor runs seeded with ``seed`` unless its weights carry a seed of their own.
+        output: :class:`WriteCheckpoint` (or a path: write there, never overwriting), or
+            :class:`DryRun` (None: a dry run that names no file). The path is checked first,
+            even in a dry run.
         rules: include / exclude rules; empty replaces every eligible conv.
         config: SCConv hyperparameters (default: the paper's).
         strict_paper: never adapt hyperparameters to a conv's channels (see
             :func:`~scconv_surgery.plan.plan_conversion`).
-        pretrained, weights, num_classes, model_kwargs: see
-            :func:`~scconv_surgery.models.create_model`.
         input_size: ``(C, H, W)`` to count at; default the model's own
             (:func:`~scconv_surgery.models.default_input_size`).
-        out: checkpoint path (``.pt``), checked first even in a dry run.
-        dry_run: plan, apply to a copy and count, but write nothing.
-        seed: initialisation seed of the new modules, and of the base model when it has
-            neither pretrained nor file weights (stored in the manifest).
+        seed: initialisation seed of the new modules (stored in the manifest).
         allow_unmatched: do not fail when an include rule matches no conv.
         count_elementwise: also count SCConv's elementwise operators (apart from MACs).
-        reset_bn_stats: reset the running statistics of the BatchNorms right after a
-            replaced conv (they were gathered on the dense conv's outputs).
-        overwrite: replace an existing file at ``out`` (never the ``weights`` file).
+        reset_bn_stats: reset the running statistics of the norms right after a replaced conv
+            (they were gathered on the dense conv's outputs).
         calibration: fit the new layers to the replaced convs on a folder of images before
             saving (:func:`~scconv_surgery.calibration_run.calibrate_from_folder`); the folder
             and the base weights are checked first; a dry run checks but does not calibrate.
@@ -127,26 +188,27 @@ def run_conversion(name: str, *, rules: Sequence[Rule] = (), config: ScConvConfi
         A :class:`ConversionResult`.
 
     Raises:
-        OutputPathError: ``out`` cannot be written, exists (without ``overwrite``) or is the
+        OutputPathError: the output cannot be written, exists (without ``overwrite``) or is the
             weights file (checked before any work).
-        InvalidRuleError: a rule cannot be evaluated.
-        UnknownModelError, PretrainedWeightsError, WeightsFileError: see ``create_model``.
+        UnknownModelError, PretrainedWeightsError, WeightsFileError, FactoryError,
+            ModelArgumentError: see :func:`~scconv_surgery.models.rebuild_base`.
         UnmatchedRuleError: an include rule matched no conv (unless ``allow_unmatched``).
         NothingSelectedError: no conv is replaced.
         ShapeMismatchError: a replacement does not return its conv's shape (nothing is saved).
         CalibrationError, ImageDataError: see ``calibration`` (checked before any work).
     """
-    out_path = check_output_path(out, overwrite=overwrite) if out is not None else None
-    if out_path is not None and weights is not None and Path(weights).resolve() == out_path.resolve():
-        raise OutputPathError(str(out_path), "is the --weights file; write the checkpoint elsewhere")
-    validate_rules(rules)
-    images = check_calibration_source(pretrained or weights is not None, calibration) if calibration else None
+    destination = _destination(output)
+    source = ModelSource.parse(model) if isinstance(model, str) else model
+    if source.weights.seed is None:  # a random base (or a re-initialised classifier) is reproducible too
+        source = replace(source, weights=replace(source.weights, seed=seed))
+    out_path = check_output_path(destination.path, overwrite=destination.overwrite) if destination.path else None
+    weights_path = source.weights.path
+    if out_path is not None and weights_path is not None and Path(weights_path).resolve() == out_path.resolve():
+        raise OutputPathError(str(out_path), "is the base weights file; write the checkpoint elsewhere")
+    images = check_calibration_source(source.weights.trained, calibration) if calibration else None
     config = config or ScConvConfig()
-    on_step(f"building {name}")
-    with torch.random.fork_rng(devices=[]):  # a randomly initialised base is reproducible too
-        torch.manual_seed(seed)
-        base, source = create_model(name, pretrained=pretrained, weights=weights, num_classes=num_classes,
-                                    model_kwargs=model_kwargs)
+    on_step(f"building {source.display_name}")
+    base, source = rebuild_base(source)
     on_step("planning")
     plan = plan_conversion(base, rules, config=config, strict_paper=strict_paper)
     unmatched = plan.unmatched_includes()
@@ -164,20 +226,21 @@ def run_conversion(name: str, *, rules: Sequence[Rule] = (), config: ScConvConfi
         reset_batchnorm_stats(converted, stale)
     on_step(f"counting at {'x'.join(map(str, size))}")
     report = compare_counts(base, converted, size, replaced=plan.replaced, count_elementwise=count_elementwise)
+    dry_run = isinstance(destination, DryRun)
     calibrated = None
     if calibration is not None and not dry_run:  # the calibration step: the new layers learn from the old
         calibrated = calibrate_from_folder(base, converted, source, size, calibration, images=images,
                                            on_step=on_step, on_fit=on_fit)
     if out_path is not None and not dry_run:
         on_step(f"saving {out_path}")
-        manifest = build_manifest(source, plan, seed=seed, input_size=size, counts=report.to_dict(),
-                                  new_parameters=new_parameter_names(converted),
-                                  gradient_free_parameters=gradient_free_parameters(converted), stale_batchnorms=stale,
-                                  reset_bn_stats=reset_bn_stats,
-                                  calibration=calibrated.to_dict() if calibrated else None)
+        manifest = Manifest(source, plan.replaced, seed=seed, input_size=size, rules=plan.rules,
+                            counts=report.to_dict(), new_parameters=tuple(new_parameter_names(converted)),
+                            gradient_free_parameters=tuple(gradient_free_parameters(converted)),
+                            stale_batchnorms=tuple(stale), reset_bn_stats=reset_bn_stats,
+                            calibration=calibrated.to_dict() if calibrated else None)
         save_checkpoint(out_path, converted, manifest)
-    return ConversionResult(source, plan, report, converted, out_path, seed, dry_run, tuple(stale), reset_bn_stats,
-                            calibrated, len(images.paths) if images else None)
+    return ConversionResult(source, plan, report, converted, destination, seed, tuple(stale), reset_bn_stats,
+                            calibrated, len(images.paths) if images else None, _plan_warnings(plan))
 
 
 @dataclass(frozen=True)
@@ -221,13 +284,13 @@ def recount_checkpoint(path: str | os.PathLike, *, input_size: tuple[int, int, i
         UnknownModelError: the base model is unknown to the installed timm / torchvision.
     """
     on_step(f"reading {path}")
-    manifest = read_checkpoint(path)["manifest"]
-    source = ModelSource.from_dict(manifest["source"])
-    on_step(f"building {source.library}:{source.name}")
+    manifest = read_checkpoint(path).manifest
+    source = manifest.source
+    on_step(f"building {source.display_name}")
     base = build_model(source)
     converted = rebuild(path, manifest, base=copy_model(base))
-    plan = recorded_plan(manifest)
-    size = tuple(input_size) if input_size else tuple(manifest.get("input_size") or default_input_size(base, source))
+    plan = manifest.plan
+    size = tuple(input_size) if input_size else manifest.input_size
     on_step(f"counting at {'x'.join(map(str, size))}")
     report = compare_counts(base, converted, size, replaced=plan.replaced, count_elementwise=count_elementwise)
     return CheckpointReport(Path(path), source, plan, report)

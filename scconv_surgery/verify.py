@@ -10,9 +10,10 @@ from typing import Any
 import torch
 
 from ._probe import noop, tensor_leaves
-from .checkpoint import model_from_payload, read_checkpoint
+from .checkpoint import read_checkpoint
 from .errors import CheckpointError, ModelForwardError
-from .models import ModelSource, build_model
+from .manifest import untouched_tensors
+from .models import build_model
 from .pipeline import RESULT_SCHEMA_VERSION
 from .weights import read_weights
 
@@ -107,54 +108,37 @@ def verify_checkpoint(path: str | os.PathLike, *, weights: str | os.PathLike | N
         WeightsFileError: ``weights`` cannot be read.
     """
     on_step(f"loading {path}")
-    payload = read_checkpoint(path)  # read once: the manifest and the model come from it
-    manifest = payload["manifest"]
+    checkpoint = read_checkpoint(path)  # read once: the manifest and the model come from it
+    manifest = checkpoint.manifest
     try:
-        model = model_from_payload(path, payload)
+        model = checkpoint.model(path)
     except CheckpointError as err:  # read, but its plan or state_dict does not fit: the first check fails
-        problem = str(err).split(": ", 1)[-1]
-        return VerifyResult(Path(path), (Check("loads", False, problem, err.missing_keys + err.unexpected_keys),))
-    checks = [Check("loads", True, f"{len(manifest['replaced'])} replaced convs, state_dict loaded strictly")]
-    size = tuple(input_size or manifest.get("input_size") or (3, 224, 224))
+        return VerifyResult(Path(path), (Check("loads", False, err.problem, err.missing_keys + err.unexpected_keys),))
+    checks = [Check("loads", True, f"{len(manifest.replaced)} replaced convs, state_dict loaded strictly")]
+    size = tuple(input_size or manifest.input_size)
     on_step(f"forward at 2x{'x'.join(map(str, size))}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         x = torch.randn(2, *size)
-    base = build_model(ModelSource.from_dict(manifest["source"]))
+    base = build_model(manifest.source)
     try:
         with torch.no_grad():
             out, expected = model(x), base(x)
     except Exception as err:
-        raise ModelForwardError(f"{manifest['source']['library']}:{manifest['source']['name']}", tuple(x.shape),
-                                f"{type(err).__name__}: {err}") from err
+        raise ModelForwardError(manifest.source.display_name, tuple(x.shape), f"{type(err).__name__}: {err}") from err
     checks += _output_checks(out, expected)
     if weights is not None:
         on_step(f"comparing with {weights}")
         source_weights = read_weights(weights).fitted_to(base.state_dict()).state_dict
-        replaced = [d["name"] for d in manifest["replaced"]]
-        reinitialized = set(manifest["source"].get("weights", {}).get("reinitialized", []))
-        reset = set(manifest.get("stale_batchnorms", [])) if manifest.get("reset_bn_stats") else set()
-        reset |= set((manifest.get("calibration") or {}).get("batchnorms", []))  # re-estimated by calibration
-        prefixes = tuple(f"{r}." for r in replaced)
         state = model.state_dict()
-        compared, differ, missing = 0, [], []
-        for key, value in state.items():
-            module, _, leaf = key.rpartition(".")
-            statistics_reset = module in reset and leaf in ("running_mean", "running_var", "num_batches_tracked")
-            if key.startswith(prefixes) or key in reinitialized or statistics_reset:
-                continue
-            if key not in source_weights:
-                missing.append(key)
-            elif not torch.equal(value, source_weights[key].to(value.dtype)):
-                differ.append(key)
-            compared += 1
-        ok = not differ and not missing
-        if ok:
-            detail = f"{compared} untouched tensors equal the weights file"
+        comparison = untouched_tensors(manifest, state, source_weights)
+        if comparison.equal:
+            detail = f"{comparison.compared} untouched tensors equal the weights file"
         else:
-            extra = [k for k in source_weights if k not in state and not k.startswith(prefixes)]
-            detail = ", ".join(f"{len(keys)} {what} ({_listed(keys)})" for keys, what in (
-                (differ, "differ"), (missing, "missing from the file"),
+            replaced = tuple(f"{name}." for name in manifest.replaced_names)
+            extra = [k for k in source_weights if k not in state and not k.startswith(replaced)]
+            detail = ", ".join(f"{len(keys)} {what} ({_listed(list(keys))})" for keys, what in (
+                (comparison.differ, "differ"), (comparison.missing, "missing from the file"),
                 (extra, "in the file but not in the model: weights of another architecture?")) if keys)
-        checks.append(Check("untouched weights", ok, detail, tuple(differ + missing)))
+        checks.append(Check("untouched weights", comparison.equal, detail, comparison.differ + comparison.missing))
     return VerifyResult(Path(path), tuple(checks))

@@ -13,6 +13,7 @@ import hashlib
 import os
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from torch import nn
 from ._files import TORCH_KINDS, describe, sniff, torch_load_problem
 from .errors import WeightsFileError
 
-__all__ = ["WeightsFile", "read_weights", "read_state_dict", "strip_wrapper_prefixes", "load_weights_file",
+__all__ = ["WeightsKind", "WeightsSource", "WeightsFile", "read_weights", "read_state_dict", "strip_wrapper_prefixes", "load_weights_file",
            "classifier_prefixes", "file_sha256"]
 
 _WRAPPER_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")  # timm/torchvision trainers
@@ -43,6 +44,86 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+class WeightsKind(str, Enum):
+    """Where a base model's weights come from."""
+
+    RANDOM = "random"  # the constructor's initialisation (seeded when a seed is given)
+    PRETRAINED = "pretrained"  # the library's pretrained weights, from its cache or downloaded
+    FILE = "file"  # a local weights file (see :func:`~scconv_surgery.weights.load_weights_file`)
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """Where a base model's weights come from: one of random, pretrained or a file.
+
+    Build one with :meth:`random`, :meth:`pretrained` or :meth:`file`. Once the model is built
+    (:func:`rebuild_base`), the recorded source also says what exactly was loaded: the file's
+    name and sha256, the classifier keys re-initialised and the wrapper prefixes stripped.
+
+    Attributes:
+        kind: random, pretrained or file.
+        seed: the seed of the constructor's initialisation: all of the weights for random, a
+            re-initialised classifier for a file (None: the caller's RNG state).
+        tag: pretrained: the library's weights tag (timm's ``pretrained_cfg["tag"]``,
+            torchvision's ``"DEFAULT"``); None asks for the default.
+        path: file: the file to read (not recorded in a manifest: only its name and sha256).
+        name: file: the file's name, as recorded.
+        sha256: file: its sha256 hex digest, as recorded; when given with ``path``,
+            :func:`rebuild_base` checks that the file has it.
+        reinitialized: file: the classifier keys kept at their fresh initialisation because
+            ``num_classes`` changed their shapes.
+        stripped_prefixes: file: the wrapper key prefixes stripped (``module.``, ...).
+    """
+
+    kind: WeightsKind = WeightsKind.RANDOM
+    seed: int | None = None
+    tag: str | None = None
+    path: Path | None = None
+    name: str | None = None
+    sha256: str | None = None
+    reinitialized: tuple[str, ...] = ()
+    stripped_prefixes: tuple[str, ...] = ()
+
+    @classmethod
+    def random(cls, seed: int | None = None) -> WeightsSource:
+        """The constructor's initialisation, reproducible when ``seed`` is given."""
+        return cls(WeightsKind.RANDOM, seed=seed)
+
+    @classmethod
+    def pretrained(cls, tag: str | None = None) -> WeightsSource:
+        """The library's pretrained weights (``tag``: a timm weights tag; None: the default)."""
+        return cls(WeightsKind.PRETRAINED, tag=tag)
+
+    @classmethod
+    def file(cls, path: str | os.PathLike, sha256: str | None = None) -> WeightsSource:
+        """A local weights file; with ``sha256``, the file must have that digest."""
+        return cls(WeightsKind.FILE, path=Path(path), name=Path(path).name, sha256=sha256)
+
+    @property
+    def trained(self) -> bool:
+        """Pretrained or file weights (not a random initialisation)."""
+        return self.kind is not WeightsKind.RANDOM
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest's ``source.weights``: ``{"kind": "random"}``, ``{"kind": "pretrained",
+        "tag": ...}`` or ``{"kind": "file", "name", "sha256", "reinitialized", "stripped_prefixes"}``
+        (the seed is the manifest's ``seed``)."""
+        if self.kind is WeightsKind.RANDOM:
+            return {"kind": self.kind.value}
+        if self.kind is WeightsKind.PRETRAINED:
+            return {"kind": self.kind.value, "tag": self.tag}
+        return {"kind": self.kind.value, "name": self.name, "sha256": self.sha256,
+                "reinitialized": list(self.reinitialized), "stripped_prefixes": list(self.stripped_prefixes)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], *, seed: int | None = None) -> WeightsSource:
+        """Read :meth:`to_dict`'s form; ``seed``: the manifest's."""
+        kind = WeightsKind(d.get("kind", "random"))
+        return cls(kind, seed=seed, tag=d.get("tag"), name=d.get("name"),
+                   sha256=d.get("sha256"), reinitialized=tuple(d.get("reinitialized") or ()),
+                   stripped_prefixes=tuple(d.get("stripped_prefixes") or ()))
 
 
 @dataclass(frozen=True)
@@ -173,7 +254,7 @@ def classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
     return (heads[-1],) if heads else ()
 
 
-def load_weights_file(model: nn.Module, path: str | os.PathLike, *, reinit_classifier: bool = False) -> dict[str, Any]:
+def load_weights_file(model: nn.Module, path: str | os.PathLike, *, reinit_classifier: bool = False) -> WeightsSource:
     """Load a local weights file into ``model`` (in place, strictly).
 
     Accepts a plain state_dict (``.pt``/``.pth``/``.bin`` via ``torch.load(weights_only=True)``,
@@ -190,8 +271,8 @@ def load_weights_file(model: nn.Module, path: str | os.PathLike, *, reinit_class
             timm does; the keys are reported.
 
     Returns:
-        ``{"kind": "file", "name": file name, "sha256": hex digest, "reinitialized": [keys],
-        "stripped_prefixes": [prefixes]}`` for the manifest.
+        What was loaded, for the manifest: a file :class:`WeightsSource` with the file's name,
+        sha256, the re-initialised classifier keys and the stripped prefixes.
 
     Raises:
         WeightsFileError: the file is missing, unreadable, holds no state_dict, or its keys or
@@ -212,10 +293,10 @@ def load_weights_file(model: nn.Module, path: str | os.PathLike, *, reinit_class
     in_head = all(any(k.startswith(f"{h}.") for h in heads) for k in wrong)
     if wrong and not (reinit_classifier and in_head):
         details = "; ".join(f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}" for k in wrong[:5])
-        hint = " (pass --num-classes to re-initialise the classifier)" if in_head else ""
-        raise WeightsFileError(str(path), f"shape mismatch: {details}{hint}")
+        hint = " (a different num_classes re-initialises the classifier)" if in_head else ""
+        raise WeightsFileError(str(path), f"shape mismatch: {details}{hint}", classifier_only=in_head)
     for key in wrong:  # the classifier keeps its fresh initialisation
         state_dict[key] = own[key]
     model.load_state_dict(state_dict, strict=True)
-    return {"kind": "file", "name": path.name, "sha256": file_sha256(path), "reinitialized": sorted(wrong),
-            "stripped_prefixes": list(weights.stripped_prefixes)}
+    return WeightsSource(WeightsKind.FILE, path=path, name=path.name, sha256=file_sha256(path),
+                         reinitialized=tuple(sorted(wrong)), stripped_prefixes=weights.stripped_prefixes)

@@ -5,15 +5,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scconv_surgery import (
-    BatchNormUpdate,
-    CalibrationError,
-    CalibrationStrategy,
-    ScConv,
-    calibrate,
-    convert,
-    recompute_batchnorm_stats,
-)
+from scconv_surgery import ScConv, calibrate, convert
+from scconv_surgery.errors import CalibrationError
+from scconv_surgery.calibration import BatchNormUpdate, CalibrationStrategy
+from scconv_surgery.finetune import recompute_batchnorm_stats
 from scconv_surgery._capture import LayerCalls, group_by_bytes, probe_calls, record
 
 

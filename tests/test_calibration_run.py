@@ -2,8 +2,11 @@ import pytest
 import torch
 from PIL import Image
 
-import scconv_surgery.calibration_run as calibration_run
-from scconv_surgery import CalibrationConfig, CalibrationError, calibrate_checkpoint, read_checkpoint, run_conversion
+from scconv_surgery import models
+from scconv_surgery.models import WeightsSource, create_model
+from scconv_surgery.errors import CalibrationError
+from scconv_surgery.calibration_run import CalibrationConfig, calibrate_checkpoint
+from scconv_surgery.pipeline import run_conversion
 
 
 @pytest.fixture
@@ -16,22 +19,23 @@ def images(tmp_path):
 def test_pretrained_base_is_rebuilt_with_the_recorded_tag(tmp_path, images, monkeypatch):
     """The original of a checkpoint made with --pretrained comes from the same timm tag (cache first)."""
     path = tmp_path / "m.pt"
-    result = run_conversion("timm:resnet18", out=path, input_size=(3, 32, 32), seed=3)
-    payload = read_checkpoint(path)
+    result = run_conversion("timm:resnet18", output=path, input_size=(3, 32, 32), seed=3)
+    payload = torch.load(path, weights_only=True)
     payload["manifest"]["source"]["weights"] = {"kind": "pretrained", "tag": "a1_in1k"}
     torch.save(payload, path)
-    with torch.random.fork_rng(devices=[]):  # the base the checkpoint was made from
-        torch.manual_seed(3)
-        base, _ = calibration_run.create_model("timm:resnet18")
+    base, _ = create_model("timm:resnet18", weights=WeightsSource.random(seed=3))  # the base it was made from
     asked = []
+    real_build = models._build
 
-    def create_model(name, **kwargs):  # the boundary: what would load the pretrained weights
-        asked.append((name, kwargs))
-        return base, None
-    monkeypatch.setattr(calibration_run, "create_model", create_model)
+    def build(library, name, kwargs, pretrained):  # the boundary: what would load the pretrained weights
+        if not pretrained:
+            return real_build(library, name, kwargs, pretrained)
+        asked.append((library, name, kwargs))
+        return base
+    monkeypatch.setattr(models, "_build", build)
     config = CalibrationConfig(data=images, num_images=4, steps=1)
     done = calibrate_checkpoint(path, config, out=tmp_path / "c.pt")
-    assert asked == [("timm:resnet18.a1_in1k", {"pretrained": True, "model_kwargs": {}})]
+    assert asked == [("timm", "resnet18.a1_in1k", {})]
     assert [layer.name for layer in done.run.result.layers] == [d.name for d in result.plan.replaced]
 
 

@@ -15,7 +15,7 @@ from scconv_surgery.pipeline import run_conversion
 def saved(tmp_path_factory):
     """resnet18 converted (stride policy 'inside') and saved, with its in-memory model."""
     path = tmp_path_factory.mktemp("ckpt") / "resnet18.pt"
-    result = run_conversion("resnet18", out=path, input_size=(3, 64, 64))
+    result = run_conversion("resnet18", output=path, input_size=(3, 64, 64))
     return path, result
 
 
@@ -48,10 +48,17 @@ def test_file_is_plain_values_and_tensors(saved):
 
 def test_same_command_writes_the_same_tensors(saved, tmp_path):
     path, _ = saved
-    again = run_conversion("resnet18", out=tmp_path / "again.pt", input_size=(3, 64, 64))
+    again = run_conversion("resnet18", output=tmp_path / "again.pt", input_size=(3, 64, 64))
     a = torch.load(path, weights_only=True)["state_dict"]
     b = torch.load(again.output, weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _manifest():
+    from scconv_surgery.manifest import Manifest
+    from scconv_surgery.models import ModelSource
+
+    return Manifest(ModelSource("factory", "conftest:TinyNet"), ())
 
 
 def test_interrupted_write_leaves_nothing(tiny_net, tmp_path, monkeypatch):
@@ -61,7 +68,7 @@ def test_interrupted_write_leaves_nothing(tiny_net, tmp_path, monkeypatch):
 
     monkeypatch.setattr(checkpoint.torch, "save", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        checkpoint.save_checkpoint(tmp_path / "m.pt", tiny_net, {})
+        checkpoint.save_checkpoint(tmp_path / "m.pt", tiny_net, _manifest())
     assert os.listdir(tmp_path) == []
 
 
@@ -70,7 +77,7 @@ def test_existing_file_survives_a_failed_write(tiny_net, tmp_path, monkeypatch):
     target.write_bytes(b"previous")
     monkeypatch.setattr(checkpoint.torch, "save", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
     with pytest.raises(OSError, match="disk full"):
-        checkpoint.save_checkpoint(target, tiny_net, {})
+        checkpoint.save_checkpoint(target, tiny_net, _manifest())
     assert target.read_bytes() == b"previous"
     assert os.listdir(tmp_path) == ["m.pt"]
 
@@ -179,27 +186,28 @@ def test_a_checkpoint_of_an_earlier_release_keeps_loading():
 
 def test_pt_and_safetensors_load_to_identical_models(saved, tmp_path):
     path, result = saved
-    manifest = torch.load(path, weights_only=True)["manifest"]
+    manifest = read_checkpoint(path).manifest
     st = checkpoint.save_checkpoint(tmp_path / "m.safetensors", result.model, manifest)
     a, b = load(path), load(st)
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(a(x), b(x))
-    assert read_checkpoint(st)["manifest"] == manifest
+    assert read_checkpoint(st).manifest == manifest
+    assert read_checkpoint(st).manifest.to_dict() == torch.load(path, weights_only=True)["manifest"]
 
 
 def test_safetensors_shared_tensors_are_stored_once(tmp_path):
     from safetensors import safe_open
 
     from scconv_surgery.apply import convert
-    from scconv_surgery.checkpoint import build_manifest
+    from scconv_surgery.manifest import Manifest
     from scconv_surgery.models import ModelSource
     from conftest import AliasedConvNet
 
     model, plan = convert(AliasedConvNet())
     source = ModelSource("factory", "conftest:AliasedConvNet")
     path = checkpoint.save_checkpoint(tmp_path / "a.safetensors", model,
-                                      build_manifest(source, plan, seed=0, input_size=(16, 8, 8)))
+                                      Manifest(source, plan.replaced, seed=0, input_size=(16, 8, 8)))
     with safe_open(str(path), "pt") as f:
         stored = set(f.keys())
     assert all(k.startswith("conv.") for k in stored)  # "again.*" are the same tensors
@@ -244,7 +252,7 @@ def test_write_failure_is_an_output_path_error(tiny_net, tmp_path, monkeypatch):
 
     monkeypatch.setattr(checkpoint.torch, "save", disk_full)
     with pytest.raises(OutputPathError, match="writing failed.*nothing was written"):
-        checkpoint.save_checkpoint(tmp_path / "m.pt", tiny_net, {})
+        checkpoint.save_checkpoint(tmp_path / "m.pt", tiny_net, _manifest())
     assert os.listdir(tmp_path) == []
 
 

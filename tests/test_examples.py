@@ -39,10 +39,10 @@ def test_a_model_without_logits_is_refused(finetune):
 
 @pytest.fixture
 def tiny_checkpoint(toy_factory, tmp_path, monkeypatch):
-    from scconv_surgery import run_conversion
+    from scconv_surgery.pipeline import run_conversion
 
     monkeypatch.chdir(tmp_path)
-    run_conversion(f"{toy_factory}:tiny", out=tmp_path / "tiny.pt", input_size=(3, 16, 16))
+    run_conversion(f"{toy_factory}:tiny", output=tmp_path / "tiny.pt", input_size=(3, 16, 16))
     (tmp_path / "notes.txt").write_text("not a checkpoint\n")
     return "tiny.pt"
 

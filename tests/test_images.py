@@ -4,7 +4,9 @@ import torch
 import torchvision
 from PIL import Image
 
-from scconv_surgery import ImageDataError, ModelSource, find_images, image_transform, load_images
+from scconv_surgery.errors import ImageDataError
+from scconv_surgery.images import find_images, image_transform, load_images
+from scconv_surgery.models import ModelSource
 
 
 def write_image(path, size=(40, 30), color=(128, 128, 128), mode="RGB"):

@@ -4,7 +4,15 @@ import pytest
 import torch
 
 from scconv_surgery.errors import PretrainedWeightsError, UnknownModelError
-from scconv_surgery.models import ModelSource, build_model, create_model, default_input_size
+from scconv_surgery.models import (
+    ModelSource,
+    WeightsKind,
+    WeightsSource,
+    build_model,
+    create_model,
+    default_input_size,
+    rebuild_base,
+)
 
 
 @pytest.mark.parametrize("name, library, model_name", [
@@ -18,7 +26,7 @@ from scconv_surgery.models import ModelSource, build_model, create_model, defaul
 def test_names_resolve_timm_first(name, library, model_name):
     _, source = create_model(name)
     assert (source.library, source.name) == (library, model_name)
-    assert source.weights == {"kind": "random"}
+    assert source.weights.to_dict() == {"kind": "random"}
 
 
 def test_unknown_name_suggests_close_names():
@@ -45,8 +53,8 @@ def test_pretrained_offline_fails_with_a_hint_to_use_weights(monkeypatch):
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # no cache, no network: fails at once
     monkeypatch.setenv("HF_HOME", "/nonexistent-scconv-test")
-    with pytest.raises(PretrainedWeightsError, match="--weights"):
-        create_model("timm:resnet18", pretrained=True)
+    with pytest.raises(PretrainedWeightsError, match="local weights file"):
+        create_model("timm:resnet18", weights=WeightsSource.pretrained())
 
 
 def test_pretrained_torchvision_download_failure(monkeypatch, tmp_path):
@@ -55,14 +63,17 @@ def test_pretrained_torchvision_download_failure(monkeypatch, tmp_path):
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
     monkeypatch.setattr("torchvision.models._api.load_state_dict_from_url", offline, raising=False)
-    with pytest.raises(PretrainedWeightsError, match="--weights") as info:
-        create_model("torchvision:resnet18", pretrained=True)
+    with pytest.raises(PretrainedWeightsError, match="local weights file") as info:
+        create_model("torchvision:resnet18", weights=WeightsSource.pretrained())
     assert info.value.name == "torchvision:resnet18"
 
 
-def test_pretrained_and_weights_are_exclusive(tmp_path):
-    with pytest.raises(ValueError, match="not both"):
-        create_model("resnet18", pretrained=True, weights=tmp_path / "w.pt")
+def test_a_random_base_is_rebuilt_exactly_from_its_seed():
+    first, source = create_model("torchvision:resnet18", weights=WeightsSource.random(seed=5))
+    again, _ = rebuild_base(source)
+    other, _ = create_model("torchvision:resnet18", weights=WeightsSource.random(seed=6))
+    assert torch.equal(first.fc.weight, again.fc.weight)
+    assert not torch.equal(first.fc.weight, other.fc.weight)
 
 
 @pytest.mark.parametrize("name, size", [
@@ -77,8 +88,20 @@ def test_default_input_size(name, size):
 
 
 def test_model_source_round_trip():
-    source = ModelSource("timm", "resnet50", {"num_classes": 3}, {"kind": "pretrained", "tag": "a1_in1k"})
+    source = ModelSource("timm", "resnet50", {"num_classes": 3}, WeightsSource.pretrained("a1_in1k"))
+    assert source.to_dict()["weights"] == {"kind": "pretrained", "tag": "a1_in1k"}
     assert ModelSource.from_dict(source.to_dict()) == source
+    recorded = ModelSource("timm", "resnet50", {}, WeightsSource(WeightsKind.FILE, seed=3, name="w.pt", sha256="ab",
+                                                                 reinitialized=("fc.weight",)))
+    assert ModelSource.from_dict(recorded.to_dict(), seed=3) == recorded  # the seed is the manifest's
+
+
+def test_model_names_parse_into_requests():
+    assert ModelSource.parse("resnet50") == ModelSource(None, "resnet50")
+    assert ModelSource.parse("timm:hf-hub:timm/x").library == "timm"
+    assert ModelSource.parse("factory:pkg.mod:build") == ModelSource.factory("pkg.mod:build")
+    with pytest.raises(UnknownModelError, match="not a library prefix"):
+        ModelSource.parse("tf:resnet50")
 
 
 def test_torchvision_detection_models_download_no_backbone(monkeypatch):
@@ -134,14 +157,15 @@ def hf_cache(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("name", ["hf-hub:timm/test_resnet.fake_in1k", "timm:hf-hub:timm/test_resnet.fake_in1k"])
 def test_hf_hub_names_build_from_the_local_cache(name, hf_cache, tmp_path):
-    from scconv_surgery import load, run_conversion
+    from scconv_surgery import load
+    from scconv_surgery.pipeline import run_conversion
 
-    model, source = create_model(name, pretrained=True)
+    model, source = create_model(name, weights=WeightsSource.pretrained())
     assert (source.library, source.name) == ("timm", "hf-hub:timm/test_resnet.fake_in1k")
-    assert source.weights == {"kind": "pretrained", "tag": "fake_in1k"}
+    assert source.weights.to_dict() == {"kind": "pretrained", "tag": "fake_in1k"}
     assert torch.equal(model.fc.weight, hf_cache["fc.weight"]) and model.fc.out_features == 10
     assert default_input_size(model, source) == (3, 48, 48)  # from the Hub's config
-    result = run_conversion(name, pretrained=True, out=tmp_path / "hub.pt")
+    result = run_conversion(ModelSource.parse(name, weights=WeightsSource.pretrained()), output=tmp_path / "hub.pt")
     assert result.report.input_size == (3, 48, 48)
     loaded = load(tmp_path / "hub.pt")  # rebuilt from the cached config, offline
     assert torch.equal(loaded.fc.weight, hf_cache["fc.weight"])

@@ -2,7 +2,9 @@
 import pytest
 import torch
 
-from scconv_surgery import run_conversion, verify_checkpoint
+from scconv_surgery import verify_checkpoint
+from scconv_surgery.models import ModelSource
+from scconv_surgery.pipeline import run_conversion
 
 
 @pytest.mark.parametrize("kind, paths", [
@@ -13,7 +15,7 @@ from scconv_surgery import run_conversion, verify_checkpoint
 ])
 def test_nested_outputs_are_checked_tensor_by_tensor(kind, paths, toy_factory, tmp_path):
     ckpt = tmp_path / f"{kind}.pt"
-    run_conversion(f"{toy_factory}:nested", model_kwargs={"kind": kind}, out=ckpt, input_size=(3, 8, 8))
+    run_conversion(ModelSource.parse(f"{toy_factory}:nested", kwargs={"kind": kind}), output=ckpt, input_size=(3, 8, 8))
     result = verify_checkpoint(ckpt)
     checks = {c.name: c for c in result.checks}
     assert result.passed, result.to_dict()
@@ -23,7 +25,7 @@ def test_nested_outputs_are_checked_tensor_by_tensor(kind, paths, toy_factory, t
 
 def test_a_non_finite_tensor_is_named_by_its_path(toy_factory, tmp_path):
     ckpt = tmp_path / "dict.pt"
-    run_conversion(f"{toy_factory}:nested", model_kwargs={"kind": "dict"}, out=ckpt, input_size=(3, 8, 8))
+    run_conversion(ModelSource.parse(f"{toy_factory}:nested", kwargs={"kind": "dict"}), output=ckpt, input_size=(3, 8, 8))
     payload = torch.load(ckpt, weights_only=True)
     payload["state_dict"]["aux.bias"] = torch.full((5,), float("nan"))
     torch.save(payload, ckpt)
@@ -37,7 +39,7 @@ def test_a_non_finite_tensor_is_named_by_its_path(toy_factory, tmp_path):
 def test_features_only_model_verifies(tmp_path):
     """timm's features_only models return a list of feature maps (verify crashed on it)."""
     ckpt = tmp_path / "features.pt"
-    run_conversion("timm:test_resnet", model_kwargs={"features_only": True}, out=ckpt, input_size=(3, 32, 32))
+    run_conversion(ModelSource.parse("timm:test_resnet", kwargs={"features_only": True}), output=ckpt, input_size=(3, 32, 32))
     result = verify_checkpoint(ckpt)
     assert result.passed, result.to_dict()
     detail = {c.name: c for c in result.checks}["output shape"].detail
@@ -54,7 +56,7 @@ def test_features_only_model_verifies(tmp_path):
 def test_a_state_dict_that_does_not_fit_is_a_failed_check(edit, words, toy_factory, tmp_path):
     """Exit 4 (a check failed), not 2: the file is a readable checkpoint, it just does not load."""
     path = tmp_path / "tiny.pt"
-    run_conversion(f"{toy_factory}:tiny", out=path, input_size=(3, 16, 16))
+    run_conversion(f"{toy_factory}:tiny", output=path, input_size=(3, 16, 16))
     payload = torch.load(path, weights_only=True)
     edit(payload["state_dict"])
     torch.save(payload, path)
@@ -68,7 +70,7 @@ def test_weights_of_another_architecture_are_named_as_such(tmp_path):
     import timm
 
     ckpt, weights = tmp_path / "m.pt", tmp_path / "bigger.pt"
-    run_conversion("timm:test_resnet", out=ckpt, input_size=(3, 32, 32))
+    run_conversion("timm:test_resnet", output=ckpt, input_size=(3, 32, 32))
     torch.manual_seed(1)  # other weights, and one tensor the model does not have
     other = timm.create_model("test_resnet").state_dict()
     other["extra_block.weight"] = torch.zeros(2)

@@ -3,9 +3,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import scconv_surgery
 from scconv_surgery.errors import WeightsFileError
 from scconv_surgery.models import create_model
+from scconv_surgery.weights import read_weights, strip_wrapper_prefixes
 
 
 def _reference_state_dict():
@@ -34,8 +34,8 @@ def test_weights_file_layouts(layout, tmp_path):
     model, source = create_model("torchvision:resnet18", weights=path, num_classes=5)
     for key, value in model.state_dict().items():
         assert torch.equal(value, reference[key]), key
-    assert source.weights["kind"] == "file" and source.weights["name"] == path.name
-    assert len(source.weights["sha256"]) == 64
+    assert source.weights.kind.value == "file" and source.weights.name == path.name
+    assert len(source.weights.sha256) == 64
 
 
 @pytest.mark.parametrize("case", ["missing", "not a checkpoint", "no tensors", "wrong keys", "wrong head"])
@@ -114,20 +114,20 @@ def test_wrapper_prefixes_are_stripped_in_any_nesting_and_reported(wrapping, pre
     model, source = create_model("torchvision:resnet18", weights=path, num_classes=5)
     for key, value in model.state_dict().items():
         assert torch.equal(value, reference[key]), key
-    assert source.weights["stripped_prefixes"] == prefixes
+    assert list(source.weights.stripped_prefixes) == prefixes
 
 
 def test_a_module_named_module_is_not_a_wrapper():
     """``module.`` is stripped only when every key carries it: here only some do."""
     state_dict = {"module.weight": torch.zeros(1), "head.weight": torch.zeros(1)}
-    assert scconv_surgery.strip_wrapper_prefixes(state_dict) == (state_dict, ())
+    assert strip_wrapper_prefixes(state_dict) == (state_dict, ())
 
 
 def test_keys_that_clash_once_stripped_are_refused(tmp_path):
     path = tmp_path / "w.pth"
     torch.save({"conv.weight": torch.zeros(1), "conv._orig_mod.weight": torch.ones(1)}, path)
     with pytest.raises(WeightsFileError, match=r"keys clash once the wrapper prefixes _orig_mod\. are stripped"):
-        scconv_surgery.read_weights(path)
+        read_weights(path)
 
 
 @pytest.mark.parametrize("content, words", [

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from scconv_surgery.apply import apply_plan, check_shapes
-from scconv_surgery.checkpoint import build_manifest, load, save_checkpoint
+from scconv_surgery.checkpoint import load, save_checkpoint
+from scconv_surgery.manifest import Manifest
 from scconv_surgery.models import create_model, default_input_size
 from scconv_surgery.plan import plan_conversion
 
@@ -34,7 +35,7 @@ def test_convert_forward_and_round_trip(case, name, kwargs, replaced, classes, r
     converted = apply_plan(copy.deepcopy(base), plan)
     size = default_input_size(base, source)
     check_shapes(base, converted, plan, size)  # every replacement returns its conv's shape
-    path = save_checkpoint(tmp_path / "m.pt", converted, build_manifest(source, plan, seed=0, input_size=size))
+    path = save_checkpoint(tmp_path / "m.pt", converted, Manifest(source, plan.replaced, seed=0, input_size=size))
     loaded = load(path)
     x = torch.randn(1, *size)
     with torch.no_grad():
@@ -90,7 +91,7 @@ def test_the_paper_s_cifar_networks_convert_and_reload(factory, kwargs, replaced
     if factory.startswith("resnext"):
         assert {d.config.gwc_groups for d in plan.replaced} == {8}
         assert plan.skip_summary()["grouped"] == 2
-    path = save_checkpoint(tmp_path / "m.pt", converted, build_manifest(source, plan, seed=0, input_size=(3, 32, 32)))
+    path = save_checkpoint(tmp_path / "m.pt", converted, Manifest(source, plan.replaced, seed=0, input_size=(3, 32, 32)))
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(load(path)(x), converted.eval()(x), rtol=0, atol=0)

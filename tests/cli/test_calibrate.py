@@ -54,7 +54,7 @@ def test_convert_with_calibrate_reports_and_records_each_layer(workdir):
     assert calibration["batchnorms"] == ["0.1", "1.1", "2.1", "3.1"]
     assert calibration["data"] == str(workdir / "images") and calibration["input_size"] == [3, 32, 32]
     assert (calibration["images_available"], calibration["images_requested"]) == (16, 16)
-    assert read_checkpoint(out)["manifest"]["calibration"] == calibration
+    assert read_checkpoint(out).manifest.calibration == calibration
     assert "1.0: 20 steps, loss" in result.stderr  # progress, one line per layer off a terminal
     verified = invoke("verify", out, "--weights", workdir / "w.pt", "--json")  # re-estimated statistics allowed
     assert verified.exit_code == 0, verified.output
@@ -110,9 +110,9 @@ def test_calibrate_command_fits_a_saved_checkpoint(workdir):
     doc = json.loads(result.stdout)
     assert doc["output"] == str(calibrated)
     assert [layer["name"] for layer in doc["calibration"]["layers"]] == REPLACED
-    manifest = read_checkpoint(calibrated)["manifest"]
-    assert manifest["calibration"] == doc["calibration"]
-    assert manifest["replaced"] == read_checkpoint(plain)["manifest"]["replaced"]
+    manifest = read_checkpoint(calibrated).manifest
+    assert manifest.calibration == doc["calibration"]
+    assert manifest.replaced == read_checkpoint(plain).manifest.replaced
     before, after = load(plain).state_dict(), load(calibrated).state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert {k.split(".")[0] + "." + k.split(".")[1] for k in changed if "running" not in k
@@ -151,7 +151,7 @@ def test_calibrate_command_on_random_weights_needs_the_flag(workdir):
 def test_calibrating_a_trained_checkpoint_is_refused(workdir):
     plain, trained = workdir / "m.pt", workdir / "trained.pt"
     assert invoke("convert", *MODEL, "--weights", workdir / "w.pt", "--out", plain).exit_code == 0
-    payload = read_checkpoint(plain)
+    payload = read_checkpoint(plain).to_dict()
     payload["state_dict"]["0.0.weight"] = payload["state_dict"]["0.0.weight"] + 0.01  # as fine-tuning would
     torch.save(payload, trained)
     result = invoke("calibrate", trained, "--data", workdir / "images", "--out", workdir / "c.pt", "--weights",

@@ -244,7 +244,7 @@ def test_existing_output_needs_force_and_weights_are_never_overwritten(in_tmp):
     torch.save(torchvision.models.resnet18().state_dict(), "w.pt")
     before = (in_tmp / "w.pt").read_bytes()
     same = invoke("convert", "torchvision:resnet18", "--weights", "w.pt", "--out", "w.pt", "--force")
-    assert_clean_error(same, EXIT_BAD_INPUT, "is the --weights file")
+    assert_clean_error(same, EXIT_BAD_INPUT, "is the base weights file")
     assert (in_tmp / "w.pt").read_bytes() == before
 
 

@@ -14,7 +14,7 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("report") / "r18.pt"
-    result = run_conversion("torchvision:resnet18", out=path, input_size=(3, 64, 64), rules=())
+    result = run_conversion("torchvision:resnet18", output=path, input_size=(3, 64, 64), rules=())
     return path, result
 
 

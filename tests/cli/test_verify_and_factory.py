@@ -122,7 +122,7 @@ def test_finetune_under_torchrun_two_processes(tmp_path):
 
     ckpt = tmp_path / "tr.pt"
     rules = [Rule("*"), Rule("layer1.*", variant="seed")]
-    result = run_conversion("timm:test_resnet", rules=rules, out=ckpt, input_size=(3, 64, 64))
+    result = run_conversion("timm:test_resnet", rules=rules, output=ckpt, input_size=(3, 64, 64))
     seed_layers = [d.name for d in result.plan.replaced if d.config.variant.value == "seed"]
     assert seed_layers and len(seed_layers) < len(result.plan.replaced)
     manifest = torch.load(ckpt, weights_only=True)["manifest"]

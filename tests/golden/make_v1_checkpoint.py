@@ -20,7 +20,7 @@ HERE = Path(__file__).parent
 
 def main() -> None:
     out = HERE / "v1_test_resnet.pt"
-    run_conversion("timm:test_resnet", out=out, input_size=(3, 64, 64), seed=0)
+    run_conversion("timm:test_resnet", output=out, input_size=(3, 64, 64), seed=0)
     model = scconv_surgery.load(out)
     torch.manual_seed(0)
     x = torch.randn(2, 3, 64, 64)
