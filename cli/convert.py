@@ -18,7 +18,6 @@ from scconv_surgery import (
     ScConvConfig,
     StridePolicy,
     Variant,
-    assemble_rules,
     check_model_kwargs,
     run_conversion,
 )
@@ -43,6 +42,7 @@ from .params import (
     parse_input_size,
 )
 from .render import render_conversion
+from .rules import assemble_rules
 
 Preset = Enum("Preset", {name: name for name in PRESETS}, type=str)  # type: ignore[misc]
 

@@ -65,7 +65,8 @@ from .layers import CRU, SRU, ScConv, ScConvConfig, StridePolicy, Variant
 from .models import ModelSource, build_model, check_model_kwargs, create_model, default_input_size
 from .pipeline import CheckpointReport, ConversionResult, recount_checkpoint, run_conversion
 from .plan import Action, ConvSpec, Decision, Plan, SkipReason, plan_conversion
-from .rules import PRESETS, Rule, RuleAction, assemble_rules, load_rules_file
+from .rules import PRESETS, Rule, RuleAction
+from .rules_file import load_rules_file
 from .survey import Coverage, ModelSurvey, default_cache_dir, list_model_names, survey_model, survey_models
 from .verify import Check, VerifyResult, verify_checkpoint
 from .weights import WeightsFile, load_weights_file, read_state_dict, read_weights, strip_wrapper_prefixes
@@ -80,7 +81,7 @@ __all__ = [
     "CountReport", "ModelSource", "ScconvError", "UnknownModelError", "PretrainedWeightsError",
     "WeightsFileError", "InvalidRuleError", "UnmatchedRuleError", "NothingSelectedError",
     "OutputPathError", "CheckpointError", "PlanMismatchError", "ShapeMismatchError",
-    "RulesFileError", "ModelArgumentError", "FactoryError", "check_shapes", "load_rules_file", "assemble_rules",
+    "RulesFileError", "ModelArgumentError", "FactoryError", "check_shapes", "load_rules_file",
     "param_groups", "new_parameter_names", "stale_batchnorms", "reset_batchnorm_stats", "optimize_for_inference",
     "build_model", "load_weights_file", "read_state_dict", "PRESETS", "InvalidOptionError", "ModelForwardError",
     "run_conversion", "ConversionResult", "recount_checkpoint", "CheckpointReport", "verify_checkpoint",
