@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from scconv_surgery import ModelSurvey, default_cache_dir, list_model_names, survey_models
+from scconv_surgery.survey import ModelSurvey, default_cache_dir, list_model_names, survey_models
 
 from .output import Output
 from .params import FLAG, DebugOpt, HelpOpt, JsonOpt
