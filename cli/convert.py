@@ -14,7 +14,7 @@ from scconv_surgery.errors import ModelArgumentError
 from scconv_surgery.layers import ScConvConfig, StridePolicy, Variant
 from scconv_surgery.models import ModelSource, WeightsSource, check_model_kwargs
 from scconv_surgery.pipeline import DryRun, WriteCheckpoint, run_conversion
-from scconv_surgery.rules import PRESETS, assemble_rules
+from scconv_surgery.rules import PRESETS
 
 from .errors import InvalidOptionError
 from .output import Output
@@ -38,6 +38,7 @@ from .params import (
     parse_input_size,
 )
 from .render import render_conversion
+from .rules import assemble_rules
 
 Preset = Enum("Preset", {name: name for name in PRESETS}, type=str)  # type: ignore[misc]
 

@@ -30,7 +30,8 @@ from .errors import CalibrationError
 from .finetune import recompute_batchnorm_stats, stale_batchnorms
 from .layers import ScConv
 
-__all__ = ["CalibrationStrategy", "BatchNormUpdate", "LayerCalibration", "CalibrationResult", "calibrate"]
+__all__ = ["CalibrationStrategy", "BatchNormUpdate", "LayerCalibration", "CalibrationResult", "calibrate",
+           "check_calibration_options"]
 
 CALIBRATION_SCHEMA_VERSION = 1
 MAX_HELD_OUT = 64  # images kept out of the fit to measure each layer's error
@@ -134,16 +135,36 @@ def _select_layers(original: nn.Module, converted: nn.Module, layers: Sequence[s
     return list(layers)
 
 
-def _check_options(images: torch.Tensor, steps: int, batch_size: int, lr: float, max_cache_bytes: int) -> None:
+def check_calibration_options(*, steps: int, batch_size: int, lr: float, num_images: int | None = None,
+                              max_cache_bytes: int | None = None, seed: int | None = None) -> None:
+    """Check a calibration's options: the one check :func:`calibrate` and
+    :class:`~scconv_surgery.calibration_run.CalibrationConfig` share (None: not given, not checked).
+
+    Args:
+        steps: optimizer steps per layer, an integer >= 0.
+        batch_size: an integer >= 1.
+        lr: Adam's initial learning rate, a finite number above 0.
+        num_images: an integer >= 1.
+        max_cache_bytes: an integer >= 1.
+        seed: an integer >= 0.
+
+    Raises:
+        CalibrationError: an option out of range or of the wrong type; ``name`` is the
+            option's Python argument (e.g. ``"num_images"``), for the CLI to map to its flag.
+    """
+    integers = (("num_images", num_images, 1), ("steps", steps, 0), ("batch_size", batch_size, 1),
+                ("max_cache_bytes", max_cache_bytes, 1), ("seed", seed, 0))
+    for option, value, low in integers:
+        if value is not None and (not isinstance(value, int) or value < low):
+            raise CalibrationError(f"must be an integer >= {low}, got {value!r}", option)
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise CalibrationError(f"must be positive and finite, got {lr!r}", "lr")
+
+
+def _check_images(images: torch.Tensor) -> None:
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[0] == 0:
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise CalibrationError(f"images must be a non-empty (N, C, H, W) tensor, got {shape}")
-    for option, value, low in (("steps", steps, 0), ("batch_size", batch_size, 1), ("max_cache_bytes",
-                                                                                     max_cache_bytes, 1)):
-        if not isinstance(value, int) or value < low:
-            raise CalibrationError(f"must be an integer >= {low}, got {value!r}", option)
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise CalibrationError(f"must be a positive number, got {lr!r}", "lr")
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -306,7 +327,8 @@ def calibrate(original: nn.Module, converted: nn.Module, images: torch.Tensor, *
     """
     started = time.perf_counter()
     strategy, batchnorm = CalibrationStrategy(strategy), BatchNormUpdate(batchnorm)
-    _check_options(images, steps, batch_size, lr, max_cache_bytes)
+    _check_images(images)
+    check_calibration_options(steps=steps, batch_size=batch_size, lr=lr, max_cache_bytes=max_cache_bytes)
     names = _select_layers(original, converted, layers)
     device = _resolve_device(device, converted)
     generator = torch.Generator().manual_seed(seed)

@@ -36,6 +36,7 @@ from .calibration import (
     CalibrationResult,
     CalibrationStrategy,
     calibrate,
+    check_calibration_options,
 )
 from .checkpoint import check_output_path, read_checkpoint, save_checkpoint
 from .errors import CalibrationError
@@ -79,12 +80,8 @@ class CalibrationConfig:
         object.__setattr__(self, "data", Path(self.data))
         object.__setattr__(self, "strategy", CalibrationStrategy(self.strategy))
         object.__setattr__(self, "batchnorm", BatchNormUpdate(self.batchnorm))
-        for option, value, low in (("num_images", self.num_images, 1), ("steps", self.steps, 0),
-                                   ("batch_size", self.batch_size, 1), ("seed", self.seed, 0)):
-            if not isinstance(value, int) or value < low:
-                raise CalibrationError(f"must be an integer >= {low}, got {value!r}", option)
-        if not self.lr > 0:
-            raise CalibrationError(f"must be positive, got {self.lr!r}", "lr")
+        check_calibration_options(num_images=self.num_images, steps=self.steps, batch_size=self.batch_size,
+                                  seed=self.seed, lr=self.lr)
         if self.device is not None:
             try:
                 torch.device(self.device)

@@ -84,7 +84,7 @@ def fit_config(in_channels: int, out_channels: int, config: ScConvConfig, *, gro
         config: the configured hyperparameters.
         groups: for a grouped conv, its group count: GWC takes it (``gwc_groups`` is set to
             it, recorded as an adaptation when it differs) and only ``squeeze_ratio`` moves.
-        strict: change nothing but ``gwc_groups`` for a grouped conv (``--strict-paper``).
+        strict: change nothing but ``gwc_groups`` for a grouped conv (``strict_paper``).
 
     Returns:
         ``(config, adaptations)``, with one :class:`Adaptation` per changed hyperparameter

@@ -11,7 +11,7 @@ Rules are ordered. A conv is selected when an include rule matches it and no exc
 does (exclude always wins); with no include rule at all, every eligible conv is included.
 Hyperparameters set by later matching include rules override earlier ones.
 
-Rules files (YAML or TOML, :func:`load_rules_file`) hold the same rules::
+Rules files (YAML or TOML, :func:`scconv_surgery.rules_file.load_rules_file`) hold the same rules::
 
     preset: paper            # optional: rules that go first (see PRESETS)
     rules:
@@ -23,37 +23,62 @@ Rules files (YAML or TOML, :func:`load_rules_file`) hold the same rules::
 """
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields, replace
 from enum import Enum
-from pathlib import Path
 from typing import Any
 
-from .errors import InvalidRuleError, RulesFileError
+from .errors import InvalidRuleError, ScconvError
 from .layers import ScConvConfig, StridePolicy, Variant
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
-
-__all__ = ["RuleAction", "Rule", "PRESETS", "preset_rules", "validate_rules", "match_rules",
-           "merged_config", "merged_strict_paper", "load_rules_file", "rule_from_mapping", "assemble_rules",
-           "RulesFile"]
+__all__ = ["RuleAction", "Rule", "RuleFieldError", "PRESETS", "preset_rules", "validate_rules", "match_rules",
+           "merged_config", "merged_strict_paper", "FILTER_FIELDS", "CONFIG_FIELDS", "OPTION_FIELDS"]
 
 REGEX_PREFIX = "re:"
 
-# Structural filters a rule may set (compared with the conv's ConvSpec and class).
-FILTER_FIELDS = ("kernel_size", "stride", "dilation", "groups", "conv_class", "min_in_channels",
-                 "max_in_channels", "min_out_channels", "max_out_channels")
-# SCConv hyperparameters a rule may set (fields of ScConvConfig).
-CONFIG_FIELDS = ("variant", "alpha", "squeeze_ratio", "gwc_groups", "gn_groups", "gate_threshold",
-                 "stride_policy")
+# Structural filters a rule may set: the field, and whether a conv passes the filter's value,
+# given the conv's ConvSpec and class name. The one list of filters: the rest derive from it.
+_FILTERS: dict[str, Callable[[Any, str, Any], bool]] = {
+    "kernel_size": lambda spec, cls, v: tuple(spec.kernel_size) == (v, v),
+    "stride": lambda spec, cls, v: tuple(spec.stride) == (v, v),
+    "dilation": lambda spec, cls, v: tuple(spec.dilation) == (v, v),
+    "groups": lambda spec, cls, v: spec.groups == v,
+    "conv_class": lambda spec, cls, v: cls == v,
+    "min_in_channels": lambda spec, cls, v: spec.in_channels >= v,
+    "max_in_channels": lambda spec, cls, v: spec.in_channels <= v,
+    "min_out_channels": lambda spec, cls, v: spec.out_channels >= v,
+    "max_out_channels": lambda spec, cls, v: spec.out_channels <= v,
+}
+FILTER_FIELDS = tuple(_FILTERS)
+# SCConv hyperparameters a rule may set: every field of ScConvConfig.
+CONFIG_FIELDS = tuple(f.name for f in fields(ScConvConfig))
 # Planning options a rule may set for the convs it includes (not SCConv hyperparameters).
 OPTION_FIELDS = ("strict_paper",)
+
+
+class RuleFieldError(InvalidRuleError):
+    """A :class:`Rule` field that is invalid on its own or contradicts another.
+
+    Raised by :class:`Rule` itself, which does not know its position among other rules: the
+    rules-file reader and the CLI's assembly add the file and the index.
+
+    Attributes:
+        pattern: the rule's pattern.
+        index: None (a lone rule has no position).
+        key: the offending field: ``"pattern"``, ``"action"``, a filter, a hyperparameter or
+            ``"strict_paper"``.
+        problem: what is wrong, in words (also the message).
+    """
+
+    def __init__(self, pattern: Any, key: str, problem: str):
+        # InvalidRuleError's message starts with the rule's index, which a lone rule lacks
+        ScconvError.__init__(self, problem)
+        self.pattern = pattern
+        self.index = None
+        self.key = key
+        self.problem = problem
 
 
 class RuleAction(str, Enum):
@@ -65,7 +90,7 @@ class RuleAction(str, Enum):
 
 @dataclass(frozen=True)
 class Rule:
-    """One matching rule.
+    """One matching rule; a rule that constructs is valid (its regex compiles).
 
     Attributes:
         pattern: a glob over the full dotted module name, or ``re:REGEX`` (full match).
@@ -88,8 +113,11 @@ class Rule:
             (:func:`~scconv_surgery.fitting.fit_config`); None inherits.
 
     Raises:
-        ValueError: a contradictory rule (a lower bound above its upper bound, hyperparameters
-            or ``strict_paper`` on an exclude rule, an include asking for a 1x1 or even kernel).
+        RuleFieldError: an empty pattern or a ``re:`` pattern that does not compile (key
+            ``"pattern"``), or a contradictory rule (a lower bound above its upper bound,
+            hyperparameters or ``strict_paper`` on an exclude rule, an include asking for a 1x1
+            or even kernel, a hyperparameter out of range); ``key`` names the field. An
+            :class:`~scconv_surgery.errors.InvalidRuleError` and a ``ValueError``.
     """
 
     pattern: str
@@ -113,36 +141,66 @@ class Rule:
     strict_paper: bool | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "action", RuleAction(self.action))
         if not isinstance(self.pattern, str) or not self.pattern:
-            raise ValueError(f"a rule's pattern must be a non-empty string, got {self.pattern!r}")
-        if self.variant is not None:
-            object.__setattr__(self, "variant", Variant(self.variant))
-        if self.stride_policy is not None:
-            object.__setattr__(self, "stride_policy", StridePolicy(self.stride_policy))
-        for name in ("kernel_size", "stride", "dilation", "groups", "min_in_channels", "max_in_channels",
-                     "min_out_channels", "max_out_channels"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name}={value} must be at least 1")
+            raise RuleFieldError(self.pattern, "pattern", f"a rule's pattern must be a non-empty string, got "
+                                                          f"{self.pattern!r}")
+        for key, kind in (("action", RuleAction), ("variant", Variant), ("stride_policy", StridePolicy)):
+            value = getattr(self, key)
+            if value is not None:
+                try:
+                    object.__setattr__(self, key, kind(value))
+                except ValueError as err:
+                    raise RuleFieldError(self.pattern, key, str(err)) from err
+        self._check_filters()
+        self._check_settings()
+        if self.pattern.startswith(REGEX_PREFIX):
+            try:
+                re.compile(self.pattern[len(REGEX_PREFIX):])
+            except re.error as err:
+                raise RuleFieldError(self.pattern, "pattern", f"invalid regular expression: {err}") from err
+
+    def _check_filters(self) -> None:
+        """Filters are at least 1, and each lower channel bound is at most its upper bound."""
+        for key, value in self.filters().items():
+            if isinstance(value, int) and value < 1:
+                raise RuleFieldError(self.pattern, key, f"{key}={value} must be at least 1")
         for side in ("in", "out"):
             low, high = getattr(self, f"min_{side}_channels"), getattr(self, f"max_{side}_channels")
             if low is not None and high is not None and low > high:
-                raise ValueError(f"min_{side}_channels={low} is above max_{side}_channels={high}")
-        if self.action is RuleAction.EXCLUDE and (self.config_overrides() or self.strict_paper is not None):
-            keys = [*self.config_overrides(), *(["strict_paper"] if self.strict_paper is not None else [])]
-            raise ValueError(f"an exclude rule cannot set hyperparameters ({', '.join(keys)})")
+                raise RuleFieldError(self.pattern, f"min_{side}_channels",
+                                     f"min_{side}_channels={low} is above max_{side}_channels={high}")
+
+    def _check_settings(self) -> None:
+        """Only include rules set hyperparameters and ``strict_paper``, an included kernel is odd
+        and at least 3, and each hyperparameter is valid on its own (:class:`ScConvConfig`)."""
+        overrides = self.config_overrides()
+        keys = [*overrides, *(["strict_paper"] if self.strict_paper is not None else [])]
+        if self.action is RuleAction.EXCLUDE and keys:
+            raise RuleFieldError(self.pattern, keys[0],
+                                 f"an exclude rule cannot set hyperparameters ({', '.join(keys)})")
         if self.strict_paper is not None and not isinstance(self.strict_paper, bool):
-            raise ValueError(f"strict_paper must be true or false, got {self.strict_paper!r}")
+            raise RuleFieldError(self.pattern, "strict_paper",
+                                 f"strict_paper must be true or false, got {self.strict_paper!r}")
         if self.action is RuleAction.INCLUDE and self.kernel_size is not None and (
                 self.kernel_size < 3 or self.kernel_size % 2 == 0):
-            raise ValueError(f"kernel_size={self.kernel_size}: SCConv replaces odd kernels of 3 or more")
-        if self.config_overrides():
-            ScConvConfig(**self.config_overrides())  # each value valid on its own
+            raise RuleFieldError(self.pattern, "kernel_size",
+                                 f"kernel_size={self.kernel_size}: SCConv replaces odd kernels of 3 or more")
+        for key, value in overrides.items():
+            try:
+                ScConvConfig(**{key: value})
+            except ValueError as err:
+                raise RuleFieldError(self.pattern, key, str(err)) from err
+
+    def _set(self, keys: Sequence[str]) -> dict[str, Any]:
+        return {key: getattr(self, key) for key in keys if getattr(self, key) is not None}
+
+    def filters(self) -> dict[str, Any]:
+        """The structural filters this rule sets (not None)."""
+        return self._set(FILTER_FIELDS)
 
     def config_overrides(self) -> dict[str, Any]:
         """The hyperparameters this rule sets (not None)."""
-        return {f: getattr(self, f) for f in CONFIG_FIELDS if getattr(self, f) is not None}
+        return self._set(CONFIG_FIELDS)
 
     def matches(self, name: str) -> bool:
         """Whether the pattern matches the full module name ``name`` (filters not applied)."""
@@ -153,33 +211,29 @@ class Rule:
     def matches_conv(self, names: Sequence[str], spec: Any, class_name: str) -> bool:
         """Whether the rule matches a conv: its pattern matches one of ``names`` and every
         filter it sets matches ``spec`` (a :class:`~scconv_surgery.plan.ConvSpec`)."""
-        checks = (
-            (self.kernel_size, lambda v: tuple(spec.kernel_size) == (v, v)),
-            (self.stride, lambda v: tuple(spec.stride) == (v, v)),
-            (self.dilation, lambda v: tuple(spec.dilation) == (v, v)),
-            (self.groups, lambda v: spec.groups == v),
-            (self.conv_class, lambda v: class_name == v),
-            (self.min_in_channels, lambda v: spec.in_channels >= v),
-            (self.max_in_channels, lambda v: spec.in_channels <= v),
-            (self.min_out_channels, lambda v: spec.out_channels >= v),
-            (self.max_out_channels, lambda v: spec.out_channels <= v),
-        )
-        if not all(check(value) for value, check in checks if value is not None):
+        if not all(_FILTERS[key](spec, class_name, value) for key, value in self.filters().items()):
             return False
         return any(self.matches(name) for name in names)
 
     def to_dict(self) -> dict[str, Any]:
         """The rules-file form: ``{"include": pattern, ...fields that are set}``."""
         d: dict[str, Any] = {self.action.value: self.pattern}
-        for f in (*FILTER_FIELDS, *CONFIG_FIELDS, *OPTION_FIELDS):
-            value = getattr(self, f)
-            if value is not None:
-                d[f] = value.value if isinstance(value, Enum) else value
+        for key, value in self._set((*FILTER_FIELDS, *CONFIG_FIELDS, *OPTION_FIELDS)).items():
+            d[key] = value.value if isinstance(value, Enum) else value
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Rule:
-        return rule_from_mapping(d)
+        """Read :meth:`to_dict`'s form. A mapping from a user's file goes through
+        :func:`scconv_surgery.rules_file.rule_from_mapping`, which checks each key's type and
+        names the file and the rule in its errors.
+
+        Raises:
+            RuleFieldError: as the constructor.
+            TypeError: a key that is not a field.
+        """
+        action = RuleAction.EXCLUDE if RuleAction.EXCLUDE.value in d else RuleAction.INCLUDE
+        return cls(d[action.value], action, **{k: v for k, v in d.items() if k != action.value})
 
 
 PRESETS: dict[str, tuple[Rule, ...]] = {
@@ -202,19 +256,17 @@ def preset_rules(name: str) -> tuple[Rule, ...]:
     return PRESETS[name]
 
 
-def validate_rules(rules: Sequence[Rule]) -> None:
-    """Check every rule can be evaluated.
+def validate_rules(rules: Sequence[Any]) -> None:
+    """Check that every item of ``rules`` is a :class:`Rule` (a Rule that constructs is valid).
 
     Raises:
-        InvalidRuleError: a ``re:`` pattern is not a valid regular expression (the error
-            names the rule's index and pattern).
+        InvalidRuleError: an item that is not a :class:`Rule`, e.g. a bare pattern string (the
+            error names its index).
     """
     for index, rule in enumerate(rules):
-        if rule.pattern.startswith(REGEX_PREFIX):
-            try:
-                re.compile(rule.pattern[len(REGEX_PREFIX):])
-            except re.error as err:
-                raise InvalidRuleError(rule.pattern, index, f"invalid regular expression: {err}") from err
+        if not isinstance(rule, Rule):
+            raise InvalidRuleError(str(rule), index, f"not a Rule but a {type(rule).__name__}; wrap a pattern as "
+                                                     "Rule(pattern)")
 
 
 def match_rules(matching: Sequence[int], rules: Sequence[Rule]) -> tuple[bool, int | None]:
@@ -232,178 +284,21 @@ def match_rules(matching: Sequence[int], rules: Sequence[Rule]) -> tuple[bool, i
     return (bool(included) or not has_includes), (included[-1] if included else None)
 
 
-def merged_config(base: ScConvConfig, matching: Sequence[int], rules: Sequence[Rule]) -> ScConvConfig:
-    """``base`` with the hyperparameters of the matching include rules applied in order."""
-    overrides: dict[str, Any] = {}
+def _merged(matching: Sequence[int], rules: Sequence[Rule], keys: Sequence[str]) -> dict[str, Any]:
+    """The fields among ``keys`` that the matching include rules set, later rules last."""
+    merged: dict[str, Any] = {}
     for index in matching:
         if rules[index].action is RuleAction.INCLUDE:
-            overrides.update(rules[index].config_overrides())
+            merged.update(rules[index]._set(keys))
+    return merged
+
+
+def merged_config(base: ScConvConfig, matching: Sequence[int], rules: Sequence[Rule]) -> ScConvConfig:
+    """``base`` with the hyperparameters of the matching include rules applied in order."""
+    overrides = _merged(matching, rules, CONFIG_FIELDS)
     return replace(base, **overrides) if overrides else base
 
 
 def merged_strict_paper(base: bool, matching: Sequence[int], rules: Sequence[Rule]) -> bool:
     """``base`` unless a matching include rule sets ``strict_paper``; the last one wins."""
-    for index in matching:
-        rule = rules[index]
-        if rule.action is RuleAction.INCLUDE and rule.strict_paper is not None:
-            base = rule.strict_paper
-    return base
-
-
-# -- rules files ---------------------------------------------------------------------------
-
-_TYPES: dict[str, tuple[type, ...]] = {
-    **{f: (int,) for f in ("kernel_size", "stride", "dilation", "groups", "min_in_channels",
-                           "max_in_channels", "min_out_channels", "max_out_channels",
-                           "squeeze_ratio", "gwc_groups", "gn_groups")},
-    "conv_class": (str,), "variant": (str,), "stride_policy": (str,),
-    "alpha": (float, int), "gate_threshold": (float, int), "strict_paper": (bool,),
-}
-_CHOICES = {"variant": [v.value for v in Variant], "stride_policy": [p.value for p in StridePolicy]}
-RULE_KEYS = ("include", "exclude", *FILTER_FIELDS, *CONFIG_FIELDS, *OPTION_FIELDS)
-
-
-def rule_from_mapping(entry: Mapping[str, Any], *, path: str = "<rules>", index: int = 0) -> Rule:
-    """Build a :class:`Rule` from one rules-file entry (``{"include": PATTERN, ...}``).
-
-    Raises:
-        RulesFileError: an unknown key, a value of the wrong type or outside its choices, both
-            or neither of include / exclude, or a contradictory rule (names ``path``, ``index``
-            and the key).
-    """
-    if not isinstance(entry, Mapping):
-        raise RulesFileError(path, index, None, f"a rule must be a mapping, got {type(entry).__name__}")
-    for key in entry:
-        if key not in RULE_KEYS:
-            close = difflib.get_close_matches(str(key), RULE_KEYS, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; allowed: {', '.join(RULE_KEYS)}"
-            raise RulesFileError(path, index, key, f"unknown key{hint}")
-    actions = [a for a in ("include", "exclude") if a in entry]
-    if len(actions) != 1:
-        raise RulesFileError(path, index, None, "give exactly one of 'include' or 'exclude' (the pattern)")
-    action = actions[0]
-    if not isinstance(entry[action], str) or not entry[action]:
-        raise RulesFileError(path, index, action, f"must be a non-empty string pattern, got {entry[action]!r}")
-    values = {}
-    for key, value in entry.items():
-        if key in actions:
-            continue
-        allowed = _TYPES[key]
-        if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
-            names = " or ".join(t.__name__ for t in allowed)
-            raise RulesFileError(path, index, key, f"must be {names}, got {value!r} ({type(value).__name__})")
-        if key in _CHOICES and value not in _CHOICES[key]:
-            raise RulesFileError(path, index, key, f"must be one of {', '.join(_CHOICES[key])}, got {value!r}")
-        values[key] = float(value) if allowed[0] is float else value
-    try:
-        rule = Rule(entry[action], RuleAction(action), **values)
-        validate_rules([rule])
-    except InvalidRuleError as err:
-        raise RulesFileError(path, index, action, str(err).split(": ", 1)[-1]) from err
-    except ValueError as err:
-        text = str(err)
-        named = [key for key in (*FILTER_FIELDS, *CONFIG_FIELDS, *OPTION_FIELDS) if re.search(rf"\b{key}\b", text)]
-        raise RulesFileError(path, index, named[0] if named else None, f"invalid rule: {text}") from err
-    return rule
-
-
-@dataclass(frozen=True)
-class RulesFile:
-    """A parsed rules file.
-
-    Attributes:
-        path: the file.
-        preset: the preset it names, or None.
-        rules: its rules, in order (after the preset's).
-    """
-
-    path: str
-    preset: str | None
-    rules: tuple[Rule, ...]
-
-
-def _parse_problem(err: Exception) -> str:
-    """A parser's error on one line, with the line and column (PyYAML's spans several lines;
-    tomllib's already ends with "(at line L, column C)")."""
-    mark = getattr(err, "problem_mark", None)
-    if mark is None:
-        return str(err)
-    text = f"{getattr(err, 'problem', None) or err} at line {mark.line + 1}, column {mark.column + 1}"
-    context, start = getattr(err, "context", None), getattr(err, "context_mark", None)
-    if context and start is not None:
-        text += f" ({context} from line {start.line + 1}, column {start.column + 1})"
-    return text
-
-
-def load_rules_file(path: str | Path) -> RulesFile:
-    """Read a YAML (``.yaml``/``.yml``) or TOML (``.toml``) rules file.
-
-    Top-level keys: ``rules`` (a list of rule mappings, :func:`rule_from_mapping`) and
-    ``preset`` (a name in :data:`PRESETS`), both optional.
-
-    Raises:
-        RulesFileError: the file is missing, unreadable, not YAML / TOML, has an unknown
-            top-level key, or holds an invalid rule (the error names the file, the rule's
-            index and the key).
-    """
-    path = Path(path)
-    text_path = str(path)
-    if path.is_dir():
-        raise RulesFileError(text_path, None, None, "is a directory, not a rules file")
-    if not path.is_file():
-        raise RulesFileError(text_path, None, None, "no such file")
-    try:
-        text = path.read_text(encoding="utf-8")
-        suffix = path.suffix.lower()
-        if suffix == ".toml":
-            document: Any = tomllib.loads(text)
-        elif suffix in (".yaml", ".yml"):
-            import yaml
-
-            document = yaml.safe_load(text) or {}
-        else:
-            raise RulesFileError(text_path, None, None, "unknown suffix; use .yaml, .yml or .toml")
-    except RulesFileError:
-        raise
-    except Exception as err:
-        raise RulesFileError(text_path, None, None, f"not valid {path.suffix[1:].upper()}: {_parse_problem(err)}") from err
-    if not isinstance(document, Mapping):
-        raise RulesFileError(text_path, None, None, "the top level must be a mapping with a 'rules' list")
-    for key in document:
-        if key not in ("rules", "preset"):
-            raise RulesFileError(text_path, None, key, "unknown top-level key; allowed: rules, preset")
-    preset = document.get("preset")
-    if preset is not None and preset not in PRESETS:
-        raise RulesFileError(text_path, None, "preset", f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
-    entries = document.get("rules", [])
-    if not isinstance(entries, list):
-        raise RulesFileError(text_path, None, "rules", f"must be a list, got {type(entries).__name__}")
-    rules = tuple(rule_from_mapping(e, path=text_path, index=i) for i, e in enumerate(entries))
-    return RulesFile(text_path, preset, rules)
-
-
-
-def assemble_rules(*, preset: str | None = None, rules_file: str | Path | None = None,
-                   include: Sequence[str] = (), exclude: Sequence[str] = ()) -> tuple[Rule, ...]:
-    """The ordered rules of one command line: the preset's, then the file's, then the flags'.
-
-    A ``preset`` given here replaces the one the file names. ``include`` / ``exclude`` are
-    patterns, one rule each (never comma-split).
-
-    Raises:
-        RulesFileError: the rules file is invalid.
-        InvalidRuleError: an empty pattern or a bad regex among ``include`` / ``exclude``.
-        ValueError: an unknown preset.
-    """
-    loaded = load_rules_file(rules_file) if rules_file is not None else None
-    chosen = preset if preset is not None else (loaded.preset if loaded else None)
-    rules = list(preset_rules(chosen)) if chosen else []
-    rules += loaded.rules if loaded else ()
-    for action, patterns in ((RuleAction.INCLUDE, include), (RuleAction.EXCLUDE, exclude)):
-        for pattern in patterns:
-            try:
-                rules.append(Rule(pattern, action))
-            except ValueError as err:
-                raise InvalidRuleError(pattern, len(rules), str(err)) from err
-    validate_rules(rules)
-    return tuple(rules)
+    return _merged(matching, rules, OPTION_FIELDS).get("strict_paper", base)

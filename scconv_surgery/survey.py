@@ -31,8 +31,7 @@ from torch.overrides import TorchFunctionMode
 from ._capture import probe_calls
 from .fitting import conv_cost, scconv_macs
 from .layers import ScConvConfig
-from .models import ModelSource, default_input_size
-from .models import _build as build_by_library
+from .models import ModelSource, build_model, default_input_size
 from .plan import Decision, Plan, plan_conversion
 from .workers import map_in_workers
 
@@ -117,11 +116,11 @@ def model_family(name: str) -> str:
     return "timm." + _timm_families().get(name.removeprefix("timm:"), "unknown")
 
 
-def _build(name: str) -> nn.Module:
-    """The model without pretrained weights, built as ``scconv convert`` builds it."""
-    if name.startswith(TORCHVISION):
-        return build_by_library("torchvision", name[len(TORCHVISION):], {}, pretrained=False)
-    return build_by_library("timm", name.removeprefix("timm:"), {}, pretrained=False)
+def _source(name: str) -> ModelSource:
+    """The :class:`~scconv_surgery.models.ModelSource` of a name from :func:`list_model_names`
+    (``resnet50``, ``timm:resnet50`` or ``torchvision:resnet50``), without weights."""
+    library, _, short = name.rpartition(":")
+    return ModelSource(library=library or "timm", name=short)
 
 
 def build_model_on_meta(name: str) -> nn.Module:
@@ -142,12 +141,12 @@ def build_model_on_meta(name: str) -> nn.Module:
     """
     try:
         with torch.device("meta"), _SkipInit():
-            return _build(name).eval()
+            return build_model(_source(name))
     except (NotImplementedError, RuntimeError) as err:
         if "meta" not in str(err):
             raise
     with _SkipInit():
-        return _build(name).eval()
+        return build_model(_source(name))
 
 
 class Coverage(str, Enum):
@@ -255,8 +254,7 @@ class ModelSurvey:
 def _macs_delta(model: nn.Module, name: str, plan: Plan) -> tuple[tuple[int, int, int], int]:
     """The model's own input size, and the conv MACs its replaced convs add at it (negative:
     saved), from the output shapes of one forward on the meta device."""
-    library, _, short = name.rpartition(":")
-    size = default_input_size(model, ModelSource(library or "timm", short))
+    size = default_input_size(model, _source(name))
     calls = probe_calls(model.to("meta"), [d.name for d in plan.replaced], torch.empty(1, *size, device="meta"))
     shapes = {c.name: (c.input_shapes[0][-2:], c.output_shapes[0][-2:]) for c in calls}  # first call, (H, W)
     delta = 0
@@ -292,14 +290,14 @@ def survey_model(name: str, *, strict_paper: bool = False, config: ScConvConfig 
         step = "plan"
         plan = plan_conversion(model, config=config, strict_paper=strict_paper)
     except Exception as err:
-        return ModelSurvey(name, family, seconds=round(time.perf_counter() - start, 3),
+        return ModelSurvey(name=name, family=family, seconds=round(time.perf_counter() - start, 3),
                            error=f"{step}: {_describe(err)}")
     replaced = plan.replaced
     survey = ModelSurvey(
-        name, family, coverage_of(plan), sum(p.numel() for p in model.parameters()), len(plan.decisions),
-        sum(d.spec.groups == 1 for d in plan.decisions if _is_3x3_past_stem(d)), len(replaced), len(plan.adapted),
-        sum(d.spec.groups > 1 for d in replaced), sum(d.params_after - d.params_before for d in replaced),
-        plan.skip_summary())
+        name=name, family=family, coverage=coverage_of(plan), params=sum(p.numel() for p in model.parameters()),
+        convs=len(plan.decisions), dense_3x3=sum(d.spec.groups == 1 for d in plan.decisions if _is_3x3_past_stem(d)),
+        replaced=len(replaced), adapted=len(plan.adapted), grouped_replaced=sum(d.spec.groups > 1 for d in replaced),
+        params_delta=sum(d.params_after - d.params_before for d in replaced), skip_reasons=plan.skip_summary())
     if count_macs and replaced:
         try:
             size, macs = _macs_delta(model, name, plan)
@@ -396,7 +394,7 @@ def survey_models(names: Sequence[str], *, cache_dir: Path | None = None, strict
         def record(name: str, result: Any) -> None:
             nonlocal done
             if not isinstance(result, ModelSurvey):  # a crash or a timeout in the worker
-                result = ModelSurvey(name, "unknown", error=f"build: {_describe(result)}")
+                result = ModelSurvey(name=name, family="unknown", error=f"build: {_describe(result)}")
             cached[name] = result.to_dict()
             done += 1
             if on_progress is not None:

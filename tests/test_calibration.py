@@ -272,3 +272,20 @@ def test_cuda_calibration_returns_the_models_to_their_devices(models):
     assert all(p.device.type == "cpu" for m in (original, converted) for p in m.parameters())
     assert all(layer.error_after < layer.error_before for layer in result.layers)
 
+
+
+@pytest.mark.parametrize("kwargs, option", [
+    ({"lr": float("inf")}, "lr"),
+    ({"lr": 0}, "lr"),
+    ({"num_images": 0}, "num_images"),
+    ({"max_cache_bytes": 0}, "max_cache_bytes"),
+    ({"seed": -1}, "seed"),
+    ({"steps": 1.5}, "steps"),
+], ids=["lr infinite", "lr zero", "no images", "no cache", "negative seed", "fractional steps"])
+def test_one_check_of_the_options_names_the_option(kwargs, option):
+    from scconv_surgery.calibration import check_calibration_options
+
+    with pytest.raises(CalibrationError) as info:
+        check_calibration_options(**{"steps": 1, "batch_size": 1, "lr": 1e-2, **kwargs})
+    assert info.value.name == option
+    check_calibration_options(steps=0, batch_size=1, lr=1e-2, num_images=1, max_cache_bytes=1, seed=0)

@@ -43,8 +43,9 @@ def test_pretrained_base_is_rebuilt_with_the_recorded_tag(tmp_path, images, monk
     ("num_images", 0, "'num_images': must be an integer >= 1"),
     ("steps", -1, "'steps'"),
     ("lr", 0.0, "'lr': must be positive"),
+    ("lr", float("inf"), "'lr': must be positive and finite, got inf"),
     ("device", "gpu", "not a device"),
-], ids=["images", "steps", "lr", "device"])
+], ids=["images", "steps", "lr", "lr infinite", "device"])
 def test_config_checks_its_values(tmp_path, field, value, words):
     with pytest.raises(CalibrationError, match=words):
         CalibrationConfig(data=tmp_path, **{field: value})

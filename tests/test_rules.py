@@ -1,7 +1,8 @@
 import pytest
 
 from scconv_surgery.errors import InvalidRuleError
-from scconv_surgery.rules import Rule, RuleAction, match_rules, validate_rules
+from scconv_surgery.cli.rules import assemble_rules
+from scconv_surgery.rules import CONFIG_FIELDS, FILTER_FIELDS, OPTION_FIELDS, Rule, RuleAction, RuleFieldError, match_rules, validate_rules
 
 INC, EXC = RuleAction.INCLUDE, RuleAction.EXCLUDE
 
@@ -57,11 +58,52 @@ def test_comma_is_part_of_the_pattern():
     assert not rule.matches("layer2.0.conv2")
 
 
-def test_bad_regex_names_the_rule_index():
+def test_bad_regex_fails_when_the_rule_is_made():
+    with pytest.raises(RuleFieldError, match="invalid regular expression") as info:
+        Rule("re:layer[1")
+    assert (info.value.key, info.value.pattern, info.value.index) == ("pattern", "re:layer[1", None)
+    assert isinstance(info.value, InvalidRuleError)
+
+
+def test_bad_regex_on_the_command_line_names_the_rule_index():
     with pytest.raises(InvalidRuleError, match=r"rule 1 .*invalid regular expression") as info:
-        validate_rules([Rule("ok.*"), Rule("re:layer[1")])
+        assemble_rules(include=["ok.*", "re:layer[1"])
     assert info.value.index == 1
     assert info.value.pattern == "re:layer[1"
+
+
+def test_validate_rules_names_what_is_not_a_rule():
+    validate_rules([Rule("ok.*")])
+    with pytest.raises(InvalidRuleError, match="rule 1 .*not a Rule") as info:
+        validate_rules([Rule("ok.*"), "layer1.*"])
+    assert info.value.index == 1
+
+
+CONTRADICTIONS = [  # (case, Rule arguments, key, words in the message)
+    ("bounds", dict(min_out_channels=64, max_out_channels=32), "min_out_channels", "is above max_out_channels=32"),
+    ("exclude with hyperparameters", dict(action="exclude", gwc_groups=4, strict_paper=True), "gwc_groups",
+     "cannot set hyperparameters (gwc_groups, strict_paper)"),
+    ("even kernel", dict(kernel_size=4), "kernel_size", "odd kernels"),
+    ("zero filter", dict(groups=0), "groups", "groups=0 must be at least 1"),
+    ("hyperparameter out of range", dict(gate_threshold=2.0), "gate_threshold", "gate_threshold must be in [0, 1]"),
+    ("unknown variant", dict(variant="fast"), "variant", "'fast'"),
+    ("unknown action", dict(action="keep"), "action", "'keep'"),
+    ("strict_paper not a bool", dict(strict_paper="yes"), "strict_paper", "true or false"),
+]
+
+
+@pytest.mark.parametrize("case, arguments, key, words", CONTRADICTIONS, ids=[c[0] for c in CONTRADICTIONS])
+def test_invalid_rules_name_their_key(case, arguments, key, words):
+    with pytest.raises(RuleFieldError) as info:
+        Rule("a.*", **arguments)
+    assert info.value.key == key
+    assert words in str(info.value) and str(info.value) == info.value.problem
+
+
+def test_rule_fields_are_pattern_action_filters_hyperparameters_options():
+    from dataclasses import fields
+
+    assert tuple(f.name for f in fields(Rule)) == ("pattern", "action", *FILTER_FIELDS, *CONFIG_FIELDS, *OPTION_FIELDS)
 
 
 def test_empty_pattern_is_rejected():
@@ -72,3 +114,11 @@ def test_empty_pattern_is_rejected():
 def test_round_trip_to_dict():
     rule = Rule("re:layer4\\..*", EXC)
     assert Rule.from_dict(rule.to_dict()) == rule
+
+
+def test_round_trip_to_dict_with_filters_and_hyperparameters():
+    rule = Rule("layer4.*", kernel_size=5, min_in_channels=64, alpha=0.75, variant="seed", strict_paper=False)
+    assert rule.to_dict() == {"include": "layer4.*", "kernel_size": 5, "min_in_channels": 64, "variant": "seed",
+                              "alpha": 0.75, "strict_paper": False}
+    assert Rule.from_dict(rule.to_dict()) == rule
+    assert rule.filters() == {"kernel_size": 5, "min_in_channels": 64}

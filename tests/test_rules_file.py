@@ -7,7 +7,9 @@ import timm
 from scconv_surgery.errors import RulesFileError
 from scconv_surgery.layers import ScConvConfig
 from scconv_surgery.plan import plan_conversion
-from scconv_surgery.rules import PRESETS, Rule, RuleAction, assemble_rules, load_rules_file
+from scconv_surgery.cli.rules import assemble_rules
+from scconv_surgery.rules import PRESETS, Rule, RuleAction
+from scconv_surgery.rules_file import load_rules_file
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "rules"
 
