@@ -25,6 +25,7 @@ from .finetune import gradient_free_parameters, new_parameter_names, reset_batch
 from .layers import ScConvConfig
 from .models import ModelSource, build_model, create_model, default_input_size
 from .plan import Plan, plan_conversion
+from .probe import probe_model
 from .rules import Rule, validate_rules
 
 __all__ = ["ConversionResult", "run_conversion", "CheckpointReport", "recount_checkpoint", "RESULT_SCHEMA_VERSION"]
@@ -158,8 +159,9 @@ def run_conversion(name: str, *, rules: Sequence[Rule] = (), config: ScConvConfi
     converted = apply_plan(copy_model(base), plan, seed=seed)
     size = tuple(input_size) if input_size else default_input_size(base, source)
     on_step(f"checking output shapes at {'x'.join(map(str, size))}")
-    check_shapes(base, converted, plan, size)  # also the first forward: a failure is ModelForwardError
-    stale = stale_batchnorms(converted, [d.name for d in plan.replaced], size)
+    probe = probe_model(base, size)  # the base model's one forward besides fvcore's: a failure is ModelForwardError
+    check_shapes(probe, converted, plan)
+    stale = stale_batchnorms(probe, [d.name for d in plan.replaced])
     if reset_bn_stats:
         reset_batchnorm_stats(converted, stale)
     on_step(f"counting at {'x'.join(map(str, size))}")
