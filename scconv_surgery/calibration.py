@@ -27,7 +27,7 @@ from torch import nn
 from ._capture import LayerCalls, group_by_bytes, probe_calls, record
 from ._probe import eval_mode, noop
 from .errors import CalibrationError
-from .finetune import recompute_batchnorm_stats, stale_batchnorms
+from .finetune import check_batchnorm_images, recompute_batchnorm_stats, stale_batchnorms
 from .layers import ScConv
 from .probe import probe_example
 
@@ -327,6 +327,8 @@ def calibrate(original: nn.Module, converted: nn.Module, images: torch.Tensor, *
         chosen = None
         if batchnorm is BatchNormUpdate.AFTER_REPLACED:
             chosen = stale_batchnorms(probe, [c.name for c in calls])
+        if batchnorm is not BatchNormUpdate.NONE:  # before any fitting: can the statistics be re-estimated?
+            check_batchnorm_images(converted, probe, images.shape[0], names=chosen)
         fit_layers = _fit_sequential if strategy is CalibrationStrategy.SEQUENTIAL else _fit_independent
         fitted = fit_layers(reference, converted, calls, images, max_cache_bytes=max_cache_bytes, on_step=on_step,
                             split=(train, held), steps=steps, batch_size=batch_size, lr=lr, generator=generator,
@@ -334,7 +336,7 @@ def calibrate(original: nn.Module, converted: nn.Module, images: torch.Tensor, *
         updated: list[str] = []
         if batchnorm is not BatchNormUpdate.NONE:
             on_step("re-estimating BatchNorm statistics")
-            updated = recompute_batchnorm_stats(converted, images, batch_size=batch_size, names=chosen)
+            updated = recompute_batchnorm_stats(converted, images, batch_size=batch_size, names=chosen, probe=probe)
     finally:
         converted.to(home)
     return CalibrationResult(tuple(fitted), uncalled, tuple(updated), images.shape[0], held_count, strategy,

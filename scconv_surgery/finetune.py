@@ -14,6 +14,7 @@ estimates, and :func:`recompute_batchnorm_stats` re-estimates them on images.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -23,11 +24,12 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ._probe import eval_mode
+from .errors import CalibrationError
 from .layers import SRU, ScConv, Variant
-from .probe import ModelProbe, keeps_running_stats, probe_model
+from .probe import ModelProbe, keeps_running_stats, probe_example, probe_model
 
 __all__ = ["new_parameter_names", "gradient_free_parameters", "param_groups", "stale_batchnorms",
-           "reset_batchnorm_stats", "recompute_batchnorm_stats"]
+           "reset_batchnorm_stats", "recompute_batchnorm_stats", "check_batchnorm_images"]
 
 
 def new_parameter_names(model: nn.Module) -> list[str]:
@@ -176,31 +178,95 @@ def reset_batchnorm_stats(model: nn.Module, names: Sequence[str]) -> None:
                 module.num_batches_tracked.zero_()
 
 
+def check_batchnorm_images(model: nn.Module, probe: ModelProbe, num_images: int, *,
+                           names: Sequence[str] | None = None) -> None:
+    """Check that :func:`recompute_batchnorm_stats` can re-estimate the chosen BatchNorms from
+    ``num_images`` images, before any work.
+
+    In train mode a BatchNorm needs more than one value per channel in a batch ("Expected more
+    than 1 value per channel when training"). One image gives one value per channel to a
+    BatchNorm after a 1x1 map (or after pooling, on ``(N, C)``): re-estimating it needs batches of
+    at least two images, which :func:`recompute_batchnorm_stats` makes, and so at least two images.
+
+    Args:
+        model: the model whose BatchNorms are re-estimated.
+        probe: a :class:`~scconv_surgery.probe.ModelProbe` of it, or of the model it was converted
+            from (the shapes of the BatchNorms' inputs).
+        num_images: how many images the re-estimation reads.
+        names: the BatchNorms to re-estimate (default: every one that tracks running statistics).
+
+    Raises:
+        CalibrationError: a single image, and a chosen BatchNorm sees one value per channel per image.
+    """
+    if num_images > 1:
+        return
+    for name in _chosen_batchnorms(model, names):
+        for call in probe.calls.get(name, ()):
+            shape = call.input_shape
+            if shape is not None and len(shape) >= 2 and math.prod(shape) <= shape[1] * probe.input_shape[0]:
+                raise CalibrationError(f"re-estimating BatchNorm statistics needs at least 2 images: {name!r} "
+                                       f"sees one value per channel per image (its input is {shape}); give more "
+                                       "images, or skip the re-estimation (calibrate's batchnorm='none')", "images")
+
+
+def _chosen_batchnorms(model: nn.Module, names: Sequence[str] | None) -> list[str]:
+    """BatchNorms (``_BatchNorm``, so ``SyncBatchNorm`` and timm's ``BatchNormAct2d`` too) that
+    track running statistics, among ``names`` (all by default)."""
+    return [n for n, m in model.named_modules() if isinstance(m, _BatchNorm) and m.track_running_stats
+            and (names is None or n in names)]
+
+
+def _batches(num_images: int, batch_size: int) -> list[slice]:
+    """Consecutive batches of ``max(batch_size, 2)`` images; a lone image left at the end joins the
+    batch before it (one image gives a 1x1 map one value per channel)."""
+    size = max(batch_size, 2)
+    starts = list(range(0, num_images, size))
+    if len(starts) > 1 and num_images - starts[-1] == 1:
+        starts.pop()
+    return [slice(start, stop) for start, stop in zip(starts, starts[1:] + [num_images])]
+
+
 def recompute_batchnorm_stats(model: nn.Module, images: torch.Tensor, *, batch_size: int = 32,
-                              names: Sequence[str] | None = None) -> list[str]:
+                              names: Sequence[str] | None = None, probe: ModelProbe | None = None) -> list[str]:
     """Re-estimate the running mean and variance of BatchNorm layers on ``images`` (in place).
 
     As ``torch.optim.swa_utils.update_bn``: the statistics are reset and accumulated as a
-    plain average over the batches (``momentum=None``) in one pass without grad, but only the
-    BatchNorm layers are in train mode (dropout and drop-path stay off). Every module's mode
-    and momentum are restored afterwards.
+    plain average over the batches (``momentum=None``: a cumulative moving average) in one pass
+    without grad, but only the BatchNorm layers are in train mode (dropout and drop-path stay off).
+    Every module's mode and momentum are restored afterwards; if the forward fails, the
+    statistics are restored too.
 
     Args:
         model: the model; its BatchNorm buffers are modified.
         images: ``(N, C, H, W)``, moved to the model's device and dtype batch by batch.
-        batch_size: images per forward (the statistics of each batch normalise it, as in training).
-        names: the BatchNorm layers to update (default: every one that tracks running statistics).
+        batch_size: images per forward (the statistics of each batch normalise it, as in
+            training). At least 2 are used: a BatchNorm in train mode needs more than one value
+            per channel, and after a 1x1 map one image gives one; a single image left at the end
+            joins the batch before it. No gradient is kept, so the larger batch costs little memory.
+        names: the BatchNorm layers to update (default: every one that tracks running statistics:
+            ``_BatchNorm``, so ``SyncBatchNorm`` and timm's ``BatchNormAct2d`` too). Other modules
+            keeping statistics (torchvision's ``FrozenBatchNorm2d``) have no train-mode estimate and
+            are left as they are, not listed.
+        probe: a probe of ``model`` (or of the model it was converted from), read only when
+            ``images`` holds a single image, to tell whether that can work
+            (:func:`check_batchnorm_images`); made from that image when needed and not given.
 
     Returns:
         The names of the updated layers. A BatchNorm the forward never calls keeps its
         statistics and is not listed.
+
+    Raises:
+        CalibrationError: ``images`` holds a single image and a chosen BatchNorm would see one
+            value per channel (:func:`check_batchnorm_images`); nothing is changed.
     """
     modules = dict(model.named_modules())
-    chosen = [n for n, m in modules.items() if isinstance(m, _BatchNorm) and m.track_running_stats
-              and (names is None or n in names)]
+    chosen = _chosen_batchnorms(model, names)
     if not chosen:
         return []
     first = next(model.parameters())
+    if images.shape[0] == 1:
+        check_batchnorm_images(model, probe or probe_example(model, images.to(first.device, first.dtype)), 1,
+                               names=chosen)
     momenta = {n: modules[n].momentum for n in chosen}
     saved = {n: {k: v.clone() for k, v in modules[n].state_dict().items()} for n in chosen}
     with eval_mode(model), torch.no_grad():
@@ -209,8 +275,12 @@ def recompute_batchnorm_stats(model: nn.Module, images: torch.Tensor, *, batch_s
                 modules[n].reset_running_stats()
                 modules[n].momentum = None
                 modules[n].train()
-            for start in range(0, images.shape[0], batch_size):
-                model(images[start:start + batch_size].to(device=first.device, dtype=first.dtype))
+            for batch in _batches(images.shape[0], batch_size):
+                model(images[batch].to(device=first.device, dtype=first.dtype))
+        except BaseException:
+            for n in chosen:
+                modules[n].load_state_dict(saved[n])
+            raise
         finally:
             for n in chosen:
                 modules[n].momentum = momenta[n]
