@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ._probe import eval_mode
+from .probe import ModelProbe, probe_example
 
 __all__ = ["LayerCalls", "probe_calls", "group_by_bytes", "record"]
 
@@ -45,27 +46,34 @@ class LayerCalls:
         return sum(math.prod(shape) for shape in shapes)
 
 
-def probe_calls(model: nn.Module, names: Sequence[str], example: torch.Tensor) -> list[LayerCalls]:
-    """The named layers that a forward of ``example`` (batch 1) calls, in the order of their first call.
+def probe_calls(probe: ModelProbe | nn.Module, names: Sequence[str],
+                example: torch.Tensor | None = None) -> list[LayerCalls]:
+    """The named layers that the probed forward calls, in the order of their first call.
 
-    Eval mode, no grad; no hook or mode change is left behind. Layers the forward never calls
-    are left out (the caller reports them).
+    Args:
+        probe: a :class:`~scconv_surgery.probe.ModelProbe` of the model (read, no forward), or the
+            model itself, probed here on ``example`` (:func:`~scconv_surgery.probe.probe_example`:
+            eval mode, no grad, no hook or mode change left behind).
+        names: the layers' names.
+        example: the input, e.g. one image ``(1, C, H, W)``; only with a model.
+
+    Returns:
+        One :class:`LayerCalls` per named layer the forward calls, shapes without the batch dim.
+        Layers the forward never calls are left out (the caller reports them).
+
+    Raises:
+        ValueError: a model without ``example``, or a probe with one.
+        Exception: with a model, whatever its forward raises on ``example``.
     """
-    calls: dict[str, list[tuple[tuple[int, ...], tuple[int, ...]]]] = {}
-
-    def hook(name: str) -> Callable[..., None]:
-        def record_shapes(module: nn.Module, args: Any, output: Any) -> None:
-            calls.setdefault(name, []).append((tuple(args[0].shape[1:]), tuple(output.shape[1:])))
-        return record_shapes
-
-    handles = [model.get_submodule(name).register_forward_hook(hook(name)) for name in names]
-    try:
-        with eval_mode(model), torch.no_grad():
-            model(example)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return [LayerCalls(name, tuple(i for i, _ in c), tuple(o for _, o in c)) for name, c in calls.items()]
+    if isinstance(probe, nn.Module):
+        if example is None:
+            raise ValueError("probe_calls needs example= to probe a model")
+        probe = probe_example(probe, example)
+    elif example is not None:
+        raise ValueError("probe_calls takes example= only with a model, not with a ModelProbe")
+    wanted = set(names)
+    return [LayerCalls(name, tuple(c.input_shape[1:] for c in calls), tuple(c.output_shape[1:] for c in calls))
+            for name, calls in probe.calls.items() if name in wanted]
 
 
 def group_by_bytes(layers: Sequence[LayerCalls], sizes: Callable[[LayerCalls], tuple[int, int]],

@@ -1,7 +1,8 @@
-"""Probing a model without changing it: eval mode that restores each module's own mode, an
+"""Running a model without changing it: eval mode that restores each module's own mode, an
 example input on the model's device and dtype, and the tensors of a nested output. Shared by
-the steps that run a model (shape check, counting, verification, stale-BatchNorm detection,
-inference timing); and the do-nothing default of their progress callbacks."""
+the steps that run a model (the recorded probe pass of :mod:`scconv_surgery.probe`, counting,
+verification, BatchNorm re-estimation, inference timing); and the do-nothing default of their
+progress callbacks."""
 from __future__ import annotations
 
 import contextlib

@@ -6,17 +6,18 @@ applies on a deep copy unless ``inplace=True``.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from ._probe import eval_mode, example_input
-from .errors import ModelForwardError, PlanMismatchError, ShapeMismatchError
+from .errors import PlanMismatchError, ShapeMismatchError
 from .finetune import gradient_free_parameters
 from .layers import ScConv, ScConvConfig
 from .plan import ConvSpec, Decision, Plan, plan_conversion
+from .probe import ModelProbe, probe_model
 from .rules import Rule
 
 __all__ = ["build_replacement", "apply_plan", "convert", "check_shapes", "copy_model"]
@@ -119,50 +120,45 @@ def apply_plan(model: nn.Module, plan: Plan, *, seed: int | None = 0) -> nn.Modu
     return model
 
 
-def _conv_shapes(model: nn.Module, names: Sequence[str], x: torch.Tensor) -> dict[str, tuple[tuple, tuple]]:
-    """(input shape, output shape) of each named module on one forward of ``x`` (eval, no grad)."""
-    shapes: dict[str, tuple[tuple, tuple]] = {}
-
-    def record(name: str) -> Callable[..., None]:
-        def hook(module: nn.Module, args: Any, out: torch.Tensor) -> None:  # returns None: output kept
-            shapes.setdefault(name, (tuple(args[0].shape), tuple(out.shape)))
-        return hook
-
-    handles = [model.get_submodule(name).register_forward_hook(record(name)) for name in names]
-    try:
-        with eval_mode(model), torch.no_grad():
-            model(x)
-    except Exception as err:
-        raise ModelForwardError(type(model).__name__, tuple(x.shape), f"{type(err).__name__}: {err}") from err
-    finally:
-        for handle in handles:
-            handle.remove()
-    return shapes
-
-
-def check_shapes(base: nn.Module, converted: nn.Module, plan: Plan, input_size: tuple[int, int, int]) -> None:
+def check_shapes(base: nn.Module | ModelProbe, converted: nn.Module, plan: Plan,
+                 input_size: tuple[int, int, int] | None = None) -> None:
     """Check that every replacement returns the shape its conv returned.
 
-    One forward of ``base`` on a zero input ``(1, *input_size)`` records each planned conv's
-    input and output shapes; each replacement in ``converted`` then runs alone on a zero input
-    of its conv's input shape, so a mismatch is pinned to its layer. Eval mode and no grad;
-    no hook or mode change is left behind.
+    The base model's probe (:class:`~scconv_surgery.probe.ModelProbe`) gives each planned conv's
+    input and output shapes at its first call, batch dimension included (a model may call a conv
+    on another batch size than its input's); each replacement in ``converted`` then runs alone on
+    a zero input of its conv's input shape, on its own device and dtype, so a mismatch is pinned
+    to its layer and ``converted`` never runs a whole forward here. Eval mode and no grad; no hook
+    or mode change is left behind. A planned conv that the forward never calls is not checked.
+
+    Args:
+        base: a probe of the base model, or the base model itself, probed here with
+            :func:`~scconv_surgery.probe.probe_model` at ``input_size`` (one forward).
+        converted: the model with the replacements (same module names as the base).
+        plan: the plan ``converted`` was made with.
+        input_size: ``(C, H, W)``; only (and then required) with a model as ``base``.
 
     Raises:
         ShapeMismatchError: a replacement's output shape differs (names the first such layer).
-        ModelForwardError: ``base`` fails on the dummy input (wrong channels, or not an image model).
+        ModelForwardError: ``base`` (a model) fails on the dummy input (wrong channels, or not an
+            image model).
+        ValueError: ``base`` is a model and ``input_size`` is missing, or a probe and it is given.
     """
-    names = [d.name for d in plan.replaced]
-    shapes = _conv_shapes(base, names, example_input(base, (1, *input_size)))
-    for name in names:
-        if name not in shapes:  # not called by the model's forward
+    if isinstance(base, nn.Module):
+        if input_size is None:
+            raise ValueError("check_shapes needs input_size= to probe a base model")
+        base = probe_model(base, input_size)
+    elif input_size is not None:
+        raise ValueError("check_shapes takes input_size= only with a base model, not with a ModelProbe")
+    for decision in plan.replaced:
+        call = base.first_call(decision.name)
+        if call is None:  # not called by the model's forward
             continue
-        in_shape, expected = shapes[name]
-        module = converted.get_submodule(name)
+        module = converted.get_submodule(decision.name)
         with eval_mode(module), torch.no_grad():
-            actual = tuple(module(example_input(base, in_shape)).shape)
-        if actual != expected:
-            raise ShapeMismatchError(name, expected, actual)
+            actual = tuple(module(example_input(module, call.input_shape)).shape)
+        if actual != call.output_shape:
+            raise ShapeMismatchError(decision.name, call.output_shape, actual)
 
 
 def convert(model: nn.Module, rules: Sequence[Rule] = (), *, config: ScConvConfig | None = None,

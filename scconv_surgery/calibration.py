@@ -27,8 +27,9 @@ from torch import nn
 from ._capture import LayerCalls, group_by_bytes, probe_calls, record
 from ._probe import eval_mode, noop
 from .errors import CalibrationError
-from .finetune import recompute_batchnorm_stats, stale_batchnorms
+from .finetune import check_batchnorm_images, recompute_batchnorm_stats, stale_batchnorms
 from .layers import ScConv
+from .probe import probe_example
 
 __all__ = ["CalibrationStrategy", "BatchNormUpdate", "LayerCalibration", "CalibrationResult", "calibrate",
            "check_calibration_options"]
@@ -338,23 +339,26 @@ def calibrate(original: nn.Module, converted: nn.Module, images: torch.Tensor, *
         on_step("tracing the layers' order")
         first = images[:1].to(device=device, dtype=next(reference.parameters()).dtype)
         try:
-            calls = probe_calls(reference, names, first)
+            probe = probe_example(reference, first)  # the layers' order, and the norms after them
         except Exception as err:
             raise CalibrationError(f"the original model's forward fails on one image of shape {tuple(first.shape)} "
                                    f"({type(err).__name__}: {err}); the images must be what the model takes, "
                                    "preprocessed") from err
+        calls = probe_calls(probe, names)
         uncalled = tuple(n for n in names if n not in {c.name for c in calls})
+        chosen = None
+        if batchnorm is BatchNormUpdate.AFTER_REPLACED:
+            chosen = stale_batchnorms(probe, [c.name for c in calls])
+        if batchnorm is not BatchNormUpdate.NONE:  # before any fitting: can the statistics be re-estimated?
+            check_batchnorm_images(converted, probe, images.shape[0], names=chosen)
         fit_layers = _fit_sequential if strategy is CalibrationStrategy.SEQUENTIAL else _fit_independent
         fitted = fit_layers(reference, converted, calls, images, max_cache_bytes=max_cache_bytes, on_step=on_step,
                             split=(train, held), steps=steps, batch_size=batch_size, lr=lr, generator=generator,
                             device=device, on_fit=on_fit)
-        chosen = None
-        if batchnorm is BatchNormUpdate.AFTER_REPLACED:
-            chosen = stale_batchnorms(converted, [c.name for c in calls], tuple(images.shape[1:]))
         updated: list[str] = []
         if batchnorm is not BatchNormUpdate.NONE:
             on_step("re-estimating BatchNorm statistics")
-            updated = recompute_batchnorm_stats(converted, images, batch_size=batch_size, names=chosen)
+            updated = recompute_batchnorm_stats(converted, images, batch_size=batch_size, names=chosen, probe=probe)
     finally:
         converted.to(home)
     return CalibrationResult(tuple(fitted), uncalled, tuple(updated), images.shape[0], held_count, strategy,

@@ -6,13 +6,15 @@ puts norms and biases (tensors of one dimension or fewer) in groups without weig
 gives the new SCConv parameters their own learning rate. Some parameters never receive a
 gradient (:func:`gradient_free_parameters`: the ``seed`` variant's GroupNorm scale and bias,
 behind its hard masks); they are created frozen and left out of the groups, so that
-DistributedDataParallel does not wait for their gradients. A BatchNorm right after a replaced
-conv normalises statistics gathered on the dense conv's outputs: :func:`stale_batchnorms`
-finds these, :func:`reset_batchnorm_stats` resets their running estimates, and
-:func:`recompute_batchnorm_stats` re-estimates them on images.
+DistributedDataParallel does not wait for their gradients. A BatchNorm (of any kind, frozen
+ones included) right after a replaced conv normalises with statistics gathered on the dense
+conv's outputs: :func:`stale_batchnorms` finds these from a
+:class:`~scconv_surgery.probe.ModelProbe`, :func:`reset_batchnorm_stats` resets their running
+estimates, and :func:`recompute_batchnorm_stats` re-estimates them on images.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -21,11 +23,13 @@ from torch import nn
 
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ._probe import eval_mode, example_input
+from ._probe import eval_mode
+from .errors import CalibrationError
 from .layers import SRU, ScConv, Variant
+from .probe import ModelProbe, keeps_running_stats, probe_example, probe_model
 
 __all__ = ["new_parameter_names", "gradient_free_parameters", "param_groups", "stale_batchnorms",
-           "reset_batchnorm_stats", "recompute_batchnorm_stats"]
+           "reset_batchnorm_stats", "recompute_batchnorm_stats", "check_batchnorm_images"]
 
 
 def new_parameter_names(model: nn.Module) -> list[str]:
@@ -96,72 +100,173 @@ def param_groups(model: nn.Module, *, lr: float, new_lr: float | None = None, we
             for key, params in groups.items() if params]
 
 
-def stale_batchnorms(model: nn.Module, replaced: Sequence[str], input_size: tuple[int, int, int]) -> list[str]:
-    """BatchNorm layers that run right after a replaced module, found by one forward pass.
+def stale_batchnorms(probe: ModelProbe | nn.Module, replaced: Sequence[str],
+                     input_size: tuple[int, int, int] | None = None) -> list[str]:
+    """The layers keeping running statistics that run right after a replaced module.
 
-    The forward runs on a zero input ``(1, *input_size)`` in eval mode without grad; the hooks
-    record the order in which modules finish, and a BatchNorm finishing next after a replaced
-    module follows it. No hook or mode change is left behind.
+    Their statistics were gathered on the dense conv's outputs. Every kind is found
+    (:func:`~scconv_surgery.probe.keeps_running_stats`): BatchNorm of any dimension,
+    ``SyncBatchNorm``, timm's ``BatchNormAct2d`` (RegNet, EfficientNet, CSPDarknet), torchvision's
+    ``FrozenBatchNorm2d``, an InstanceNorm with ``track_running_stats=True``, and any module with
+    ``running_mean`` and ``running_var`` buffers. "Right after" is the probe's
+    :attr:`~scconv_surgery.probe.ModelProbe.norms_after`: the norm whose call starts next after the
+    module's call ended, looking past ``nn.Identity``, dropout and containers.
 
     Args:
-        model: the converted (or the original) model.
+        probe: a probe of the model (the base or the converted one: they run the same modules
+            under the same names), or the model itself, probed here at ``input_size`` with
+            :func:`~scconv_surgery.probe.probe_model` (one forward; no hook or mode change is
+            left behind).
         replaced: names of the replaced modules.
-        input_size: ``(C, H, W)``.
+        input_size: ``(C, H, W)``; only (and then required) with a model.
 
     Returns:
-        The BatchNorm names, in the order of ``replaced``.
+        The norms' names, in the order of ``replaced``.
+
+    Raises:
+        ModelForwardError: the model (when given one) fails on the dummy input.
+        ValueError: a model without ``input_size``, or a probe with one.
+
+    Note:
+        A BatchNorm built with ``track_running_stats=False`` keeps no statistics and is not listed
+        (before the probe, any BatchNorm was).
     """
-    targets = set(replaced)
-    order: list[str] = []
-    handles = []
-    for name, module in model.named_modules():
-        if name and (name in targets or not any(module.children())):
-            handles.append(module.register_forward_hook(lambda m, a, o, name=name: order.append(name)))
-    try:
-        with eval_mode(model), torch.no_grad():
-            model(example_input(model, (1, *input_size)))
-    finally:
-        for handle in handles:
-            handle.remove()
-    modules = dict(model.named_modules())
-    found = {}
-    for before, after in zip(order, order[1:]):
-        if before in targets and isinstance(modules[after], _BatchNorm):
-            found.setdefault(before, after)
-    return [found[name] for name in replaced if name in found]
+    if isinstance(probe, nn.Module):
+        if input_size is None:
+            raise ValueError("stale_batchnorms needs input_size= to probe a model")
+        probe = probe_model(probe, input_size)
+    elif input_size is not None:
+        raise ValueError("stale_batchnorms takes input_size= only with a model, not with a ModelProbe")
+    keeping = set(probe.running_stats)
+    after = [probe.norm_after(name) for name in replaced]
+    return [norm for norm in after if norm is not None and norm in keeping]
 
 
 def reset_batchnorm_stats(model: nn.Module, names: Sequence[str]) -> None:
-    """Reset the running mean, variance and batch count of the named BatchNorms (in place)."""
-    for name in names:
-        model.get_submodule(name).reset_running_stats()
+    """Reset, in place, the running statistics of the named modules to those of a fresh BatchNorm.
+
+    A module with ``reset_running_stats()`` (BatchNorm of any kind, ``BatchNormAct2d``,
+    ``SyncBatchNorm``, InstanceNorm) calls it: mean 0, variance 1, ``num_batches_tracked`` 0
+    (nothing for one built with ``track_running_stats=False``).
+    Any other module with ``running_mean`` / ``running_var`` buffers, torchvision's
+    ``FrozenBatchNorm2d`` among them, gets the same values written into its buffers (and
+    ``num_batches_tracked`` 0 if it has one).
+
+    Note:
+        A ``FrozenBatchNorm2d`` never updates its statistics (it has no train-mode estimate, and
+        :func:`recompute_batchnorm_stats` leaves it alone): after the reset it normalises with
+        mean 0 and variance 1, i.e. it applies ``weight * x / sqrt(1 + eps) + bias``, as a reset
+        BatchNorm does in eval mode. Its statistics were gathered on the dense conv's outputs;
+        reset is the honest state until fine-tuning or new statistics replace them.
+
+    Raises:
+        ValueError: a named module neither keeps running statistics nor has ``reset_running_stats``
+            (nothing is changed then).
+    """
+    modules = [(name, model.get_submodule(name)) for name in names]
+    for name, module in modules:  # check all before changing any
+        if not keeps_running_stats(module) and not callable(getattr(module, "reset_running_stats", None)):
+            raise ValueError(f"{name!r} ({type(module).__name__}) keeps no running statistics to reset")
+    for _, module in modules:
+        if callable(getattr(module, "reset_running_stats", None)):
+            module.reset_running_stats()
+            continue
+        with torch.no_grad():
+            module.running_mean.zero_()
+            module.running_var.fill_(1.0)
+            if isinstance(getattr(module, "num_batches_tracked", None), torch.Tensor):
+                module.num_batches_tracked.zero_()
+
+
+def check_batchnorm_images(model: nn.Module, probe: ModelProbe, num_images: int, *,
+                           names: Sequence[str] | None = None) -> None:
+    """Check that :func:`recompute_batchnorm_stats` can re-estimate the chosen BatchNorms from
+    ``num_images`` images, before any work.
+
+    In train mode a BatchNorm needs more than one value per channel in a batch ("Expected more
+    than 1 value per channel when training"). One image gives one value per channel to a
+    BatchNorm after a 1x1 map (or after pooling, on ``(N, C)``): re-estimating it needs batches of
+    at least two images, which :func:`recompute_batchnorm_stats` makes, and so at least two images.
+
+    Args:
+        model: the model whose BatchNorms are re-estimated.
+        probe: a :class:`~scconv_surgery.probe.ModelProbe` of it, or of the model it was converted
+            from (the shapes of the BatchNorms' inputs).
+        num_images: how many images the re-estimation reads.
+        names: the BatchNorms to re-estimate (default: every one that tracks running statistics).
+
+    Raises:
+        CalibrationError: a single image, and a chosen BatchNorm sees one value per channel per image.
+    """
+    if num_images > 1:
+        return
+    for name in _chosen_batchnorms(model, names):
+        for call in probe.calls.get(name, ()):
+            shape = call.input_shape
+            if shape is not None and len(shape) >= 2 and math.prod(shape) <= shape[1] * probe.input_shape[0]:
+                raise CalibrationError(f"re-estimating BatchNorm statistics needs at least 2 images: {name!r} "
+                                       f"sees one value per channel per image (its input is {shape}); give more "
+                                       "images, or skip the re-estimation (calibrate's batchnorm='none')", "images")
+
+
+def _chosen_batchnorms(model: nn.Module, names: Sequence[str] | None) -> list[str]:
+    """BatchNorms (``_BatchNorm``, so ``SyncBatchNorm`` and timm's ``BatchNormAct2d`` too) that
+    track running statistics, among ``names`` (all by default)."""
+    return [n for n, m in model.named_modules() if isinstance(m, _BatchNorm) and m.track_running_stats
+            and (names is None or n in names)]
+
+
+def _batches(num_images: int, batch_size: int) -> list[slice]:
+    """Consecutive batches of ``max(batch_size, 2)`` images; a lone image left at the end joins the
+    batch before it (one image gives a 1x1 map one value per channel)."""
+    size = max(batch_size, 2)
+    starts = list(range(0, num_images, size))
+    if len(starts) > 1 and num_images - starts[-1] == 1:
+        starts.pop()
+    return [slice(start, stop) for start, stop in zip(starts, starts[1:] + [num_images])]
 
 
 def recompute_batchnorm_stats(model: nn.Module, images: torch.Tensor, *, batch_size: int = 32,
-                              names: Sequence[str] | None = None) -> list[str]:
+                              names: Sequence[str] | None = None, probe: ModelProbe | None = None) -> list[str]:
     """Re-estimate the running mean and variance of BatchNorm layers on ``images`` (in place).
 
     As ``torch.optim.swa_utils.update_bn``: the statistics are reset and accumulated as a
-    plain average over the batches (``momentum=None``) in one pass without grad, but only the
-    BatchNorm layers are in train mode (dropout and drop-path stay off). Every module's mode
-    and momentum are restored afterwards.
+    plain average over the batches (``momentum=None``: a cumulative moving average) in one pass
+    without grad, but only the BatchNorm layers are in train mode (dropout and drop-path stay off).
+    Every module's mode and momentum are restored afterwards; if the forward fails, the
+    statistics are restored too.
 
     Args:
         model: the model; its BatchNorm buffers are modified.
         images: ``(N, C, H, W)``, moved to the model's device and dtype batch by batch.
-        batch_size: images per forward (the statistics of each batch normalise it, as in training).
-        names: the BatchNorm layers to update (default: every one that tracks running statistics).
+        batch_size: images per forward (the statistics of each batch normalise it, as in
+            training). At least 2 are used: a BatchNorm in train mode needs more than one value
+            per channel, and after a 1x1 map one image gives one; a single image left at the end
+            joins the batch before it. No gradient is kept, so the larger batch costs little memory.
+        names: the BatchNorm layers to update (default: every one that tracks running statistics:
+            ``_BatchNorm``, so ``SyncBatchNorm`` and timm's ``BatchNormAct2d`` too). Other modules
+            keeping statistics (torchvision's ``FrozenBatchNorm2d``) have no train-mode estimate and
+            are left as they are, not listed.
+        probe: a probe of ``model`` (or of the model it was converted from), read only when
+            ``images`` holds a single image, to tell whether that can work
+            (:func:`check_batchnorm_images`); made from that image when needed and not given.
 
     Returns:
         The names of the updated layers. A BatchNorm the forward never calls keeps its
         statistics and is not listed.
+
+    Raises:
+        CalibrationError: ``images`` holds a single image and a chosen BatchNorm would see one
+            value per channel (:func:`check_batchnorm_images`); nothing is changed.
     """
     modules = dict(model.named_modules())
-    chosen = [n for n, m in modules.items() if isinstance(m, _BatchNorm) and m.track_running_stats
-              and (names is None or n in names)]
+    chosen = _chosen_batchnorms(model, names)
     if not chosen:
         return []
     first = next(model.parameters())
+    if images.shape[0] == 1:
+        check_batchnorm_images(model, probe or probe_example(model, images.to(first.device, first.dtype)), 1,
+                               names=chosen)
     momenta = {n: modules[n].momentum for n in chosen}
     saved = {n: {k: v.clone() for k, v in modules[n].state_dict().items()} for n in chosen}
     with eval_mode(model), torch.no_grad():
@@ -170,8 +275,12 @@ def recompute_batchnorm_stats(model: nn.Module, images: torch.Tensor, *, batch_s
                 modules[n].reset_running_stats()
                 modules[n].momentum = None
                 modules[n].train()
-            for start in range(0, images.shape[0], batch_size):
-                model(images[start:start + batch_size].to(device=first.device, dtype=first.dtype))
+            for batch in _batches(images.shape[0], batch_size):
+                model(images[batch].to(device=first.device, dtype=first.dtype))
+        except BaseException:
+            for n in chosen:
+                modules[n].load_state_dict(saved[n])
+            raise
         finally:
             for n in chosen:
                 modules[n].momentum = momenta[n]

@@ -25,6 +25,7 @@ from .layers import ScConvConfig
 from .manifest import Manifest
 from .models import ModelSource, build_model, default_input_size, rebuild_base
 from .plan import Plan, plan_conversion
+from .probe import probe_model
 from .rules import Rule, RuleAction
 
 __all__ = ["WriteCheckpoint", "DryRun", "Destination", "ConversionResult", "run_conversion", "CheckpointReport",
@@ -220,8 +221,9 @@ def run_conversion(model: ModelSource | str, *, output: Destination | str | os.P
     converted = apply_plan(copy_model(base), plan, seed=seed)
     size = tuple(input_size) if input_size else default_input_size(base, source)
     on_step(f"checking output shapes at {'x'.join(map(str, size))}")
-    check_shapes(base, converted, plan, size)  # also the first forward: a failure is ModelForwardError
-    stale = stale_batchnorms(converted, [d.name for d in plan.replaced], size)
+    probe = probe_model(base, size)  # the base model's one forward besides fvcore's: a failure is ModelForwardError
+    check_shapes(probe, converted, plan)
+    stale = stale_batchnorms(probe, [d.name for d in plan.replaced])
     if reset_bn_stats:
         reset_batchnorm_stats(converted, stale)
     on_step(f"counting at {'x'.join(map(str, size))}")

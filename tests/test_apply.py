@@ -5,10 +5,11 @@ import torch
 from torch import nn
 
 from conftest import AliasedConvNet
-from scconv_surgery.apply import apply_plan, convert
-from scconv_surgery.errors import PlanMismatchError
+from scconv_surgery.apply import apply_plan, check_shapes, convert
+from scconv_surgery.errors import PlanMismatchError, ShapeMismatchError
 from scconv_surgery.layers import ScConv
 from scconv_surgery.plan import plan_conversion
+from scconv_surgery.probe import probe_model
 
 
 def test_convert_leaves_the_input_model_untouched(tiny_net):
@@ -111,3 +112,43 @@ def test_backward_hooks_are_carried(tiny_net):
     converted, _ = convert(tiny_net)
     converted(torch.randn(1, 3, 8, 8)).sum().backward()
     assert seen == ["pre", (1, 16, 8, 8)]
+
+
+class BatchFoldingNet(nn.Module):
+    """Calls its conv on twice the input's batch (each image and its mirror), as multi-view models do."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(16, 16, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(torch.cat([x, x.flip(-1)])).mean(0, keepdim=True)
+
+
+def test_check_shapes_reads_a_probe_of_the_base_model(tiny_net):
+    converted, plan = convert(tiny_net)
+    probe = probe_model(tiny_net, (3, 15, 15))
+    check_shapes(probe, converted, plan)  # no forward of either model
+    check_shapes(tiny_net, converted, plan, (3, 15, 15))  # the convenience path probes the base itself
+    calls = []
+    handle = converted.block2.register_forward_hook(lambda m, a, o: calls.append((tuple(a[0].shape), tuple(o.shape))))
+    check_shapes(probe, converted, plan)
+    handle.remove()
+    assert calls == [((1, 16, 15, 15), (1, 32, 8, 8))]  # the replacement alone, at its conv's input shape
+    folding = BatchFoldingNet()
+    converted, plan = convert(folding)
+    calls.clear()
+    handle = converted.conv.register_forward_hook(lambda m, a, o: calls.append(tuple(a[0].shape)))
+    check_shapes(folding, converted, plan, (16, 5, 5))
+    handle.remove()
+    assert calls == [(2, 16, 5, 5)]  # the batch the conv was called with, not the input's
+    with pytest.raises(ValueError, match="input_size="):
+        check_shapes(folding, converted, plan)
+
+
+def test_check_shapes_names_the_layer_whose_shape_differs(tiny_net):
+    converted, plan = convert(tiny_net)
+    converted.block2 = nn.Conv2d(16, 32, 3, stride=1, padding=1)  # keeps the resolution its conv halved
+    with pytest.raises(ShapeMismatchError) as caught:
+        check_shapes(probe_model(tiny_net, (3, 16, 16)), converted, plan)
+    assert (caught.value.name, caught.value.expected, caught.value.actual) == ("block2", (1, 32, 8, 8), (1, 32, 16, 16))

@@ -289,3 +289,56 @@ def test_one_check_of_the_options_names_the_option(kwargs, option):
         check_calibration_options(**{"steps": 1, "batch_size": 1, "lr": 1e-2, **kwargs})
     assert info.value.name == option
     check_calibration_options(steps=0, batch_size=1, lr=1e-2, num_images=1, max_cache_bytes=1, seed=0)
+
+
+class ToOnePixelNet(ConvBNNet):
+    """Strided stages down to a 1x1 map whose BatchNorm sees one value per channel per image."""
+
+    def __init__(self):
+        super().__init__()
+        self.body.append(nn.Sequential(nn.Conv2d(32, 32, 3, 2, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU()))
+        self.body.append(nn.Sequential(nn.Conv2d(32, 32, 3, 2, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU()))
+
+
+def test_batch_size_1_re_estimates_batchnorms_after_1x1_maps_in_batches_of_two():
+    """A BatchNorm in train mode needs more than one value per channel: after a 1x1 map, batches of
+    one image cannot re-estimate it, so re-estimation reads batches of at least two."""
+    torch.manual_seed(0)
+    original = ToOnePixelNet().eval()
+    converted, plan = convert(original)
+    assert "body.3.0" in [d.name for d in plan.replaced]
+    images = smooth_images(5, size=8)
+    result = calibrate(original, converted, images, steps=2, batch_size=1)  # died after fitting every layer
+    assert [layer.name for layer in result.layers] == [d.name for d in plan.replaced]
+    assert result.batchnorms == ("stem.1", "body.0.1", "body.1.1", "body.2.1", "body.3.1")
+    last = converted.body[3][1]
+    assert int(last.num_batches_tracked) == 2  # images 0-1, then 2-4 (a lone last image joins the batch before)
+    assert torch.isfinite(last.running_var).all() and (last.running_var > 0).all()
+
+    one = smooth_images(1, size=8)
+    before = copy.deepcopy(converted.state_dict())
+    with pytest.raises(CalibrationError, match="at least 2 images: 'body.3.1'") as caught:
+        calibrate(original, converted, one, steps=2, batch_size=1)  # refused before any fitting
+    assert caught.value.name == "images"
+    assert all(torch.equal(v, before[k]) for k, v in converted.state_dict().items())
+    result = calibrate(original, converted, one, steps=1, batch_size=1, batchnorm=BatchNormUpdate.NONE)
+    assert result.batchnorms == ()
+
+
+def test_recompute_batchnorm_stats_with_batch_size_1_averages_batches_of_two():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.AdaptiveAvgPool2d(1), nn.BatchNorm2d(4)).eval()
+    images = torch.randn(5, 3, 3, 3)
+    assert recompute_batchnorm_stats(model, images, batch_size=1) == ["2"]
+    with torch.no_grad():
+        y = model[1](model[0](images))
+    batches = (y[:2], y[2:])
+    mean = sum(b.mean((0, 2, 3)) for b in batches) / 2
+    var = sum(b.var((0, 2, 3), unbiased=True) for b in batches) / 2
+    torch.testing.assert_close(model[2].running_mean, mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(model[2].running_var, var, rtol=1e-5, atol=1e-6)
+    assert int(model[2].num_batches_tracked) == 2 and model[2].momentum == 0.1
+    saved = copy.deepcopy(model.state_dict())
+    with pytest.raises(CalibrationError, match="'2' sees one value per channel"):
+        recompute_batchnorm_stats(model, images[:1], batch_size=1)
+    assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
