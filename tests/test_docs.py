@@ -132,3 +132,14 @@ def test_cli_docs_check_reports_drift(cli_docs, tmp_path, capsys):
     stale.write_text(cli_docs.PAGE.read_text().replace("--dry-run", "--dry-rnu", 1))
     assert cli_docs.main(["--check", "--out", str(stale)]) == 1
     assert "out of date" in capsys.readouterr().err
+
+
+def test_zoo_page_has_the_section_the_sweep_rewrites():
+    """`benchmarks/zoo.py --docs docs/zoo.md` replaces the text between these markers, nothing else."""
+    spec = importlib.util.spec_from_file_location("zoo_benchmark", ROOT / "benchmarks" / "zoo.py")
+    zoo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(zoo)
+    text = (ROOT / "docs" / "zoo.md").read_text()
+    assert text.count(zoo.README_START) == 1 and text.count(zoo.README_END) == 1
+    assert text.index(zoo.README_START) < text.index(zoo.README_END)
+    assert zoo.README_START not in (ROOT / "README.md").read_text()
