@@ -15,12 +15,12 @@ is recorded with its step and exception type, a crashed or hung worker as ``Work
    outputs must equal the converted model's.
 
 Models: every timm model, and torchvision's classification, segmentation and detection models.
-Writes JSON, prints a summary table, and can write the README's coverage section::
+Writes JSON, prints a summary table, and can write the coverage section of docs/zoo.md::
 
-    python benchmarks/zoo.py --jobs 2 --json zoo.json --readme README.md       # everything
+    python benchmarks/zoo.py --jobs 2 --json zoo.json --docs docs/zoo.md       # everything
     python benchmarks/zoo.py --filter 'resnet*' --filter 'torchvision:dense*' --convert 1
     python benchmarks/zoo.py --sample 100 --convert 0                          # plan only
-    python benchmarks/zoo.py --from-json zoo.json --readme README.md           # re-render only
+    python benchmarks/zoo.py --from-json zoo.json --docs docs/zoo.md           # re-render only
 """
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ from scconv_surgery.workers import WorkerCrash, map_in_workers
 
 TORCHVISION_SCOPE = ("", "segmentation", "detection")  # torchvision.models, .segmentation, .detection
 README_START, README_END = "<!-- zoo-coverage:start -->", "<!-- zoo-coverage:end -->"
-WHY_NOT = {  # Coverage value -> how the README names the group
+WHY_NOT = {  # Coverage value -> how docs/zoo.md names the group
     "depthwise_only": "depthwise only: every 3x3 past the stem is depthwise",
     "grouped": "grouped: SCConv would cost more than the grouped 3x3 convs",
     "no_3x3": "no 3x3 conv past the stem (patch embeddings, 1x1 convs, stems only)",
@@ -145,7 +145,7 @@ def pick_conversions(surveys: list[ModelSurvey], per_family: int) -> list[str]:
 # -- summary -------------------------------------------------------------------------------
 
 def summarize(surveys: list[ModelSurvey], conversions: list[dict]) -> dict[str, Any]:
-    """Counts for the closing table and the README."""
+    """Counts for the closing table and docs/zoo.md."""
     ok = [s for s in surveys if not s.error]
     dense = [s for s in ok if s.dense_3x3]
     why_not: dict[str, list[str]] = defaultdict(list)
@@ -172,7 +172,7 @@ def _pct(after: float, before: float) -> str:
 
 
 def markdown(summary: dict[str, Any], conversions: list[dict], command: str, seconds: float) -> str:
-    """The README's coverage section (between the zoo-coverage markers)."""
+    """The coverage section of docs/zoo.md (between the zoo-coverage markers)."""
     s = summary
     lines = [
         README_START,
@@ -238,8 +238,9 @@ def markdown(summary: dict[str, Any], conversions: list[dict], command: str, sec
     return "\n".join(lines)
 
 
-def update_readme(path: Path, section: str) -> None:
-    """Replace the text between the zoo-coverage markers of ``path`` with ``section``."""
+def update_page(path: Path, section: str) -> None:
+    """Replace the text between the zoo-coverage markers of ``path`` (docs/zoo.md) with ``section``;
+    the page's own text around them stays."""
     text = path.read_text()
     start, end = text.find(README_START), text.find(README_END)
     if start < 0 or end < 0:
@@ -287,9 +288,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=600, help="seconds per model and stage (default 600)")
     parser.add_argument("--seed", type=int, default=0, help="seed of --sample")
     parser.add_argument("--json", metavar="FILE", help="write every record and the summary as JSON")
-    parser.add_argument("--markdown", metavar="FILE", help="write the README coverage section to FILE")
-    parser.add_argument("--readme", metavar="FILE", help="replace the coverage section of FILE (README.md)")
-    parser.add_argument("--from-json", metavar="FILE", help="sweep nothing: write the table, --markdown and --readme "
+    parser.add_argument("--markdown", metavar="FILE", help="write the coverage section alone to FILE")
+    # --readme: the option's name before the section moved out of README.md (tests/test_zoo.py uses it)
+    parser.add_argument("--docs", "--readme", dest="docs", metavar="FILE",
+                        help="replace the coverage section between the zoo-coverage markers of FILE (docs/zoo.md)")
+    parser.add_argument("--from-json", metavar="FILE", help="sweep nothing: write the table, --markdown and --docs "
                         "from the JSON of an earlier run")
     args = parser.parse_args(argv)
     if args.from_json:
@@ -302,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command = " ".join(["python benchmarks/zoo.py", *(f"--filter '{f}'" for f in args.filter),
                         *(f"--{k} {getattr(args, k)}" for k in ("sample", "seed") if getattr(args, k)),
-                        f"--jobs {args.jobs} --convert {args.convert} --readme README.md"])
+                        f"--jobs {args.jobs} --convert {args.convert} --docs docs/zoo.md"])
 
     start = time.perf_counter()
     names = [n for n in list_model_names(args.filter) if in_scope(n)]
@@ -345,8 +348,8 @@ def main(argv: list[str] | None = None) -> int:
 def write_outputs(args: argparse.Namespace, section: str) -> None:
     if args.markdown:
         Path(args.markdown).write_text(section + "\n")
-    if args.readme:
-        update_readme(Path(args.readme), section)
+    if args.docs:
+        update_page(Path(args.docs), section)
 
 
 if __name__ == "__main__":
