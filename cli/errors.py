@@ -36,31 +36,43 @@ EXIT_TERMINATED = 143
 
 @dataclass(frozen=True)
 class ExitCode:
-    """One exit code: its number, what it means, and the commands that use it."""
+    """One exit code: its number, a few words for ``--help``, what it means in full (the docs),
+    and the commands that use it."""
 
     code: int
+    brief: str
     meaning: str
     commands: tuple[str, ...] = ("convert", "report", "verify", "calibrate", "models")
 
 
 EXIT_CODES: tuple[ExitCode, ...] = (
-    ExitCode(EXIT_OK, "success (verify: every check passed)"),
-    ExitCode(EXIT_UNEXPECTED, "unexpected failure (a bug or the environment): run again with --debug for the "
-             "traceback"),
-    ExitCode(EXIT_BAD_INPUT, "bad input: unknown model, unreadable or invalid file (checkpoint, weights, rules, "
-             "images), bad option value; nothing is written"),
-    ExitCode(EXIT_NOTHING_SELECTED, "an --include pattern matched no conv, or the rules selected none (the plan "
+    ExitCode(EXIT_OK, "success",
+             "success (verify: every check passed)"),
+    ExitCode(EXIT_UNEXPECTED, "unexpected failure (--debug shows the traceback)",
+             "unexpected failure (a bug or the environment: run again with --debug for the "
+             "traceback), or a replacement whose output shape differs from its conv's (named; nothing saved)"),
+    ExitCode(EXIT_BAD_INPUT, "bad input (named; nothing written)",
+             "bad input, named: unknown model, unreadable or invalid file (checkpoint, weights, "
+             "rules, images), bad option value, output path not writable, pretrained weights unavailable, "
+             "calibration of random weights without --allow-random-weights, a weights file that is not the "
+             "recorded one; nothing is written"),
+    ExitCode(EXIT_NOTHING_SELECTED, "an --include matched no conv, or no conv was selected",
+             "an --include pattern matched no conv, or the rules selected none (the plan "
              "is printed; with --json it is in the error document)", ("convert",)),
-    ExitCode(EXIT_VERIFY_FAILED, "a check failed (including a checkpoint whose state_dict or plan does not fit "
+    ExitCode(EXIT_VERIFY_FAILED, "a check failed",
+             "a check failed (including a checkpoint whose state_dict or plan does not fit "
              "its rebuilt model)", ("verify",)),
-    ExitCode(EXIT_INTERRUPTED, "interrupted (Ctrl-C); nothing is left at the output path"),
-    ExitCode(EXIT_TERMINATED, "terminated (SIGTERM); nothing is left at the output path"),
+    ExitCode(EXIT_INTERRUPTED, "Ctrl-C",
+             "interrupted (Ctrl-C); nothing is left at the output path"),
+    ExitCode(EXIT_TERMINATED, "SIGTERM",
+             "terminated (SIGTERM); nothing is left at the output path"),
 )
 
 
 def exit_codes_epilog(command: str) -> str:
     """The ``Exit codes:`` paragraph of a command's help, from :data:`EXIT_CODES`."""
-    return "Exit codes: " + "; ".join(f"{e.code} {e.meaning}" for e in EXIT_CODES if command in e.commands) + "."
+    codes = "; ".join(f"{e.code} {e.brief}" for e in EXIT_CODES if command in e.commands)
+    return f"Exit codes: {codes}. Details: docs/exit-codes.md."
 
 
 def exit_codes_markdown() -> str:

@@ -1,12 +1,13 @@
-"""Write docs/cli.md from the CLI's own ``--help`` output, for the root and every command.
+"""Write docs/cli.md from the CLI's own ``--help`` output, and docs/exit-codes.md's table from the
+CLI's exit-code table (``scconv_surgery.cli.errors.EXIT_CODES``).
 
 The commands are discovered from the Typer application (nothing is listed here), and the help
 is rendered in this process at a fixed width of ``WIDTH`` columns, without colour, so the page
 is the same on every machine. ``tests/test_docs.py`` fails when docs/cli.md drifts from
 ``--help``; rerun this script after changing an option::
 
-    python scripts/gen_cli_docs.py           # rewrite docs/cli.md
-    python scripts/gen_cli_docs.py --check   # exit 1 (and say so) if docs/cli.md is out of date
+    python scripts/gen_cli_docs.py           # rewrite docs/cli.md and the table in docs/exit-codes.md
+    python scripts/gen_cli_docs.py --check   # exit 1 (and say so) if either is out of date
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "docs" / "cli.md"
+EXIT_CODES_PAGE = ROOT / "docs" / "exit-codes.md"
+TABLE_START, TABLE_END = "<!-- exit-codes:start -->", "<!-- exit-codes:end -->"
 WIDTH = 100  # columns the help is rendered at
 # what decides the help's width and colour, set while each help renders (None unsets); colour that
 # Typer decided on at import (FORCE_COLOR, GITHUB_ACTIONS) is stripped from the output
@@ -79,20 +82,36 @@ def render() -> str:
     return "\n".join(sections)
 
 
+def exit_codes_page(current: str) -> str:
+    """``current`` (docs/exit-codes.md) with the text between its markers replaced by the table
+    that ``EXIT_CODES`` gives; the prose around the markers is kept as written."""
+    from scconv_surgery.cli.errors import exit_codes_markdown
+
+    head, start, rest = current.partition(TABLE_START)
+    _, end, tail = rest.partition(TABLE_END)
+    if not start or not end:
+        raise RuntimeError(f"{EXIT_CODES_PAGE} lacks the markers {TABLE_START} ... {TABLE_END}")
+    return f"{head}{TABLE_START}\n{exit_codes_markdown()}{TABLE_END}{tail}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if docs/cli.md is out of date")
     parser.add_argument("--out", type=Path, default=PAGE, help="the page to write or check (default docs/cli.md)")
+    parser.add_argument("--exit-codes", type=Path, default=EXIT_CODES_PAGE,
+                        help="the exit-codes page to write or check (default docs/exit-codes.md)")
     args = parser.parse_args(argv)
-    text = render()
+    current_codes = args.exit_codes.read_text()
+    pages = {args.out: (args.out.read_text() if args.out.exists() else "", render()),
+             args.exit_codes: (current_codes, exit_codes_page(current_codes))}
+    stale = [path for path, (current, text) in pages.items() if current != text]
     if args.check:
-        current = args.out.read_text() if args.out.exists() else ""
-        if current != text:
-            print(f"{args.out} is out of date with --help: run python scripts/gen_cli_docs.py", file=sys.stderr)
-            return 1
-        return 0
-    args.out.write_text(text)
-    print(f"wrote {args.out}", file=sys.stderr)
+        for path in stale:
+            print(f"{path} is out of date with the CLI: run python scripts/gen_cli_docs.py", file=sys.stderr)
+        return 1 if stale else 0
+    for path in stale:
+        path.write_text(pages[path][1])
+        print(f"wrote {path}", file=sys.stderr)
     return 0
 
 

@@ -127,6 +127,15 @@ def test_cli_reference_covers_every_command(cli_docs):
     assert {p[0] for p in paths if p} == {c.name for c in app.registered_commands}
 
 
+def test_exit_codes_page_equals_the_cli_table(cli_docs):
+    """docs/exit-codes.md's table is what EXIT_CODES says, the prose around it as written."""
+    from scconv_surgery.cli.errors import EXIT_CODES
+
+    page = cli_docs.EXIT_CODES_PAGE.read_text()
+    assert page == cli_docs.exit_codes_page(page), "run python scripts/gen_cli_docs.py and commit docs/exit-codes.md"
+    assert all(f"| {code.code} | {code.meaning} |" in page for code in EXIT_CODES)
+
+
 def test_cli_docs_check_reports_drift(cli_docs, tmp_path, capsys):
     stale = tmp_path / "cli.md"
     stale.write_text(cli_docs.PAGE.read_text().replace("--dry-run", "--dry-rnu", 1))
@@ -140,6 +149,6 @@ def test_zoo_page_has_the_section_the_sweep_rewrites():
     zoo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(zoo)
     text = (ROOT / "docs" / "zoo.md").read_text()
-    assert text.count(zoo.README_START) == 1 and text.count(zoo.README_END) == 1
-    assert text.index(zoo.README_START) < text.index(zoo.README_END)
-    assert zoo.README_START not in (ROOT / "README.md").read_text()
+    assert text.count(zoo.SECTION_START) == 1 and text.count(zoo.SECTION_END) == 1
+    assert text.index(zoo.SECTION_START) < text.index(zoo.SECTION_END)
+    assert zoo.SECTION_START not in (ROOT / "README.md").read_text()

@@ -97,8 +97,8 @@ def test_the_paper_s_cifar_networks_convert_and_reload(factory, kwargs, replaced
         torch.testing.assert_close(load(path)(x), converted.eval()(x), rtol=0, atol=0)
 
 
-def test_the_zoo_benchmark_writes_its_json_and_readme_section(tmp_path):
-    """benchmarks/zoo.py on two models, in this process, plan only: the README generator stays working."""
+def test_the_zoo_benchmark_writes_its_json_and_docs_section(tmp_path):
+    """benchmarks/zoo.py on two models, in this process, plan only: the docs/zoo.md generator stays working."""
     import importlib.util
     import json
     from pathlib import Path
@@ -107,13 +107,13 @@ def test_the_zoo_benchmark_writes_its_json_and_readme_section(tmp_path):
     spec = importlib.util.spec_from_file_location("zoo_benchmark", path)
     zoo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(zoo)
-    readme = tmp_path / "README.md"
-    readme.write_text(f"# title\n{zoo.README_START}\nold\n{zoo.README_END}\nafter\n")
+    readme = tmp_path / "zoo.md"
+    readme.write_text(f"# title\n{zoo.SECTION_START}\nold\n{zoo.SECTION_END}\nafter\n")
     assert zoo.main(["--filter", "resnet10t", "--filter", "vit_tiny_patch16_224", "--convert", "0", "--jobs", "0",
-                     "--json", str(tmp_path / "zoo.json"), "--readme", str(readme)]) == 0
+                     "--json", str(tmp_path / "zoo.json"), "--docs", str(readme)]) == 0
     summary = json.loads((tmp_path / "zoo.json").read_text())["summary"]
     assert (summary["models"], summary["convert"], summary["with_dense_3x3"]) == (2, 1, 1)
     assert summary["why_not"] == {"no_3x3": ["vit_tiny_patch16_224"]} and summary["plan_failures"] == {}
     text = readme.read_text()
-    assert text.startswith("# title\n" + zoo.README_START) and text.endswith(zoo.README_END + "\nafter\n")
+    assert text.startswith("# title\n" + zoo.SECTION_START) and text.endswith(zoo.SECTION_END + "\nafter\n")
     assert "| convert (at least one conv replaced) | 1 |" in text and "old" not in text

@@ -37,3 +37,15 @@ def test_input_size_default_is_the_one_the_command_uses(command, default, monkey
     monkeypatch.setenv("COLUMNS", "300")
     text = " ".join(runner.invoke(app, [command, "--help"]).stdout.split())
     assert default in text
+
+
+@pytest.mark.parametrize("command", [c.name for c in app.registered_commands])
+def test_help_lists_the_exit_codes_of_the_one_table(command, monkeypatch):
+    """Each command's --help lists exactly the codes EXIT_CODES gives it, in its words."""
+    from scconv_surgery.cli.errors import EXIT_CODES
+
+    monkeypatch.setenv("COLUMNS", "1000")
+    text = " ".join(runner.invoke(app, [command, "--help"]).stdout.split())
+    listed = "; ".join(f"{e.code} {e.brief}" for e in EXIT_CODES if command in e.commands)
+    assert f"Exit codes: {listed}." in text
+    assert ("3 an --include" in text) == (command == "convert") and ("4 a check failed" in text) == (command == "verify")
