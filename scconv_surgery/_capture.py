@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ._probe import eval_mode
-from .probe import ModelProbe, probe_example
+from .probe import ModelProbe, as_probe
 
 __all__ = ["LayerCalls", "probe_calls", "group_by_bytes", "record"]
 
@@ -65,12 +65,7 @@ def probe_calls(probe: ModelProbe | nn.Module, names: Sequence[str],
         ValueError: a model without ``example``, or a probe with one.
         Exception: with a model, whatever its forward raises on ``example``.
     """
-    if isinstance(probe, nn.Module):
-        if example is None:
-            raise ValueError("probe_calls needs example= to probe a model")
-        probe = probe_example(probe, example)
-    elif example is not None:
-        raise ValueError("probe_calls takes example= only with a model, not with a ModelProbe")
+    probe = as_probe(probe, example=example, caller="probe_calls")
     wanted = set(names)
     return [LayerCalls(name, tuple(c.input_shape[1:] for c in calls), tuple(c.output_shape[1:] for c in calls))
             for name, calls in probe.calls.items() if name in wanted]

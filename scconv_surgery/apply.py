@@ -17,7 +17,7 @@ from .errors import PlanMismatchError, ShapeMismatchError
 from .finetune import gradient_free_parameters
 from .layers import ScConv, ScConvConfig
 from .plan import ConvSpec, Decision, Plan, plan_conversion
-from .probe import ModelProbe, probe_model
+from .probe import ModelProbe, as_probe
 from .rules import Rule
 
 __all__ = ["build_replacement", "apply_plan", "convert", "check_shapes", "copy_model"]
@@ -144,12 +144,7 @@ def check_shapes(base: nn.Module | ModelProbe, converted: nn.Module, plan: Plan,
             image model).
         ValueError: ``base`` is a model and ``input_size`` is missing, or a probe and it is given.
     """
-    if isinstance(base, nn.Module):
-        if input_size is None:
-            raise ValueError("check_shapes needs input_size= to probe a base model")
-        base = probe_model(base, input_size)
-    elif input_size is not None:
-        raise ValueError("check_shapes takes input_size= only with a base model, not with a ModelProbe")
+    base = as_probe(base, input_size=input_size, caller="check_shapes")
     for decision in plan.replaced:
         call = base.first_call(decision.name)
         if call is None:  # not called by the model's forward

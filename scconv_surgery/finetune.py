@@ -26,7 +26,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ._probe import eval_mode
 from .errors import CalibrationError
 from .layers import SRU, ScConv, Variant
-from .probe import ModelProbe, keeps_running_stats, probe_example, probe_model
+from .probe import ModelProbe, as_probe, keeps_running_stats, probe_example
 
 __all__ = ["new_parameter_names", "gradient_free_parameters", "param_groups", "stale_batchnorms",
            "reset_batchnorm_stats", "recompute_batchnorm_stats", "check_batchnorm_images"]
@@ -131,12 +131,7 @@ def stale_batchnorms(probe: ModelProbe | nn.Module, replaced: Sequence[str],
         A BatchNorm built with ``track_running_stats=False`` keeps no statistics and is not listed
         (before the probe, any BatchNorm was).
     """
-    if isinstance(probe, nn.Module):
-        if input_size is None:
-            raise ValueError("stale_batchnorms needs input_size= to probe a model")
-        probe = probe_model(probe, input_size)
-    elif input_size is not None:
-        raise ValueError("stale_batchnorms takes input_size= only with a model, not with a ModelProbe")
+    probe = as_probe(probe, input_size=input_size, caller="stale_batchnorms")
     keeping = set(probe.running_stats)
     after = [probe.norm_after(name) for name in replaced]
     return [norm for norm in after if norm is not None and norm in keeping]

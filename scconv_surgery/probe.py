@@ -22,7 +22,7 @@ from torch.nn.modules.batchnorm import _NormBase
 from ._probe import eval_mode
 from .errors import ModelForwardError
 
-__all__ = ["ModuleCall", "ModelProbe", "probe_model", "probe_example", "keeps_running_stats", "is_norm"]
+__all__ = ["as_probe", "ModuleCall", "ModelProbe", "probe_model", "probe_example", "keeps_running_stats", "is_norm"]
 
 # modules that return their input unchanged in eval mode: "what runs next" looks past them
 PASS_THROUGH = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
@@ -198,6 +198,29 @@ def probe_example(model: nn.Module, example: torch.Tensor) -> ModelProbe:
     return ModelProbe(type(model).__name__, tuple(example.shape), order,
                       {name: tuple(c) for name, c in calls.items()}, _norms_after(events, modules),
                       tuple(name for name in calls if keeps_running_stats(modules[name])))
+
+
+def as_probe(subject: nn.Module | ModelProbe, *, input_size: Sequence[int] | None = None,
+             example: torch.Tensor | None = None, caller: str) -> ModelProbe:
+    """``subject`` when it is a probe, else the model probed here: at ``input_size``
+    (:func:`probe_model`) or on ``example`` (:func:`probe_example`). For the functions that read
+    a probe and, for convenience, also take the model itself.
+
+    Raises:
+        ValueError: a model without ``input_size`` / ``example``, or a probe with one (names
+            ``caller``).
+        ModelForwardError, Exception: see :func:`probe_model`, :func:`probe_example`.
+    """
+    given = "input_size" if input_size is not None else "example" if example is not None else None
+    if isinstance(subject, ModelProbe):
+        if given:
+            raise ValueError(f"{caller} takes {given}= only with a model, not with a ModelProbe")
+        return subject
+    if input_size is not None:
+        return probe_model(subject, input_size)
+    if example is not None:
+        return probe_example(subject, example)
+    raise ValueError(f"{caller} needs input_size= or example= to probe a model")
 
 
 def _norms_after(events: Sequence[tuple[str, bool]], modules: Mapping[str, nn.Module]) -> dict[str, str]:

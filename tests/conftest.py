@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import collections
+import importlib.util
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -143,3 +145,26 @@ class ResizingNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.nn.functional.interpolate(x, size=(32, 32), mode="nearest")
         return self.block(self.body(x))
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(relative: str) -> types.ModuleType:
+    """A script of the repository (``examples/finetune.py``, ``benchmarks/zoo.py``, ...) as a module."""
+    path = ROOT / relative
+    spec = importlib.util.spec_from_file_location(path.stem.replace("-", "_"), path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class BatchFoldingNet(nn.Module):
+    """Calls its conv on twice the input's batch (each image and its mirror), as multi-view models do."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(16, 16, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(torch.cat([x, x.flip(-1)])).mean(0, keepdim=True)

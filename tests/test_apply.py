@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import AliasedConvNet
+from conftest import AliasedConvNet, BatchFoldingNet
 from scconv_surgery.apply import apply_plan, check_shapes, convert
 from scconv_surgery.errors import PlanMismatchError, ShapeMismatchError
 from scconv_surgery.layers import ScConv
@@ -112,17 +112,6 @@ def test_backward_hooks_are_carried(tiny_net):
     converted, _ = convert(tiny_net)
     converted(torch.randn(1, 3, 8, 8)).sum().backward()
     assert seen == ["pre", (1, 16, 8, 8)]
-
-
-class BatchFoldingNet(nn.Module):
-    """Calls its conv on twice the input's batch (each image and its mirror), as multi-view models do."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(16, 16, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(torch.cat([x, x.flip(-1)])).mean(0, keepdim=True)
 
 
 def test_check_shapes_reads_a_probe_of_the_base_model(tiny_net):

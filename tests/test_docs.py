@@ -1,11 +1,12 @@
 """The documentation stays true: docs/cli.md equals --help, and every link in it resolves."""
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 
 import pytest
+
+from conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -107,10 +108,7 @@ def test_readme_stays_short():
 
 @pytest.fixture(scope="module")
 def cli_docs():
-    spec = importlib.util.spec_from_file_location("gen_cli_docs", ROOT / "scripts" / "gen_cli_docs.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/gen_cli_docs.py")
 
 
 def test_cli_reference_equals_help(cli_docs):
@@ -145,9 +143,7 @@ def test_cli_docs_check_reports_drift(cli_docs, tmp_path, capsys):
 
 def test_zoo_page_has_the_section_the_sweep_rewrites():
     """`benchmarks/zoo.py --docs docs/zoo.md` replaces the text between these markers, nothing else."""
-    spec = importlib.util.spec_from_file_location("zoo_benchmark", ROOT / "benchmarks" / "zoo.py")
-    zoo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(zoo)
+    zoo = load_script("benchmarks/zoo.py")
     text = (ROOT / "docs" / "zoo.md").read_text()
     assert text.count(zoo.SECTION_START) == 1 and text.count(zoo.SECTION_END) == 1
     assert text.index(zoo.SECTION_START) < text.index(zoo.SECTION_END)

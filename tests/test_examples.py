@@ -1,20 +1,18 @@
 """examples/finetune.py's pieces, imported from the script (the torchrun run is in tests/cli)."""
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+from conftest import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def finetune():
-    spec = importlib.util.spec_from_file_location("finetune_example", ROOT / "examples" / "finetune.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("examples/finetune.py")
 
 
 LOGITS, AUX, LABELS = torch.randn(4, 5, generator=torch.Generator().manual_seed(0)), \
@@ -102,9 +100,7 @@ def test_calibrate_digits_runs_end_to_end_and_reports_every_row(tmp_path, monkey
     # digits (not a test dependency), so that the script's code path, tables and JSON stay working
     import json
 
-    spec = importlib.util.spec_from_file_location("calibrate_digits", ROOT / "examples" / "calibrate_digits.py")
-    digits = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(digits)
+    digits = load_script("examples/calibrate_digits.py")
     g = torch.Generator().manual_seed(0)
     fake = (torch.randn(96, 1, 32, 32, generator=g), torch.randint(0, 10, (96,), generator=g),
             torch.randn(40, 1, 32, 32, generator=g), torch.randint(0, 10, (40,), generator=g))

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import BatchFoldingNet
 from scconv_surgery._capture import LayerCalls, probe_calls
 from scconv_surgery.errors import ModelForwardError
 from scconv_surgery.pipeline import DryRun, WriteCheckpoint, run_conversion
@@ -55,17 +56,6 @@ def test_probe_records_order_shapes_and_the_norm_after_each_module():
     assert model.training and not model.head.training and model.block.training
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     assert probe == probe_model(model, (3, 8, 8))  # a value: the same model and size give the same probe
-
-
-class BatchFoldingNet(nn.Module):
-    """Calls its conv on twice the input's batch (two views of each image), as multi-view models do."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(16, 16, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(torch.cat([x, x.flip(-1)])).mean(0, keepdim=True)
 
 
 def test_probe_keeps_each_call_s_batch_and_calls_drop_it():

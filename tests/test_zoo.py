@@ -5,6 +5,7 @@ import copy
 import pytest
 import torch
 
+from conftest import load_script
 from scconv_surgery.apply import apply_plan, check_shapes
 from scconv_surgery.checkpoint import load, save_checkpoint
 from scconv_surgery.manifest import Manifest
@@ -99,14 +100,9 @@ def test_the_paper_s_cifar_networks_convert_and_reload(factory, kwargs, replaced
 
 def test_the_zoo_benchmark_writes_its_json_and_docs_section(tmp_path):
     """benchmarks/zoo.py on two models, in this process, plan only: the docs/zoo.md generator stays working."""
-    import importlib.util
     import json
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "zoo.py"
-    spec = importlib.util.spec_from_file_location("zoo_benchmark", path)
-    zoo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(zoo)
+    zoo = load_script("benchmarks/zoo.py")
     readme = tmp_path / "zoo.md"
     readme.write_text(f"# title\n{zoo.SECTION_START}\nold\n{zoo.SECTION_END}\nafter\n")
     assert zoo.main(["--filter", "resnet10t", "--filter", "vit_tiny_patch16_224", "--convert", "0", "--jobs", "0",
