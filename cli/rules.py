@@ -4,8 +4,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from scconv_surgery.errors import InvalidRuleError
-from scconv_surgery.rules import Rule, RuleAction, RuleFieldError, preset_rules
+from scconv_surgery.errors import InvalidRuleError, RuleFieldError
+from scconv_surgery.rules import Rule, RuleAction, preset_rules
 from scconv_surgery.rules_file import load_rules_file
 
 

@@ -189,7 +189,7 @@ def _unfit_detail(spec: ConvSpec, config: ScConvConfig, *, strict: bool) -> str:
         return f"{problem}; no hyperparameters make SCConv map {spec.in_channels} -> {spec.out_channels} channels"
     options = " or ".join(format_fix(fix) for fix in fixes)
     if strict:
-        return f"{problem}; fits with {options} in a rule that matches it (--strict-paper: no automatic adaptation)"
+        return f"{problem}; fits with {options} in a rule that matches it (strict paper hyperparameters: no automatic adaptation)"
     tried = f"squeeze_ratio >= {config.squeeze_ratio}" + ("" if groups else f", gwc_groups <= {config.gwc_groups}")
     return f"{problem}; no {tried} fits; {options} would, in a rule that matches it"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["ScconvError", "UnknownModelError", "PretrainedWeightsError", "WeightsFileError", "NothingSelectedError", "UnmatchedRuleError", "InvalidRuleError", "OutputPathError", "CheckpointError", "ShapeMismatchError", "PlanMismatchError", "RulesFileError", "ModelArgumentError", "FactoryError", "ModelForwardError", "ImageDataError", "CalibrationError"]
+__all__ = ["ScconvError", "UnknownModelError", "PretrainedWeightsError", "WeightsFileError", "NothingSelectedError", "UnmatchedRuleError", "InvalidRuleError", "RuleFieldError", "OutputPathError", "CheckpointError", "ShapeMismatchError", "PlanMismatchError", "RulesFileError", "ModelArgumentError", "FactoryError", "ModelForwardError", "ImageDataError", "CalibrationError"]
 
 
 class ScconvError(Exception):
@@ -121,13 +121,32 @@ class InvalidRuleError(ScconvError, ValueError):
 
     Attributes:
         pattern: the rule's pattern.
-        index: the rule's position (0-based) among the rules given.
+        index: the rule's position (0-based) among the rules given, or None for a lone rule.
+        key: the offending field, where one is to blame (``"pattern"``, a filter, a
+            hyperparameter, ``"strict_paper"``), else None.
     """
 
-    def __init__(self, pattern: str, index: int, problem: str):
+    def __init__(self, pattern: str, index: int | None, problem: str, *, key: str | None = None):
         self.pattern = pattern
         self.index = index
-        super().__init__(f"rule {index} ({pattern!r}): {problem}", problem)
+        self.key = key
+        where = f"rule {index} ({pattern!r})" if index is not None else f"rule {pattern!r}"
+        super().__init__(f"{where}: {problem}", problem)
+
+
+class RuleFieldError(InvalidRuleError):
+    """A :class:`~scconv_surgery.rules.Rule` field that is invalid on its own or contradicts
+    another; raised by ``Rule`` itself, which does not know its position among other rules (the
+    rules-file reader and the CLI add the file and the index).
+
+    Attributes:
+        pattern: the rule's pattern.
+        index: None.
+        key: the offending field.
+    """
+
+    def __init__(self, pattern: str, key: str, problem: str):
+        super().__init__(pattern, None, problem, key=key)
 
 
 class OutputPathError(ScconvError, OSError):

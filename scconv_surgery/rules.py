@@ -30,10 +30,10 @@ from dataclasses import dataclass, fields, replace
 from enum import Enum
 from typing import Any
 
-from .errors import InvalidRuleError, ScconvError
+from .errors import InvalidRuleError, RuleFieldError
 from .layers import ScConvConfig, StridePolicy, Variant
 
-__all__ = ["RuleAction", "Rule", "RuleFieldError", "PRESETS", "preset_rules", "validate_rules", "match_rules",
+__all__ = ["RuleAction", "Rule", "PRESETS", "preset_rules", "validate_rules", "match_rules",
            "merged_config", "merged_strict_paper", "FILTER_FIELDS", "CONFIG_FIELDS", "OPTION_FIELDS"]
 
 REGEX_PREFIX = "re:"
@@ -56,29 +56,6 @@ FILTER_FIELDS = tuple(_FILTERS)
 CONFIG_FIELDS = tuple(f.name for f in fields(ScConvConfig))
 # Planning options a rule may set for the convs it includes (not SCConv hyperparameters).
 OPTION_FIELDS = ("strict_paper",)
-
-
-class RuleFieldError(InvalidRuleError):
-    """A :class:`Rule` field that is invalid on its own or contradicts another.
-
-    Raised by :class:`Rule` itself, which does not know its position among other rules: the
-    rules-file reader and the CLI's assembly add the file and the index.
-
-    Attributes:
-        pattern: the rule's pattern.
-        index: None (a lone rule has no position).
-        key: the offending field: ``"pattern"``, ``"action"``, a filter, a hyperparameter or
-            ``"strict_paper"``.
-        problem: what is wrong, in words (also the message).
-    """
-
-    def __init__(self, pattern: Any, key: str, problem: str):
-        # InvalidRuleError's message starts with the rule's index, which a lone rule lacks
-        ScconvError.__init__(self, problem)
-        self.pattern = pattern
-        self.index = None
-        self.key = key
-        self.problem = problem
 
 
 class RuleAction(str, Enum):

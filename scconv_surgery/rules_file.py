@@ -23,8 +23,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from .errors import RulesFileError
-from .rules import PRESETS, Rule, RuleAction, RuleFieldError
+from .errors import RuleFieldError, RulesFileError
+from .rules import PRESETS, Rule, RuleAction
 
 try:
     import tomllib

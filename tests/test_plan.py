@@ -211,8 +211,8 @@ def test_strict_paper_skips_and_says_what_would_fit(strict_paper, rules):
     skipped, kept = plan.decisions
     assert skipped.reason is SkipReason.CHANNELS
     assert skipped.detail == ("out_channels=32 must exceed the reused lower part (32 channels); fits with "
-                              "squeeze_ratio: 4 or alpha: 0.625 in a rule that matches it (--strict-paper: no "
-                              "automatic adaptation)")
+                              "squeeze_ratio: 4 or alpha: 0.625 in a rule that matches it (strict paper hyperparameters: "
+                              "no automatic adaptation)")
     assert kept.is_replaced and kept.adapted == ()
 
 

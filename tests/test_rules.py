@@ -2,7 +2,8 @@ import pytest
 
 from scconv_surgery.errors import InvalidRuleError
 from scconv_surgery.cli.rules import assemble_rules
-from scconv_surgery.rules import CONFIG_FIELDS, FILTER_FIELDS, OPTION_FIELDS, Rule, RuleAction, RuleFieldError, match_rules, validate_rules
+from scconv_surgery.errors import RuleFieldError
+from scconv_surgery.rules import CONFIG_FIELDS, FILTER_FIELDS, OPTION_FIELDS, Rule, RuleAction, match_rules, validate_rules
 
 INC, EXC = RuleAction.INCLUDE, RuleAction.EXCLUDE
 
@@ -97,7 +98,7 @@ def test_invalid_rules_name_their_key(case, arguments, key, words):
     with pytest.raises(RuleFieldError) as info:
         Rule("a.*", **arguments)
     assert info.value.key == key
-    assert words in str(info.value) and str(info.value) == info.value.problem
+    assert words in info.value.problem and str(info.value) == f"rule 'a.*': {info.value.problem}"  # names the rule
 
 
 def test_rule_fields_are_pattern_action_filters_hyperparameters_options():

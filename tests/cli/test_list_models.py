@@ -62,4 +62,4 @@ def test_convert_strict_paper_skips_with_the_fix_and_exits_3(monkeypatch):
     result = runner.invoke(app, ["convert", "--factory", "examples.cifar_models:densenet121_cifar", "--model-kwargs",
                                  "growth_rate=8", "--input-size", "3x32x32", "--dry-run", "--strict-paper"])
     assert result.exit_code == EXIT_NOTHING_SELECTED, result.output
-    assert "squeeze_ratio: 4" in result.stderr and "--strict-paper" in result.stderr
+    assert "squeeze_ratio: 4" in result.stderr and "strict paper hyperparameters" in result.stderr
