@@ -23,7 +23,8 @@ from .params import (
     JsonOpt,
     check_seed,
 )
-from .render import render_calibration, render_written
+from .render.calibrate import render_calibration
+from .render.common import render_written
 
 
 def calibrate(

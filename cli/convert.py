@@ -37,7 +37,7 @@ from .params import (
     check_seed,
     parse_input_size,
 )
-from .render import render_conversion
+from .render.convert import render_conversion
 from .rules import assemble_rules
 
 Preset = Enum("Preset", {name: name for name in PRESETS}, type=str)  # type: ignore[misc]

@@ -187,7 +187,7 @@ class Output:
             code = exit_code_for(err)
             plan = getattr(err, "plan", None)
             if plan is not None and not self.json:  # show every conv and why it was skipped
-                from .render import plan_records
+                from .render.convert import plan_records
 
                 title = f"The plan, not applied: {len(plan.decisions)} convs (nothing was replaced or written)"
                 if self.summary:  # the error message below gives the counts per reason

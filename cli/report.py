@@ -14,7 +14,7 @@ from scconv_surgery.pipeline import recount_checkpoint
 from .errors import InvalidOptionError
 from .output import Output
 from .params import CheckpointInputSizeOpt, CountElementwiseOpt, DebugOpt, HelpOpt, JsonOpt, SummaryOpt, parse_input_size
-from .render import counts_csv, counts_markdown, render_counts
+from .render.report import counts_csv, counts_markdown, render_counts
 
 
 class ReportFormat(str, Enum):

@@ -11,6 +11,7 @@ from scconv_surgery.verify import verify_checkpoint
 from .errors import EXIT_VERIFY_FAILED
 from .output import Output
 from .params import CheckpointInputSizeOpt, DebugOpt, HelpOpt, JsonOpt, parse_input_size
+from .render.verify import render_verification
 
 
 def verify(
@@ -34,8 +35,6 @@ def verify(
     if json_output:
         output.emit_json(result.to_dict())
     else:
-        for check in result.checks:
-            mark = "[green]ok[/]  " if check.passed else "[red]FAIL[/]"
-            output.console.print(f"{mark} {check.name}: {check.detail}", highlight=False)
+        render_verification(output.console, result)
     if not result.passed:
         raise typer.Exit(EXIT_VERIFY_FAILED)
