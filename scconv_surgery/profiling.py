@@ -393,12 +393,13 @@ def check_profile(profile: Profile, source: ModelSource, plan: Plan, device: str
     Args:
         profile: the saved profile.
         source: the model being converted (as recorded by :func:`~scconv_surgery.models.rebuild_base`).
-        plan: its plan (every layer of the profile must be a replaced conv of it).
+        plan: its plan (every layer of the profile must be one of its convs; the profile's layers that
+            the plan does not replace are no candidates for selection).
         device: the device the selection is for.
         path: the profile's file, for the message.
 
     Raises:
-        ProfileMismatchError: another model, another device, or a layer the plan does not replace.
+        ProfileMismatchError: another model, another device, or a layer that is not a conv of the model.
     """
     if not _same_model(profile.source, source):
         raise ProfileMismatchError(path, f"was measured on {profile.source.display_name} "
@@ -411,10 +412,10 @@ def check_profile(profile: Profile, source: ModelSource, plan: Plan, device: str
     if device_name(wanted) != profile.device_name:
         raise ProfileMismatchError(path, f"was measured on {profile.device_name!r}, this device is "
                                    f"{device_name(wanted)!r}")
-    replaced = {d.name for d in plan.replaced}
-    foreign = [layer.name for layer in profile.layers if layer.name not in replaced]
+    specs = {d.name: d.spec for d in plan.decisions}
+    foreign = [layer.name for layer in profile.layers if layer.name not in specs]
     if foreign:
-        raise ProfileMismatchError(path, f"measures {foreign[0]!r}, which this plan does not replace "
+        raise ProfileMismatchError(path, f"measures {foreign[0]!r}, which is not a conv of this model "
                                    f"({len(foreign)} such layer{'s' if len(foreign) > 1 else ''})")
 
 
