@@ -19,7 +19,8 @@ synchronize. Every clock is a :class:`Timer`; tests inject their own.
 Layer results are cached on disk (one JSON file per layer, under
 :func:`~scconv_surgery.survey.default_cache_dir`) per conv spec, SCConv config, input shape, device
 name, dtype, memory format, mode, clock, repeats and torch version, so that profiling the same
-architecture again, or another one sharing its conv shapes, is fast.
+architecture again, or another one sharing its conv shapes, is fast; the whole network's time,
+MACs and parameters are cached per architecture (source and every conv's name and spec) likewise.
 """
 from __future__ import annotations
 
@@ -631,19 +632,46 @@ def profile_plan(model: nn.Module, source: ModelSource, plan: Plan, input_size: 
                 entry = _measure_layer(model.get_submodule(decision.name), decision, shape, settings, device,
                                        timer, seed)
                 if path is not None:
-                    with contextlib.suppress(OSError):
-                        path.parent.mkdir(parents=True, exist_ok=True)
-                        tmp = path.with_suffix(".tmp")
-                        tmp.write_text(json.dumps(entry.to_dict()))
-                        tmp.replace(path)
+                    _write_entry(path, entry.to_dict())
             layers.append(entry)
             on_layer(decision.name, done, len(targets))
-        runner = _network_runners({"original": model}, input_size, settings, device)
-        model_times = _interleaved(runner, "", timer, settings.repeats)["original"]
-    counts = count_model(model, input_size)
+        whole = _cached_network(folder, model, source, plan, input_size, settings, name, timer, device)
     return Profile(source, replace(settings, device=str(device)), name, torch.__version__, timer.name,
-                   tuple(input_size), statistics.median(model_times), counts.macs, counts.params, tuple(layers),
+                   tuple(input_size), whole["seconds"], whole["macs"], whole["params"], tuple(layers),
                    time.perf_counter() - started, cached)
+
+
+def _cached_network(folder: Path | None, model: nn.Module, source: ModelSource, plan: Plan,
+                    input_size: Sequence[int], settings: ProfileSettings, name: str, timer: Timer,
+                    device: torch.device) -> dict[str, Any]:
+    """The whole network's median time, MACs and parameters, from the cache when the same architecture
+    (source, every conv's name and spec) was timed with the same settings, device, clock and torch."""
+    path = None
+    if folder is not None:
+        key = json.dumps({"model": [source.library, source.name, dict(source.kwargs)],
+                          "convs": [[d.name, d.spec.to_dict()] for d in plan.decisions],
+                          "input": list(input_size), "settings": replace(settings, device="").to_dict(),
+                          "device_name": name, "device_type": device.type, "timer": timer.name,
+                          "torch": torch.__version__, "schema": PROFILE_SCHEMA_VERSION}, sort_keys=True, default=str)
+        path = folder / "profiles" / f"network-{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            entry = json.loads(path.read_text())
+            return {"seconds": float(entry["seconds"]), "macs": int(entry["macs"]), "params": int(entry["params"])}
+    runner = _network_runners({"original": model}, input_size, settings, device)
+    seconds = statistics.median(_interleaved(runner, "", timer, settings.repeats)["original"])
+    counts = count_model(model, tuple(input_size))  # type: ignore[arg-type]
+    entry = {"seconds": seconds, "macs": counts.macs, "params": counts.params}
+    if path is not None:
+        _write_entry(path, entry)
+    return entry
+
+
+def _write_entry(path: Path, entry: Mapping[str, Any]) -> None:
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(entry))
+        tmp.replace(path)
 
 
 def profile_model(source: ModelSource | str, settings: ProfileSettings = ProfileSettings(), *,

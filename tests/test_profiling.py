@@ -88,7 +88,7 @@ def test_cache_makes_a_second_profile_skip_the_timing(model, tmp_path):
     timer = TableTimer({})
     second = profile_plan(model, SOURCE, plan, SIZE, ProfileSettings(repeats=3), timer=timer, cache_dir=tmp_path)
     assert second.cached_layers == 3 and second.layers == first.layers
-    assert {c[0] for c in timer.calls} == {""}  # only the whole network was timed again
+    assert timer.calls == []  # neither the layers nor the whole network were timed again
     other = profile_plan(model, SOURCE, plan, SIZE, ProfileSettings(repeats=3, dtype="bfloat16"),
                          timer=TableTimer(table()), cache_dir=tmp_path)
     assert other.cached_layers == 0  # another dtype is another measurement
