@@ -505,6 +505,8 @@ def _measure_layer(conv: nn.Module, decision: Decision, shape: tuple[int, ...], 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         layer = build_replacement(decision, device="cpu")
+    size = tuple(shape[1:])  # counted as convert counts: batch 1, float32, before any inference cache
+    counted = [count_model(copy.deepcopy(m).float().cpu(), size) for m in (conv, layer)]  # type: ignore[arg-type]
     layer = _prepared(layer, settings, device)
     if settings.optimized and not settings.train:
         _optimize(layer, shape)
@@ -512,8 +514,6 @@ def _measure_layer(conv: nn.Module, decision: Decision, shape: tuple[int, ...], 
     times = _interleaved({"dense": _runner(dense, x, settings.train), "scconv": _runner(layer, x, settings.train)},
                          decision.name, timer, settings.repeats)
     ratio, spread = _ratio_stats(times["dense"], times["scconv"])
-    size = tuple(shape[1:])
-    counted = [count_model(m.float().cpu(), size) for m in (copy.deepcopy(conv).float().cpu(), layer)]
     return LayerProfile(decision.name, tuple(shape), statistics.median(times["dense"]),
                         statistics.median(times["scconv"]), ratio, spread, counted[0].macs, counted[1].macs,
                         decision.params_before, decision.params_after)

@@ -145,6 +145,8 @@ def test_smoke_real_timing_restores_threads(model):
     train = profile_plan(model, SOURCE, plan, (3, 16, 16), ProfileSettings(repeats=3, train=True,
                                                                            channels_last=True), cache_dir=False)
     assert train.settings.train and all(lp.scconv_seconds > 0 for lp in train.layers)
-    converted = plan_conversion(model)  # noqa: F841  (the plan is a value: the model is untouched)
+    optimized = profile_plan(model, SOURCE, plan, (3, 16, 16), ProfileSettings(repeats=3, optimized=True),
+                             cache_dir=False)
+    assert [lp.macs_after for lp in optimized.layers] == [lp.macs_after for lp in profile.layers]
     timing = time_models(model, model, (3, 16, 16), ProfileSettings(repeats=3), timer=ThreadTimer(min_seconds=0))
     assert timing.original_seconds > 0 and timing.ratio > 0
