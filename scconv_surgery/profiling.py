@@ -612,15 +612,15 @@ def profile_plan(model: nn.Module, source: ModelSource, plan: Plan, input_size: 
     timer = timer or default_timer(device)
     name = device_name(device)
     folder = None if cache_dir is False else (default_cache_dir() if cache_dir in (None, True) else Path(cache_dir))
-    probe = probe_model(model, input_size)
-    targets = []
-    for decision in plan.replaced:
-        call = probe.first_call(decision.name)
-        if call is None or call.input_shape is None:
-            continue
-        targets.append((decision, (call.input_shape[0] * settings.batch_size, *call.input_shape[1:])))
     layers, cached = [], 0
+    # one thread for the probe pass too: on a loaded machine, idle OpenMP threads waiting for a core slow it 10x
     with _single_thread(device.type == "cpu" and isinstance(timer, ThreadTimer)):
+        probe = probe_model(model, input_size)
+        targets = []
+        for decision in plan.replaced:
+            call = probe.first_call(decision.name)
+            if call is not None and call.input_shape is not None:
+                targets.append((decision, (call.input_shape[0] * settings.batch_size, *call.input_shape[1:])))
         for done, (decision, shape) in enumerate(targets, 1):
             path = _cache_file(folder, decision, shape, settings, name, timer.name) if folder else None
             entry = None
