@@ -132,6 +132,12 @@ def exit_code_for(err: BaseException) -> int:
     return EXIT_UNEXPECTED
 
 
+def _chose_nothing(plan: Any) -> bool:
+    """A plan from a selection of nothing: its one rule excludes every conv."""
+    rules = getattr(plan, "rules", ())
+    return len(rules) == 1 and rules[0].pattern == "*" and rules[0].action.value == "exclude"
+
+
 def hint(err: BaseException) -> str | None:
     """What to do about a library error, in the CLI's terms (its flags), or None."""
     if isinstance(err, PretrainedWeightsError):
@@ -151,6 +157,9 @@ def hint(err: BaseException) -> str | None:
         return "create a checkpoint with 'scconv convert MODEL --out FILE'"
     if isinstance(err, WeightsFileError) and err.classifier_only:
         return "pass --num-classes N to re-initialise the classifier"
+    if isinstance(err, NothingSelectedError) and _chose_nothing(err.plan):
+        return ("the measured selection chose no conv: SCConv is not faster on this device by --select-margin; "
+                "try a smaller margin, a --target-* budget, or another --device")
     if isinstance(err, DeviceError):
         return "pass --device cpu, or cuda:N for a CUDA device this machine has"
     if isinstance(err, SelectionError) and err.name == "weights":

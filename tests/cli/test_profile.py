@@ -97,3 +97,9 @@ def test_profile_with_sensitivity(workdir):
                     "--steps", "1", "--json")
     assert result.exit_code == 0, result.output
     assert all(layer["sensitivity"] is not None for layer in json.loads(result.stdout)["layers"])
+
+
+def test_a_selection_of_nothing_is_exit_3_with_a_hint():
+    result = invoke("convert", *MODEL, "--dry-run", "--summary", "--select", "faster", "--select-margin", "0.99")
+    assert result.exit_code == 3, result.output
+    assert "the measured selection chose no conv" in result.output
