@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from . import calibrate, convert, models, report, verify
+from . import calibrate, convert, models, profile, report, verify
 from .errors import exit_codes_epilog
 from .params import FLAG, HelpOpt
 
@@ -40,7 +40,7 @@ def create_app() -> typer.Typer:
 
     for name, function, needs_args in (("convert", convert.convert, True), ("report", report.report, True),
                                        ("verify", verify.verify, True), ("models", models.models, False),
-                                       ("calibrate", calibrate.calibrate, True)):
+                                       ("calibrate", calibrate.calibrate, True), ("profile", profile.profile, True)):
         app.command(name, no_args_is_help=needs_args, epilog=exit_codes_epilog(name))(function)
     return app
 

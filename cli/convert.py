@@ -10,11 +10,13 @@ import yaml
 
 from scconv_surgery.calibration import CalibrationStrategy
 from scconv_surgery.calibration_run import CalibrationConfig
-from scconv_surgery.errors import ModelArgumentError
+from scconv_surgery.errors import ModelArgumentError, SelectionError
 from scconv_surgery.layers import ScConvConfig, StridePolicy, Variant
 from scconv_surgery.models import ModelSource, WeightsSource, check_model_kwargs
 from scconv_surgery.pipeline import DryRun, WriteCheckpoint, run_conversion
+from scconv_surgery.profiling import ProfileSettings
 from scconv_surgery.rules import PRESETS
+from scconv_surgery.selection import DEFAULT_MARGIN, SelectionConfig
 
 from .errors import InvalidOptionError
 from .output import Output
@@ -38,9 +40,53 @@ from .params import (
     parse_input_size,
 )
 from .render.convert import render_conversion
+from .render.profile import render_selection
 from .rules import assemble_rules
 
 Preset = Enum("Preset", {name: name for name in PRESETS}, type=str)  # type: ignore[misc]
+
+
+class Select(str, Enum):
+    """``--select``'s choices."""
+
+    FASTER = "faster"
+
+
+BUDGET_FLAGS = {"target_macs": "--target-macs", "target_params": "--target-params",
+                "target_latency": "--target-latency"}
+_BUDGET_HELP = ("Replace the convs that bring the {what} to at most this fraction (0 < F <= 1) of the original, "
+                "choosing the least predicted latency (the least sensitivity with a --profile that has it).")
+
+
+def selection_config(*, select: Select | None, margin: float | None, budgets: dict[str, float | None],
+                     device: str | None, profile: Path | None, write_rules: Path | None) -> SelectionConfig | None:
+    """The measured selection the options ask for, or None; options that need one refused without it.
+
+    Raises:
+        InvalidOptionError: two criteria, a budget outside (0, 1], a margin outside [0, 1), or --device /
+            --profile / --write-rules / --select-margin without --select or a --target-* option.
+    """
+    given = [flag for key, flag in BUDGET_FLAGS.items() if budgets[key] is not None]
+    if select is not None:
+        given.insert(0, "--select")
+    if len(given) > 1:
+        raise InvalidOptionError(given[1], f"{given[0]} and {given[1]} are exclusive; give one criterion")
+    if not given:
+        for flag, value in (("--device", device), ("--profile", profile), ("--write-rules", write_rules),
+                            ("--select-margin", margin)):
+            if value is not None:
+                raise InvalidOptionError(flag, "needs --select faster or a --target-* budget")
+        return None
+    if margin is not None and select is None:
+        raise InvalidOptionError("--select-margin", "goes with --select faster")
+    criterion = "faster" if select is not None else next(k for k in BUDGET_FLAGS if budgets[k] is not None)
+    try:
+        return SelectionConfig(criterion, budgets.get(criterion), DEFAULT_MARGIN if margin is None else margin,
+                               settings=ProfileSettings(device=device or "cpu"), profile=profile,
+                               write_rules=write_rules)
+    except SelectionError as err:
+        flag = BUDGET_FLAGS.get(err.name or "", "--select-margin")
+        raise InvalidOptionError(flag, err.problem) from err
 
 
 def parse_model_kwargs(items: list[str] | None) -> dict[str, Any]:
@@ -141,6 +187,31 @@ def convert(
     calibrate_strategy: Annotated[CalibrationStrategy, typer.Option(metavar="STRATEGY", help=CALIBRATE_STRATEGY_HELP)] = CalibrationConfig.strategy,
     calibrate_device: Annotated[str | None, typer.Option(metavar="DEVICE", help=CALIBRATE_DEVICE_HELP, show_default=False)] = None,
     allow_random_weights: AllowRandomWeightsOpt = False,
+    select: Annotated[Select | None, typer.Option(
+        "--select", metavar="faster", help="Measure each conv the rules select and its SCConv on --device, and replace "
+        "only those where SCConv is faster (by --select-margin); the report adds the predicted and the measured "
+        "end-to-end latency.", show_default=False)] = None,
+    select_margin: Annotated[float | None, typer.Option(
+        metavar="F", help=f"How much faster SCConv must be for --select faster (default {DEFAULT_MARGIN}: at most "
+        f"{1 - DEFAULT_MARGIN:g}x the dense conv).", show_default=False)] = None,
+    target_macs: Annotated[float | None, typer.Option(
+        metavar="F", help=_BUDGET_HELP.format(what="MACs"), show_default=False)] = None,
+    target_params: Annotated[float | None, typer.Option(
+        metavar="F", help=_BUDGET_HELP.format(what="parameters"), show_default=False)] = None,
+    target_latency: Annotated[float | None, typer.Option(
+        metavar="F", help="Replace the convs that bring the predicted latency to at most this fraction (0 < F <= 1) "
+        "of the original, the biggest savings (or, with sensitivities, the least sensitive) first.",
+        show_default=False)] = None,
+    device: Annotated[str | None, typer.Option(
+        metavar="DEVICE", help="Where --select / --target-* measure: cpu, cuda, cuda:1, ... (default cpu; checked "
+        "before any work).", show_default=False)] = None,
+    profile_file: Annotated[Path | None, typer.Option(
+        "--profile", metavar="FILE", help="Reuse a profile written by 'scconv profile --out FILE' (same model and "
+        "device, else exit 2) instead of measuring; its batch size, dtype and sensitivities apply.",
+        show_default=False, dir_okay=False)] = None,
+    write_rules: Annotated[Path | None, typer.Option(
+        "--write-rules", metavar="FILE", help="Write the chosen convs as a YAML rules file (exact names; replay with "
+        "--rules FILE), also with --dry-run.", show_default=False, dir_okay=False)] = None,
     debug: DebugOpt = False,
     help_: HelpOpt = False,
 ) -> None:
@@ -169,6 +240,10 @@ def convert(
         source = (ModelSource.parse(model, weights=weights_source, kwargs=kwargs) if model is not None
                   else ModelSource.factory(factory, weights=weights_source, kwargs=kwargs))  # type: ignore[arg-type]
         destination = DryRun(out, overwrite=force) if dry_run else WriteCheckpoint(out, overwrite=force)  # type: ignore[arg-type]
+        selection = selection_config(select=select, margin=select_margin,
+                                     budgets={"target_macs": target_macs, "target_params": target_params,
+                                              "target_latency": target_latency},
+                                     device=device, profile=profile_file, write_rules=write_rules)
         calibration = None
         if calibrate is not None:
             calibration = CalibrationConfig(data=calibrate, num_images=calibrate_images, steps=calibrate_steps,
@@ -178,13 +253,15 @@ def convert(
         result = run_conversion(source, output=destination, rules=rules, config=config, strict_paper=strict_paper,
                                 input_size=size, seed=seed, allow_unmatched=allow_unmatched,
                                 count_elementwise=count_elementwise, reset_bn_stats=reset_bn_stats,
-                                calibration=calibration, on_step=step, on_fit=fit)
+                                calibration=calibration, selection=selection, on_step=step, on_fit=fit)
     for warning in result.warnings:
         output.warn(warning)
     if json_output:
         output.emit_json(result.to_dict())
     else:
         render_conversion(output.console, result, summary=summary)
+        if result.selection is not None:
+            render_selection(output.console, result.selection)
         if calibration is not None and dry_run:
             output.console.print(f"dry run: would calibrate on {result.calibration_images} images from "
                                  f"{calibration.data} (each checked to open as an image)", highlight=False,

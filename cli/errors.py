@@ -14,11 +14,14 @@ from typing import Any
 from scconv_surgery.errors import (
     CalibrationError,
     CheckpointError,
+    DeviceError,
     ModelForwardError,
     NothingSelectedError,
     OutputPathError,
     PretrainedWeightsError,
+    ProfileMismatchError,
     ScconvError,
+    SelectionError,
     ShapeMismatchError,
     UnknownModelError,
     UnmatchedRuleError,
@@ -42,7 +45,7 @@ class ExitCode:
     code: int
     brief: str
     meaning: str
-    commands: tuple[str, ...] = ("convert", "report", "verify", "calibrate", "models")
+    commands: tuple[str, ...] = ("convert", "report", "verify", "calibrate", "models", "profile")
 
 
 EXIT_CODES: tuple[ExitCode, ...] = (
@@ -55,7 +58,8 @@ EXIT_CODES: tuple[ExitCode, ...] = (
              "bad input, named: unknown model, unreadable or invalid file (checkpoint, weights, "
              "rules, images), bad option value, output path not writable, pretrained weights unavailable, "
              "calibration of random weights without --allow-random-weights, a weights file that is not the "
-             "recorded one; nothing is written"),
+             "recorded one, a device that does not exist, a budget outside (0, 1] or out of reach, a profile of "
+             "another model or device, sensitivity without trained weights; nothing is written"),
     ExitCode(EXIT_NOTHING_SELECTED, "an --include matched no conv, or no conv was selected",
              "an --include pattern matched no conv, or the rules selected none (the plan "
              "is printed; with --json it is in the error document)", ("convert",)),
@@ -109,9 +113,13 @@ ARGUMENT_FLAGS = {
     "steps": "the steps (--calibrate-steps / --steps)",
     "batch_size": "the batch size (--calibrate-batch-size / --batch-size)",
     "device": "the device (--calibrate-device / --device)",
+    "target_macs": "--target-macs F",
+    "target_params": "--target-params F",
+    "target_latency": "--target-latency F",
+    "margin": "--select-margin F",
 }
 
-_FIELDS = ("name", "suggestions", "path", "patterns", "pattern", "index", "key", "reasons",
+_FIELDS = ("name", "device", "suggestions", "path", "patterns", "pattern", "index", "key", "reasons",
            "missing_keys", "unexpected_keys", "expected", "actual", "factory", "kwargs", "option", "input_shape",
            "problem")
 
@@ -122,6 +130,12 @@ def exit_code_for(err: BaseException) -> int:
         if cls in ERROR_EXIT_CODES:
             return ERROR_EXIT_CODES[cls]
     return EXIT_UNEXPECTED
+
+
+def _chose_nothing(plan: Any) -> bool:
+    """A plan from a selection of nothing: its one rule excludes every conv."""
+    rules = getattr(plan, "rules", ())
+    return len(rules) == 1 and rules[0].pattern == "*" and rules[0].action.value == "exclude"
 
 
 def hint(err: BaseException) -> str | None:
@@ -143,6 +157,17 @@ def hint(err: BaseException) -> str | None:
         return "create a checkpoint with 'scconv convert MODEL --out FILE'"
     if isinstance(err, WeightsFileError) and err.classifier_only:
         return "pass --num-classes N to re-initialise the classifier"
+    if isinstance(err, NothingSelectedError) and _chose_nothing(err.plan):
+        return ("the measured selection chose no conv: SCConv is not faster on this device by --select-margin; "
+                "try a smaller margin, a --target-* budget, or another --device")
+    if isinstance(err, DeviceError):
+        return "pass --device cpu, or cuda:N for a CUDA device this machine has"
+    if isinstance(err, SelectionError) and err.name == "weights":
+        return "start from --pretrained or --weights FILE to score sensitivity (--data)"
+    if isinstance(err, SelectionError) and err.name in ARGUMENT_FLAGS:
+        return f"see {ARGUMENT_FLAGS[err.name]}"
+    if isinstance(err, ProfileMismatchError):
+        return "profile this model on this device again ('scconv profile MODEL --device DEV --out FILE')"
     if isinstance(err, CalibrationError) and err.name in ARGUMENT_FLAGS:
         if err.name == "allow_random_weights":
             return "start from --pretrained or --weights FILE, or pass --allow-random-weights"

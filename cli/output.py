@@ -130,7 +130,8 @@ class Output:
 
     @contextlib.contextmanager
     def progress_bars(self) -> Iterator[tuple[Callable[[str], None], Callable[[str, int, int, float], None]]]:
-        """:meth:`progress`, plus a bar callback ``(name, done, total, loss)``: one bar per name.
+        """:meth:`progress`, plus a bar callback ``(name, done, total, loss)``: one bar per name (a NaN
+        loss: a bar that counts items and shows no loss).
 
         On an interactive terminal, a Rich progress display: a spinner line for the current step
         and a bar per name with its loss; otherwise one line per step and one per finished bar.
@@ -139,9 +140,9 @@ class Output:
 
         if not self.terminal.interactive:
             def line(name: str, done: int, total: int, loss: float) -> None:
-                if done == total:
-                    self.console.print(f"scconv: {name}: {total} steps, loss {loss:.4g}", style="dim", highlight=False,
-                                       markup=False)
+                if done == total:  # a NaN loss: a bar that counts items, not optimizer steps
+                    text = f"{total} steps, loss {loss:.4g}" if loss == loss else f"{total} done"
+                    self.console.print(f"scconv: {name}: {text}", style="dim", highlight=False, markup=False)
             with self.progress() as step:
                 yield step, line
             return
@@ -158,7 +159,7 @@ class Output:
             def bar(name: str, done: int, total: int, loss: float) -> None:
                 if name not in bars:
                     bars[name] = progress.add_task(escape(name), total=total, loss="")
-                progress.update(bars[name], completed=done, loss=f"loss {loss:.4g}")
+                progress.update(bars[name], completed=done, loss=f"loss {loss:.4g}" if loss == loss else "")
             yield step, bar
             progress.update(status, description="done", total=1, completed=1)
 

@@ -9,7 +9,29 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["ScconvError", "UnknownModelError", "PretrainedWeightsError", "WeightsFileError", "NothingSelectedError", "UnmatchedRuleError", "InvalidRuleError", "RuleFieldError", "OutputPathError", "CheckpointError", "ShapeMismatchError", "PlanMismatchError", "RulesFileError", "ModelArgumentError", "FactoryError", "ModelForwardError", "ImageDataError", "CalibrationError"]
+__all__ = [
+    "ScconvError",
+    "UnknownModelError",
+    "PretrainedWeightsError",
+    "WeightsFileError",
+    "NothingSelectedError",
+    "UnmatchedRuleError",
+    "InvalidRuleError",
+    "RuleFieldError",
+    "OutputPathError",
+    "CheckpointError",
+    "ShapeMismatchError",
+    "PlanMismatchError",
+    "RulesFileError",
+    "ModelArgumentError",
+    "FactoryError",
+    "ModelForwardError",
+    "ImageDataError",
+    "CalibrationError",
+    "DeviceError",
+    "SelectionError",
+    "ProfileMismatchError",
+]
 
 
 class ScconvError(Exception):
@@ -297,3 +319,40 @@ class CalibrationError(ScconvError, ValueError):
     def __init__(self, problem: str, name: str | None = None):
         self.name = name
         super().__init__(f"calibration: {f'{name!r}: ' if name else ''}{problem}", problem)
+
+
+class DeviceError(ScconvError, ValueError):
+    """A device that cannot be used: not a device name, or absent from this machine.
+
+    Attributes:
+        device: the device as given (``"cuda:1"``).
+    """
+
+    def __init__(self, device: str, problem: str):
+        self.device = device
+        super().__init__(f"device {device!r}: {problem}", problem)
+
+
+class SelectionError(ScconvError, ValueError):
+    """A measured selection that cannot be made: a budget outside (0, 1] or out of reach, sensitivity
+    asked of random weights, an unknown criterion.
+
+    Attributes:
+        name: the Python argument at fault (``"target_macs"``, ``"weights"``), or None.
+    """
+
+    def __init__(self, problem: str, name: str | None = None):
+        self.name = name
+        super().__init__(f"selection: {f'{name}: ' if name else ''}{problem}", problem)
+
+
+class ProfileMismatchError(ScconvError, ValueError):
+    """A saved profile that does not fit the conversion: another model, device, or its convs differ.
+
+    Attributes:
+        path: the profile file, or ``"<profile>"`` for one given as a value.
+    """
+
+    def __init__(self, path: str, problem: str):
+        self.path = path
+        super().__init__(f"profile {path!r}: {problem}", problem)

@@ -27,6 +27,8 @@ from .models import ModelSource, build_model, default_input_size, rebuild_base
 from .plan import Plan, plan_conversion
 from .probe import probe_model
 from .rules import Rule, RuleAction
+from .profiling import Profile, check_profile, profile_plan, resolve_device, time_models
+from .selection import Selection, SelectionConfig, SelectionReport, select_layers, write_rules_file
 
 __all__ = ["WriteCheckpoint", "DryRun", "Destination", "ConversionResult", "run_conversion", "CheckpointReport",
            "recount_checkpoint", "RESULT_SCHEMA_VERSION"]
@@ -87,7 +89,8 @@ class ConversionResult:
         calibration_images: how many images calibration reads (or, in a dry run, would read),
             each checked to open as an image; None without calibration.
         warnings: what the user should know that is not an error (an exclude rule that matched
-            nothing, ...), one sentence each.
+            nothing, a latency prediction that missed by more than 10%, ...), one sentence each.
+        selection: with a measured selection, what was chosen, predicted and measured end to end.
     """
 
     source: ModelSource
@@ -101,6 +104,7 @@ class ConversionResult:
     calibration: CalibrationRun | None = None
     calibration_images: int | None = None
     warnings: tuple[str, ...] = ()
+    selection: SelectionReport | None = None
 
     @property
     def dry_run(self) -> bool:
@@ -120,7 +124,8 @@ class ConversionResult:
                 "seed": self.seed, "plan": self.plan.to_dict(), "counts": self.report.to_dict(),
                 "stale_batchnorms": list(self.stale_batchnorms), "reset_bn_stats": self.reset_bn_stats,
                 "calibration": self.calibration.to_dict() if self.calibration else None,
-                "warnings": list(self.warnings)}
+                "warnings": list(self.warnings),
+                "selection": self.selection.to_dict() if self.selection else None}
 
 
 def _pattern_suggestions(patterns: Sequence[str], plan: Plan) -> list[str]:
@@ -155,7 +160,8 @@ def run_conversion(model: ModelSource | str, *, output: Destination | str | os.P
                    rules: Sequence[Rule] = (), config: ScConvConfig | None = None, strict_paper: bool = False,
                    input_size: tuple[int, int, int] | None = None, seed: int = 0, allow_unmatched: bool = False,
                    count_elementwise: bool = False, reset_bn_stats: bool = False,
-                   calibration: CalibrationConfig | None = None, on_step: Callable[[str], None] = noop,
+                   calibration: CalibrationConfig | None = None, selection: SelectionConfig | None = None,
+                   on_step: Callable[[str], None] = noop,
                    on_fit: Callable[[str, int, int, float], None] = noop) -> ConversionResult:
     """Convert a model and save a checkpoint: ``scconv convert`` as a function.
 
@@ -182,6 +188,11 @@ def run_conversion(model: ModelSource | str, *, output: Destination | str | os.P
         calibration: fit the new layers to the replaced convs on a folder of images before
             saving (:func:`~scconv_surgery.calibration_run.calibrate_from_folder`); the folder
             and the base weights are checked first; a dry run checks but does not calibrate.
+        selection: choose the convs to replace by measurement (:mod:`scconv_surgery.selection`):
+            the convs ``rules`` select are profiled on the selection's device (or a saved profile
+            is reused, checked to be of this model and device), the chosen set becomes exact-name
+            rules that plan the conversion (and, if asked, a rules file), and the converted network
+            is timed end to end against the original; the device is checked before any work.
         on_step: called with a short message as each step starts (progress display).
         on_fit: called after each calibration step with ``(layer, step, steps, loss)``.
 
@@ -197,6 +208,9 @@ def run_conversion(model: ModelSource | str, *, output: Destination | str | os.P
         NothingSelectedError: no conv is replaced.
         ShapeMismatchError: a replacement does not return its conv's shape (nothing is saved).
         CalibrationError, ImageDataError: see ``calibration`` (checked before any work).
+        DeviceError: the selection's device does not exist (checked before any work).
+        ProfileMismatchError: a saved profile that cannot be read, or of another model, device or plan.
+        SelectionError: a budget that the candidate convs cannot meet.
     """
     destination = _destination(output)
     source = ModelSource.parse(model) if isinstance(model, str) else model
@@ -207,9 +221,11 @@ def run_conversion(model: ModelSource | str, *, output: Destination | str | os.P
     if out_path is not None and weights_path is not None and Path(weights_path).resolve() == out_path.resolve():
         raise OutputPathError(str(out_path), "is the base weights file; write the checkpoint elsewhere")
     images = check_calibration_source(source.weights.trained, calibration) if calibration else None
+    saved_profile = _saved_profile(selection) if selection else None
     config = config or ScConvConfig()
     on_step(f"building {source.display_name}")
     base, source = rebuild_base(source)
+    size = tuple(input_size) if input_size else default_input_size(base, source)
     on_step("planning")
     plan = plan_conversion(base, rules, config=config, strict_paper=strict_paper)
     unmatched = plan.unmatched_includes()
@@ -217,13 +233,25 @@ def run_conversion(model: ModelSource | str, *, output: Destination | str | os.P
         raise UnmatchedRuleError(unmatched, _pattern_suggestions(unmatched, plan), plan=plan)
     if not plan.replaced:
         raise NothingSelectedError(plan.skip_summary(), plan=plan)
+    chosen = None
+    if selection is not None:
+        chosen, profile = _select(base, source, plan, size, selection, saved_profile, seed, on_step)
+        plan = plan_conversion(base, chosen.rules, config=config, strict_paper=strict_paper)
+        if not plan.replaced:
+            raise NothingSelectedError(plan.skip_summary(), plan=plan)
     on_step(f"replacing {len(plan.replaced)} convs")
     converted = apply_plan(copy_model(base), plan, seed=seed)
-    size = tuple(input_size) if input_size else default_input_size(base, source)
     on_step(f"checking output shapes at {'x'.join(map(str, size))}")
     probe = probe_model(base, size)  # the base model's one forward besides fvcore's: a failure is ModelForwardError
     check_shapes(probe, converted, plan)
     stale = stale_batchnorms(probe, [d.name for d in plan.replaced])
+    selected = None
+    if chosen is not None:
+        timing = None
+        if selection.measure:  # type: ignore[union-attr]
+            on_step("timing the converted network against the original")
+            timing = time_models(base, converted, size, profile.settings, timer=selection.timer)  # type: ignore[union-attr]
+        selected = SelectionReport(chosen, timing, 0.0 if saved_profile else profile.seconds, profile.cached_layers)
     if reset_bn_stats:
         reset_batchnorm_stats(converted, stale)
     on_step(f"counting at {'x'.join(map(str, size))}")
@@ -241,8 +269,38 @@ def run_conversion(model: ModelSource | str, *, output: Destination | str | os.P
                             stale_batchnorms=tuple(stale), reset_bn_stats=reset_bn_stats,
                             calibration=calibrated.to_dict() if calibrated else None)
         save_checkpoint(out_path, converted, manifest)
+    warnings = _plan_warnings(plan) + tuple(w for w in [selected.warning() if selected else None] if w)
     return ConversionResult(source, plan, report, converted, destination, seed, tuple(stale), reset_bn_stats,
-                            calibrated, len(images.paths) if images else None, _plan_warnings(plan))
+                            calibrated, len(images.paths) if images else None, warnings, selected)
+
+
+def _saved_profile(selection: SelectionConfig) -> tuple[Profile, str] | None:
+    """Check the selection's device (before any work) and read its saved profile, if it names one."""
+    resolve_device(selection.settings.device)
+    if selection.profile is None:
+        return None
+    if isinstance(selection.profile, Profile):
+        return selection.profile, "<profile>"
+    return Profile.load(selection.profile), str(selection.profile)
+
+
+def _select(base: nn.Module, source: ModelSource, plan: Plan, size: tuple[int, ...], selection: SelectionConfig,
+            saved: tuple[Profile, str] | None, seed: int, on_step: Callable[[str], None]) -> tuple[Selection, Profile]:
+    """Profile the convs ``plan`` replaces (or check a saved profile), choose, write the rules if asked."""
+    if saved is None:
+        on_step(f"profiling {len(plan.replaced)} convs on {selection.settings.device}")
+        profile = profile_plan(base, source, plan, size, selection.settings, timer=selection.timer,  # type: ignore[arg-type]
+                               cache_dir=selection.cache_dir, seed=seed)
+    else:
+        profile, path = saved
+        check_profile(profile, source, plan, selection.settings.device, path=path)
+    on_step(f"selecting: {selection.criterion.value}")  # type: ignore[union-attr]
+    chosen = select_layers(profile, plan, selection.criterion, selection.value, margin=selection.margin,
+                           use_sensitivity=selection.use_sensitivity)
+    if selection.write_rules is not None:
+        on_step(f"writing {selection.write_rules}")
+        write_rules_file(selection.write_rules, chosen, profile)
+    return chosen, profile
 
 
 @dataclass(frozen=True)
