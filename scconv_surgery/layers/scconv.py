@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from .config import ScConvConfig, StridePolicy
-from .cru import CRU
-from .sru import SRU
+from .cru import make_cru
+from .sru import make_sru
 
 __all__ = ["ScConv"]
 
@@ -61,9 +61,9 @@ class ScConv(nn.Module):
         self.config = config
         pool_first = stride > 1 and config.stride_policy is StridePolicy.POOL
         self.pool = nn.AvgPool2d(stride, ceil_mode=True) if pool_first else nn.Identity()
-        self.sru = SRU(in_channels, gn_groups=config.gn_groups, gate_threshold=config.gate_threshold,
+        self.sru = make_sru(in_channels, gn_groups=config.gn_groups, gate_threshold=config.gate_threshold,
                        variant=config.variant, device=device, dtype=dtype)
-        self.cru = CRU(in_channels, out_channels, kernel_size=kernel_size,
+        self.cru = make_cru(in_channels, out_channels, kernel_size=kernel_size,
                        stride=1 if pool_first else stride, alpha=config.alpha,
                        squeeze_ratio=config.squeeze_ratio, gwc_groups=config.gwc_groups,
                        variant=config.variant, device=device, dtype=dtype)
