@@ -134,6 +134,7 @@ class CRU(InferenceCache, nn.Module):
         # cache_inference_weights(): the assembled weights of eval-mode forwards without gradients
         self.register_buffer("squeeze_weight", None, persistent=False)  # see _squeeze_weights()
         self.register_buffer("y1_weight", None, persistent=False)
+        self.register_buffer("y2_weight", None, persistent=False)  # PWC2 + identity rows (_deploy.cru)
         self.merge = MergePolicy.AUTO
 
     def _squeezes_grouped(self, device: torch.device) -> bool:
@@ -218,7 +219,7 @@ class CRU(InferenceCache, nn.Module):
         if enabled:
             self._refresh_cache()
         else:
-            self.squeeze_weight = self.y1_weight = None
+            self.squeeze_weight = self.y1_weight = self.y2_weight = None
 
     def _cache_params(self) -> tuple[torch.Tensor, ...]:
         return (self.squeeze1.weight, self.squeeze2.weight, self.gwc.weight, self.pwc1.weight)
@@ -229,6 +230,9 @@ class CRU(InferenceCache, nn.Module):
     def _build_cache(self) -> None:
         self.squeeze_weight = torch.cat(self._squeeze_weights(self._squeezes_grouped(self.squeeze1.weight.device)))
         self.y1_weight = merged_gwc_pwc1_weight(self.gwc.weight, self.pwc1.weight, self.gwc.groups)
+        pwc2 = self.pwc2.weight
+        identity = torch.eye(pwc2.shape[1], device=pwc2.device, dtype=pwc2.dtype).reshape(pwc2.shape[1], -1, 1, 1)
+        self.y2_weight = torch.cat((pwc2, identity))
 
 
 class SeedCRU(CRU):

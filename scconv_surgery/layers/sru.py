@@ -115,6 +115,7 @@ class SRU(InferenceCache, nn.Module):
         self.gn = self._make_norm(gn_group_count(channels, gn_groups), channels, device=device, dtype=dtype)
         self.register_buffer("gate_scale", None, persistent=False)  # cache_inference_weights()
         self.register_buffer("gate_shift", None, persistent=False)
+        self.register_buffer("channel_roll", None, persistent=False)
         # opt-in fused Triton kernel for CUDA inference (triton_sru.py); read once, here
         self.use_triton = os.environ.get("SCCONV_TRITON", "0") == "1"
 
@@ -136,7 +137,7 @@ class SRU(InferenceCache, nn.Module):
             return sru_paper(x, self.gn(x), self.gn.weight, self.gate_threshold)
         if path is Path.EXPORT:
             return _deploy.sru(x, self.gn.num_groups, self.gn.eps, self.gate_scale, self.gate_shift,
-                               self.gate_threshold)
+                               self.gate_threshold, self.channel_roll)
         scale, shift = self.gate_affine(gate_dtype(x))
         if path is Path.KERNELS:
             return torch.ops.scconv.sru.default(x, scale, shift, self.gn.num_groups, self.gn.eps,
@@ -155,7 +156,7 @@ class SRU(InferenceCache, nn.Module):
         if enabled:
             self._refresh_cache()
         else:
-            self.gate_scale = self.gate_shift = None
+            self.gate_scale = self.gate_shift = self.channel_roll = None
 
     def _cache_params(self) -> tuple[torch.Tensor, ...]:
         return (self.gn.weight, self.gn.bias)
@@ -165,6 +166,8 @@ class SRU(InferenceCache, nn.Module):
 
     def _build_cache(self) -> None:
         self.gate_scale, self.gate_shift = self._folded_affine(gate_dtype(self.gn.weight))
+        channels = torch.arange(self.channels, device=self.gate_scale.device)
+        self.channel_roll = (channels + self.channels // 2) % self.channels
 
     def extra_repr(self) -> str:
         return f"{self.channels}, variant={self.variant.value}, gate_threshold={self.gate_threshold}"
