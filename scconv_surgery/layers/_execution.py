@@ -12,7 +12,8 @@ Every unit computes the same values from the same parameters in up to four ways
   a unit that keeps the inference cache (:func:`~scconv_surgery.optimize_for_inference`).
 - ``KERNELS``: the fused C++ CPU kernels (``_kernels.py``): eval-mode, CPU float32 forwards
   without autograd of a ``paper`` unit that :func:`~scconv_surgery.optimize_for_inference`
-  switched them on for, once they are built.
+  switched them on for, once they are built; eager or under ``torch.compile`` (one graph node
+  per kernel).
 - ``FAST``: few large ATen operators, in place without autograd, hand-written backward with it
   (``_fused.py``): everything else (training, CUDA, other dtypes, ``torch.compile``).
 """
@@ -59,7 +60,7 @@ def choose_path(unit: nn.Module, x: torch.Tensor, submodules: tuple[nn.Module, .
     if _exporting():
         return Path.EXPORT if unit._cache_ready() else Path.MODULES
     if (unit.use_kernels and not unit.training and x.device.type == "cpu" and x.dtype == torch.float32
-            and not torch.compiler.is_compiling() and not _needs_autograd(x, unit)):
+            and not _needs_autograd(x, unit)):
         from . import _kernels
 
         if _kernels.loaded() is not None:
