@@ -62,8 +62,10 @@ def optimize_for_inference(model: nn.Module, input_size: tuple[int, int, int] = 
         input_size: ``(C, H, W)`` of the model's input, to time each layer at its own shape.
         batch_size: the batch size to time at.
         merge: how eager forwards run eq. 5 (:class:`~scconv_surgery.layers.MergePolicy` or
-            its string): ``"auto"`` times GWC + PWC1 merged and as two convs per layer and keeps
-            the faster; ``"always"`` merged; ``"never"`` two convs (also in exported graphs).
+            its string): ``"auto"`` times GWC + PWC1 merged and as two convs per layer (on CPUs,
+            for NCHW input, each also on a channels_last copy of its input, which makes that
+            layer's output channels_last) and keeps the fastest; ``"always"`` merged;
+            ``"never"`` two convs (also in exported graphs).
         kernels: use the fused C++ CPU kernels for eval-mode CPU float32 forwards without
             autograd of ``paper`` layers (built or loaded here, once per process; if that fails,
             one warning names the cause and the PyTorch forward runs).
@@ -105,14 +107,17 @@ def optimize_for_inference(model: nn.Module, input_size: tuple[int, int, int] = 
             if name not in inputs:
                 continue
             x = inputs[name]
+            layouts = [False, True] if x.device.type == "cpu" and x.is_contiguous() else [False]
             times = {}
             for policy in (MergePolicy.NEVER, MergePolicy.ALWAYS):
-                _set(layer, cached=True, merge=policy, use_kernels=use_kernels)
-                times[policy] = _median_seconds(lambda: layer(x), x.device)
-            chosen[name] = times[MergePolicy.ALWAYS] < times[MergePolicy.NEVER]
+                for channels_last in layouts:
+                    _set(layer, cached=True, merge=policy, use_kernels=use_kernels, y1_channels_last=channels_last)
+                    times[policy, channels_last] = _median_seconds(lambda: layer(x), x.device)
+            policy, channels_last = min(times, key=times.__getitem__)
+            chosen[name] = policy is MergePolicy.ALWAYS
             # not merged in eager: AUTO, so that compiled and exported graphs still merge
             _set(layer, cached=True, merge=MergePolicy.ALWAYS if chosen[name] else MergePolicy.AUTO,
-                 use_kernels=use_kernels)
+                 use_kernels=use_kernels, y1_channels_last=channels_last)
     return chosen
 
 
@@ -127,8 +132,10 @@ def _kernels_available(layers) -> bool:  # type: ignore[no-untyped-def]
     return _kernels.load() is not None
 
 
-def _set(layer: ScConv, *, cached: bool, merge: MergePolicy, use_kernels: bool) -> None:
+def _set(layer: ScConv, *, cached: bool, merge: MergePolicy, use_kernels: bool,
+         y1_channels_last: bool = False) -> None:
     layer.sru.cache_inference_weights(cached)
     layer.cru.cache_inference_weights(cached)
     layer.cru.merge = merge
+    layer.cru.y1_channels_last = y1_channels_last
     layer.sru.use_kernels = layer.cru.use_kernels = use_kernels and layer.config.variant is Variant.PAPER

@@ -150,3 +150,20 @@ def test_no_compiler_is_named(monkeypatch):
             assert _kernels.load() is None
     finally:
         _kernels._state.update(saved)
+
+
+@pytest.mark.parametrize("kernels", [False, True], ids=["pytorch", "kernels"])
+@pytest.mark.parametrize("merge", ["never", "always"])
+def test_y1_on_channels_last_copy_keeps_values(ops, kernels, merge):
+    # optimize_for_inference may run eq. 5 on a channels_last copy for NCHW input (timed choice)
+    torch.manual_seed(0)
+    layer = ScConv(16, 32, stride=2).eval()
+    x = torch.randn(2, 16, 12, 13)
+    with torch.no_grad():
+        expected = layer(x)
+    optimize_for_inference(layer, merge=merge, kernels=kernels)
+    layer.cru.y1_channels_last = True
+    with torch.no_grad():
+        out = layer(x)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)

@@ -136,6 +136,11 @@ class CRU(InferenceCache, nn.Module):
         self.register_buffer("y1_weight", None, persistent=False)
         self.register_buffer("y2_weight", None, persistent=False)  # PWC2 + identity rows (_deploy.cru)
         self.merge = MergePolicy.AUTO
+        # eq. 5's convs on a channels_last copy of the squeezed upper part (NCHW input on CPUs:
+        # oneDNN runs a grouped conv on an NCHW channel slice at a third of its channels_last
+        # speed); set per layer by optimize_for_inference's timing. Y1, and so the output, is then
+        # channels_last, as a PyTorch conv's output is for channels_last weights.
+        self.y1_channels_last = False
 
     def _squeezes_grouped(self, device: torch.device) -> bool:
         """Both squeezes as one conv with two groups: on CPUs, where the parts have equal sizes.
@@ -187,6 +192,8 @@ class CRU(InferenceCache, nn.Module):
         cached = self._use_cache()
         up, low = self._squeezed(x, cached)
         gwc = self.gwc
+        if self.y1_channels_last:  # the k x k conv on a small channels_last copy (oneDNN's fast layout)
+            up = up.contiguous(memory_format=torch.channels_last)
         if self.merges_gwc_pwc1():
             weight = self.y1_weight if cached else merged_gwc_pwc1_weight(gwc.weight, self.pwc1.weight, gwc.groups)
             y1 = F.conv2d(up, weight, gwc.bias, self.stride, gwc.padding)
@@ -222,7 +229,7 @@ class CRU(InferenceCache, nn.Module):
             self.squeeze_weight = self.y1_weight = self.y2_weight = None
 
     def _cache_params(self) -> tuple[torch.Tensor, ...]:
-        return (self.squeeze1.weight, self.squeeze2.weight, self.gwc.weight, self.pwc1.weight)
+        return (self.squeeze1.weight, self.squeeze2.weight, self.gwc.weight, self.pwc1.weight, self.pwc2.weight)
 
     def _has_cache(self) -> bool:
         return self.squeeze_weight is not None
