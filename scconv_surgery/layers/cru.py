@@ -56,22 +56,41 @@ def pointwise_conv(x: torch.Tensor, weight: torch.Tensor, stride: int = 1, group
     """A 1x1 conv without bias: ``(N, C_in, H, W)`` and ``(C_out, C_in / groups, 1, 1)`` ->
     ``(N, C_out, H / stride, W / stride)``.
 
-    On CPUs, at stride 1, for input laid out as NCHW within each sample (contiguous, or a
-    channel slice of a contiguous tensor), it runs as a batched matmul: oneDNN reorders NCHW
-    input and output around a 1x1 conv, which costs many times the multiply-adds (measured at 2
-    threads, 8x16x56x56 to 64 channels: 4.2 ms as a conv, 0.28 ms as a matmul; channels_last
-    input, which needs no reorder, keeps the conv). Elsewhere, ``F.conv2d``.
+    On CPUs, at stride 1, it runs as a matrix product wherever the input's layout allows one
+    without a copy: oneDNN reorders NCHW input and output around a 1x1 conv, which costs many
+    times the multiply-adds (measured at 2 threads, 8x16x56x56 to 64 channels: 4.2 ms as a conv,
+    0.28 ms as a matmul), and a 1x1 conv on a channel slice of a channels_last tensor (or a
+    grouped one) falls to PyTorch's slow im2col path (8 ms for the same shape at 1 thread).
+
+    - NCHW within each sample (contiguous, or a channel slice of a contiguous tensor): a batched
+      matmul over the samples, output NCHW;
+    - channels_last (or a channel slice of it): the pixels are rows of one matrix, output
+      channels_last;
+    - elsewhere, ``F.conv2d``.
     """
     n, c, h, w = x.shape
-    if (stride != 1 or x.device.type != "cpu" or torch.compiler.is_compiling()
-            or x.stride(3) != 1 or x.stride(2) != w or x.stride(1) != h * w):
+    if stride != 1 or x.device.type != "cpu" or torch.compiler.is_compiling():
         return F.conv2d(x, weight, None, stride, 0, 1, groups)
     out = weight.shape[0]
-    # bmm over the samples (times the groups), the weight broadcast: torch.matmul would fold
-    # the batch into the rows, which transposes and copies input and output
-    batch, rows, inner = n * groups, out // groups, c // groups
-    weights = weight.view(1, groups, rows, inner).expand(n, groups, rows, inner).reshape(batch, rows, inner)
-    return torch.bmm(weights, x.reshape(batch, inner, h * w)).view(n, out, h, w)
+    if x.stride(3) == 1 and x.stride(2) == w and x.stride(1) == h * w:
+        # bmm over the samples (times the groups), the weight broadcast: torch.matmul would fold
+        # the batch into the rows, which transposes and copies input and output
+        batch, rows, inner = n * groups, out // groups, c // groups
+        weights = weight.view(1, groups, rows, inner).expand(n, groups, rows, inner).reshape(batch, rows, inner)
+        return torch.bmm(weights, x.reshape(batch, inner, h * w)).view(n, out, h, w)
+    if x.stride(1) == 1 and x.stride(2) == w * x.stride(3) and x.stride(0) == h * x.stride(2):
+        pixels = x.permute(0, 2, 3, 1).reshape(n * h * w, c)  # a view: row stride x.stride(3)
+        matrix = weight.view(out, c // groups)
+        if groups == 1:
+            y = pixels @ matrix.t()
+        elif torch.is_grad_enabled():
+            y = torch.cat([p @ m.t() for p, m in zip(pixels.chunk(groups, 1), matrix.chunk(groups))], 1)
+        else:  # each group's product straight into its columns
+            y = pixels.new_empty(n * h * w, out)
+            for p, m, o in zip(pixels.chunk(groups, 1), matrix.chunk(groups), y.chunk(groups, 1)):
+                torch.mm(p, m.t(), out=o)
+        return y.view(n, h, w, out).permute(0, 3, 1, 2)
+    return F.conv2d(x, weight, None, stride, 0, 1, groups)
 
 
 class CRU(InferenceCache, nn.Module):
@@ -176,7 +195,7 @@ class CRU(InferenceCache, nn.Module):
             weights = self._squeeze_weights(grouped)
         if grouped:
             return pointwise_conv(x, weights[0], groups=2).split(self.squeeze1.out_channels, dim=1)
-        return F.conv2d(x, weights[0]), F.conv2d(x, weights[1])
+        return pointwise_conv(x, weights[0]), pointwise_conv(x, weights[1])
 
     def _submodules(self) -> tuple[nn.Module, ...]:
         return (self.squeeze1, self.squeeze2, self.gwc, self.pwc1, self.pwc2)
@@ -192,7 +211,9 @@ class CRU(InferenceCache, nn.Module):
         cached = self._use_cache()
         up, low = self._squeezed(x, cached)
         gwc = self.gwc
-        if self.y1_channels_last:  # the k x k conv on a small channels_last copy (oneDNN's fast layout)
+        if self.y1_channels_last or (up.stride(1) == 1 and up.device.type == "cpu"):
+            # the k x k conv on a small channels_last copy: oneDNN's fast layout, which a channel
+            # slice of a channels_last tensor is not (measured 19 ms against 4 ms at C=64@56 b8)
             up = up.contiguous(memory_format=torch.channels_last)
         if self.merges_gwc_pwc1():
             weight = self.y1_weight if cached else merged_gwc_pwc1_weight(gwc.weight, self.pwc1.weight, gwc.groups)
