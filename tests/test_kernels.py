@@ -167,3 +167,47 @@ def test_y1_on_channels_last_copy_keeps_values(ops, kernels, merge):
         out = layer(x)
     assert out.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("channels,groups,squeeze_groups", [(64, 16, 2), (33, 11, 1), (16, 4, 2)],
+                         ids=["C64-grouped", "odd-C33-dense", "C16-grouped"])
+def test_sru_squeeze_kernel_matches_reference(ops, channels, groups, squeeze_groups, layout):
+    # SRU then both squeezes, without writing SRU's output
+    torch.manual_seed(0)
+    x = torch.randn(3, channels, 11, 13) * 2 + 0.5
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    gamma, beta = torch.rand(channels) * 3 - 1, torch.randn(channels) * 0.1
+    w = gamma / gamma.sum()
+    weight = torch.randn(channels // 2 if squeeze_groups == 2 else 24, channels // squeeze_groups, 1, 1)
+    with torch.no_grad():
+        expected = F.conv2d(ops.sru(x, gamma * w, beta * w, groups, 1e-5, 0.5), weight, groups=squeeze_groups)
+        out = ops.sru_squeeze(x, gamma * w, beta * w, groups, 1e-5, 0.5, weight, squeeze_groups)
+    assert out.shape == expected.shape
+    assert out.is_contiguous(memory_format=torch.channels_last if layout == "channels_last" else
+                             torch.contiguous_format)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_scconv_runs_sru_and_squeeze_as_one_kernel(ops):
+    torch.manual_seed(0)
+    layer = ScConv(32).eval()
+    optimize_for_inference(layer, merge="always")
+    x = torch.randn(2, 32, 10, 10)
+    seen = []
+    with torch.no_grad(), torch.overrides.TorchFunctionMode() if False else torch.no_grad():
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        class Recorder(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                seen.append(str(func))
+                return func(*args, **(kwargs or {}))
+
+        with Recorder():
+            out = layer(x)
+    assert any("sru_squeeze" in s for s in seen) and not any(s.startswith("scconv.sru.") for s in seen), seen
+    handle = layer.sru.register_forward_hook(lambda *args: None)  # a hook on SRU: SRU runs (and fires) alone
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), out, rtol=1e-5, atol=1e-5)
+    handle.remove()

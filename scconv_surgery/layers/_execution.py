@@ -26,7 +26,7 @@ from torch import nn
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 from torch.nn.modules import module as _module
 
-__all__ = ["Path", "choose_path", "InferenceCache"]
+__all__ = ["Path", "choose_path", "fuses_sru_and_squeeze", "InferenceCache"]
 
 
 class Path(Enum):
@@ -66,6 +66,17 @@ def choose_path(unit: nn.Module, x: torch.Tensor, submodules: tuple[nn.Module, .
         if _kernels.loaded() is not None:
             return Path.KERNELS
     return Path.FAST
+
+
+def fuses_sru_and_squeeze(layer: nn.Module, x: torch.Tensor) -> bool:
+    """True where ``ScConv`` runs SRU and CRU's squeezes as one C++ kernel (SRU's output is never
+    written): NCHW input (on channels_last input the separate kernels measured faster), both units
+    take ``Path.KERNELS``, and neither has hooks of its own."""
+    sru, cru = layer.sru, layer.cru
+    return (not _has_hooks(sru) and not _has_hooks(cru)
+            and choose_path(sru, x, (sru.gn,)) is Path.KERNELS
+            and choose_path(cru, x, cru._submodules()) is Path.KERNELS
+            and cru._use_cache() and x.is_contiguous())
 
 
 def _needs_autograd(x: torch.Tensor, unit: nn.Module) -> bool:

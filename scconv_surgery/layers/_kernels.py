@@ -7,6 +7,9 @@ shapes):
 - ``scconv::sru(x, scale, shift, num_groups, eps, threshold) -> Tensor``: SRU (eqs. 1-4) in two
   passes over the input (GroupNorm statistics; then normalise, gate and reconstruct, writing
   the output once), from GroupNorm's affine with eq. 2's ratio folded in;
+- ``scconv::sru_squeeze(x, scale, shift, num_groups, eps, threshold, weight, groups) -> Tensor``:
+  SRU followed by CRU's squeezes (1x1, ``groups`` equal groups), tile by tile, without writing
+  SRU's output (what ``ScConv`` runs when both units take the kernels);
 - ``scconv::fuse_(y1, pwc2, reused) -> ()``: CRU's fuse (eqs. 7-9) in two passes (the branch
   means; then ``y1 <- Y2 + beta * (y1 - Y2)`` in place), without writing ``Y2 = concat(pwc2, reused)``.
 
@@ -95,6 +98,13 @@ def _register_fakes() -> None:
     @torch.library.register_fake("scconv::sru")
     def _sru_fake(x, scale, shift, num_groups, eps, threshold):  # type: ignore[no-untyped-def]
         return torch.empty_like(x)
+
+    @torch.library.register_fake("scconv::sru_squeeze")
+    def _sru_squeeze_fake(x, scale, shift, num_groups, eps, threshold, weight, groups):  # type: ignore[no-untyped-def]
+        n, _, h, w = x.shape
+        channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        return x.new_empty((n, weight.shape[0], h, w)).contiguous(
+            memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
     @torch.library.register_fake("scconv::fuse_")
     def _fuse_fake(y1, pwc2, reused):  # type: ignore[no-untyped-def]

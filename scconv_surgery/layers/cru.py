@@ -209,7 +209,11 @@ class CRU(InferenceCache, nn.Module):
         """``(Y1, PWC2(low), reused low)`` of eqs. 5-6 (``Y2`` is the concat of the last two),
         by the fast forward."""
         cached = self._use_cache()
-        up, low = self._squeezed(x, cached)
+        return self._branches_from(*self._squeezed(x, cached), cached)
+
+    def _branches_from(self, up: torch.Tensor, low: torch.Tensor, cached: bool
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`_branches` from the squeezed parts (``up // r`` and ``low // r`` channels)."""
         gwc = self.gwc
         if self.y1_channels_last or (up.stride(1) == 1 and up.device.type == "cpu"):
             # the k x k conv on a small channels_last copy: oneDNN's fast layout, which a channel
@@ -234,10 +238,19 @@ class CRU(InferenceCache, nn.Module):
         if path is Path.EXPORT:
             return _deploy.cru(x, self)
         if path is Path.KERNELS:
-            y1, pwc2, reused = self._branches(x)
-            torch.ops.scconv.fuse_.default(y1, pwc2, reused)
-            return y1
+            cached = self._use_cache()
+            return self.from_squeezed_with_kernels(self._squeezed(x, cached), cached=cached)
         return fuse(*self._branches(x))
+
+    def from_squeezed_with_kernels(self, squeezed: torch.Tensor | tuple[torch.Tensor, torch.Tensor], *,
+                                   cached: bool = True) -> torch.Tensor:
+        """Eqs. 5-9 from both squeezed parts (one tensor, or ``(up, low)``), the fuse by the C++
+        kernel (``Path.KERNELS`` only; ``ScConv`` calls it after the fused SRU + squeeze kernel)."""
+        if isinstance(squeezed, torch.Tensor):
+            squeezed = squeezed.split((self.squeeze1.out_channels, self.squeeze2.out_channels), dim=1)
+        y1, pwc2, reused = self._branches_from(*squeezed, cached)
+        torch.ops.scconv.fuse_.default(y1, pwc2, reused)
+        return y1
 
     def cache_inference_weights(self, enabled: bool = True) -> None:
         """Keep (``enabled``) or drop the assembled weights used by eval-mode forwards that need

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .config import ScConvConfig, StridePolicy
+from ._execution import fuses_sru_and_squeeze
 from .cru import make_cru
 from .sru import make_sru
 
@@ -69,7 +70,15 @@ class ScConv(nn.Module):
                        variant=config.variant, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.cru(self.sru(self.pool(x)))
+        x = self.pool(x)
+        if fuses_sru_and_squeeze(self, x):  # the C++ kernels: SRU's output is never written
+            sru, cru = self.sru, self.cru
+            scale, shift = sru.gate_affine(torch.float32)
+            grouped = cru.squeeze_weight.shape[1] != x.shape[1]
+            squeezed = torch.ops.scconv.sru_squeeze.default(x, scale, shift, sru.gn.num_groups, sru.gn.eps,
+                                                            sru.gate_threshold, cru.squeeze_weight, 2 if grouped else 1)
+            return cru.from_squeezed_with_kernels(squeezed)
+        return self.cru(self.sru(x))
 
     def extra_repr(self) -> str:
         c = self.config

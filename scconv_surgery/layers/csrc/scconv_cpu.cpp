@@ -3,6 +3,7 @@
 // scconv::sru   : SRU, eqs. 1-4, in two passes over the input: GroupNorm statistics, then one pass
 //                 that normalises (with eq. 2's ratio folded into the affine), gates and
 //                 cross-reconstructs, writing the output once.
+// scconv::sru_squeeze : SRU followed by CRU's squeezes, without writing SRU's output.
 // scconv::fuse_ : CRU's fuse, eqs. 7-9, in two passes: the branch means, then
 //                 y1 <- beta * y1 + (1 - beta) * concat(pwc2, reused) in place, without writing Y2.
 //
@@ -82,23 +83,13 @@ inline void sum_sumsq(const float* p, int64_t n, int64_t stride, double& sum, do
 bool is_nchw(const at::Tensor& t) { return t.is_contiguous(); }
 bool is_nhwc(const at::Tensor& t) { return t.is_contiguous(at::MemoryFormat::ChannelsLast); }
 
-at::Tensor sru_cpu(const at::Tensor& input, const at::Tensor& scale_in, const at::Tensor& shift_in,
-                   int64_t num_groups, double eps, double threshold) {
-  TORCH_CHECK(input.dim() == 4 && input.scalar_type() == at::kFloat, "scconv::sru: float32 (N, C, H, W) input");
-  const bool nhwc = !is_nchw(input) && is_nhwc(input);
-  const at::Tensor x = nhwc ? input : input.contiguous();
-  const at::Tensor scale = scale_in.to(at::kFloat).contiguous(), shift = shift_in.to(at::kFloat).contiguous();
-  const int64_t N = x.size(0), C = x.size(1), P = x.size(2) * x.size(3), G = num_groups, D = C / G;
-  TORCH_CHECK(C % G == 0, "scconv::sru: num_groups must divide C");
-  at::Tensor out = at::empty_like(x);
-  const float* xp = x.data_ptr<float>();
-  float* op = out.data_ptr<float>();
-  const float* sc = scale.data_ptr<float>();
-  const float* sh = shift.data_ptr<float>();
-  const float t = static_cast<float>(threshold);
-
-  // pass 1: per (n, c) sums (channels_last) or per (n, g) sums (NCHW), then a, b with z = x * a + b
-  std::vector<float> A(N * C), B(N * C);
+// GroupNorm statistics (pass 1 of SRU): per (n, c) the a, b of z = x * a + b, with the folded
+// affine (scale, shift) applied: z = GN(x) * w of eqs. 1-3.
+void gate_affine(const float* xp, bool nhwc, int64_t N, int64_t C, int64_t P, int64_t G, double eps,
+                 const float* sc, const float* sh, std::vector<float>& A, std::vector<float>& B) {
+  const int64_t D = C / G;
+  A.assign(N * C, 0.0f);
+  B.assign(N * C, 0.0f);
   std::vector<double> mean(N * G), rstd(N * G);
   if (!nhwc) {
     at::parallel_for(0, N * G, 1, [&](int64_t begin, int64_t end) {
@@ -158,6 +149,26 @@ at::Tensor sru_cpu(const at::Tensor& input, const at::Tensor& scale_in, const at
       B[n * C + c] = static_cast<float>(sh[c] - mean[g] * a);
     }
   }
+
+}
+
+at::Tensor sru_cpu(const at::Tensor& input, const at::Tensor& scale_in, const at::Tensor& shift_in,
+                   int64_t num_groups, double eps, double threshold) {
+  TORCH_CHECK(input.dim() == 4 && input.scalar_type() == at::kFloat, "scconv::sru: float32 (N, C, H, W) input");
+  const bool nhwc = !is_nchw(input) && is_nhwc(input);
+  const at::Tensor x = nhwc ? input : input.contiguous();
+  const at::Tensor scale = scale_in.to(at::kFloat).contiguous(), shift = shift_in.to(at::kFloat).contiguous();
+  const int64_t N = x.size(0), C = x.size(1), P = x.size(2) * x.size(3), G = num_groups, D = C / G;
+  TORCH_CHECK(C % G == 0, "scconv::sru: num_groups must divide C");
+  at::Tensor out = at::empty_like(x);
+  const float* xp = x.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const float* sc = scale.data_ptr<float>();
+  const float* sh = shift.data_ptr<float>();
+  const float t = static_cast<float>(threshold);
+
+  std::vector<float> A, B;
+  gate_affine(xp, nhwc, N, C, P, G, eps, sc, sh, A, B);
 
   // pass 2: out[c] = W1[c] X[c] + W2[p] X[p] with p = (c + C / 2) mod C (eq. 4)
   const int64_t half = C / 2;
@@ -222,6 +233,112 @@ at::Tensor sru_cpu(const at::Tensor& input, const at::Tensor& scale_in, const at
         for (int64_t c = 0; c < rest; ++c) orow[c] = x1p[c] + x2p[c + half];
 #pragma omp simd
         for (int64_t c = rest; c < C; ++c) orow[c] = x1p[c] + x2p[c - rest];
+      }
+    });
+  }
+  return out;
+}
+
+// SRU (eqs. 1-4) followed by CRU's squeezes (1x1 convs, `groups` groups of equal size), without
+// writing SRU's output: per tile of pixels, the reconstructed values of every channel go to a
+// thread-local buffer and are multiplied by the squeeze weight (C_sq, C / groups) from there.
+at::Tensor sru_squeeze_cpu(const at::Tensor& input, const at::Tensor& scale_in, const at::Tensor& shift_in,
+                           int64_t num_groups, double eps, double threshold, const at::Tensor& weight_in,
+                           int64_t groups) {
+  TORCH_CHECK(input.dim() == 4 && input.scalar_type() == at::kFloat, "scconv::sru_squeeze: float32 (N, C, H, W) input");
+  const bool nhwc = !is_nchw(input) && is_nhwc(input);
+  const at::Tensor x = nhwc ? input : input.contiguous();
+  const at::Tensor scale = scale_in.to(at::kFloat).contiguous(), shift = shift_in.to(at::kFloat).contiguous();
+  const at::Tensor weight = weight_in.to(at::kFloat).contiguous();
+  const int64_t N = x.size(0), C = x.size(1), P = x.size(2) * x.size(3), G = num_groups;
+  const int64_t S = weight.size(0), K = C / groups, So = S / groups;  // outputs, inputs and outputs per group
+  TORCH_CHECK(C % G == 0 && C % groups == 0 && S % groups == 0 && weight.numel() == S * K,
+              "scconv::sru_squeeze: shapes do not match");
+  at::Tensor out = at::empty({N, S, x.size(2), x.size(3)}, x.options().memory_format(
+      nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous));
+  const float* xp = x.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const float* wp = weight.data_ptr<float>();
+  const float t = static_cast<float>(threshold);
+  std::vector<float> A, B;
+  gate_affine(xp, nhwc, N, C, P, G, eps, scale.data_ptr<float>(), shift.data_ptr<float>(), A, B);
+  const int64_t half = C / 2, rest = C - half;
+  constexpr int64_t T = 64;  // pixels per tile
+  const int64_t tiles = (P + T - 1) / T;
+  if (!nhwc) {
+    at::parallel_for(0, N * tiles, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> buffer(C * T), accumulator(T);
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t n = i / tiles, p0 = (i % tiles) * T, len = std::min(T, P - p0);
+        const float tt = t;
+        for (int64_t c = 0; c < C; ++c) {  // buffer[c] = W1[c] X[c] + W2[d] X[d], d = (c + C / 2) mod C
+          const int64_t d = c < rest ? c + half : c - rest;
+          const float* xc = xp + (n * C + c) * P + p0;
+          const float* xd = xp + (n * C + d) * P + p0;
+          const float ac = A[n * C + c], bc = B[n * C + c], ad = A[n * C + d], bd = B[n * C + d];
+          float* row = buffer.data() + c * T;
+#pragma omp simd
+          for (int64_t p = 0; p < len; ++p) {
+            float x1c, x1d;
+            gate_x2(xc[p], ac, bc, tt, x1c);
+            const float x2d = gate_x2(xd[p], ad, bd, tt, x1d);
+            row[p] = x1c + x2d;
+          }
+        }
+        for (int64_t o = 0; o < S; ++o) {
+          const int64_t g = o / So;
+          const float* w = wp + o * K;
+          float* acc = accumulator.data();
+          std::fill(acc, acc + T, 0.0f);
+          for (int64_t k = 0; k < K; ++k) {
+            const float wk = w[k];
+            const float* row = buffer.data() + (g * K + k) * T;
+#pragma omp simd
+            for (int64_t p = 0; p < T; ++p) acc[p] += wk * row[p];
+          }
+          std::memcpy(op + (n * S + o) * P + p0, acc, len * sizeof(float));
+        }
+      }
+    });
+  } else {
+    // transposed weight per group: wt[g][k][o], so that a pixel's outputs are one vector
+    std::vector<float> wt(S * K);
+    for (int64_t o = 0; o < S; ++o)
+      for (int64_t k = 0; k < K; ++k) wt[((o / So) * K + k) * So + o % So] = wp[o * K + k];
+    at::parallel_for(0, N * tiles, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> x1(C), x2(C), acc(S);
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t n = i / tiles, p0 = (i % tiles) * T, len = std::min(T, P - p0);
+        const float* a = A.data() + n * C;
+        const float* b = B.data() + n * C;
+        const float tt = t;
+        for (int64_t p = p0; p < p0 + len; ++p) {
+          const float* row = xp + (n * P + p) * C;
+          float* x1p = x1.data();
+          float* x2p = x2.data();
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) {
+            float x1v;
+            x2p[c] = gate_x2(row[c], a[c], b[c], tt, x1v);
+            x1p[c] = x1v;
+          }
+#pragma omp simd
+          for (int64_t c = 0; c < rest; ++c) x1p[c] += x2p[c + half];
+#pragma omp simd
+          for (int64_t c = rest; c < C; ++c) x1p[c] += x2p[c - rest];
+          float* orow = op + (n * P + p) * S;
+          for (int64_t g = 0; g < groups; ++g) {
+            float* accp = acc.data() + g * So;
+            std::fill(accp, accp + So, 0.0f);
+            for (int64_t k = 0; k < K; ++k) {
+              const float v = x1p[g * K + k];
+              const float* wrow = wt.data() + (g * K + k) * So;
+#pragma omp simd
+              for (int64_t o = 0; o < So; ++o) accp[o] += v * wrow[o];
+            }
+          }
+          std::memcpy(orow, acc.data(), S * sizeof(float));
+        }
       }
     });
   }
@@ -336,9 +453,12 @@ void fuse_cpu(const at::Tensor& y1, const at::Tensor& pwc2_in, const at::Tensor&
 TORCH_LIBRARY(scconv, m) {
   m.def("sru(Tensor x, Tensor scale, Tensor shift, int num_groups, float eps, float threshold) -> Tensor");
   m.def("fuse_(Tensor(a!) y1, Tensor pwc2, Tensor reused) -> ()");
+  m.def("sru_squeeze(Tensor x, Tensor scale, Tensor shift, int num_groups, float eps, float threshold, "
+        "Tensor weight, int groups) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(scconv, CPU, m) {
   m.impl("sru", &sru_cpu);
   m.impl("fuse_", &fuse_cpu);
+  m.impl("sru_squeeze", &sru_squeeze_cpu);
 }
