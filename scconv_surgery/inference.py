@@ -64,7 +64,8 @@ def optimize_for_inference(model: nn.Module, input_size: tuple[int, int, int] = 
         merge: how eager forwards run eq. 5 (:class:`~scconv_surgery.layers.MergePolicy` or
             its string): ``"auto"`` times GWC + PWC1 merged and as two convs per layer (on CPUs,
             for NCHW input, each also on a channels_last copy of its input, which makes that
-            layer's output channels_last) and keeps the fastest; ``"always"`` merged;
+            layer's output channels_last; with the kernels, each also with SRU and the squeezes
+            as one kernel) and keeps the fastest; ``"always"`` merged;
             ``"never"`` two convs (also in exported graphs).
         kernels: use the fused C++ CPU kernels for eval-mode CPU float32 forwards without
             autograd of ``paper`` layers (built or loaded here, once per process; if that fails,
@@ -108,16 +109,20 @@ def optimize_for_inference(model: nn.Module, input_size: tuple[int, int, int] = 
                 continue
             x = inputs[name]
             layouts = [False, True] if x.device.type == "cpu" and x.is_contiguous() else [False]
+            fusions = [False, True] if use_kernels and layer.config.variant is Variant.PAPER and layouts == [False, True] \
+                else [False]
             times = {}
             for policy in (MergePolicy.NEVER, MergePolicy.ALWAYS):
                 for channels_last in layouts:
-                    _set(layer, cached=True, merge=policy, use_kernels=use_kernels, y1_channels_last=channels_last)
-                    times[policy, channels_last] = _median_seconds(lambda: layer(x), x.device)
-            policy, channels_last = min(times, key=times.__getitem__)
+                    for fused in fusions:
+                        _set(layer, cached=True, merge=policy, use_kernels=use_kernels, y1_channels_last=channels_last,
+                             fuse_sru_squeeze=fused)
+                        times[policy, channels_last, fused] = _median_seconds(lambda: layer(x), x.device)
+            policy, channels_last, fused = min(times, key=times.__getitem__)
             chosen[name] = policy is MergePolicy.ALWAYS
             # not merged in eager: AUTO, so that compiled and exported graphs still merge
             _set(layer, cached=True, merge=MergePolicy.ALWAYS if chosen[name] else MergePolicy.AUTO,
-                 use_kernels=use_kernels, y1_channels_last=channels_last)
+                 use_kernels=use_kernels, y1_channels_last=channels_last, fuse_sru_squeeze=fused)
     return chosen
 
 
@@ -133,9 +138,10 @@ def _kernels_available(layers) -> bool:  # type: ignore[no-untyped-def]
 
 
 def _set(layer: ScConv, *, cached: bool, merge: MergePolicy, use_kernels: bool,
-         y1_channels_last: bool = False) -> None:
+         y1_channels_last: bool = False, fuse_sru_squeeze: bool = False) -> None:
     layer.sru.cache_inference_weights(cached)
     layer.cru.cache_inference_weights(cached)
     layer.cru.merge = merge
     layer.cru.y1_channels_last = y1_channels_last
+    layer.fuse_sru_squeeze = fuse_sru_squeeze
     layer.sru.use_kernels = layer.cru.use_kernels = use_kernels and layer.config.variant is Variant.PAPER

@@ -68,6 +68,8 @@ class ScConv(nn.Module):
                        stride=1 if pool_first else stride, alpha=config.alpha,
                        squeeze_ratio=config.squeeze_ratio, gwc_groups=config.gwc_groups,
                        variant=config.variant, device=device, dtype=dtype)
+        # SRU and CRU's squeezes as one C++ kernel (NCHW CPU input): set by optimize_for_inference's timing
+        self.fuse_sru_squeeze = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(x)
