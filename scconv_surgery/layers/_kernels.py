@@ -15,9 +15,9 @@ shapes):
 
 The source is compiled at the first :func:`load` (``optimize_for_inference`` calls it) with
 ``torch.utils.cpp_extension.load``: a C++ compiler (``$CXX`` or ``c++``) and ninja are needed;
-the build takes about a minute and is cached under ``torch.utils.cpp_extension``'s directory
+the build takes 15-60 s (one source file) and is cached under ``torch.utils.cpp_extension``'s directory
 (``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions/<python and CUDA tag>/``), one
-build per CPU vector capability, so later processes only load it (about a second). Any failure
+build per CPU vector capability, so later processes only load it (about 2 s). Any failure
 (no compiler, a compile error, a load error) gives one warning naming the cause, and the
 PyTorch forward runs instead; it is never an error. Build ahead of time with
 ``python -c "from scconv_surgery.layers import _kernels; _kernels.load(verbose=True)"``.
