@@ -2,6 +2,8 @@
 # The GPU figures of the speed issue, in a few minutes on one H100/H200-class card:
 #   bash benchmarks/gpu_check.sh [OUT_DIR]
 # Writes OUT_DIR/{ops,layer,layer_triton,resnet50}.json (default: gpu_check/) and prints the tables.
+# Columns: dense, seed, paper (as converted), paper-opt (after optimize_for_inference; the C++
+# kernels are CPU-only and onnxruntime runs on the CPU, so neither is a GPU column).
 # 1. ATen operators and CUDA kernels per layer (C=64; kernels at batch 64, 56x56)
 # 2. layers C=64@56 and C=256@14, batch 64, bf16 autocast, channels_last: eager, compiled, CUDA graphs
 # 3. the same layers, eager inference, with the opt-in fused Triton kernel of SRU (SCCONV_TRITON=1)

@@ -3,10 +3,14 @@
 :func:`optimize_for_inference` makes each SCConv layer keep, as module state, the weights its
 fast forward otherwise assembles from its parameters in every forward: SRU's GroupNorm affine
 with ``w`` folded in, both squeezes as one weight, and GWC + PWC1 as one dense ``k x k`` conv
-(PWC1 in the centre tap, eq. 5) where that is measured to be faster. The merged conv does
-about 1.6x the multiply-adds of GWC + PWC1 but is one kernel instead of a grouped conv, a 1x1
-conv and an add: on GPUs and at large feature maps it wins, at small maps on CPUs it can lose,
-so each layer is timed on its own input shape, as ``cudnn.benchmark`` does.
+(PWC1 in the centre tap, eq. 5). Whether eager forwards run eq. 5 merged is one decision per
+layer (:class:`~scconv_surgery.layers.MergePolicy`): the merged conv does about 1.6x the
+multiply-adds of GWC + PWC1 but is one kernel instead of a grouped conv, a 1x1 conv and an
+add; on GPUs and at large feature maps it wins, at small maps on CPUs it can lose, so
+``merge="auto"`` times each layer on its own input shape, as ``cudnn.benchmark`` does.
+Exported graphs (``torch.export``, ONNX, ``torch.jit.trace``) then record the lean graph of
+``layers/_deploy.py``, and eval-mode CPU float32 forwards without autograd run the fused C++
+kernels of ``layers/_kernels.py`` (built at the first call, then cached; docs/inference.md).
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from torch import nn
 
 from ._probe import eval_mode, example_input
 from .layers import ScConv
+from .layers.config import MergePolicy, Variant
 
 __all__ = ["optimize_for_inference"]
 
@@ -38,7 +43,8 @@ def _median_seconds(fn: Callable[[], object], device: torch.device, repeats: int
 
 
 def optimize_for_inference(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 224), *,
-                           batch_size: int = 1, merge: str = "auto") -> dict[str, bool]:
+                           batch_size: int = 1, merge: MergePolicy | str = MergePolicy.AUTO,
+                           kernels: bool = True, enabled: bool = True) -> dict[str, bool]:
     """Cache the assembled weights of every SCConv layer of ``model`` (in place) for inference.
 
     The cache is module state in the spirit of timm's ``reparameterize``, but reversible and
@@ -55,10 +61,17 @@ def optimize_for_inference(model: nn.Module, input_size: tuple[int, int, int] = 
         model: a converted model (or an :class:`~scconv_surgery.ScConv`).
         input_size: ``(C, H, W)`` of the model's input, to time each layer at its own shape.
         batch_size: the batch size to time at.
-        merge: ``"auto"`` (time GWC + PWC1 merged and as two convs per layer, keep the faster),
-            ``"always"`` (merged), or ``"never"`` (drop every cache: the layers assemble their
-            weights in every forward again, as before this call; eager forwards then run GWC
-            and PWC1 as two convs, ``torch.compile`` merges them in its graph).
+        merge: how eager forwards run eq. 5 (:class:`~scconv_surgery.layers.MergePolicy` or
+            its string): ``"auto"`` times GWC + PWC1 merged and as two convs per layer (on CPUs,
+            for NCHW input, each also on a channels_last copy of its input, which makes that
+            layer's output channels_last; with the kernels, each also with SRU and the squeezes
+            as one kernel) and keeps the fastest; ``"always"`` merged;
+            ``"never"`` two convs (also in exported graphs).
+        kernels: use the fused C++ CPU kernels for eval-mode CPU float32 forwards without
+            autograd of ``paper`` layers (built or loaded here, once per process; if that fails,
+            one warning names the cause and the PyTorch forward runs).
+        enabled: ``False`` undoes this call: drops every cache, turns the kernels off and sets
+            ``merge`` back to ``auto`` (the layers assemble their weights in every forward).
 
     Returns:
         Layer name -> whether its eager eval forward runs GWC + PWC1 as one dense conv.
@@ -66,13 +79,20 @@ def optimize_for_inference(model: nn.Module, input_size: tuple[int, int, int] = 
     Raises:
         ValueError: an unknown ``merge``.
     """
-    if merge not in ("auto", "always", "never"):
-        raise ValueError(f"merge must be 'auto', 'always' or 'never', got {merge!r}")
+    try:
+        merge = MergePolicy(merge)
+    except ValueError:
+        raise ValueError(f"merge must be one of {[m.value for m in MergePolicy]}, got {merge!r}") from None
     layers = {name: m for name, m in model.named_modules() if isinstance(m, ScConv)}
-    if merge != "auto":
+    if not enabled:
         for layer in layers.values():
-            _cache(layer, merge == "always", merge_gwc_pwc1=True)
-        return {name: merge == "always" for name in layers}
+            _set(layer, cached=False, merge=MergePolicy.AUTO, use_kernels=False)
+        return {name: False for name in layers}
+    use_kernels = kernels and _kernels_available(layers.values())
+    if merge is not MergePolicy.AUTO:
+        for layer in layers.values():
+            _set(layer, cached=True, merge=merge, use_kernels=use_kernels)
+        return {name: merge is MergePolicy.ALWAYS for name in layers}
     inputs: dict[str, torch.Tensor] = {}
     handles = [m.register_forward_pre_hook(lambda m, args, name=name: inputs.setdefault(name, args[0].detach()))
                for name, m in layers.items()]
@@ -88,15 +108,40 @@ def optimize_for_inference(model: nn.Module, input_size: tuple[int, int, int] = 
             if name not in inputs:
                 continue
             x = inputs[name]
-            _cache(layer, True, merge_gwc_pwc1=False)
-            separate = _median_seconds(lambda: layer(x), x.device)
-            _cache(layer, True, merge_gwc_pwc1=True)
-            merged = _median_seconds(lambda: layer(x), x.device)
-            chosen[name] = merged < separate
-            _cache(layer, True, merge_gwc_pwc1=chosen[name])
+            layouts = [False, True] if x.device.type == "cpu" and x.is_contiguous() else [False]
+            fusions = [False, True] if use_kernels and layer.config.variant is Variant.PAPER and layouts == [False, True] \
+                else [False]
+            times = {}
+            for policy in (MergePolicy.NEVER, MergePolicy.ALWAYS):
+                for channels_last in layouts:
+                    for fused in fusions:
+                        _set(layer, cached=True, merge=policy, use_kernels=use_kernels, y1_channels_last=channels_last,
+                             fuse_sru_squeeze=fused)
+                        times[policy, channels_last, fused] = _median_seconds(lambda: layer(x), x.device)
+            policy, channels_last, fused = min(times, key=times.__getitem__)
+            chosen[name] = policy is MergePolicy.ALWAYS
+            # not merged in eager: AUTO, so that compiled and exported graphs still merge
+            _set(layer, cached=True, merge=MergePolicy.ALWAYS if chosen[name] else MergePolicy.AUTO,
+                 use_kernels=use_kernels, y1_channels_last=channels_last, fuse_sru_squeeze=fused)
     return chosen
 
 
-def _cache(layer: ScConv, enabled: bool, *, merge_gwc_pwc1: bool) -> None:
-    layer.sru.cache_inference_weights(enabled)
-    layer.cru.cache_inference_weights(enabled, merge_gwc_pwc1=merge_gwc_pwc1)
+def _kernels_available(layers) -> bool:  # type: ignore[no-untyped-def]
+    """Build or load the C++ kernels if some ``paper`` layer holds CPU float32 parameters."""
+    wanted = any(layer.config.variant is Variant.PAPER and layer.cru.gwc.weight.device.type == "cpu"
+                 and layer.cru.gwc.weight.dtype == torch.float32 for layer in layers)
+    if not wanted:
+        return False
+    from .layers import _kernels
+
+    return _kernels.load() is not None
+
+
+def _set(layer: ScConv, *, cached: bool, merge: MergePolicy, use_kernels: bool,
+         y1_channels_last: bool = False, fuse_sru_squeeze: bool = False) -> None:
+    layer.sru.cache_inference_weights(cached)
+    layer.cru.cache_inference_weights(cached)
+    layer.cru.merge = merge
+    layer.cru.y1_channels_last = y1_channels_last
+    layer.fuse_sru_squeeze = fuse_sru_squeeze
+    layer.sru.use_kernels = layer.cru.use_kernels = use_kernels and layer.config.variant is Variant.PAPER

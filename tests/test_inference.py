@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from scconv_surgery import ScConv, optimize_for_inference
+from scconv_surgery.layers import MergePolicy
 
 
 def _layer() -> ScConv:
@@ -27,7 +28,7 @@ def test_optimize_for_inference_is_module_state():
     x = _input()
     with torch.no_grad():
         expected = layer(x)
-    assert optimize_for_inference(layer, merge="always") == {"": True}
+    assert optimize_for_inference(layer, merge=MergePolicy.ALWAYS, kernels=False) == {"": True}
     assert layer.cru.y1_weight.shape == (32, 4, 3, 3)  # dense: up // r = 4 input channels
     assert "cru.y1_weight" not in layer.state_dict()  # checkpoints are unchanged
     with torch.no_grad():
@@ -48,9 +49,11 @@ def test_optimize_for_inference_is_module_state():
     # training ignores the cache; merge="never" drops it
     layer.train()
     layer(x).sum().backward()
-    assert optimize_for_inference(layer, merge="never") == {"": False}  # eager: GWC and PWC1 as two convs
-    assert layer.cru.y1_weight is None and layer.sru.gate_scale is None
-    assert set(optimize_for_inference(layer, (16, 8, 8), batch_size=2)) == {""}  # auto: timed
+    assert optimize_for_inference(layer, merge="never", kernels=False) == {"": False}  # two convs
+    assert layer.cru.merge is MergePolicy.NEVER and layer.cru.y1_weight is not None
+    assert optimize_for_inference(layer, enabled=False) == {"": False}  # undone: no cache
+    assert layer.cru.y1_weight is None and layer.sru.gate_scale is None and layer.cru.merge is MergePolicy.AUTO
+    assert set(optimize_for_inference(layer, (16, 8, 8), batch_size=2, kernels=False)) == {""}  # auto: timed
     with torch.no_grad():
         torch.testing.assert_close(layer.eval()(x), wanted, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="merge must be"):
@@ -60,7 +63,7 @@ def test_optimize_for_inference_is_module_state():
 def test_cache_rebuilt_under_inference_mode_serves_a_saliency_forward():
     # a frozen model: the cache is used by forwards with gradients too (no parameter needs one)
     layer = _layer().requires_grad_(False)
-    optimize_for_inference(layer, merge="always")
+    optimize_for_inference(layer, merge="always", kernels=False)
     x = _input()
     with torch.no_grad():
         layer.sru.gn.weight.add_(0.25)  # the parameters move: the next forward rebuilds the cache
@@ -77,14 +80,14 @@ def test_cache_rebuilt_under_inference_mode_serves_a_saliency_forward():
 def test_cache_follows_in_place_parameter_updates():
     # an EMA or optimizer step changes the parameters in place, in eval mode, without eval()
     layer = _layer()
-    optimize_for_inference(layer, merge="always")
+    optimize_for_inference(layer, merge="always", kernels=False)
     x = _input()
     with torch.no_grad():
         layer(x)
         for p in layer.parameters():
             p.mul_(0.9)
         cached = layer(x)
-    optimize_for_inference(layer, merge="never")
+    optimize_for_inference(layer, enabled=False)
     with torch.no_grad():
         torch.testing.assert_close(cached, layer(x), atol=1e-5, rtol=1e-5)
 
@@ -95,10 +98,12 @@ def test_auto_times_each_layer_of_a_model():
     x = torch.randn(2, 16, 12, 12)
     with torch.no_grad():
         expected = model(x)
-    chosen = optimize_for_inference(model, (16, 12, 12), batch_size=2)
+    chosen = optimize_for_inference(model, (16, 12, 12), batch_size=2, kernels=False)
     assert set(chosen) == {"0", "2"}
     for name, merged in chosen.items():
-        assert (model.get_submodule(name).cru.y1_weight is not None) == merged
+        cru = model.get_submodule(name).cru
+        assert cru.y1_weight is not None  # exported graphs merge either way
+        assert cru.merge is (MergePolicy.ALWAYS if merged else MergePolicy.AUTO)
     with torch.no_grad():
         torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=1e-5)
 
@@ -113,7 +118,7 @@ def test_cache_is_bypassed_by_torch_func_ensembles():
     x = _input()
     with torch.no_grad():
         expected = torch.stack([m(x) for m in models])
-        optimize_for_inference(models[0], merge="always")
+        optimize_for_inference(models[0], merge="always", kernels=False)
         out = vmap(lambda p, x: functional_call(models[0], p, (x,)), in_dims=(0, None))(params, x)
         torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
         # functional_call with another model's weights, then the module's own again

@@ -17,7 +17,7 @@ from torch import nn
 from torch.func import functional_call, grad, jacfwd, jacrev, vmap
 
 from scconv_surgery import ScConv, ScConvConfig, convert, optimize_for_inference
-from scconv_surgery.layers import SRU
+from scconv_surgery.layers import SRU, MergePolicy
 
 VARIANTS = ["paper", "seed"]
 PARAM_MODULES = ["sru.gn", "cru.squeeze1", "cru.squeeze2", "cru.gwc", "cru.pwc1", "cru.pwc2"]
@@ -94,8 +94,8 @@ def test_merged_gwc_pwc1_equals_two_convs(name, cin, cout, k, stride, extra):
     layer = ScConv(cin, cout, kernel_size=k, stride=stride, config=ScConvConfig(**extra)).train()
     x = torch.randn(2, cin, 9, 9)
     results = []
-    for merged in (False, True):
-        layer.cru.merge_gwc_pwc1 = merged
+    for merge in (MergePolicy.NEVER, MergePolicy.ALWAYS):
+        layer.cru.merge = merge
         layer.zero_grad(set_to_none=True)
         out = layer(x)
         (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
@@ -322,7 +322,7 @@ def test_compile_dynamic_train_step_matches_eager():
 def test_deepcopy_and_pickle(variant, optimized):
     layer = _layer(variant)
     if optimized:
-        optimize_for_inference(layer, merge="always")
+        optimize_for_inference(layer, merge="always", kernels=False)
     x = _input()
     with torch.no_grad():
         expected = layer(x)
@@ -338,7 +338,7 @@ def test_dtype_conversion_before_and_after_optimize(dtype, optimized):
     with torch.no_grad():
         expected = layer(x)
     if optimized:
-        optimize_for_inference(layer, merge="always")
+        optimize_for_inference(layer, merge="always", kernels=False)
     converted = layer.to(dtype)
     assert {t.dtype for t in converted.parameters()} == {dtype}
     with torch.no_grad():

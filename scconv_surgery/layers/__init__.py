@@ -10,24 +10,27 @@ Redundancy", CVPR 2023, pp. 6153-6162. ``ScConv = CRU(SRU(x))``:
   both parts, transforms the upper part richly (group-wise + point-wise conv) and the lower
   part cheaply (point-wise conv + reuse), and fuses the two by a per-channel softmax.
 
-Two variants (:class:`Variant`), each its own pair of classes: ``paper`` (:class:`SRU`,
-:class:`CRU`) follows the equations; ``seed`` (:class:`SeedSRU`, :class:`SeedCRU`) reproduces,
-to float tolerance, the unofficial ScConv implementation that circulates in blog posts (hand-written group norm, hard
-masks, a softmax over all 2C channels of the fuse). Both are generalised, beyond the paper,
-to ``in_channels != out_channels`` and ``stride > 1`` (:class:`StridePolicy`) so that a
+Two variants (:class:`Variant`), each its own pair of classes, built by :func:`make_sru` and
+:func:`make_cru`: ``paper`` (:class:`SRU`, :class:`CRU`) follows the equations; ``seed``
+(:class:`SeedSRU`, :class:`SeedCRU`) reproduces, to float tolerance, the unofficial ScConv
+implementation that circulates in blog posts (hand-written group norm, hard masks, a softmax
+over all 2C channels of the fuse). Both are generalised, beyond the paper, to
+``in_channels != out_channels`` and ``stride > 1`` (:class:`StridePolicy`) so that a
 :class:`ScConv` is a drop-in for a dense k x k convolution.
 
-One module per concept: ``config`` (hyperparameters and constraints), ``sru``, ``cru``,
-``scconv``; ``_execution`` says when a unit runs its fast forward and when it calls its
-submodules one by one (hooks, tracing), and keeps the inference cache.
+One module per concept: ``config`` (hyperparameters, constraints, :class:`MergePolicy`),
+``reference`` (the equations, stated once), ``sru``, ``cru``, ``scconv``; ``_execution``
+chooses, per forward, between the reference (hooks, tracers), the lean export graph
+(``_deploy``), the fused C++ CPU kernels (``_kernels``) and the fast ATen forward (``_fused``).
 """
-from .config import ScConvConfig, StridePolicy, Variant, gn_group_count, scconv_constraint_error
-from .cru import CRU, SeedCRU, merged_gwc_pwc1_weight
+from .config import MergePolicy, ScConvConfig, StridePolicy, Variant, gn_group_count, scconv_constraint_error
+from .cru import CRU, SeedCRU, make_cru, merged_gwc_pwc1_weight
+from .reference import GAMMA_SUM_EPS, gamma_ratio, reconstruct
 from .scconv import ScConv
-from .sru import GAMMA_SUM_EPS, SRU, SeedGroupNorm, SeedSRU, gamma_ratio, reconstruct
+from .sru import SRU, SeedGroupNorm, SeedSRU, make_sru
 
 __all__ = [
-    "Variant", "StridePolicy", "ScConvConfig", "ScConv", "SRU", "CRU", "SeedSRU", "SeedCRU", "SeedGroupNorm",
-    "scconv_constraint_error", "gn_group_count", "gamma_ratio", "reconstruct", "merged_gwc_pwc1_weight",
-    "GAMMA_SUM_EPS",
+    "Variant", "StridePolicy", "MergePolicy", "ScConvConfig", "ScConv", "SRU", "CRU", "SeedSRU", "SeedCRU",
+    "SeedGroupNorm", "make_sru", "make_cru", "scconv_constraint_error", "gn_group_count", "gamma_ratio",
+    "reconstruct", "merged_gwc_pwc1_weight", "GAMMA_SUM_EPS",
 ]

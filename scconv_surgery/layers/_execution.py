@@ -1,21 +1,42 @@
-"""How an SCConv unit runs its forward: the fast path, or submodule by submodule.
+"""Which implementation an SCConv unit's forward runs, decided in one place.
 
-Every unit has two forwards with the same parameters and the same outputs (to float
-rounding): a fast one that reads its submodules' weights and runs few, large operators (see
-``sru.py``, ``cru.py`` and ``_fused.py``), and one that calls each parameter-holding submodule
-as a module, as the paper draws it. The second runs only where calling the submodules is observable:
-a hook on one of them (or a global module hook), or a tracer that records module calls
-(``torch.fx`` symbolic tracing, as in torchvision's ``create_feature_extractor``, and
-``torch.jit`` tracing or scripting, as in the TorchScript ONNX exporter).
+Every unit computes the same values from the same parameters in up to four ways
+(:class:`Path`); :func:`choose_path` picks one per forward:
+
+- ``MODULES``: the equations as stated in ``reference.py``, each parameter-holding submodule
+  called as a module. Runs where calling the submodules is observable: a hook on one of them
+  (or a global module hook), ``torch.fx`` symbolic tracing (torchvision's
+  ``create_feature_extractor``), and tracing or exporting a unit without the inference cache.
+- ``EXPORT``: the lean standard-operator graph of ``_deploy.py`` (folded weights, about 18
+  operators per layer): exporting (``torch.export``, either ONNX exporter, ``torch.jit.trace``)
+  a unit that keeps the inference cache (:func:`~scconv_surgery.optimize_for_inference`).
+- ``KERNELS``: the fused C++ CPU kernels (``_kernels.py``): eval-mode, CPU float32 forwards
+  without autograd of a ``paper`` unit that :func:`~scconv_surgery.optimize_for_inference`
+  switched them on for, once they are built; eager or under ``torch.compile`` (one graph node
+  per kernel). On NCHW input ``ScConv`` runs SRU and CRU's squeezes as one kernel
+  (:func:`fuses_sru_and_squeeze`).
+- ``FAST``: few large ATen operators, in place without autograd, hand-written backward with it
+  (``_fused.py``): everything else (training, CUDA, other dtypes, ``torch.compile``).
 """
 from __future__ import annotations
+
+from enum import Enum
 
 import torch
 from torch import nn
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 from torch.nn.modules import module as _module
 
-__all__ = ["calls_submodules", "gate_dtype", "InferenceCache"]
+__all__ = ["Path", "choose_path", "fuses_sru_and_squeeze", "InferenceCache"]
+
+
+class Path(Enum):
+    """The implementation one forward of a unit runs (see the module docstring)."""
+
+    MODULES = "modules"
+    EXPORT = "export"
+    KERNELS = "kernels"
+    FAST = "fast"
 
 
 def _has_hooks(module: nn.Module) -> bool:
@@ -23,26 +44,45 @@ def _has_hooks(module: nn.Module) -> bool:
                 or module._backward_pre_hooks)
 
 
-def calls_submodules(*modules: nn.Module) -> bool:
-    """True where the forward must call ``modules`` as modules (hooks, fx or jit tracing)."""
-    if is_fx_symbolic_tracing() or torch.jit.is_tracing() or torch.jit.is_scripting():
-        return True
-    if (_module._global_forward_hooks or _module._global_forward_pre_hooks
-            or _module._global_backward_hooks or _module._global_backward_pre_hooks):
-        return True
-    return any(_has_hooks(m) for m in modules)
+def _has_global_hooks() -> bool:
+    return bool(_module._global_forward_hooks or _module._global_forward_pre_hooks
+                or _module._global_backward_hooks or _module._global_backward_pre_hooks)
 
 
-def gate_dtype(x: torch.Tensor) -> torch.dtype:
-    """The dtype SRU's gate is computed in: float64 for float64 input, else float32.
+def _exporting() -> bool:
+    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_exporting()
 
-    float16 and bfloat16 put the gate ``sigmoid(GN(X) * w)``, which sits close to its 0.5
-    threshold, within one rounding step of it (about 19% of bfloat16 keep decisions flip
-    against float32), so the gate is always computed in at least float32.
-    """
-    if is_fx_symbolic_tracing():  # x.dtype is a Proxy: no Python branch on it
-        return torch.float32
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+def choose_path(unit: nn.Module, x: torch.Tensor, submodules: tuple[nn.Module, ...]) -> Path:
+    """The :class:`Path` of this forward of ``unit`` on ``x`` (``submodules``: those that hold
+    parameters). ``unit`` is an :class:`InferenceCache` with a ``use_kernels`` attribute."""
+    if is_fx_symbolic_tracing() or _has_global_hooks() or any(_has_hooks(m) for m in submodules):
+        return Path.MODULES
+    if _exporting():
+        return Path.EXPORT if unit._cache_ready() else Path.MODULES
+    if (unit.use_kernels and not unit.training and x.device.type == "cpu" and x.dtype == torch.float32
+            and not _needs_autograd(x, unit)):
+        from . import _kernels
+
+        if _kernels.loaded() is not None:
+            return Path.KERNELS
+    return Path.FAST
+
+
+def fuses_sru_and_squeeze(layer: nn.Module, x: torch.Tensor) -> bool:
+    """True where ``ScConv`` runs SRU and CRU's squeezes as one C++ kernel (SRU's output is never
+    written): where ``optimize_for_inference`` measured it faster (``layer.fuse_sru_squeeze``; its
+    tile-wise squeeze loses to a BLAS product at large C), on NCHW input, both units take
+    ``Path.KERNELS``, and neither has hooks of its own."""
+    sru, cru = layer.sru, layer.cru
+    return (layer.fuse_sru_squeeze and not _has_hooks(sru) and not _has_hooks(cru)
+            and choose_path(sru, x, (sru.gn,)) is Path.KERNELS
+            and choose_path(cru, x, cru._submodules()) is Path.KERNELS
+            and cru._use_cache() and x.is_contiguous())
+
+
+def _needs_autograd(x: torch.Tensor, unit: nn.Module) -> bool:
+    return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in unit.parameters()))
 
 
 class InferenceCache:
@@ -53,11 +93,12 @@ class InferenceCache:
     The cached tensors are non-persistent buffers (never in the ``state_dict``): ``.to()``,
     ``.half()`` and friends rebuild them from the converted parameters, and any change to the
     parameters (``load_state_dict``, an optimizer step, an in-place edit: their version counters
-    move) rebuilds them at the next forward that uses them. Under ``torch.compile`` the version
-    check is skipped.
+    move) rebuilds them at the next forward that uses them. Under ``torch.compile`` and export
+    the version check is skipped.
     """
 
     _cache_key: tuple[tuple[int, int], ...] | None = None
+    use_kernels: bool = False  # the C++ CPU kernels, where the path allows (optimize_for_inference)
 
     def _cache_params(self) -> tuple[torch.Tensor, ...]:
         raise NotImplementedError
@@ -71,14 +112,12 @@ class InferenceCache:
     def _cache_key_now(self) -> tuple[tuple[int, int], ...]:
         return tuple((p.data_ptr(), p._version) for p in self._cache_params())
 
-    def _use_cache(self) -> bool:
-        """True when this forward may use the cache (rebuilt first if the parameters moved)."""
-        if self.training or not self._has_cache():
+    def _cache_ready(self) -> bool:
+        """True when an eval forward may read the cache: it exists and is current (rebuilt here
+        if the parameters moved). Exporters record the cached tensors as constants."""
+        if self.training or not self._has_cache():  # type: ignore[attr-defined]
             return False
-        params = self._cache_params()
-        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
-            return False  # gradients must reach the parameters: assemble from them
-        if torch.compiler.is_compiling():
+        if torch.compiler.is_compiling() or torch.jit.is_tracing():
             return True
         try:
             key = self._cache_key_now()
@@ -87,6 +126,12 @@ class InferenceCache:
         if key != self._cache_key:  # the parameters changed (or functional_call swapped them in)
             self._refresh_cache()
         return True
+
+    def _use_cache(self) -> bool:
+        """True when this forward may use the cache: it is ready, and no parameter needs a gradient."""
+        if torch.is_grad_enabled() and any(p.requires_grad for p in self._cache_params()):
+            return False  # gradients must reach the parameters: assemble from them
+        return self._cache_ready()
 
     def _refresh_cache(self) -> None:
         # normal tensors even when the rebuild happens inside torch.inference_mode: a later forward

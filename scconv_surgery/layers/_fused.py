@@ -1,8 +1,8 @@
 """SCConv's elementwise steps in few operators, with hand-written backward passes.
 
-Three steps of the fast forward dominate its operator count and memory traffic when left to
-autograd: SRU's GroupNorm affine with eq. 2's ratio folded in, SRU's gate and reconstruction
-(eqs. 3-4) and CRU's fuse (eqs. 7-9). Each is a function here with two forms:
+Two steps of the fast forward dominate its operator count and memory traffic when left to
+autograd: SRU's gate and reconstruction (eqs. 3-4) and CRU's fuse (eqs. 7-9). Each is a
+function here with two forms:
 
 - without autograd (``no_grad``, ``inference_mode``): each step writes into tensors it owns,
   so that an activation-sized tensor is allocated only where one must be (on CPUs every new
@@ -18,14 +18,16 @@ autograd: SRU's GroupNorm affine with eq. 2's ratio folded in, SRU's gate and re
 
 Both forms use only operators with ``vmap`` batching rules (no ``addcmul_``, ``lerp_``, ``out=``).
 tests/test_fused.py checks each function against plain autograd on the equations it
-implements: values, gradients (``gradcheck``) and second derivatives (``gradgradcheck``).
+implements (``reference.py``): values, gradients (``gradcheck``) and second derivatives (``gradgradcheck``).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["guarded_inverse_sum", "ratio_affine", "soft_gate", "fuse"]
+from .reference import gamma_ratio
+
+__all__ = ["ratio_affine", "soft_gate", "fuse"]
 
 
 def _sigmoid_backward(grad: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
@@ -51,91 +53,16 @@ def _plus(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None
 # --------------------------------------------------------------------------------------------
 
 
-def guarded_inverse_sum(gamma: torch.Tensor, eps: float) -> torch.Tensor:
-    """``1 / sum(gamma)`` with its magnitude clamped to at most ``1 / eps``, sign kept (a sum of
-    +0 counts as positive): the guarded denominator of eq. 2, shape ``()``."""
-    return gamma.sum().reciprocal().clamp(-1.0 / eps, 1.0 / eps)
-
-
-class _RatioAffine(torch.autograd.Function):
-    """``(gamma, beta) -> (gamma * w, beta * w)`` with ``w = gamma * inv``, ``inv`` the guarded
-    inverse sum. Extra outputs for the backward: ``inv``, and ``active`` (the clamp did not bind).
-
-    ``inv`` goes to the backward as a non-differentiable value (no autograd bookkeeping for a
-    scalar); under ``create_graph`` the backward recomputes it from ``gamma`` instead, so that
-    second derivatives see its dependence on ``gamma``.
-    """
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(gamma: torch.Tensor, beta: torch.Tensor, eps: float):  # type: ignore[override]
-        raw = gamma.sum().reciprocal()
-        inv = raw.clamp(-1.0 / eps, 1.0 / eps)
-        w = gamma * inv
-        return gamma * w, beta * w, inv, raw == inv
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):  # type: ignore[no-untyped-def, override]
-        gamma, beta, eps = inputs
-        _, _, inv, active = output
-        ctx.mark_non_differentiable(inv, active)
-        ctx.save_for_backward(gamma, beta, inv, active)
-        ctx.save_for_forward(gamma, beta, inv, active)
-        ctx.eps = eps
-        ctx.set_materialize_grads(False)
-
-    @staticmethod
-    def jvp(ctx, t_gamma, t_beta, _t_eps):  # type: ignore[no-untyped-def, override]
-        # forward mode (torch.func.jvp, jacfwd, hessian): d inv = -active inv^2 sum(d gamma);
-        # d scale = 2 gamma inv d gamma + gamma^2 d inv; d shift = inv (beta d gamma + gamma d beta) + beta gamma d inv
-        gamma, beta, inv, active = ctx.saved_tensors
-        t_scale = t_shift = None
-        if t_gamma is not None:
-            t_inv = -(t_gamma.sum() * inv * inv * active)
-            t_scale = gamma * (2 * inv * t_gamma + gamma * t_inv)
-            t_shift = beta * (inv * t_gamma + gamma * t_inv)
-        if t_beta is not None:
-            t_shift = _plus(t_shift, gamma * inv * t_beta)
-        return t_scale, t_shift, None, None
-
-    @staticmethod
-    def backward(ctx, g_scale, g_shift, _g_inv, _g_active):  # type: ignore[no-untyped-def, override]
-        # scale = gamma^2 inv, shift = beta gamma inv; d inv / d gamma_j = -inv^2 where the clamp
-        # does not bind (active), else 0. With w = gamma inv and p = g_scale w + g_shift inv beta:
-        # g_gamma = p + g_scale w - active sum(w p), g_beta = g_shift inv gamma
-        gamma, beta, inv, active = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph: the backward is differentiated in turn
-            inv = guarded_inverse_sum(gamma, ctx.eps)
-        w = gamma * inv
-        g_scale_w = None if g_scale is None else g_scale * w
-        g_shift_inv = None if g_shift is None else g_shift * inv
-        if g_shift_inv is None:
-            p = g_scale_w
-        else:
-            p = g_shift_inv * beta if g_scale_w is None else torch.addcmul(g_scale_w, g_shift_inv, beta)
-        if p is None:
-            return None, None, None
-        g_gamma = _plus(p, g_scale_w) - torch.dot(w, p) * active
-        return g_gamma, None if g_shift_inv is None else g_shift_inv * gamma, None
-
-
-_RatioAffineCompiled = _without_jvp(_RatioAffine)
-
-
 def ratio_affine(gamma: torch.Tensor, beta: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """GroupNorm's affine with eq. 2's ratio folded in: ``(gamma * w, beta * w)``, each ``(C,)``.
 
-    ``w = gamma / sum(gamma)``, the sum's magnitude clamped to at least ``eps``, so that
+    ``w = gamma / sum(gamma)`` (:func:`~scconv_surgery.layers.reference.gamma_ratio`), so that
     ``norm(X) * (gamma * w) + beta * w`` is ``GN(X) * w`` (eqs. 1-3) in one ``group_norm``.
+    Plain autograd: a hand-written backward over ``(C,)`` vectors measured no faster.
     Pass float32 (or float64) parameters: weights up to ``|gamma| / eps`` stay finite there.
     """
-    if not torch.is_grad_enabled():
-        w = gamma * guarded_inverse_sum(gamma, eps)
-        return gamma * w, beta * w
-    function = _RatioAffineCompiled if torch.compiler.is_compiling() else _RatioAffine
-    scale, shift, _, _ = function.apply(gamma, beta, eps)
-    return scale, shift
+    w = gamma_ratio(gamma, eps)
+    return gamma * w, beta * w
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from enum import Enum
 from typing import Any
 
-__all__ = ["Variant", "StridePolicy", "ScConvConfig", "gn_group_count", "scconv_constraint_error", "cru_split"]
+__all__ = ["Variant", "StridePolicy", "MergePolicy", "ScConvConfig", "gn_group_count", "scconv_constraint_error", "cru_split"]
 
 
 class Variant(str, Enum):
@@ -26,6 +26,17 @@ class StridePolicy(str, Enum):
     INSIDE = "inside"  # GWC, PWC1, PWC2 take stride s; the reused channels are average-pooled by s
     POOL = "pool"  # AvgPool(s) first, then SCConv at stride 1 at the output resolution
     SKIP = "skip"  # strided convs are left alone
+
+
+class MergePolicy(str, Enum):
+    """Whether CRU runs eq. 5 (``Y1 = GWC(up) + PWC1(up)``) as one dense ``k x k`` conv whose
+    weight holds GWC's groups on the block diagonal and PWC1 in the centre tap, or as the
+    grouped conv and the 1x1 conv added. Same values; the merged conv does about 1.6x the
+    multiply-adds but is one kernel (it wins on GPUs, under compilers and at large maps)."""
+
+    AUTO = "auto"  # merged in compiled and exported graphs, two convs in eager forwards
+    ALWAYS = "always"  # merged everywhere
+    NEVER = "never"  # two convs everywhere
 
 
 @dataclass(frozen=True)

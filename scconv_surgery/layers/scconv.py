@@ -12,8 +12,9 @@ import torch
 from torch import nn
 
 from .config import ScConvConfig, StridePolicy
-from .cru import CRU
-from .sru import SRU
+from ._execution import fuses_sru_and_squeeze
+from .cru import make_cru
+from .sru import make_sru
 
 __all__ = ["ScConv"]
 
@@ -61,15 +62,25 @@ class ScConv(nn.Module):
         self.config = config
         pool_first = stride > 1 and config.stride_policy is StridePolicy.POOL
         self.pool = nn.AvgPool2d(stride, ceil_mode=True) if pool_first else nn.Identity()
-        self.sru = SRU(in_channels, gn_groups=config.gn_groups, gate_threshold=config.gate_threshold,
+        self.sru = make_sru(in_channels, gn_groups=config.gn_groups, gate_threshold=config.gate_threshold,
                        variant=config.variant, device=device, dtype=dtype)
-        self.cru = CRU(in_channels, out_channels, kernel_size=kernel_size,
+        self.cru = make_cru(in_channels, out_channels, kernel_size=kernel_size,
                        stride=1 if pool_first else stride, alpha=config.alpha,
                        squeeze_ratio=config.squeeze_ratio, gwc_groups=config.gwc_groups,
                        variant=config.variant, device=device, dtype=dtype)
+        # SRU and CRU's squeezes as one C++ kernel (NCHW CPU input): set by optimize_for_inference's timing
+        self.fuse_sru_squeeze = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.cru(self.sru(self.pool(x)))
+        x = self.pool(x)
+        if fuses_sru_and_squeeze(self, x):  # the C++ kernels: SRU's output is never written
+            sru, cru = self.sru, self.cru
+            scale, shift = sru.gate_affine(torch.float32)
+            grouped = cru.squeeze_weight.shape[1] != x.shape[1]
+            squeezed = torch.ops.scconv.sru_squeeze.default(x, scale, shift, sru.gn.num_groups, sru.gn.eps,
+                                                            sru.gate_threshold, cru.squeeze_weight, 2 if grouped else 1)
+            return cru.from_squeezed_with_kernels(squeezed)
+        return self.cru(self.sru(x))
 
     def extra_repr(self) -> str:
         c = self.config
