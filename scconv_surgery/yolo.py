@@ -40,6 +40,23 @@ from ultralytics.nn.modules import Conv  # noqa: E402
 from ultralytics.nn.tasks import DetectionModel, yaml_model_load  # noqa: E402
 
 from .errors import ModelArgumentError, OutputPathError, UnknownModelError, WeightsFileError  # noqa: E402
+
+
+def _restore_pil_open() -> None:
+    """Undo ultralytics' replacement of ``PIL.Image.open`` (ultralytics/utils/patches.py), which on an
+    image Pillow cannot identify pip-installs ``pi-heif`` at run time (and, offline, raises
+    ModuleNotFoundError): scconv installs nothing while it runs, and names an unreadable
+    calibration image instead. ultralytics keeps PIL's original as ``patches._image_open``."""
+    from PIL import Image
+    from ultralytics.utils import patches
+
+    original = getattr(patches, "_image_open", None)
+    if original is not None and getattr(Image.open, "__module__", None) == patches.__name__:
+        Image.open = original
+
+
+_restore_pil_open()
+
 from .fuse import fold_batchnorm  # noqa: E402
 from .layers import ScConv  # noqa: E402
 from .weights import WeightsKind, WeightsSource, file_sha256  # noqa: E402

@@ -10,9 +10,8 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-pytest.importorskip("ultralytics")
-
-from ultralytics import YOLO  # noqa: E402
+if importlib.util.find_spec("ultralytics") is None:  # the optional extra 'yolo'
+    pytest.skip("ultralytics is not installed (pip install -e '.[yolo]')", allow_module_level=True)
 
 from scconv_surgery import load, read_checkpoint  # noqa: E402
 from scconv_surgery.cli.app import app  # noqa: E402
@@ -20,7 +19,18 @@ from scconv_surgery.errors import MissingExtraError, UnknownModelError, WeightsF
 from scconv_surgery.fuse import FusedScConv  # noqa: E402
 from scconv_surgery.layers import ScConv  # noqa: E402
 from scconv_surgery.models import ModelSource, create_model, rebuild_base  # noqa: E402
-from scconv_surgery.yolo import ScConvDetectionModel, ScConvDetectionTrainer, read_yolo_checkpoint  # noqa: E402
+
+
+def YOLO(*args):  # noqa: N802 (ultralytics' name); imported when a test runs, not when pytest collects
+    from ultralytics import YOLO as _YOLO
+
+    return _YOLO(*args)
+
+
+def yolo_module():
+    from scconv_surgery import yolo
+
+    return yolo
 
 runner = CliRunner()
 SIZE = "3x64x64"
@@ -72,7 +82,7 @@ def converted(tmp_path_factory, dense_pt):
 def test_yolov8n_and_yolo11n_build_by_yaml_name_offline_with_nc():
     for name, nc in (("yolov8n.yaml", 3), ("yolo11n.yaml", 80)):
         model, source = create_model(f"ultralytics:{name}", num_classes=nc if nc != 80 else None)
-        assert isinstance(model, ScConvDetectionModel) and not model.training
+        assert isinstance(model, yolo_module().ScConvDetectionModel) and not model.training
         assert model.yaml["nc"] == nc and model.model[-1].nc == nc
         assert source.library == "ultralytics" and source.name == name
 
@@ -124,7 +134,7 @@ def test_a_missing_extra_exits_2_naming_the_pip_command(tmp_path, monkeypatch):
 
 def test_a_trusted_pt_carries_its_weights_and_records_them(dense_pt):
     with pytest.raises(WeightsFileError, match="runs code") as err:
-        read_yolo_checkpoint(dense_pt)
+        yolo_module().read_yolo_checkpoint(dense_pt)
     assert err.value.untrusted_pickle
     model, record = rebuild_base(ModelSource.parse(f"ultralytics:{dense_pt}", trust_pickle=True))
     dense = torch.load(dense_pt, weights_only=False)["model"]
@@ -146,7 +156,7 @@ def test_load_rebuilds_from_the_yaml_and_fuse_keeps_the_outputs(converted, dense
     assert [d.name for d in manifest.plan.replaced] == YOLOV8N_BOTTLENECKS
     assert manifest.source.weights.sha256 == hashlib.sha256(dense_pt.read_bytes()).hexdigest()
     model = load(out)
-    assert isinstance(model, ScConvDetectionModel) and model.yaml["nc"] == 2
+    assert isinstance(model, yolo_module().ScConvDetectionModel) and model.yaml["nc"] == 2
     x = x64()
     with torch.no_grad():
         before = model(x)[0]
@@ -189,11 +199,18 @@ def test_yolo_trains_a_few_steps_and_validates(converted, tmp_path):
     args = dict(data=str(data), imgsz=64, batch=2, workers=0, plots=False, device="cpu", verbose=False,
                 project=str(tmp_path / "runs"), exist_ok=True)
     yolo = YOLO(str(yolo_out))
-    yolo.train(trainer=ScConvDetectionTrainer, epochs=1, amp=False, name="train", **args)
+    yolo.train(trainer=yolo_module().ScConvDetectionTrainer, epochs=1, amp=False, name="train", **args)
     assert sum(isinstance(m, ScConv) for m in yolo.model.modules()) == len(YOLOV8N_BOTTLENECKS)
     assert (tmp_path / "runs" / "train" / "weights" / "last.pt").is_file()
     metrics = yolo.val(name="val", **args)
     assert 0.0 <= metrics.box.map50 <= 1.0
+
+
+def test_importing_ultralytics_leaves_pil_open_alone():
+    from PIL import Image
+
+    yolo_module()
+    assert Image.open.__module__.startswith("PIL")  # no pip install of pi-heif on an unreadable image
 
 
 def test_calibration_on_a_folder_of_images(tmp_path, dense_pt):
