@@ -182,8 +182,10 @@ def build_detection_model(name: str, kwargs: Mapping[str, Any]) -> ScConvDetecti
     if head not in ("Detect", "v10Detect"):
         raise UnknownModelError(f"ultralytics:{name}", problem=f"its head is {head!r}; only detection models "
                                 "(a Detect head) are supported")
+    if nc is not None:
+        cfg["nc"] = nc  # what DetectionModel(nc=) does, without its log line
     with _logs_to_stderr():
-        return ScConvDetectionModel(cfg, ch=int(kwargs.get("ch", 3)), nc=nc, verbose=False).eval()
+        return ScConvDetectionModel(cfg, ch=int(kwargs.get("ch", 3)), verbose=False).eval()
 
 
 def read_yolo_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -264,7 +266,14 @@ def rebuild_yolo_base(source: Any, *, trust_pickle: bool = False) -> tuple[ScCon
         if weights.path is None:
             raise WeightsFileError(str(weights.name), "the model was built from this weights file, which is needed "
                                    "again to rebuild it; pass its path")
-        weights = replace(load_weights_file(model, weights.path), seed=weights.seed)
+        try:
+            weights = replace(load_weights_file(model, weights.path), seed=weights.seed)
+        except WeightsFileError as err:
+            if "pickled" not in err.problem:
+                raise
+            raise WeightsFileError(err.path, f"{err.problem}. A YOLO checkpoint (.pt) is read as the model itself: name "
+                                   f"it 'ultralytics:{weights.path}' and allow reading the pickle (trust_pickle=True)",
+                                   untrusted_pickle=True) from err
     return model.eval(), ModelSource("ultralytics", source.name, kwargs, weights)
 
 

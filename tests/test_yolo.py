@@ -112,6 +112,9 @@ def test_bad_inputs_exit_2_naming_the_input_and_the_fix_and_write_nothing(tmp_pa
         ([f"ultralytics:{dense_pt}"], ["dense.pt", "runs code", "--trust-pickle"]),
         (["ultralytics:state_dict.pt", "--trust-pickle"], ["state_dict.pt", "not a YOLO detection checkpoint"]),
         (["resnet18", "--yolo-out", "y.pt"], ["y.pt", "ultralytics:MODEL.yaml"]),
+        (["ultralytics:yolov8n.yaml", "--weights", str(dense_pt)], ["dense.pt", f"ultralytics:{dense_pt}",
+                                                                    "--trust-pickle"]),
+        (["ultralytics:yolov8n-seg.yaml"], ["yolov8n-seg.yaml", "only detection models"]),
     ]
     for args, words in cases:
         result = invoke("convert", *args, "--input-size", SIZE, "--out", "out.pt")
