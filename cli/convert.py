@@ -120,8 +120,10 @@ def parse_model_kwargs(items: list[str] | None) -> dict[str, Any]:
 def convert(
     model: Annotated[str | None, typer.Argument(
         metavar="MODEL", help="Model name: 'resnet50' (timm first, then torchvision), 'timm:NAME' (with a "
-        "pretrained tag: timm:resnet50.a1_in1k), 'torchvision:NAME', or 'hf-hub:ORG/REPO' (timm, from the Hugging "
-        "Face cache first). Omit it with --factory.", show_default=False)] = None,
+        "pretrained tag: timm:resnet50.a1_in1k), 'torchvision:NAME', 'hf-hub:ORG/REPO' (timm, from the Hugging "
+        "Face cache first), 'ultralytics:yolov8n.yaml' (a YOLO model YAML, shipped or a path; needs the 'yolo' extra) "
+        "or 'ultralytics:FILE.pt' (a YOLO checkpoint, with --trust-pickle). Omit it with --factory.",
+        show_default=False)] = None,
     *,
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", metavar="FILE", help="Checkpoint to write: .pt/.pth or .safetensors. Required unless --dry-run.",
@@ -139,7 +141,8 @@ def convert(
         "Repeatable.", show_default=False)] = None,
     preset: Annotated[Preset | None, typer.Option(
         help="Rules that go first: 'paper' = the paper's ResNet placement (conv2 of each residual block); "
-        "'all' = every eligible conv (the default).", show_default=False)] = None,
+        "'all' = every eligible conv (the default); 'yolo' = the bottleneck convs of ultralytics' C2f / C3k2 blocks.",
+        show_default=False)] = None,
     rules_file: Annotated[Path | None, typer.Option(
         "--rules", metavar="FILE", help="Rules file (.yaml, .yml or .toml): ordered include/exclude rules with structural filters "
         "and hyperparameters. --include/--exclude add to its rules.", show_default=False, dir_okay=False)] = None,
@@ -157,8 +160,15 @@ def convert(
         metavar="FILE", help="Start from a local weights file: a state_dict (.pt, .pth, .bin, .safetensors) or a timm/torchvision "
         "training checkpoint.", show_default=False, dir_okay=False)] = None,
     num_classes: Annotated[int | None, typer.Option(
-        metavar="N", help="Classifier size passed to the model constructor.", min=1, max=1_000_000,
-        show_default=False)] = None,
+        metavar="N", help="Classifier size passed to the model constructor (a YOLO model's 'nc').", min=1,
+        max=1_000_000, show_default=False)] = None,
+    trust_pickle: Annotated[bool, typer.Option(
+        "--trust-pickle", metavar=FLAG, help="Allow reading an 'ultralytics:FILE.pt' model: a YOLO checkpoint is a "
+        "pickle, and reading it RUNS CODE from the file. Only for files you trust.")] = False,
+    yolo_out: Annotated[Path | None, typer.Option(
+        "--yolo-out", metavar="FILE.pt", help="Also write the converted ultralytics model in ultralytics' own .pt "
+        "format (a pickle, which YOLO(FILE.pt) loads, predicts, validates and exports), with the manifest inside.",
+        show_default=False, dir_okay=False)] = None,
     factory: Annotated[str | None, typer.Option(
         metavar="MODULE:FUNCTION", help="Build your own model: the function (e.g. mypkg.models:build) is called "
         "with --model-kwargs and --num-classes; the working directory is importable. Recorded so that load() "
@@ -237,7 +247,8 @@ def convert(
                           WeightsSource.file(weights) if weights is not None else WeightsSource.random(seed))
         if num_classes is not None:
             kwargs["num_classes"] = num_classes
-        source = (ModelSource.parse(model, weights=weights_source, kwargs=kwargs) if model is not None
+        source = (ModelSource.parse(model, weights=weights_source, kwargs=kwargs, trust_pickle=trust_pickle)
+                  if model is not None
                   else ModelSource.factory(factory, weights=weights_source, kwargs=kwargs))  # type: ignore[arg-type]
         destination = DryRun(out, overwrite=force) if dry_run else WriteCheckpoint(out, overwrite=force)  # type: ignore[arg-type]
         selection = selection_config(select=select, margin=select_margin,
@@ -253,7 +264,8 @@ def convert(
         result = run_conversion(source, output=destination, rules=rules, config=config, strict_paper=strict_paper,
                                 input_size=size, seed=seed, allow_unmatched=allow_unmatched,
                                 count_elementwise=count_elementwise, reset_bn_stats=reset_bn_stats,
-                                calibration=calibration, selection=selection, on_step=step, on_fit=fit)
+                                calibration=calibration, selection=selection, yolo_output=yolo_out,
+                                on_step=step, on_fit=fit)
     for warning in result.warnings:
         output.warn(warning)
     if json_output:

@@ -148,6 +148,8 @@ def hint(err: BaseException) -> str | None:
             text += "; give each pattern its own --include"
         return text
     if isinstance(err, UnknownModelError):
+        if err.name.startswith("ultralytics:"):
+            return None
         return "for your own model, pass --factory package.module:function"
     if isinstance(err, ModelForwardError):
         return "check --input-size (its C must match the model's input channels)"
@@ -155,6 +157,8 @@ def hint(err: BaseException) -> str | None:
         return "pass --force to overwrite it"
     if isinstance(err, CheckpointError) and err.found is not None:
         return "create a checkpoint with 'scconv convert MODEL --out FILE'"
+    if isinstance(err, WeightsFileError) and err.untrusted_pickle:
+        return "pass --trust-pickle if you trust the file (reading it runs code from it)"
     if isinstance(err, WeightsFileError) and err.classifier_only:
         return "pass --num-classes N to re-initialise the classifier"
     if isinstance(err, NothingSelectedError) and _chose_nothing(err.plan):

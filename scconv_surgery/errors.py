@@ -31,6 +31,7 @@ __all__ = [
     "DeviceError",
     "SelectionError",
     "ProfileMismatchError",
+    "MissingExtraError",
 ]
 
 
@@ -62,10 +63,11 @@ class UnknownModelError(ScconvError, LookupError):
         self.name = name
         self.suggestions = tuple(dict.fromkeys(suggestions))  # unique, order kept
         hint = f" Did you mean: {', '.join(self.suggestions)}?" if self.suggestions else ""
-        super().__init__(
-            f"unknown model {name!r}: {problem}.{hint} "
-            "Use 'timm:NAME' or 'torchvision:NAME' to pick a library, or 'factory:package.module:function' for "
-            "your own model.", problem)
+        advice = ("Name a model YAML that ultralytics ships (e.g. 'ultralytics:yolov8n.yaml') or a path to one."
+                  if name.startswith("ultralytics:") else
+                  "Use 'timm:NAME' or 'torchvision:NAME' to pick a library, or 'factory:package.module:function' for "
+                  "your own model.")
+        super().__init__(f"unknown model {name!r}: {problem}.{hint} {advice}", problem)
 
 
 class PretrainedWeightsError(ScconvError, OSError):
@@ -90,14 +92,18 @@ class WeightsFileError(ScconvError, ValueError):
         missing_keys: model keys the file lacks (empty when the file itself is the problem).
         unexpected_keys: file keys the model lacks.
         classifier_only: only the classifier's shapes differ (another ``num_classes``).
+        untrusted_pickle: the file is a pickle (a YOLO ``.pt``) that is read only on request
+            (``trust_pickle=True``).
     """
 
     def __init__(self, path: str, problem: str, missing_keys: Sequence[str] = (),
-                 unexpected_keys: Sequence[str] = (), *, classifier_only: bool = False):
+                 unexpected_keys: Sequence[str] = (), *, classifier_only: bool = False,
+                 untrusted_pickle: bool = False):
         self.path = path
         self.missing_keys = tuple(missing_keys)
         self.unexpected_keys = tuple(unexpected_keys)
         self.classifier_only = classifier_only
+        self.untrusted_pickle = untrusted_pickle
         super().__init__(f"weights file {path!r}: {problem}", problem)
 
 
@@ -356,3 +362,20 @@ class ProfileMismatchError(ScconvError, ValueError):
     def __init__(self, path: str, problem: str):
         self.path = path
         super().__init__(f"profile {path!r}: {problem}", problem)
+
+
+class MissingExtraError(ScconvError, ImportError):
+    """An optional dependency that a request needs is not installed.
+
+    Attributes:
+        name: the optional extra that installs it, e.g. ``"yolo"``.
+        package: the missing package, e.g. ``"ultralytics"``.
+        install: the command that installs the extra.
+    """
+
+    def __init__(self, name: str, package: str, needed_for: str):
+        self.name = name
+        self.package = package
+        self.install = f"pip install 'scconv-surgery[{name}]'"
+        problem = f"{needed_for} needs the package {package!r}, which is not installed; install it with: {self.install}"
+        super().__init__(problem, problem)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import importlib
+import importlib.util
 import inspect
 import math
 import os
@@ -22,6 +23,7 @@ from torch import nn
 
 from .errors import (
     FactoryError,
+    MissingExtraError,
     ModelArgumentError,
     PretrainedWeightsError,
     ScconvError,
@@ -34,6 +36,7 @@ __all__ = ["WeightsKind", "WeightsSource", "ModelSource", "create_model", "rebui
            "default_input_size", "check_model_kwargs", "DEFAULT_INPUT_SIZE"]
 
 LIBRARIES = ("timm", "torchvision")
+ULTRALYTICS = "ultralytics"  # YOLO model YAMLs and .pt files (the optional extra "yolo"; never a bare name)
 # timm's model sources (timm: parse_model_name in timm/models/_factory.py): the rest of the name is
 # a Hugging Face Hub repo id (read from the local cache first) or a folder with config.json.
 TIMM_SOURCES = ("hf-hub:", "hf_hub:", "local-dir:")
@@ -50,38 +53,47 @@ class ModelSource:
     and a manifest stores), ``library`` is set and ``weights`` says what was loaded.
 
     Attributes:
-        library: ``"timm"``, ``"torchvision"``, ``"factory"``, or None (resolve the name).
+        library: ``"timm"``, ``"torchvision"``, ``"ultralytics"``, ``"factory"``, or None
+            (resolve the name).
         name: the model name in that library (a timm name may carry a ``.tag``; a timm source
             such as ``hf-hub:org/repo``); for a factory, ``"package.module:function"``.
         kwargs: constructor keyword arguments, e.g. ``{"num_classes": 10}``.
         weights: where the weights come from (:class:`WeightsSource`).
+        trust_pickle: a request only (not recorded): an ``ultralytics:FILE.pt`` may be read,
+            which runs code from the file.
     """
 
     library: str | None
     name: str
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     weights: WeightsSource = field(default_factory=WeightsSource)
+    trust_pickle: bool = field(default=False, compare=False)  # a request may read a pickled YOLO .pt (runs code)
 
     @classmethod
     def parse(cls, text: str, *, weights: WeightsSource | None = None,
-              kwargs: Mapping[str, Any] | None = None) -> ModelSource:
+              kwargs: Mapping[str, Any] | None = None, trust_pickle: bool = False) -> ModelSource:
         """A request from a model name: ``resnet50``, ``timm:NAME``, ``torchvision:NAME``,
         ``hf-hub:ORG/REPO`` / ``local-dir:PATH`` (timm's sources) or
-        ``factory:package.module:function``.
+        ``factory:package.module:function``, or ``ultralytics:MODEL.yaml`` (a YOLO model YAML that
+        ultralytics ships, or a path to one) / ``ultralytics:FILE.pt`` (a YOLO checkpoint: a
+        pickle, read only with ``trust_pickle=True``).
 
         Raises:
             UnknownModelError: a prefix that is not a library (``foo:bar``).
         """
         weights = weights or WeightsSource()
         kwargs = dict(kwargs or {})
+        if text.startswith(f"{ULTRALYTICS}:"):
+            return cls(ULTRALYTICS, text.partition(":")[2], kwargs, weights, trust_pickle)
         if text.removeprefix("timm:").startswith(TIMM_SOURCES):
             return cls("timm", text.removeprefix("timm:"), kwargs, weights)
         library, sep, model_name = text.partition(":")
         if not sep:
             return cls(None, text, kwargs, weights)
-        if library not in (*LIBRARIES, FACTORY):
+        if library not in (*LIBRARIES, FACTORY, ULTRALYTICS):
             raise UnknownModelError(text, [f"{lib}:{model_name}" for lib in LIBRARIES],
-                                    problem=f"{library!r} is not a library prefix (timm:, torchvision: or factory:)")
+                                    problem=f"{library!r} is not a library prefix (timm:, torchvision:, ultralytics: "
+                                    "or factory:)")
         return cls(library, model_name, kwargs, weights)
 
     @classmethod
@@ -129,11 +141,12 @@ def _resolve(source: ModelSource) -> tuple[str, str]:
     import timm
 
     library, model_name = source.library or "", source.name
-    if library == FACTORY or (library == "timm" and model_name.startswith(TIMM_SOURCES)):
+    if library in (FACTORY, ULTRALYTICS) or (library == "timm" and model_name.startswith(TIMM_SOURCES)):
         return library, model_name
     if library and library not in LIBRARIES:
         raise UnknownModelError(source.display_name, [f"{lib}:{model_name}" for lib in LIBRARIES],
-                                problem=f"{library!r} is not a library prefix (timm:, torchvision: or factory:)")
+                                problem=f"{library!r} is not a library prefix (timm:, torchvision:, ultralytics: or "
+                                "factory:)")
     if library in ("", "timm") and timm.is_model(model_name):
         _check_timm_tag(source.display_name, model_name)
         return "timm", model_name
@@ -195,6 +208,19 @@ def _import_factory(factory: str) -> Any:
     if not callable(fn):
         raise FactoryError(factory, f"module {module_name!r} has no function {attr!r}")
     return fn
+
+
+def _yolo() -> Any:
+    """The ultralytics module (:mod:`scconv_surgery.yolo`), imported on first use.
+
+    Raises:
+        MissingExtraError: ultralytics is not installed (the optional extra ``yolo``).
+    """
+    if importlib.util.find_spec("ultralytics") is None:
+        raise MissingExtraError("yolo", "ultralytics", "an 'ultralytics:' model")
+    from . import yolo
+
+    return yolo
 
 
 def _build(library: str, name: str, kwargs: Mapping[str, Any], pretrained: bool) -> nn.Module:
@@ -341,6 +367,8 @@ def rebuild_base(source: ModelSource) -> tuple[nn.Module, ModelSource]:
     weights = source.weights
     kwargs = dict(source.kwargs)
     check_model_kwargs(source.display_name, kwargs)
+    if source.library == ULTRALYTICS:
+        return _yolo().rebuild_yolo_base(source, trust_pickle=source.trust_pickle)
     library, model_name = _resolve(source)
     if weights.kind is WeightsKind.FILE and weights.path is None:
         raise WeightsFileError(str(weights.name), "the model was built from this weights file, which is needed "
@@ -399,6 +427,8 @@ def build_model(source: ModelSource) -> nn.Module:
         UnknownModelError: the installed timm / torchvision does not know ``source.name``, or a
             ``hf-hub:`` model's config is neither cached nor downloadable.
     """
+    if source.library == ULTRALYTICS:
+        return _yolo().build_detection_model(source.name, source.kwargs)
     library, name = _resolve(source)
     try:
         return _build(library, name, source.kwargs, pretrained=False).eval()
@@ -414,6 +444,8 @@ def default_input_size(model: nn.Module, source: ModelSource | None = None) -> t
     timm's ``pretrained_cfg["input_size"]``; for torchvision, the crop size of the default
     weights' transforms (299 for inception_v3); else ``(3, 224, 224)``.
     """
+    if source is not None and source.library == ULTRALYTICS:
+        return (3, 640, 640)  # ultralytics' default imgsz
     cfg = getattr(model, "pretrained_cfg", None)
     if isinstance(cfg, Mapping) and cfg.get("input_size"):
         return tuple(int(v) for v in cfg["input_size"])  # type: ignore[return-value]

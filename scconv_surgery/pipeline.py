@@ -23,7 +23,7 @@ from .errors import NothingSelectedError, OutputPathError, UnmatchedRuleError
 from .finetune import gradient_free_parameters, new_parameter_names, reset_batchnorm_stats, stale_batchnorms
 from .layers import ScConvConfig
 from .manifest import Manifest
-from .models import ModelSource, build_model, default_input_size, rebuild_base
+from .models import ULTRALYTICS, ModelSource, build_model, default_input_size, rebuild_base
 from .plan import Plan, plan_conversion
 from .probe import probe_model
 from .rules import Rule, RuleAction
@@ -156,11 +156,31 @@ def _destination(output: Destination | str | os.PathLike | None) -> Destination:
     return WriteCheckpoint(Path(output))
 
 
+def _check_yolo_output(yolo_output: str | os.PathLike | None, source: ModelSource, destination: Destination,
+                       out_path: Path | None) -> Path | None:
+    """The checked path of the YOLO ``.pt`` to write, or None."""
+    if yolo_output is None:
+        return None
+    if source.library != ULTRALYTICS:
+        raise OutputPathError(str(yolo_output), f"a YOLO checkpoint holds an ultralytics model; "
+                              f"{source.display_name!r} is not one (name it 'ultralytics:MODEL.yaml')")
+    from .models import _yolo
+
+    path = _yolo().check_yolo_output_path(yolo_output, overwrite=destination.overwrite)
+    if out_path is not None and path.resolve() == out_path.resolve():
+        raise OutputPathError(str(path), "is also the checkpoint's path; give the YOLO checkpoint its own file")
+    weights_path = source.weights.path or (Path(source.name) if source.name.endswith(".pt") else None)
+    if weights_path is not None and path.resolve() == Path(weights_path).resolve():
+        raise OutputPathError(str(path), "is the base model's file; write the YOLO checkpoint elsewhere")
+    return path
+
+
 def run_conversion(model: ModelSource | str, *, output: Destination | str | os.PathLike | None = None,
                    rules: Sequence[Rule] = (), config: ScConvConfig | None = None, strict_paper: bool = False,
                    input_size: tuple[int, int, int] | None = None, seed: int = 0, allow_unmatched: bool = False,
                    count_elementwise: bool = False, reset_bn_stats: bool = False,
                    calibration: CalibrationConfig | None = None, selection: SelectionConfig | None = None,
+                   yolo_output: str | os.PathLike | None = None,
                    on_step: Callable[[str], None] = noop,
                    on_fit: Callable[[str, int, int, float], None] = noop) -> ConversionResult:
     """Convert a model and save a checkpoint: ``scconv convert`` as a function.
@@ -193,6 +213,11 @@ def run_conversion(model: ModelSource | str, *, output: Destination | str | os.P
             is reused, checked to be of this model and device), the chosen set becomes exact-name
             rules that plan the conversion (and, if asked, a rules file), and the converted network
             is timed end to end against the original; the device is checked before any work.
+        yolo_output: for an ``ultralytics:`` model, also write the converted model in
+            ultralytics' own ``.pt`` format (a pickle, which ``YOLO(path)`` loads;
+            :func:`~scconv_surgery.yolo.save_yolo_checkpoint`), with the manifest inside. The
+            path is checked first (overwritten only with the destination's ``overwrite``); a
+            dry run writes nothing.
         on_step: called with a short message as each step starts (progress display).
         on_fit: called after each calibration step with ``(layer, step, steps, loss)``.
 
@@ -200,8 +225,10 @@ def run_conversion(model: ModelSource | str, *, output: Destination | str | os.P
         A :class:`ConversionResult`.
 
     Raises:
-        OutputPathError: the output cannot be written, exists (without ``overwrite``) or is the
-            weights file (checked before any work).
+        OutputPathError: the output (or ``yolo_output``) cannot be written, exists (without
+            ``overwrite``) or is the weights file (checked before any work); ``yolo_output`` for a
+            model that is not an ultralytics one.
+        MissingExtraError: an ``ultralytics:`` model without ultralytics installed.
         UnknownModelError, PretrainedWeightsError, WeightsFileError, FactoryError,
             ModelArgumentError: see :func:`~scconv_surgery.models.rebuild_base`.
         UnmatchedRuleError: an include rule matched no conv (unless ``allow_unmatched``).
@@ -220,7 +247,9 @@ def run_conversion(model: ModelSource | str, *, output: Destination | str | os.P
     weights_path = source.weights.path
     if out_path is not None and weights_path is not None and Path(weights_path).resolve() == out_path.resolve():
         raise OutputPathError(str(out_path), "is the base weights file; write the checkpoint elsewhere")
-    images = check_calibration_source(source.weights.trained, calibration) if calibration else None
+    yolo_path = _check_yolo_output(yolo_output, source, destination, out_path)
+    trained = source.weights.trained or (source.library == ULTRALYTICS and source.name.endswith(".pt"))  # YOLO .pt
+    images = check_calibration_source(trained, calibration) if calibration else None
     saved_profile = _saved_profile(selection) if selection else None
     config = config or ScConvConfig()
     on_step(f"building {source.display_name}")
@@ -269,6 +298,11 @@ def run_conversion(model: ModelSource | str, *, output: Destination | str | os.P
                             stale_batchnorms=tuple(stale), reset_bn_stats=reset_bn_stats,
                             calibration=calibrated.to_dict() if calibrated else None)
         save_checkpoint(out_path, converted, manifest)
+        if yolo_path is not None:
+            from .yolo import save_yolo_checkpoint
+
+            on_step(f"saving {yolo_path}")
+            save_yolo_checkpoint(yolo_path, converted, manifest.to_dict(), overwrite=destination.overwrite)
     warnings = _plan_warnings(plan) + tuple(w for w in [selected.warning() if selected else None] if w)
     return ConversionResult(source, plan, report, converted, destination, seed, tuple(stale), reset_bn_stats,
                             calibrated, len(images.paths) if images else None, warnings, selected)

@@ -219,6 +219,9 @@ PRESETS: dict[str, tuple[Rule, ...]] = {
     # the paper's ResNet placement: conv2 of each residual block (the 3x3 of a bottleneck,
     # the second 3x3 of a basic block), as timm and torchvision name them
     "paper": (Rule(r"re:(.*\.)?layer\d+\.\d+\.conv2"),),
+    # ultralytics YOLO: the bottleneck convs inside C2f / C3k2 blocks (m.N.cv1.conv, m.N.cv2.conv;
+    # C3k2's nested C3k bottlenecks too), the community's C2f_ScConv / C3k2_ScConv placement
+    "yolo": (Rule(r"re:(.*\.)?m\.\d+\.cv[12]\.conv"),),
 }
 
 

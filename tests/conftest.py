@@ -3,13 +3,32 @@ from __future__ import annotations
 
 import collections
 import importlib.util
+import os
+import shutil
 import sys
+import tempfile
 import types
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
+
+_YOLO_CONFIG_DIR: str | None = None
+
+
+def pytest_configure(config):
+    """ultralytics (the yolo tests): no online checks or downloads, settings in a scratch folder."""
+    global _YOLO_CONFIG_DIR
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    if "YOLO_CONFIG_DIR" not in os.environ:
+        _YOLO_CONFIG_DIR = tempfile.mkdtemp(prefix="yolo-config-")
+        os.environ["YOLO_CONFIG_DIR"] = _YOLO_CONFIG_DIR
+
+
+def pytest_unconfigure(config):
+    if _YOLO_CONFIG_DIR:
+        shutil.rmtree(_YOLO_CONFIG_DIR, ignore_errors=True)
 
 
 class TinyConvNet(nn.Module):

@@ -118,3 +118,17 @@ def test_calibrate_digits_runs_end_to_end_and_reports_every_row(tmp_path, monkey
     assert document["rows"]["original"]["agreement"] == 1.0
     assert [layer["name"] for layer in document["calibration"]["layers"]] == [f"features.{i}.0" for i in range(1, 7)]
     assert [step for step, _ in document["finetune"]["calibrated"]["history"]] == [2, 4]
+
+
+def test_yolo_example_runs_offline_at_tiny_sizes(tmp_path, monkeypatch):
+    """examples/yolo.py: build, convert (yolo preset), YOLO(path) predict / train / val, fuse, ONNX."""
+    pytest.importorskip("ultralytics")
+    pytest.importorskip("onnxruntime")
+    monkeypatch.chdir(tmp_path)
+    module = load_script("examples/yolo.py")
+    report = module.main(["--out-dir", str(tmp_path / "demo"), "--imgsz", "64", "--images", "2", "--epochs", "1",
+                          "--batch", "2"])
+    assert report["replaced"] == 20  # yolov8n's C2f bottleneck convs
+    assert report["params"][1] < report["params"][0] and report["macs"][1] < report["macs"][0]
+    assert report["fuse_max_abs_diff"] < 1e-3 and report["onnx_max_abs_diff"] < 1e-3
+    assert (tmp_path / "demo" / "model.pt").is_file() and (tmp_path / "demo" / "model_yolo.pt").is_file()

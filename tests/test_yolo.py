@@ -1,0 +1,227 @@
+"""ultralytics YOLO models: by YAML name, from a trusted .pt, the yolo preset, fusing, and the
+round trip through ultralytics' own .pt (predict, train, val, ONNX export). Offline, at imgsz 64."""
+import hashlib
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+if importlib.util.find_spec("ultralytics") is None:  # the optional extra 'yolo'
+    pytest.skip("ultralytics is not installed (pip install -e '.[yolo]')", allow_module_level=True)
+
+from scconv_surgery import load, read_checkpoint  # noqa: E402
+from scconv_surgery.cli.app import app  # noqa: E402
+from scconv_surgery.errors import MissingExtraError, UnknownModelError, WeightsFileError  # noqa: E402
+from scconv_surgery.fuse import FusedScConv  # noqa: E402
+from scconv_surgery.layers import ScConv  # noqa: E402
+from scconv_surgery.models import ModelSource, create_model, rebuild_base  # noqa: E402
+
+
+def YOLO(*args):  # noqa: N802 (ultralytics' name); imported when a test runs, not when pytest collects
+    from ultralytics import YOLO as _YOLO
+
+    return _YOLO(*args)
+
+
+def yolo_module():
+    from scconv_surgery import yolo
+
+    return yolo
+
+runner = CliRunner()
+SIZE = "3x64x64"
+YOLOV8N_BOTTLENECKS = [f"model.{i}.m.{j}.cv{k}.conv" for i, n in ((2, 1), (4, 2), (6, 2), (8, 1), (12, 1), (15, 1),
+                                                                  (18, 1), (21, 1)) for j in range(n) for k in (1, 2)]
+
+
+def invoke(*args):
+    return runner.invoke(app, list(args))
+
+
+def images(folder, count, size=64):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        pixels = (np.random.default_rng(i).random((size, size, 3)) * 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i}.jpg")
+    return folder
+
+
+def x64(seed=0):
+    return torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def dense_pt(tmp_path_factory):
+    """A dense yolov8n (2 classes) saved by ultralytics itself, with BatchNorm statistics that are not 0/1."""
+    path = tmp_path_factory.mktemp("dense") / "dense.pt"
+    model = YOLO("yolov8n.yaml").model
+    torch.manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    torch.save({"model": model, "train_args": {"task": "detect"}}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory, dense_pt):
+    """``scconv convert ultralytics:dense.pt --trust-pickle --preset yolo --out --yolo-out``."""
+    folder = tmp_path_factory.mktemp("converted")
+    out, yolo_out = folder / "model.pt", folder / "model_yolo.pt"
+    result = invoke("convert", f"ultralytics:{dense_pt}", "--trust-pickle", "--preset", "yolo", "--input-size", SIZE,
+                    "--num-classes", "2", "--out", str(out), "--yolo-out", str(yolo_out), "--json")
+    assert result.exit_code == 0, result.output
+    return out, yolo_out, json.loads(result.stdout)
+
+
+def test_yolov8n_and_yolo11n_build_by_yaml_name_offline_with_nc():
+    for name, nc in (("yolov8n.yaml", 3), ("yolo11n.yaml", 80)):
+        model, source = create_model(f"ultralytics:{name}", num_classes=nc if nc != 80 else None)
+        assert isinstance(model, yolo_module().ScConvDetectionModel) and not model.training
+        assert model.yaml["nc"] == nc and model.model[-1].nc == nc
+        assert source.library == "ultralytics" and source.name == name
+
+
+def test_a_yaml_path_builds(tmp_path):
+    from ultralytics.nn.tasks import yaml_model_load
+    import yaml
+
+    cfg = {k: v for k, v in yaml_model_load("yolov8n.yaml").items() if k not in ("yaml_file", "scale")}
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump({**cfg, "scale": "n"}))
+    model, source = create_model(f"ultralytics:{path}", model_kwargs={"nc": 4})
+    assert model.yaml["nc"] == 4 and source.name == str(path)
+
+
+def test_unknown_yaml_is_named_with_close_names():
+    with pytest.raises(UnknownModelError, match="ultralytics ships no model YAML") as err:
+        create_model("ultralytics:yolov8q.yaml")
+    assert "ultralytics:yolov8.yaml" in err.value.suggestions
+
+
+def test_bad_inputs_exit_2_naming_the_input_and_the_fix_and_write_nothing(tmp_path, monkeypatch, dense_pt):
+    monkeypatch.chdir(tmp_path)
+    torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "state_dict.pt")
+    cases = [
+        (["ultralytics:missing.yaml"], ["missing.yaml", "ships"]),
+        ([f"ultralytics:{dense_pt}"], ["dense.pt", "runs code", "--trust-pickle"]),
+        (["ultralytics:state_dict.pt", "--trust-pickle"], ["state_dict.pt", "not a YOLO detection checkpoint"]),
+        (["resnet18", "--yolo-out", "y.pt"], ["y.pt", "ultralytics:MODEL.yaml"]),
+        (["ultralytics:yolov8n.yaml", "--weights", str(dense_pt)], ["dense.pt", f"ultralytics:{dense_pt}",
+                                                                    "--trust-pickle"]),
+        (["ultralytics:yolov8n-seg.yaml"], ["yolov8n-seg.yaml", "only detection models"]),
+    ]
+    for args, words in cases:
+        result = invoke("convert", *args, "--input-size", SIZE, "--out", "out.pt")
+        assert result.exit_code == 2, result.output
+        assert result.stdout == "" and "Traceback" not in result.stderr
+        for word in words:
+            assert word in result.stderr.replace("\n", ""), (args, result.stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state_dict.pt"]
+
+
+def test_a_missing_extra_exits_2_naming_the_pip_command(tmp_path, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ultralytics" else real(name, *a))
+    with pytest.raises(MissingExtraError, match=r"pip install 'scconv-surgery\[yolo\]'"):
+        create_model("ultralytics:yolov8n.yaml")
+    result = invoke("convert", "ultralytics:yolov8n.yaml", "--out", str(tmp_path / "m.pt"))
+    assert result.exit_code == 2 and "pip install 'scconv-surgery[yolo]'" in result.stderr.replace("\n", "")
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_a_trusted_pt_carries_its_weights_and_records_them(dense_pt):
+    with pytest.raises(WeightsFileError, match="runs code") as err:
+        yolo_module().read_yolo_checkpoint(dense_pt)
+    assert err.value.untrusted_pickle
+    model, record = rebuild_base(ModelSource.parse(f"ultralytics:{dense_pt}", trust_pickle=True))
+    dense = torch.load(dense_pt, weights_only=False)["model"]
+    torch.testing.assert_close(model.state_dict(), dense.state_dict())
+    assert record.weights.kind.value == "file" and record.weights.name == "dense.pt"
+    assert record.weights.sha256 == hashlib.sha256(dense_pt.read_bytes()).hexdigest()
+    assert record.kwargs["cfg"]["backbone"] == dense.yaml["backbone"]
+
+
+def test_the_yolo_preset_replaces_the_c2f_bottleneck_convs(converted):
+    _, _, doc = converted
+    replaced = [d["name"] for d in doc["plan"]["decisions"] if d["action"] == "replace"]
+    assert replaced == YOLOV8N_BOTTLENECKS
+
+
+def test_load_rebuilds_from_the_yaml_and_fuse_keeps_the_outputs(converted, dense_pt):
+    out, _, doc = converted
+    manifest = read_checkpoint(out).manifest
+    assert [d.name for d in manifest.plan.replaced] == YOLOV8N_BOTTLENECKS
+    assert manifest.source.weights.sha256 == hashlib.sha256(dense_pt.read_bytes()).hexdigest()
+    model = load(out)
+    assert isinstance(model, yolo_module().ScConvDetectionModel) and model.yaml["nc"] == 2
+    x = x64()
+    with torch.no_grad():
+        before = model(x)[0]
+        fused = model.fuse(verbose=False)
+        after = fused(x)[0]
+    assert sum(isinstance(m, FusedScConv) for m in fused.modules()) == len(YOLOV8N_BOTTLENECKS)
+    assert fused.is_fused()
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-3)
+
+
+def test_yolo_loads_the_pt_predicts_and_exports_onnx(converted, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    out, yolo_out, _ = converted
+    ckpt = torch.load(yolo_out, weights_only=False)
+    assert [d["name"] for d in ckpt["scconv_surgery"]["replaced"]] == YOLOV8N_BOTTLENECKS
+    yolo = YOLO(str(yolo_out))
+    assert sum(isinstance(m, ScConv) for m in yolo.model.modules()) == len(YOLOV8N_BOTTLENECKS)
+    pixels = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
+    assert len(yolo.predict(pixels, imgsz=64, verbose=False)) == 1
+    torch.testing.assert_close(yolo.model.state_dict(), load(out).state_dict())
+    onnx_path = yolo.export(format="onnx", imgsz=64, simplify=False, dynamic=False, verbose=False)
+    x = x64(1)
+    with torch.no_grad():
+        expected = load(out)(x)[0].numpy()
+    session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_yolo_trains_a_few_steps_and_validates(converted, tmp_path):
+    _, yolo_out, _ = converted
+    root = tmp_path / "data"
+    for split in ("train", "val"):
+        images(root / "images" / split, 2)
+        (root / "labels" / split).mkdir(parents=True)
+        for i in range(2):
+            (root / "labels" / split / f"{i}.txt").write_text(f"{i} 0.5 0.5 0.4 0.3\n")
+    data = tmp_path / "data.yaml"
+    data.write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames:\n  0: a\n  1: b\n")
+    args = dict(data=str(data), imgsz=64, batch=2, workers=0, plots=False, device="cpu", verbose=False,
+                project=str(tmp_path / "runs"), exist_ok=True)
+    yolo = YOLO(str(yolo_out))
+    yolo.train(trainer=yolo_module().ScConvDetectionTrainer, epochs=1, amp=False, name="train", **args)
+    assert sum(isinstance(m, ScConv) for m in yolo.model.modules()) == len(YOLOV8N_BOTTLENECKS)
+    assert (tmp_path / "runs" / "train" / "weights" / "last.pt").is_file()
+    metrics = yolo.val(name="val", **args)
+    assert 0.0 <= metrics.box.map50 <= 1.0
+
+
+def test_importing_ultralytics_leaves_pil_open_alone():
+    from PIL import Image
+
+    yolo_module()
+    assert Image.open.__module__.startswith("PIL")  # no pip install of pi-heif on an unreadable image
+
+
+def test_calibration_on_a_folder_of_images(tmp_path, dense_pt):
+    folder = images(tmp_path / "images", 3)
+    result = invoke("convert", f"ultralytics:{dense_pt}", "--trust-pickle", "--input-size", SIZE,
+                    "--include", r"re:model\.2\.m\.0\.cv[12]\.conv", "--calibrate", str(folder),
+                    "--calibrate-steps", "2", "--calibrate-batch-size", "2", "--out", str(tmp_path / "c.pt"), "--json")
+    assert result.exit_code == 0, result.output
+    layers = json.loads(result.stdout)["calibration"]["layers"]
+    assert [layer["name"] for layer in layers] == ["model.2.m.0.cv1.conv", "model.2.m.0.cv2.conv"]
+    assert all(np.isfinite(layer["error_before"]) and np.isfinite(layer["error_after"]) for layer in layers)
