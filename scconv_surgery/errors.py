@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["ScconvError", "UnknownModelError", "PretrainedWeightsError", "WeightsFileError", "NothingSelectedError", "UnmatchedRuleError", "InvalidRuleError", "OutputPathError", "CheckpointError", "ShapeMismatchError", "PlanMismatchError", "RulesFileError", "ModelArgumentError", "FactoryError", "ModelForwardError", "ImageDataError", "CalibrationError"]
+__all__ = ["ScconvError", "UnknownModelError", "PretrainedWeightsError", "WeightsFileError", "NothingSelectedError", "UnmatchedRuleError", "InvalidRuleError", "OutputPathError", "CheckpointError", "ShapeMismatchError", "PlanMismatchError", "RulesFileError", "ModelArgumentError", "FactoryError", "ModelForwardError", "ImageDataError", "CalibrationError", "ModelDataError"]
 
 
 class ScconvError(Exception):
@@ -278,3 +278,18 @@ class CalibrationError(ScconvError, ValueError):
     def __init__(self, problem: str, name: str | None = None):
         self.name = name
         super().__init__(f"calibration: {f'{name!r}: ' if name else ''}{problem}", problem)
+
+
+class ModelDataError(ScconvError, ValueError):
+    """A model whose tensors cannot be converted, counted or saved as they are: tensors without
+    data (built on the ``meta`` device), or quantised tensors.
+
+    Attributes:
+        name: the model.
+        tensors: the offending parameters and buffers (the first few).
+    """
+
+    def __init__(self, name: str, problem: str, tensors: Sequence[str] = ()):
+        self.name = name
+        self.tensors = tuple(tensors)
+        super().__init__(f"model {name!r}: {problem}", problem)

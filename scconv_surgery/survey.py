@@ -141,7 +141,7 @@ def build_model_on_meta(name: str) -> nn.Module:
     """
     try:
         with torch.device("meta"), _SkipInit():
-            return build_model(_source(name))
+            return build_model(_source(name), require_data=False)
     except (NotImplementedError, RuntimeError) as err:
         if "meta" not in str(err):
             raise

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ._probe import noop, tensor_leaves
+from ._probe import example_input, noop, tensor_leaves
 from .checkpoint import read_checkpoint
 from .errors import CheckpointError, ModelForwardError
 from .manifest import untouched_tensors
@@ -56,6 +56,13 @@ class VerifyResult:
 
 def _listed(items: list[str], limit: int = 5) -> str:
     return ", ".join(items[:limit]) + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+
+
+def _to_model(x: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
+    """``x`` on ``model``'s device and in its floating dtype (the first parameter decides, as for
+    every other step that runs a model: :func:`~scconv_surgery._probe.example_input`)."""
+    like = example_input(model, (0,))
+    return x.to(device=like.device, dtype=like.dtype)
 
 
 def _output_checks(out: Any, expected: Any) -> list[Check]:
@@ -122,8 +129,8 @@ def verify_checkpoint(path: str | os.PathLike, *, weights: str | os.PathLike | N
         x = torch.randn(2, *size)
     base = build_model(manifest.source)
     try:
-        with torch.no_grad():
-            out, expected = model(x), base(x)
+        with torch.no_grad():  # each model gets the input on its own device and in its floating dtype
+            out, expected = model(_to_model(x, model)), base(_to_model(x, base))
     except Exception as err:
         raise ModelForwardError(manifest.source.display_name, tuple(x.shape), f"{type(err).__name__}: {err}") from err
     checks += _output_checks(out, expected)
@@ -135,8 +142,7 @@ def verify_checkpoint(path: str | os.PathLike, *, weights: str | os.PathLike | N
         if comparison.equal:
             detail = f"{comparison.compared} untouched tensors equal the weights file"
         else:
-            replaced = tuple(f"{name}." for name in manifest.replaced_names)
-            extra = [k for k in source_weights if k not in state and not k.startswith(replaced)]
+            extra = [k for k in source_weights if k not in state and not k.startswith(manifest.replaced_prefixes)]
             detail = ", ".join(f"{len(keys)} {what} ({_listed(list(keys))})" for keys, what in (
                 (comparison.differ, "differ"), (comparison.missing, "missing from the file"),
                 (extra, "in the file but not in the model: weights of another architecture?")) if keys)
