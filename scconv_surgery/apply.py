@@ -168,7 +168,8 @@ def check_shapes(base: nn.Module | ModelProbe, converted: nn.Module, plan: Plan,
 
 
 def convert(model: nn.Module, rules: Sequence[Rule] = (), *, config: ScConvConfig | None = None,
-            strict_paper: bool = False, seed: int | None = 0, inplace: bool = False) -> tuple[nn.Module, Plan]:
+            strict_paper: bool = False, seed: int | None = 0, inplace: bool = False,
+            input_size: tuple[int, int, int] | None = None) -> tuple[nn.Module, Plan]:
     """Plan and apply SCConv replacements on any ``nn.Module``.
 
     Args:
@@ -180,12 +181,18 @@ def convert(model: nn.Module, rules: Sequence[Rule] = (), *, config: ScConvConfi
         seed: initialisation seed of the new modules.
         inplace: modify ``model`` itself; by default a deep copy is converted and ``model`` is
             left untouched.
+        input_size: ``(C, H, W)``: run ``model`` once on a dummy batch of this size before
+            planning (:func:`~scconv_surgery.probe.probe_model`), so that a conv whose parameters
+            another module's forward reads (``F.conv2d(x, self.conv.weight)``) is skipped as
+            ``shared_weight``; None plans without a forward, which finds only parameters that
+            another module holds (tied weights, shared storage).
 
     Returns:
         ``(converted model, plan)``.
 
     Raises:
         InvalidRuleError: a rule cannot be evaluated.
+        ModelForwardError: ``input_size`` is given and the forward fails on the dummy batch.
 
     Example:
         >>> import torchvision
@@ -193,6 +200,7 @@ def convert(model: nn.Module, rules: Sequence[Rule] = (), *, config: ScConvConfi
         >>> len(plan.replaced)  # the 3x3 conv of each of the 16 bottlenecks
         16
     """
-    plan = plan_conversion(model, rules, config=config, strict_paper=strict_paper)
+    probe = probe_model(model, input_size) if input_size is not None else None
+    plan = plan_conversion(model, rules, config=config, strict_paper=strict_paper, probe=probe)
     target = model if inplace else copy_model(model)
     return apply_plan(target, plan, seed=seed), plan

@@ -11,6 +11,7 @@ import torch
 
 from ._probe import example_input, noop, tensor_leaves
 from .checkpoint import read_checkpoint
+from .contracts import DataDependentShapes, data_dependent_leaves
 from .errors import CheckpointError, ModelForwardError
 from .manifest import untouched_tensors
 from .models import build_model
@@ -58,6 +59,11 @@ def _listed(items: list[str], limit: int = 5) -> str:
     return ", ".join(items[:limit]) + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
 
 
+def _shape_text(shape: tuple[int | str, ...]) -> str:
+    """``(2, 10)``, or ``(N, 4)`` for a data-dependent first dim."""
+    return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
+
+
 def _to_model(x: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
     """``x`` on ``model``'s device and in its floating dtype (the first parameter decides, as for
     every other step that runs a model: :func:`~scconv_surgery._probe.example_input`)."""
@@ -65,21 +71,32 @@ def _to_model(x: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
     return x.to(device=like.device, dtype=like.dtype)
 
 
-def _output_checks(out: Any, expected: Any) -> list[Check]:
-    """Shape and finiteness, tensor by tensor, of an output that may be nested (lists, dicts, ...)."""
-    got = [(path, tuple(t.shape)) for path, t in tensor_leaves(out)]
-    want = [(path, tuple(t.shape)) for path, t in tensor_leaves(expected)]
+def _contract(shape: tuple[int, ...], data_dependent: bool) -> tuple[int | str, ...]:
+    """What of a shape is a contract: all of it, or for a data-dependent leaf all but its first dim."""
+    return ("N", *shape[1:]) if data_dependent and shape else shape
+
+
+def _output_checks(out: Any, expected: Any, data_dependent: frozenset[str] = frozenset()) -> list[Check]:
+    """Shape and finiteness, tensor by tensor, of an output that may be nested (lists, dicts, ...).
+
+    ``data_dependent``: paths whose first dimension depends on the input's values
+    (:func:`~scconv_surgery.contracts.data_dependent_leaves`); that dimension is not compared."""
+    got = [(path, _contract(tuple(t.shape), path in data_dependent)) for path, t in tensor_leaves(out)]
+    want = [(path, _contract(tuple(t.shape), path in data_dependent)) for path, t in tensor_leaves(expected)]
+    note = (f"; the first dim of {len(data_dependent)} tensor(s) depends on the data (N: detections), not compared"
+            if data_dependent else "")
     if not got:
         return [Check("output shape", False, f"the output holds no tensor ({type(out).__name__})")]
     if [path for path, _ in got] == [path for path, _ in want] == ["output"]:  # one tensor
-        shape_check = Check("output shape", got == want, f"{got[0][1]} (base model: {want[0][1]})")
+        shape_check = Check("output shape", got == want, f"{got[0][1]} (base model: {want[0][1]}){note}")
     elif got == want:
         count = "1 tensor, of" if len(got) == 1 else f"{len(got)} tensors, each of"
         shape_check = Check("output shape", True, f"{count} the base model's shape: "
-                            + _listed([f"{path} {shape}" for path, shape in got]))
+                            + _listed([f"{path} {_shape_text(shape)}" for path, shape in got]) + note)
     else:
         base, own = dict(want), dict(got)
-        problems = {path: f"{path} {shape} (base model: {base[path] if path in base else 'absent'})"
+        problems = {path: f"{path} {_shape_text(shape)} (base model: "
+                          f"{_shape_text(base[path]) if path in base else 'absent'})"
                     for path, shape in got if base.get(path) != shape}
         problems.update({path: f"{path} missing" for path in base if path not in own})
         shape_check = Check("output shape", False, "differs from the base model's: " + _listed(list(problems.values())),
@@ -98,7 +115,9 @@ def verify_checkpoint(path: str | os.PathLike, *, weights: str | os.PathLike | N
     Checks: the checkpoint loads strictly; a forward at the recorded input size (batch 2,
     eval mode) gives the base model's output shape and finite values, tensor by tensor for
     outputs that are lists, tuples or dicts of tensors (timm ``features_only``, torchvision
-    segmentation, Inception's auxiliary logits); with ``weights``, every
+    segmentation, Inception's auxiliary logits); a tensor whose first dimension depends on the
+    data (a detector's boxes, scores, labels, masks, keypoints:
+    :mod:`scconv_surgery.contracts`) is compared on its other dimensions only; with ``weights``, every
     tensor outside the replaced modules equals the weights file's (except the classifier keys
     re-initialised for ``num_classes`` and BatchNorm statistics reset by ``--reset-bn-stats`` or
     re-estimated by calibration).
@@ -128,12 +147,15 @@ def verify_checkpoint(path: str | os.PathLike, *, weights: str | os.PathLike | N
         torch.manual_seed(0)
         x = torch.randn(2, *size)
     base = build_model(manifest.source)
+    shapes = DataDependentShapes()
     try:
         with torch.no_grad():  # each model gets the input on its own device and in its floating dtype
-            out, expected = model(_to_model(x, model)), base(_to_model(x, base))
+            out = model(_to_model(x, model))
+            with shapes:  # which of the base model's output sizes depend on the data (detections)
+                expected = base(_to_model(x, base))
     except Exception as err:
         raise ModelForwardError(manifest.source.display_name, tuple(x.shape), f"{type(err).__name__}: {err}") from err
-    checks += _output_checks(out, expected)
+    checks += _output_checks(out, expected, data_dependent_leaves(expected, shapes))
     if weights is not None:
         on_step(f"comparing with {weights}")
         source_weights = read_weights(weights).fitted_to(base.state_dict()).state_dict

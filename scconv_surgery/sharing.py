@@ -1,0 +1,87 @@
+"""Convs whose parameters other code uses: a replacement would leave that code without them.
+
+SCConv has none of the conv's tensors, so anything else that holds or reads them breaks once the
+conv is swapped (``AttributeError: 'ScConv' object has no attribute 'weight'``) or silently keeps
+a tensor the model no longer trains. The ways a parameter can be shared, and what finds each:
+
+- the same ``Parameter`` object registered in two modules (tied weights: ``other.weight =
+  conv.weight``): found by identity, without running the model;
+- a tensor that shares the conv's storage held by another module as a parameter or buffer
+  (``register_buffer("w", conv.weight.data)``, a view): found by storage, without running the
+  model (not on the meta device, whose tensors have no storage);
+- a parameter read by another module's forward (TridentNet's ``F.conv2d(x, self.conv.weight, ...)``
+  in a block, ``self.conv.weight.shape`` read elsewhere, ``self.conv._conv_forward(x, w, b)``):
+  found only by running the model, by the probe pass
+  (:attr:`~scconv_surgery.probe.ModelProbe.outside_reads`).
+
+Not found: a parameter kept in a plain Python container (a list or dict attribute) and read
+outside the forward, or read only in a branch the probed forward does not take. One module
+under several names (aliases) is not sharing: it gets one replacement under all of them.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from .probe import ROOT_FORWARD, ModelProbe
+
+__all__ = ["shared_parameter_uses"]
+
+
+def _own_tensors(module: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    for name, tensor in (*module._parameters.items(), *module._buffers.items()):
+        if isinstance(tensor, torch.Tensor):
+            yield name, tensor
+
+
+def _storage(tensor: torch.Tensor) -> int | None:
+    if tensor.is_meta or tensor.numel() == 0:
+        return None
+    try:
+        return tensor.untyped_storage().data_ptr() or None
+    except (RuntimeError, NotImplementedError):  # tensor subclasses without a storage
+        return None
+
+
+def shared_parameter_uses(model: nn.Module, modules: dict[str, nn.Module],
+                          probe: ModelProbe | None = None) -> dict[str, str]:
+    """For each of ``modules`` (first name -> module) whose parameters something else holds or
+    reads, what does, in words.
+
+    Args:
+        model: the model the modules belong to.
+        modules: the modules to check (the convs a plan decides), by their first name in
+            ``model.named_modules()``.
+        probe: a probe pass of ``model`` (:func:`~scconv_surgery.probe.probe_model`): adds the
+            reads by other modules' forwards; without it only holding is found.
+
+    Returns:
+        ``{name: "its weight is also held by other.weight"}``, ... (modules shared in no way are
+        absent).
+    """
+    names = {id(m): name for name, m in model.named_modules()}
+    targets = {id(m): name for name, m in modules.items()}
+    owned: dict[int, tuple[str, str]] = {}  # id(parameter) or storage -> (module name, tensor name)
+    storages: dict[int, tuple[str, str]] = {}
+    for module in modules.values():
+        for tensor_name, p in module._parameters.items():
+            if p is not None:
+                owned[id(p)] = (names[id(module)], tensor_name)
+                ptr = _storage(p)
+                if ptr is not None:
+                    storages[ptr] = owned[id(p)]
+    found: dict[str, list[str]] = {}
+    for module in model.modules():
+        holder = names[id(module)]
+        for tensor_name, tensor in _own_tensors(module):
+            where = owned.get(id(tensor)) or storages.get(_storage(tensor) or -1)
+            if where is None or where[0] == holder:
+                continue
+            found.setdefault(where[0], []).append(f"its {where[1]} is also held by {holder}.{tensor_name}")
+    for owner, readers in (probe.outside_reads.items() if probe is not None else ()):
+        if owner in modules:
+            who = ", ".join("the model's own forward" if r == ROOT_FORWARD else f"{r}'s forward" for r in readers)
+            found.setdefault(owner, []).append(f"its parameters are also read by {who}")
+    return {name: "; ".join(dict.fromkeys(details)) for name, details in found.items() if name in targets.values()}
