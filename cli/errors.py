@@ -141,6 +141,8 @@ def hint(err: BaseException) -> str | None:
         return "pass --force to overwrite it"
     if isinstance(err, CheckpointError) and err.found is not None:
         return "create a checkpoint with 'scconv convert MODEL --out FILE'"
+    if isinstance(err, WeightsFileError) and err.problem.startswith("has no state_dict under"):
+        return "pass --weights-key with one of the entries listed, or leave it out to pick as timm does"
     if isinstance(err, WeightsFileError) and err.classifier_only:
         return "pass --num-classes N to re-initialise the classifier"
     if isinstance(err, CalibrationError) and err.name in ARGUMENT_FLAGS:

@@ -410,8 +410,8 @@ def rebuild_base(source: ModelSource) -> tuple[nn.Module, ModelSource]:
         if weights.sha256 and file_sha256(weights.path) != weights.sha256:
             raise WeightsFileError(str(weights.path), f"its sha256 differs from the recorded file's ({weights.name}, "
                                    f"sha256 {weights.sha256[:12]}...); pass that file")
-        weights = replace(load_weights_file(model, weights.path, reinit_classifier="num_classes" in kwargs),
-                          seed=weights.seed)
+        weights = replace(load_weights_file(model, weights.path, reinit_classifier="num_classes" in kwargs,
+                                            entry=weights.entry), seed=weights.seed)
     return model.eval(), ModelSource(library, model_name, kwargs, weights)
 
 

@@ -12,11 +12,11 @@ import torch
 from ._probe import example_input, noop, tensor_leaves
 from .checkpoint import read_checkpoint
 from .contracts import DataDependentShapes, data_dependent_leaves
-from .errors import CheckpointError, ModelForwardError
+from .errors import CheckpointError, ModelForwardError, WeightsFileError
 from .manifest import untouched_tensors
 from .models import build_model
 from .pipeline import RESULT_SCHEMA_VERSION
-from .weights import read_weights
+from .weights import WeightsKind, fit_weights, read_weights
 
 __all__ = ["Check", "VerifyResult", "verify_checkpoint"]
 
@@ -158,7 +158,12 @@ def verify_checkpoint(path: str | os.PathLike, *, weights: str | os.PathLike | N
     checks += _output_checks(out, expected, data_dependent_leaves(expected, shapes))
     if weights is not None:
         on_step(f"comparing with {weights}")
-        source_weights = read_weights(weights).fitted_to(base.state_dict()).state_dict
+        recorded = manifest.source.weights
+        file = read_weights(weights, entry=recorded.entry if recorded.kind is WeightsKind.FILE else None)
+        try:  # keyed as the model is: the remapping the conversion applied (legacy keys) applies again
+            source_weights = fit_weights(base, file)[0]
+        except WeightsFileError:  # keys that do not fit are named by the comparison below
+            source_weights = file.fitted_to(base.state_dict()).state_dict
         state = model.state_dict()
         comparison = untouched_tensors(manifest, state, source_weights)
         if comparison.equal:
