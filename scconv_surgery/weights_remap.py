@@ -143,11 +143,11 @@ def describe_mismatch(file_keys: Collection[str], model_keys: Collection[str]) -
                 f"spelled differently (e.g. {example!r} for {target!r}), a format no known remapping converts")
     common = len(file_keys & model_keys)
     if missing and not unexpected:
-        return (f"the file has {len(file_keys)} of the model's {len(model_keys)} keys and none else: a smaller variant "
-                f"of the architecture (fewer blocks) or a partial checkpoint (e.g. {missing[0]!r} missing)")
+        return (f"a smaller variant of the architecture (fewer blocks) or a partial checkpoint: the file has "
+                f"{len(file_keys)} of the model's {len(model_keys)} keys and none else (e.g. {missing[0]!r} missing)")
     if unexpected and not missing:
-        return (f"the file has all of the model's {len(model_keys)} keys and {len(unexpected)} more: a larger variant of "
-                f"the architecture (more blocks) or extra heads (e.g. {unexpected[0]!r} unexpected)")
+        return (f"a larger variant of the architecture (more blocks) or extra heads: the file has all of the model's "
+                f"{len(model_keys)} keys and {len(unexpected)} more (e.g. {unexpected[0]!r} unexpected)")
     if common < max(1, len(model_keys) // 2):
         return (f"another architecture: only {common} of the model's {len(model_keys)} keys are in the file, which "
                 f"has {len(file_keys)} (e.g. {missing[:1]} missing, {unexpected[:1]} unexpected)")
