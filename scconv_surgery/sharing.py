@@ -63,23 +63,24 @@ def shared_parameter_uses(model: nn.Module, modules: dict[str, nn.Module],
     """
     names = {id(m): name for name, m in model.named_modules()}
     targets = {id(m): name for name, m in modules.items()}
-    owned: dict[int, tuple[str, str]] = {}  # id(parameter) or storage -> (module name, tensor name)
-    storages: dict[int, tuple[str, str]] = {}
+    owned: dict[int, list[tuple[str, str]]] = {}  # id(parameter) -> [(module name, tensor name)]
+    storages: dict[int, list[tuple[str, str]]] = {}  # storage address -> the same
     for module in modules.values():
         for tensor_name, p in module._parameters.items():
             if p is not None:
-                owned[id(p)] = (names[id(module)], tensor_name)
+                owner = (names[id(module)], tensor_name)
+                owned.setdefault(id(p), []).append(owner)
                 ptr = _storage(p)
                 if ptr is not None:
-                    storages[ptr] = owned[id(p)]
+                    storages.setdefault(ptr, []).append(owner)
     found: dict[str, list[str]] = {}
     for module in model.modules():
         holder = names[id(module)]
         for tensor_name, tensor in _own_tensors(module):
-            where = owned.get(id(tensor)) or storages.get(_storage(tensor) or -1)
-            if where is None or where[0] == holder:
-                continue
-            found.setdefault(where[0], []).append(f"its {where[1]} is also held by {holder}.{tensor_name}")
+            same = owned.get(id(tensor)) or storages.get(_storage(tensor) or -1) or ()
+            for owner, owner_tensor in same:
+                if owner != holder:
+                    found.setdefault(owner, []).append(f"its {owner_tensor} is also held by {holder}.{tensor_name}")
     for owner, readers in (probe.outside_reads.items() if probe is not None else ()):
         if owner in modules:
             who = ", ".join("the model's own forward" if r == ROOT_FORWARD else f"{r}'s forward" for r in readers)
