@@ -55,7 +55,7 @@ EXIT_CODES: tuple[ExitCode, ...] = (
              "bad input, named: unknown model, unreadable or invalid file (checkpoint, weights, "
              "rules, images), bad option value, output path not writable, pretrained weights unavailable, "
              "calibration of random weights without --allow-random-weights, a weights file that is not the "
-             "recorded one; nothing is written"),
+             "recorded one, a model without data (built on the meta device) or quantised; nothing is written"),
     ExitCode(EXIT_NOTHING_SELECTED, "an --include matched no conv, or no conv was selected",
              "an --include pattern matched no conv, or the rules selected none (the plan "
              "is printed; with --json it is in the error document)", ("convert",)),
@@ -113,7 +113,7 @@ ARGUMENT_FLAGS = {
 
 _FIELDS = ("name", "suggestions", "path", "patterns", "pattern", "index", "key", "reasons",
            "missing_keys", "unexpected_keys", "expected", "actual", "factory", "kwargs", "option", "input_shape",
-           "problem")
+           "tensors", "problem")
 
 
 def exit_code_for(err: BaseException) -> int:
