@@ -14,9 +14,13 @@ a tensor the model no longer trains. The ways a parameter can be shared, and wha
   found only by running the model, by the probe pass
   (:attr:`~scconv_surgery.probe.ModelProbe.outside_reads`).
 
-Not found: a parameter kept in a plain Python container (a list or dict attribute) and read
-outside the forward, or read only in a branch the probed forward does not take. One module
-under several names (aliases) is not sharing: it gets one replacement under all of them.
+- the conv module itself kept outside the module tree (in a list, tuple or dict attribute, or set
+  with ``object.__setattr__``): whoever calls it there would go on calling the dense conv, whose
+  parameters the converted model no longer has; found without running the model.
+
+Not found: a parameter kept on its own in a plain Python container and read outside the
+forward, or read only in a branch the probed forward does not take. One module under several
+names (aliases) is not sharing: it gets one replacement under all of them.
 """
 from __future__ import annotations
 
@@ -81,6 +85,19 @@ def shared_parameter_uses(model: nn.Module, modules: dict[str, nn.Module],
             for owner, owner_tensor in same:
                 if owner != holder:
                     found.setdefault(owner, []).append(f"its {owner_tensor} is also held by {holder}.{tensor_name}")
+    for module in model.modules():  # the conv itself kept outside the module tree: it would go on running
+        for attr, value in vars(module).items():
+            if attr.startswith("_"):
+                continue
+            items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) \
+                else [(None, value)]
+            for key, item in items:
+                if isinstance(item, nn.Module) and id(item) in targets:
+                    where = f"{attr}[{key!r}]" if key is not None else attr
+                    holder = names[id(module)] or "the model"
+                    found.setdefault(targets[id(item)], []).append(
+                        f"the conv itself is also kept by {holder} as a plain attribute ({where}), which a "
+                        "replacement would not reach")
     for owner, readers in (probe.outside_reads.items() if probe is not None else ()):
         if owner in modules:
             who = ", ".join("the model's own forward" if r == ROOT_FORWARD else f"{r}'s forward" for r in readers)

@@ -235,3 +235,14 @@ def test_without_a_forward_only_held_parameters_are_found():
 def test_an_aliased_conv_is_not_sharing():
     _, plan = convert(AliasedConvNet(), input_size=(16, 8, 8))
     assert [(d.name, d.aliases) for d in plan.replaced] == [("conv", ("again",))]
+
+
+def test_a_conv_also_kept_in_a_plain_list_is_skipped():
+    """Replacing it would leave the list's reference calling the dense conv, untrained."""
+    from scconv_surgery.plan import SkipReason
+
+    model = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1))
+    model[1].__dict__["branches"] = [model[0]]
+    decision = {d.name: d for d in plan_conversion(model).decisions}["0"]
+    assert decision.reason is SkipReason.SHARED_WEIGHT
+    assert decision.detail.startswith("the conv itself is also kept by 1 as a plain attribute (branches[0])")
