@@ -38,6 +38,9 @@ WRAPPER_PREFIXES = ("module.", "_orig_mod.", "_fsdp_wrapped_module.", "_checkpoi
 # Those that also sit inside keys, around a compiled, sharded or checkpointed submodule; "module."
 # inside a key is an ordinary module name.
 _INNER_WRAPPERS = ("_orig_mod.", "_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
+# The order in which releases before the entry was recorded picked (the live weights first): a manifest
+# without "weights.entry" was converted from what this order gives, so rebuilding it reads the same.
+RECORDED_BEFORE_ENTRIES = "state_dict|model|state_dict_ema|model_ema"
 _NON_STATE_KEYS = ("n_averaged",)  # torch.optim.swa_utils.AveragedModel's counter (torchvision's EMA)
 
 
@@ -135,9 +138,11 @@ class WeightsSource:
     def from_dict(cls, d: Mapping[str, Any], *, seed: int | None = None) -> WeightsSource:
         """Read :meth:`to_dict`'s form; ``seed``: the manifest's."""
         kind = WeightsKind(d.get("kind", "random"))
+        # a file recorded before entries were: what the order of those releases picked (the live weights first)
+        entry = d.get("entry") if "entry" in d or kind is not WeightsKind.FILE else RECORDED_BEFORE_ENTRIES
         return cls(kind, seed=seed, tag=d.get("tag"), name=d.get("name"),
                    sha256=d.get("sha256"), reinitialized=tuple(d.get("reinitialized") or ()),
-                   stripped_prefixes=tuple(d.get("stripped_prefixes") or ()), entry=d.get("entry"),
+                   stripped_prefixes=tuple(d.get("stripped_prefixes") or ()), entry=entry,
                    remapping=d.get("remapping"))
 
 
@@ -217,7 +222,7 @@ def read_weights(path: str | os.PathLike, *, entry: str | None = None) -> Weight
     """Read a weights file: a state_dict, unwrapped from trainer checkpoints and wrapper prefixes.
 
     A training checkpoint (a mapping with a state_dict under one of :data:`_WRAPPER_KEYS`) gives
-    the entry ``entry`` names, else the first of ``state_dict_ema``, ``model_ema``, ``state_dict``,
+    the entry ``entry`` names (``"a|b|c"``: the first of those it holds), else the first of ``state_dict_ema``, ``model_ema``, ``state_dict``,
     ``model`` that it holds: the EMA first, as ``timm.models.load_checkpoint`` (``use_ema=True``,
     its default) and ``timm.create_model(checkpoint_path=...)`` pick.
 
@@ -251,7 +256,9 @@ def read_weights(path: str | os.PathLike, *, entry: str | None = None) -> Weight
     entries = tuple(k for k, v in obj.items() if isinstance(v, Mapping) and v
                     and all(isinstance(t, torch.Tensor) for t in v.values())) if isinstance(obj, Mapping) else ()
     chosen = None
-    if entry is not None:
+    if entry is not None and "|" in entry:  # an order of preference (a manifest written before entries were recorded)
+        chosen = next((key for key in entry.split("|") if key in entries), None)
+    elif entry is not None:
         if entry not in entries:
             listed = ", ".join(entries) if entries else "none: it is a plain state_dict"
             raise WeightsFileError(str(path), f"has no state_dict under {entry!r} (its entries that hold one: {listed})")

@@ -1,5 +1,6 @@
 """Weights files: wrapper prefixes, trainer layouts, files that are not weights."""
 import re
+from dataclasses import replace
 
 import pytest
 import timm
@@ -282,3 +283,18 @@ def test_a_mismatch_message_names_its_kind_not_hundreds_of_keys(tmp_path):
         create_model("torchvision:densenet121", weights=path)
     assert "another architecture" in str(info.value) and len(str(info.value)) < 600
     assert len(info.value.missing_keys) == 727  # every key stays available on the error
+
+
+def test_a_manifest_from_before_entries_were_recorded_rebuilds_from_the_live_weights(tmp_path):
+    """Releases before the entry was recorded read ``state_dict`` before ``state_dict_ema``."""
+    from scconv_surgery.models import ModelSource, rebuild_base
+
+    live = _reference_state_dict()
+    path = tmp_path / "checkpoint.pth.tar"
+    _timm_training_checkpoint(path, live, {k: v * 0 for k, v in live.items()})
+    old = {"kind": "file", "name": path.name, "sha256": None, "reinitialized": [], "stripped_prefixes": []}
+    recorded = WeightsSource.from_dict(old)
+    source = ModelSource("torchvision", "resnet18", {"num_classes": 5}, replace(recorded, path=path))
+    model, record = rebuild_base(source)
+    assert torch.equal(model.conv1.weight, live["conv1.weight"]) and record.weights.entry == "state_dict"
+    assert WeightsSource.from_dict({**old, "entry": None}).entry is None  # recorded: a plain state_dict
