@@ -159,6 +159,11 @@ def convert(
     weights: Annotated[Path | None, typer.Option(
         metavar="FILE", help="Start from a local weights file: a state_dict (.pt, .pth, .bin, .safetensors) or a timm/torchvision "
         "training checkpoint.", show_default=False, dir_okay=False)] = None,
+    weights_key: Annotated[str | None, typer.Option(
+        metavar="KEY", help="The entry of a training checkpoint to read with --weights, e.g. 'state_dict' for the live "
+        "weights of a timm checkpoint that also holds 'state_dict_ema'. Default: the EMA when there is one "
+        "(state_dict_ema, model_ema), else state_dict, else model, as timm's load_checkpoint picks.",
+        show_default=False)] = None,
     num_classes: Annotated[int | None, typer.Option(
         metavar="N", help="Classifier size passed to the model constructor (a YOLO model's 'nc').", min=1,
         max=1_000_000, show_default=False)] = None,
@@ -234,6 +239,8 @@ def convert(
             raise InvalidOptionError("MODEL", "give a MODEL name or --factory package.module:function (one of them)")
         if pretrained and weights is not None:
             raise InvalidOptionError("--weights", "--pretrained and --weights are exclusive; pass one")
+        if weights_key is not None and weights is None:
+            raise InvalidOptionError("--weights-key", "names an entry of a --weights file; give --weights FILE too")
         check_seed(seed)
         size = parse_input_size(input_size)
         kwargs = parse_model_kwargs(model_kwargs)
@@ -244,7 +251,7 @@ def convert(
         rules = assemble_rules(preset=preset.value if preset else None, rules_file=rules_file,
                                include=include or (), exclude=exclude or ())
         weights_source = (WeightsSource.pretrained() if pretrained else
-                          WeightsSource.file(weights) if weights is not None else WeightsSource.random(seed))
+                          WeightsSource.file(weights, entry=weights_key) if weights is not None else WeightsSource.random(seed))
         if num_classes is not None:
             kwargs["num_classes"] = num_classes
         source = (ModelSource.parse(model, weights=weights_source, kwargs=kwargs, trust_pickle=trust_pickle)

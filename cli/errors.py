@@ -59,7 +59,8 @@ EXIT_CODES: tuple[ExitCode, ...] = (
              "rules, images), bad option value, output path not writable, pretrained weights unavailable, "
              "calibration of random weights without --allow-random-weights, a weights file that is not the "
              "recorded one, a device that does not exist, a budget outside (0, 1] or out of reach, a profile of "
-             "another model or device, sensitivity without trained weights; nothing is written"),
+             "another model or device, sensitivity without trained weights, a model without data (built on the meta device) or quantised; "
+             "nothing is written"),
     ExitCode(EXIT_NOTHING_SELECTED, "an --include matched no conv, or no conv was selected",
              "an --include pattern matched no conv, or the rules selected none (the plan "
              "is printed; with --json it is in the error document)", ("convert",)),
@@ -121,7 +122,7 @@ ARGUMENT_FLAGS = {
 
 _FIELDS = ("name", "device", "suggestions", "path", "patterns", "pattern", "index", "key", "reasons",
            "missing_keys", "unexpected_keys", "expected", "actual", "factory", "kwargs", "option", "input_shape",
-           "problem")
+           "tensors", "problem")
 
 
 def exit_code_for(err: BaseException) -> int:
@@ -159,6 +160,8 @@ def hint(err: BaseException) -> str | None:
         return "create a checkpoint with 'scconv convert MODEL --out FILE'"
     if isinstance(err, WeightsFileError) and err.untrusted_pickle:
         return "pass --trust-pickle if you trust the file (reading it runs code from it)"
+    if isinstance(err, WeightsFileError) and err.entries is not None:
+        return "pass --weights-key with one of the entries listed, or leave it out to pick as timm does"
     if isinstance(err, WeightsFileError) and err.classifier_only:
         return "pass --num-classes N to re-initialise the classifier"
     if isinstance(err, NothingSelectedError) and _chose_nothing(err.plan):

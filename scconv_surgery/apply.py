@@ -17,7 +17,7 @@ from .errors import PlanMismatchError, ShapeMismatchError
 from .finetune import gradient_free_parameters
 from .layers import ScConv, ScConvConfig
 from .plan import ConvSpec, Decision, Plan, plan_conversion
-from .probe import ModelProbe, as_probe
+from .probe import ModelProbe, as_probe, probe_model
 from .rules import Rule
 
 __all__ = ["build_replacement", "apply_plan", "convert", "check_shapes", "copy_model"]
@@ -25,7 +25,10 @@ __all__ = ["build_replacement", "apply_plan", "convert", "check_shapes", "copy_m
 # The hooks a replacement takes over from its conv: they see the module's input, output and their
 # gradients, which a drop-in keeps. Hooks on the conv's own tensors (parametrizations, the old-style
 # weight_norm / spectral_norm / pruning pre-hooks, tensor hooks) are planned as skip reasons instead;
-# state_dict hooks describe the conv's own keys, which the replacement does not have.
+# state_dict hooks describe the conv's own keys, which the replacement does not have. The replacement
+# takes over the conv's hook dictionaries themselves (not copies): a RemovableHandle holds weak
+# references to the dictionaries its hook was registered in, so a handle obtained from the conv
+# before the swap still removes the hook from the replacement.
 CARRIED_HOOKS = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks",
                  "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_backward_pre_hooks",
                  "_backward_hooks")
@@ -71,7 +74,8 @@ def apply_plan(model: nn.Module, plan: Plan, *, seed: int | None = 0) -> nn.Modu
     """Replace, **in place**, every conv that ``plan`` marks ``replace`` by SCConv.
 
     Each replacement takes the conv's device, dtype, train/eval mode and its module hooks
-    (forward pre- and post-hooks, full backward hooks: :data:`CARRIED_HOOKS`); a conv under
+    (forward pre- and post-hooks, full backward hooks: :data:`CARRIED_HOOKS`; a handle
+    returned when a hook was registered on the conv removes it from the replacement); a conv under
     several names (aliases) gets one replacement set under all of them. Parameters that can
     never receive a gradient (:func:`~scconv_surgery.finetune.gradient_free_parameters`, the ``seed``
     variant's group norm) are created with ``requires_grad=False``. New parameters
@@ -112,8 +116,10 @@ def apply_plan(model: nn.Module, plan: Plan, *, seed: int | None = 0) -> nn.Modu
             layer.train(conv.training)
             for name in gradient_free_parameters(layer):  # the seed's group norm: no gradient ever reaches it
                 layer.get_parameter(name).requires_grad_(False)
-            for attr in CARRIED_HOOKS:
-                getattr(layer, attr).update(getattr(conv, attr))
+            for attr in CARRIED_HOOKS:  # the conv's own dicts, so that its hooks' handles still remove them
+                own = getattr(conv, attr)
+                own.update(getattr(layer, attr))  # empty for a new ScConv; kept should it ever hold any
+                layer.__dict__[attr] = own
             layer._is_full_backward_hook = conv._is_full_backward_hook
             for name in (decision.name, *decision.aliases):
                 _set_submodule(model, name, layer)
@@ -157,7 +163,8 @@ def check_shapes(base: nn.Module | ModelProbe, converted: nn.Module, plan: Plan,
 
 
 def convert(model: nn.Module, rules: Sequence[Rule] = (), *, config: ScConvConfig | None = None,
-            strict_paper: bool = False, seed: int | None = 0, inplace: bool = False) -> tuple[nn.Module, Plan]:
+            strict_paper: bool = False, seed: int | None = 0, inplace: bool = False,
+            input_size: tuple[int, int, int] | None = None) -> tuple[nn.Module, Plan]:
     """Plan and apply SCConv replacements on any ``nn.Module``.
 
     Args:
@@ -169,12 +176,18 @@ def convert(model: nn.Module, rules: Sequence[Rule] = (), *, config: ScConvConfi
         seed: initialisation seed of the new modules.
         inplace: modify ``model`` itself; by default a deep copy is converted and ``model`` is
             left untouched.
+        input_size: ``(C, H, W)``: run ``model`` once on a dummy batch of this size before
+            planning (:func:`~scconv_surgery.probe.probe_model`), so that a conv whose parameters
+            another module's forward reads (``F.conv2d(x, self.conv.weight)``) is skipped as
+            ``shared_weight``; None plans without a forward, which finds only parameters that
+            another module holds (tied weights, shared storage).
 
     Returns:
         ``(converted model, plan)``.
 
     Raises:
         InvalidRuleError: a rule cannot be evaluated.
+        ModelForwardError: ``input_size`` is given and the forward fails on the dummy batch.
 
     Example:
         >>> import torchvision
@@ -182,6 +195,7 @@ def convert(model: nn.Module, rules: Sequence[Rule] = (), *, config: ScConvConfi
         >>> len(plan.replaced)  # the 3x3 conv of each of the 16 bottlenecks
         16
     """
-    plan = plan_conversion(model, rules, config=config, strict_paper=strict_paper)
+    probe = probe_model(model, input_size) if input_size is not None else None
+    plan = plan_conversion(model, rules, config=config, strict_paper=strict_paper, probe=probe)
     target = model if inplace else copy_model(model)
     return apply_plan(target, plan, seed=seed), plan

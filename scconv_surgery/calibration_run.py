@@ -215,7 +215,9 @@ def _original(manifest: Manifest, weights: str | os.PathLike | None, allow_rando
     source = manifest.source
     if weights is not None:  # the recorded file (its sha256 is checked), or in place of pretrained weights
         sha256 = source.weights.sha256 if source.weights.kind is WeightsKind.FILE else None
-        source = replace(source, weights=replace(WeightsSource.file(weights, sha256), seed=source.weights.seed))
+        entry = source.weights.entry if source.weights.kind is WeightsKind.FILE else None  # the entry read then
+        source = replace(source, weights=replace(WeightsSource.file(weights, sha256, entry=entry),
+                                                 seed=source.weights.seed))
     elif source.weights.kind is WeightsKind.FILE:
         raise CalibrationError(f"the checkpoint was converted from the weights file {source.weights.name!r}; "
                                "pass that file (its sha256 is checked)", "weights")

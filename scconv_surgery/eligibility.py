@@ -62,6 +62,7 @@ class SkipReason(str, Enum):
     PARAMETRIZED = "parametrized"  # torch.nn.utils.parametrize on its weight or bias
     WEIGHT_HOOK = "weight_hook"  # a hook computes its weight or hooks the weight tensor's gradient
     WEIGHT_STANDARDIZED = "weight_standardized"  # standardises its weight and no normalisation follows
+    SHARED_WEIGHT = "shared_weight"  # another module holds or reads its weight or bias (scconv_surgery.sharing)
 
 
 @dataclass(frozen=True)
@@ -239,7 +240,7 @@ def _standardization(model: nn.Module, name: str, class_name: str, *, class_aske
 
 
 def decide(model: nn.Module, name: str, conv: nn.Conv2d, spec: ConvSpec, config: ScConvConfig, *,
-           includes: Sequence[Rule], strict: bool) -> Replace | Skip:
+           includes: Sequence[Rule], strict: bool, shared: str | None = None) -> Replace | Skip:
     """Whether the conv ``name`` of ``model`` can be replaced, with which hyperparameters, or why not.
 
     Rule selection is not applied here: the caller turns a :class:`Replace` of a conv that no
@@ -254,6 +255,10 @@ def decide(model: nn.Module, name: str, conv: nn.Conv2d, spec: ConvSpec, config:
         includes: the include rules that match it: one naming its kernel size or class makes
             an odd kernel other than 3, or an ``nn.Conv2d`` subclass, eligible.
         strict: never adapt hyperparameters to the conv's channels.
+        shared: how other code holds or reads the conv's parameters
+            (:func:`~scconv_surgery.sharing.shared_parameter_uses`), or None: a conv that is
+            otherwise replaceable is then skipped as ``shared_weight``, since SCConv has no such
+            tensors (no rule overrides this).
 
     Returns:
         :class:`Replace` with the (possibly adapted) hyperparameters, or :class:`Skip` with the
@@ -265,6 +270,9 @@ def decide(model: nn.Module, name: str, conv: nn.Conv2d, spec: ConvSpec, config:
                                     class_asked=class_asked)
     if skip is not None:
         return skip
+    if shared:
+        return Skip(SkipReason.SHARED_WEIGHT, f"{shared}: SCConv has no weight or bias, so that code would "
+                                              "break (or train a tensor the model no longer uses); left as it is")
     note = _standardization(model, name, cls, class_asked=class_asked)
     if isinstance(note, Skip):
         return note

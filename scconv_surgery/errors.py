@@ -32,6 +32,7 @@ __all__ = [
     "SelectionError",
     "ProfileMismatchError",
     "MissingExtraError",
+    "ModelDataError",
 ]
 
 
@@ -94,16 +95,19 @@ class WeightsFileError(ScconvError, ValueError):
         classifier_only: only the classifier's shapes differ (another ``num_classes``).
         untrusted_pickle: the file is a pickle (a YOLO ``.pt``) that is read only on request
             (``trust_pickle=True``).
+        entries: when the entry asked for is missing, the entries of the training checkpoint
+            that hold a state_dict (possibly none); else None.
     """
 
     def __init__(self, path: str, problem: str, missing_keys: Sequence[str] = (),
                  unexpected_keys: Sequence[str] = (), *, classifier_only: bool = False,
-                 untrusted_pickle: bool = False):
+                 untrusted_pickle: bool = False, entries: Sequence[str] | None = None):
         self.path = path
         self.missing_keys = tuple(missing_keys)
         self.unexpected_keys = tuple(unexpected_keys)
         self.classifier_only = classifier_only
         self.untrusted_pickle = untrusted_pickle
+        self.entries = tuple(entries) if entries is not None else None
         super().__init__(f"weights file {path!r}: {problem}", problem)
 
 
@@ -379,3 +383,18 @@ class MissingExtraError(ScconvError, ImportError):
         self.install = f"pip install 'scconv-surgery[{name}]'"
         problem = f"{needed_for} needs the package {package!r}, which is not installed; install it with: {self.install}"
         super().__init__(problem, problem)
+
+
+class ModelDataError(ScconvError, ValueError):
+    """A model whose tensors cannot be converted, counted or saved as they are: tensors without
+    data (built on the ``meta`` device), or quantised tensors.
+
+    Attributes:
+        name: the model.
+        tensors: the offending parameters and buffers (the first few).
+    """
+
+    def __init__(self, name: str, problem: str, tensors: Sequence[str] = ()):
+        self.name = name
+        self.tensors = tuple(tensors)
+        super().__init__(f"model {name!r}: {problem}", problem)

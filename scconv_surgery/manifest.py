@@ -82,7 +82,14 @@ class Manifest:
 
     @property
     def replaced_names(self) -> tuple[str, ...]:
+        """The replaced convs' names (one per conv; aliases in :attr:`replaced_prefixes`)."""
         return tuple(d.name for d in self.replaced)
+
+    @property
+    def replaced_prefixes(self) -> tuple[str, ...]:
+        """``"name."`` for every name of every replaced conv, aliases included: a module under
+        two names has its tensors under both in a state_dict."""
+        return tuple(f"{n}." for d in self.replaced for n in (d.name, *d.aliases))
 
     @property
     def renewed_statistics(self) -> frozenset[str]:
@@ -93,10 +100,10 @@ class Manifest:
 
     def is_untouched(self, key: str) -> bool:
         """Whether the state_dict entry ``key`` must still equal the base weights: outside the
-        replaced modules, not a classifier key re-initialised for ``num_classes``, and not the
-        running statistics of a norm that was reset or re-estimated."""
+        replaced modules (under any of their names), not a classifier key re-initialised for
+        ``num_classes``, and not the running statistics of a norm that was reset or re-estimated."""
         module, _, leaf = key.rpartition(".")
-        if key.startswith(tuple(f"{name}." for name in self.replaced_names)):
+        if key.startswith(self.replaced_prefixes):
             return False
         if key in self.source.weights.reinitialized:
             return False
@@ -185,7 +192,7 @@ def untouched_tensors(manifest: Manifest, state_dict: Mapping[str, torch.Tensor]
         value = state_dict[key]
         if key not in reference:
             missing.append(key)
-        elif not torch.equal(value, reference[key].to(value.dtype)):
+        elif not torch.equal(value, reference[key].to(device=value.device, dtype=value.dtype)):
             differ.append(key)
         compared += 1
     return UntouchedComparison(compared, tuple(differ), tuple(missing))

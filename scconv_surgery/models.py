@@ -25,6 +25,7 @@ from .errors import (
     FactoryError,
     MissingExtraError,
     ModelArgumentError,
+    ModelDataError,
     PretrainedWeightsError,
     ScconvError,
     UnknownModelError,
@@ -33,7 +34,7 @@ from .errors import (
 from .weights import WeightsKind, WeightsSource, file_sha256, load_weights_file
 
 __all__ = ["WeightsKind", "WeightsSource", "ModelSource", "create_model", "rebuild_base", "build_model",
-           "default_input_size", "check_model_kwargs", "DEFAULT_INPUT_SIZE"]
+           "default_input_size", "check_model_kwargs", "check_model_data", "DEFAULT_INPUT_SIZE"]
 
 LIBRARIES = ("timm", "torchvision")
 ULTRALYTICS = "ultralytics"  # YOLO model YAMLs and .pt files (the optional extra "yolo"; never a bare name)
@@ -294,6 +295,39 @@ def check_model_kwargs(name: str, kwargs: Mapping[str, Any]) -> None:
                                      key=key)
 
 
+def check_model_data(model: nn.Module, name: str) -> None:
+    """Refuse a model whose tensors hold no values or are quantised, before any work is done.
+
+    Every parameter and buffer must hold data: a model built on the ``meta`` device (or with
+    ``torch.device("meta")`` around its constructor) has shapes but no values, so converting it
+    would save a checkpoint of nothing. Quantised tensors (``torch.ao.quantization``'s converted
+    modules) are refused too: quantise after conversion and fine-tuning, from the float model.
+    Other dtypes (float16, bfloat16, float64, a mix) and devices (CUDA) are followed instead: each
+    step creates its inputs on the model's device and in its floating dtype.
+
+    Args:
+        model: the model as built.
+        name: the model's name, for the message.
+
+    Raises:
+        ModelDataError: a parameter or buffer is on the meta device or quantised (names the first few).
+    """
+    import torch
+
+    tensors = [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
+    meta = [key for key, t in tensors if isinstance(t, torch.Tensor) and t.is_meta]
+    if meta:
+        raise ModelDataError(name, f"{len(meta)} of its {len(tensors)} tensors have no data (the meta device, e.g. "
+                             f"{', '.join(meta[:3])}): build it on a real device (cpu, cuda), or load weights into it "
+                             "with load_state_dict(..., assign=True), before converting", meta[:5])
+    quantised = [key for key, t in tensors if isinstance(t, torch.Tensor) and t.is_quantized] or [
+        key or "(the model)" for key, m in model.named_modules()
+        if type(m).__module__.startswith(("torch.ao.nn.quantized", "torch.nn.quantized"))]
+    if quantised:
+        raise ModelDataError(name, f"it is quantised ({', '.join(quantised[:3])}): SCConv replaces float convs; "
+                             "convert the float model, then quantise", quantised[:5])
+
+
 def _unreadable_source(name: str, err: Exception) -> UnknownModelError:
     """timm could not build a ``hf-hub:`` / ``local-dir:`` model: say what is missing."""
     cause = f"{type(err).__name__}: {err}".splitlines()[0]
@@ -363,6 +397,8 @@ def rebuild_base(source: ModelSource) -> tuple[nn.Module, ModelSource]:
             :func:`create_model`.
         WeightsFileError: no file is given for file weights, or it is unreadable, not the
             recorded file (sha256), or does not fit.
+        ModelDataError: the model's tensors have no data (built on the meta device) or are
+            quantised (:func:`check_model_data`), checked before its weights are loaded.
     """
     weights = source.weights
     kwargs = dict(source.kwargs)
@@ -393,6 +429,7 @@ def rebuild_base(source: ModelSource) -> tuple[nn.Module, ModelSource]:
         if model_name.startswith(TIMM_SOURCES):
             raise _unreadable_source(source.display_name, err) from err
         raise
+    check_model_data(model, source.display_name)
     if pretrained:
         tag = getattr(model, "pretrained_cfg", {}).get("tag") if library == "timm" else "DEFAULT"
         weights = replace(WeightsSource.pretrained(tag), seed=weights.seed)
@@ -401,8 +438,8 @@ def rebuild_base(source: ModelSource) -> tuple[nn.Module, ModelSource]:
         if weights.sha256 and file_sha256(weights.path) != weights.sha256:
             raise WeightsFileError(str(weights.path), f"its sha256 differs from the recorded file's ({weights.name}, "
                                    f"sha256 {weights.sha256[:12]}...); pass that file")
-        weights = replace(load_weights_file(model, weights.path, reinit_classifier="num_classes" in kwargs),
-                          seed=weights.seed)
+        weights = replace(load_weights_file(model, weights.path, reinit_classifier="num_classes" in kwargs,
+                                            entry=weights.entry), seed=weights.seed)
     return model.eval(), ModelSource(library, model_name, kwargs, weights)
 
 
@@ -419,23 +456,32 @@ def _seeded(seed: int | None) -> Iterator[None]:
         yield
 
 
-def build_model(source: ModelSource) -> nn.Module:
+def build_model(source: ModelSource, *, require_data: bool = True) -> nn.Module:
     """Rebuild the architecture of ``source`` with freshly initialised weights, in eval mode
     (no weights loaded: the caller loads a state_dict).
+
+    Args:
+        source: the model to build.
+        require_data: refuse a model whose tensors have no data (:func:`check_model_data`);
+            False for a shape-only survey on the meta device.
 
     Raises:
         UnknownModelError: the installed timm / torchvision does not know ``source.name``, or a
             ``hf-hub:`` model's config is neither cached nor downloadable.
+        ModelDataError: ``require_data`` and the model has tensors without data, or quantised ones.
     """
     if source.library == ULTRALYTICS:
         return _yolo().build_detection_model(source.name, source.kwargs)
     library, name = _resolve(source)
     try:
-        return _build(library, name, source.kwargs, pretrained=False).eval()
+        model = _build(library, name, source.kwargs, pretrained=False).eval()
     except Exception as err:
         if name.startswith(TIMM_SOURCES) and not isinstance(err, ScconvError):
             raise _unreadable_source(name, err) from err
         raise
+    if require_data:
+        check_model_data(model, source.display_name)
+    return model
 
 
 def default_input_size(model: nn.Module, source: ModelSource | None = None) -> tuple[int, int, int]:

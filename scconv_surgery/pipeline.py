@@ -256,7 +256,10 @@ def run_conversion(model: ModelSource | str, *, output: Destination | str | os.P
     base, source = rebuild_base(source)
     size = tuple(input_size) if input_size else default_input_size(base, source)
     on_step("planning")
-    plan = plan_conversion(base, rules, config=config, strict_paper=strict_paper)
+    # the base model's one forward besides fvcore's (a failure is ModelForwardError): it shows which
+    # convs other modules' forwards read the parameters of, each conv's shapes and the norms after
+    probe = probe_model(base, size)
+    plan = plan_conversion(base, rules, config=config, strict_paper=strict_paper, probe=probe)
     unmatched = plan.unmatched_includes()
     if unmatched and not allow_unmatched:
         raise UnmatchedRuleError(unmatched, _pattern_suggestions(unmatched, plan), plan=plan)
@@ -271,7 +274,6 @@ def run_conversion(model: ModelSource | str, *, output: Destination | str | os.P
     on_step(f"replacing {len(plan.replaced)} convs")
     converted = apply_plan(copy_model(base), plan, seed=seed)
     on_step(f"checking output shapes at {'x'.join(map(str, size))}")
-    probe = probe_model(base, size)  # the base model's one forward besides fvcore's: a failure is ModelForwardError
     check_shapes(probe, converted, plan)
     stale = stale_batchnorms(probe, [d.name for d in plan.replaced])
     selected = None

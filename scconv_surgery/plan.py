@@ -22,7 +22,9 @@ from torch import nn
 from .eligibility import Replace, Skip, SkipReason, decide
 from .fitting import Adaptation
 from .layers import ScConv, ScConvConfig
+from .probe import ModelProbe
 from .rules import Rule, RuleAction, match_rules, merged_config, merged_strict_paper, validate_rules
+from .sharing import shared_parameter_uses
 
 __all__ = ["Action", "SkipReason", "ConvSpec", "Decision", "Plan", "plan_conversion", "find_convs"]
 
@@ -230,7 +232,8 @@ def _unselected(rules: Sequence[Rule], rule_index: int | None) -> Skip:
 
 
 def plan_conversion(model: nn.Module, rules: Sequence[Rule] = (), *,
-                    config: ScConvConfig | None = None, strict_paper: bool = False) -> Plan:
+                    config: ScConvConfig | None = None, strict_paper: bool = False,
+                    probe: ModelProbe | None = None) -> Plan:
     """Decide, for every conv of ``model``, whether it is replaced by SCConv and why.
 
     Never modifies ``model``. A :class:`~scconv_surgery.rules.Rule` is checked when it is made
@@ -245,6 +248,10 @@ def plan_conversion(model: nn.Module, rules: Sequence[Rule] = (), *,
             matching include rules' hyperparameters override it, later rules last.
         strict_paper: never adapt hyperparameters to a conv's channels (a conv they do not fit
             is skipped as ``channels``); a matching include rule's ``strict_paper`` overrides it.
+        probe: a probe pass of ``model`` (:func:`~scconv_surgery.probe.probe_model`): a conv whose
+            parameters another module's forward reads (``F.conv2d(x, self.conv.weight)``) is then
+            skipped as ``shared_weight``. Without it, only parameters that another module holds
+            (tied weights, shared storage) are found (:mod:`scconv_surgery.sharing`).
 
     Returns:
         A :class:`Plan` with one decision per distinct ``nn.Conv2d``, in module order.
@@ -258,7 +265,9 @@ def plan_conversion(model: nn.Module, rules: Sequence[Rule] = (), *,
     rules = tuple(rules)
     matches = [0] * len(rules)
     decisions = []
-    for name, aliases, conv in find_convs(model):
+    convs = find_convs(model)
+    shared = shared_parameter_uses(model, {name: conv for name, _, conv in convs}, probe)
+    for name, aliases, conv in convs:
         spec, cls = ConvSpec.from_conv(conv), type(conv).__name__
         matching = [i for i, rule in enumerate(rules) if rule.matches_conv((name, *aliases), spec, cls)]
         for index in matching:
@@ -266,7 +275,7 @@ def plan_conversion(model: nn.Module, rules: Sequence[Rule] = (), *,
         selected, rule_index = match_rules(matching, rules)
         includes = [rules[i] for i in matching if rules[i].action is RuleAction.INCLUDE]
         outcome = decide(model, name, conv, spec, merged_config(base, matching, rules), includes=includes,
-                         strict=merged_strict_paper(strict_paper, matching, rules))
+                         strict=merged_strict_paper(strict_paper, matching, rules), shared=shared.get(name))
         if isinstance(outcome, Replace) and not selected:
             outcome = _unselected(rules, rule_index)
         decisions.append(_decision(name, aliases, cls, spec, rule_index, outcome))

@@ -10,19 +10,23 @@ module registered under several names (aliases) is recorded under its first one.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
+from torch.overrides import TorchFunctionMode
 
 from ._probe import eval_mode
 from .errors import ModelForwardError
 
-__all__ = ["as_probe", "ModuleCall", "ModelProbe", "probe_model", "probe_example", "keeps_running_stats", "is_norm"]
+__all__ = ["as_probe", "ModuleCall", "ModelProbe", "probe_model", "probe_example", "keeps_running_stats", "is_norm",
+           "ROOT_FORWARD"]
+
+ROOT_FORWARD = ""  # the name under which ModelProbe.outside_reads records the model's own forward
 
 # modules that return their input unchanged in eval mode: "what runs next" looks past them
 PASS_THROUGH = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
@@ -94,6 +98,14 @@ class ModelProbe:
             entry: ``conv2 -> bn2`` is found, ``conv2 -> relu -> bn`` is not.
         running_stats: the called modules that keep running statistics (:func:`keeps_running_stats`),
             in call order.
+        outside_reads: for each module whose own parameters were used by a torch function while
+            another module's forward was the innermost one running (TridentNet's
+            ``F.conv2d(x, self.conv.weight, ...)`` in a block's forward, a tied weight read by
+            another layer, ``conv.weight.shape`` read elsewhere), the names of those modules, in
+            order of first read; the model's own forward is :data:`ROOT_FORWARD` (``""``). Seen with
+            ``torch.overrides.TorchFunctionMode``: only reads by torch functions during this
+            forward (a read in a branch the forward does not take, or by code that runs outside
+            the forward, is not seen).
 
     Example:
         >>> probe = probe_model(torchvision.models.resnet50(), (3, 224, 224))
@@ -109,10 +121,12 @@ class ModelProbe:
     calls: Mapping[str, tuple[ModuleCall, ...]]
     norms_after: Mapping[str, str]
     running_stats: tuple[str, ...]
+    outside_reads: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "calls", MappingProxyType(dict(self.calls)))
         object.__setattr__(self, "norms_after", MappingProxyType(dict(self.norms_after)))
+        object.__setattr__(self, "outside_reads", MappingProxyType(dict(self.outside_reads)))
 
     def first_call(self, name: str) -> ModuleCall | None:
         """The first call of the module ``name``, or None when the forward never called it."""
@@ -183,12 +197,25 @@ def probe_example(model: nn.Module, example: torch.Tensor) -> ModelProbe:
                 tuple(output.shape) if isinstance(output, torch.Tensor) else None))
         return hook
 
+    running: list[nn.Module] = [model]  # the modules whose forward is under way, innermost last
+    reads = _ParameterReads(model, running)
+
+    def entered(module: nn.Module, args: tuple) -> None:
+        running.append(module)
+
+    def left(module: nn.Module, args: tuple, output: Any) -> None:
+        if running[-1] is module:
+            running.pop()
+
     handles = []
     try:
         for name, module in modules.items():
             handles.append(module.register_forward_pre_hook(started(name)))
             handles.append(module.register_forward_hook(ended(name)))
-        with eval_mode(model), torch.no_grad():
+            # the module is "running" from before its first pre-hook until after its last hook
+            handles.append(module.register_forward_pre_hook(entered, prepend=True))
+            handles.append(module.register_forward_hook(left))
+        with eval_mode(model), torch.no_grad(), reads:
             model(example)
     finally:
         for handle in handles:
@@ -197,7 +224,47 @@ def probe_example(model: nn.Module, example: torch.Tensor) -> ModelProbe:
     order = tuple(dict.fromkeys(name for name, is_start in events if is_start and name in leaves))
     return ModelProbe(type(model).__name__, tuple(example.shape), order,
                       {name: tuple(c) for name, c in calls.items()}, _norms_after(events, modules),
-                      tuple(name for name in calls if keeps_running_stats(modules[name])))
+                      tuple(name for name in calls if keeps_running_stats(modules[name])), reads.found())
+
+
+class _ParameterReads(TorchFunctionMode):
+    """Records which module's forward was running (innermost) when a torch function used a
+    parameter that another module owns (holds in its own ``_parameters``)."""
+
+    def __init__(self, model: nn.Module, running: list[nn.Module]):
+        super().__init__()
+        self._running = running
+        self._names = {id(m): name for name, m in model.named_modules()}  # first name of each module
+        self._owners: dict[int, list[nn.Module]] = {}
+        for module in model.modules():
+            for p in module._parameters.values():
+                if p is not None:
+                    self._owners.setdefault(id(p), []).append(module)
+        self._reads: dict[str, dict[str, None]] = {}
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        reader = self._running[-1]
+        for tensor in _tensors((args, kwargs)):
+            for owner in self._owners.get(id(tensor), ()):
+                if owner is not reader:
+                    self._reads.setdefault(self._names[id(owner)], {})[self._names.get(id(reader), ROOT_FORWARD)] = None
+        return func(*args, **kwargs)
+
+    def found(self) -> dict[str, tuple[str, ...]]:
+        return {owner: tuple(readers) for owner, readers in self._reads.items()}
+
+
+def _tensors(value: Any) -> Iterator[torch.Tensor]:
+    """The tensors in nested tuples, lists and dicts (a torch function's arguments)."""
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _tensors(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _tensors(item)
 
 
 def as_probe(subject: nn.Module | ModelProbe, *, input_size: Sequence[int] | None = None,

@@ -5,6 +5,14 @@ parameter initialisation skipped, then planned with :func:`~scconv_surgery.plan.
 That takes a fraction of a second even for billion-parameter models, so ``scconv models`` can
 plan all of timm. Results are cached per model in a JSON file keyed by the versions of torch,
 timm, torchvision and this package's planning code, so a second listing reads the cache.
+
+Note:
+    The survey's plan runs no forward before planning, so of the ways a conv's parameters can be
+    shared (:mod:`scconv_surgery.sharing`) it finds only a ``Parameter`` object that another
+    module also holds (tied weights); a parameter read by another module's forward
+    (``F.conv2d(x, self.conv.weight)``) and shared storage (meta tensors have none) are found
+    only when converting (``scconv convert``, ``convert(..., input_size=...)``), where the base
+    model runs once before the plan is made. A surveyed model may therefore convert fewer convs.
 """
 from __future__ import annotations
 
@@ -141,7 +149,7 @@ def build_model_on_meta(name: str) -> nn.Module:
     """
     try:
         with torch.device("meta"), _SkipInit():
-            return build_model(_source(name))
+            return build_model(_source(name), require_data=False)
     except (NotImplementedError, RuntimeError) as err:
         if "meta" not in str(err):
             raise

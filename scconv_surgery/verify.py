@@ -9,13 +9,14 @@ from typing import Any
 
 import torch
 
-from ._probe import noop, tensor_leaves
+from ._probe import example_input, noop, tensor_leaves
 from .checkpoint import read_checkpoint
-from .errors import CheckpointError, ModelForwardError
+from .contracts import DataDependentShapes, data_dependent_leaves
+from .errors import CheckpointError, ModelForwardError, WeightsFileError
 from .manifest import untouched_tensors
 from .models import build_model
 from .pipeline import RESULT_SCHEMA_VERSION
-from .weights import read_weights
+from .weights import WeightsKind, fit_weights, read_weights
 
 __all__ = ["Check", "VerifyResult", "verify_checkpoint"]
 
@@ -58,21 +59,44 @@ def _listed(items: list[str], limit: int = 5) -> str:
     return ", ".join(items[:limit]) + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
 
 
-def _output_checks(out: Any, expected: Any) -> list[Check]:
-    """Shape and finiteness, tensor by tensor, of an output that may be nested (lists, dicts, ...)."""
-    got = [(path, tuple(t.shape)) for path, t in tensor_leaves(out)]
-    want = [(path, tuple(t.shape)) for path, t in tensor_leaves(expected)]
+def _shape_text(shape: tuple[int | str, ...]) -> str:
+    """``(2, 10)``, or ``(N, 4)`` for a data-dependent first dim."""
+    return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _to_model(x: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
+    """``x`` on ``model``'s device and in its floating dtype (the first parameter decides, as for
+    every other step that runs a model: :func:`~scconv_surgery._probe.example_input`)."""
+    like = example_input(model, (0,))
+    return x.to(device=like.device, dtype=like.dtype)
+
+
+def _contract(shape: tuple[int, ...], data_dependent: bool) -> tuple[int | str, ...]:
+    """What of a shape is a contract: all of it, or for a data-dependent leaf all but its first dim."""
+    return ("N", *shape[1:]) if data_dependent and shape else shape
+
+
+def _output_checks(out: Any, expected: Any, data_dependent: frozenset[str] = frozenset()) -> list[Check]:
+    """Shape and finiteness, tensor by tensor, of an output that may be nested (lists, dicts, ...).
+
+    ``data_dependent``: paths whose first dimension depends on the input's values
+    (:func:`~scconv_surgery.contracts.data_dependent_leaves`); that dimension is not compared."""
+    got = [(path, _contract(tuple(t.shape), path in data_dependent)) for path, t in tensor_leaves(out)]
+    want = [(path, _contract(tuple(t.shape), path in data_dependent)) for path, t in tensor_leaves(expected)]
+    note = (f"; the first dim of {len(data_dependent)} tensor(s) depends on the data (N: detections), not compared"
+            if data_dependent else "")
     if not got:
         return [Check("output shape", False, f"the output holds no tensor ({type(out).__name__})")]
     if [path for path, _ in got] == [path for path, _ in want] == ["output"]:  # one tensor
-        shape_check = Check("output shape", got == want, f"{got[0][1]} (base model: {want[0][1]})")
+        shape_check = Check("output shape", got == want, f"{got[0][1]} (base model: {want[0][1]}){note}")
     elif got == want:
         count = "1 tensor, of" if len(got) == 1 else f"{len(got)} tensors, each of"
         shape_check = Check("output shape", True, f"{count} the base model's shape: "
-                            + _listed([f"{path} {shape}" for path, shape in got]))
+                            + _listed([f"{path} {_shape_text(shape)}" for path, shape in got]) + note)
     else:
         base, own = dict(want), dict(got)
-        problems = {path: f"{path} {shape} (base model: {base[path] if path in base else 'absent'})"
+        problems = {path: f"{path} {_shape_text(shape)} (base model: "
+                          f"{_shape_text(base[path]) if path in base else 'absent'})"
                     for path, shape in got if base.get(path) != shape}
         problems.update({path: f"{path} missing" for path in base if path not in own})
         shape_check = Check("output shape", False, "differs from the base model's: " + _listed(list(problems.values())),
@@ -91,7 +115,9 @@ def verify_checkpoint(path: str | os.PathLike, *, weights: str | os.PathLike | N
     Checks: the checkpoint loads strictly; a forward at the recorded input size (batch 2,
     eval mode) gives the base model's output shape and finite values, tensor by tensor for
     outputs that are lists, tuples or dicts of tensors (timm ``features_only``, torchvision
-    segmentation, Inception's auxiliary logits); with ``weights``, every
+    segmentation, Inception's auxiliary logits); a tensor whose first dimension depends on the
+    data (a detector's boxes, scores, labels, masks, keypoints:
+    :mod:`scconv_surgery.contracts`) is compared on its other dimensions only; with ``weights``, every
     tensor outside the replaced modules equals the weights file's (except the classifier keys
     re-initialised for ``num_classes`` and BatchNorm statistics reset by ``--reset-bn-stats`` or
     re-estimated by calibration).
@@ -121,22 +147,29 @@ def verify_checkpoint(path: str | os.PathLike, *, weights: str | os.PathLike | N
         torch.manual_seed(0)
         x = torch.randn(2, *size)
     base = build_model(manifest.source)
+    shapes = DataDependentShapes()
     try:
-        with torch.no_grad():
-            out, expected = model(x), base(x)
+        with torch.no_grad():  # each model gets the input on its own device and in its floating dtype
+            out = model(_to_model(x, model))
+            with shapes:  # which of the base model's output sizes depend on the data (detections)
+                expected = base(_to_model(x, base))
     except Exception as err:
         raise ModelForwardError(manifest.source.display_name, tuple(x.shape), f"{type(err).__name__}: {err}") from err
-    checks += _output_checks(out, expected)
+    checks += _output_checks(out, expected, data_dependent_leaves(expected, shapes))
     if weights is not None:
         on_step(f"comparing with {weights}")
-        source_weights = read_weights(weights).fitted_to(base.state_dict()).state_dict
+        recorded = manifest.source.weights
+        file = read_weights(weights, entry=recorded.entry if recorded.kind is WeightsKind.FILE else None)
+        try:  # keyed as the model is: the remapping the conversion applied (legacy keys) applies again
+            source_weights = fit_weights(base, file)[0]
+        except WeightsFileError:  # keys that do not fit are named by the comparison below
+            source_weights = file.fitted_to(base.state_dict()).state_dict
         state = model.state_dict()
         comparison = untouched_tensors(manifest, state, source_weights)
         if comparison.equal:
             detail = f"{comparison.compared} untouched tensors equal the weights file"
         else:
-            replaced = tuple(f"{name}." for name in manifest.replaced_names)
-            extra = [k for k in source_weights if k not in state and not k.startswith(replaced)]
+            extra = [k for k in source_weights if k not in state and not k.startswith(manifest.replaced_prefixes)]
             detail = ", ".join(f"{len(keys)} {what} ({_listed(list(keys))})" for keys, what in (
                 (comparison.differ, "differ"), (comparison.missing, "missing from the file"),
                 (extra, "in the file but not in the model: weights of another architecture?")) if keys)

@@ -2,7 +2,7 @@
 
 Accepts plain state_dicts (``torch.load(weights_only=True)`` or safetensors) and the training
 checkpoints of timm's and torchvision's scripts (the state_dict under ``state_dict``, ``model``
-or their EMA keys), with the prefixes of PyTorch's wrappers stripped in any order and nesting
+or their EMA keys; the EMA first, as ``timm.models.load_checkpoint`` picks it), with the prefixes of PyTorch's wrappers stripped in any order and nesting
 (timm: ``load_state_dict`` and ``clean_state_dict`` in timm/models/_helpers.py; PyTorch:
 ``clean_tensor_name`` in torch/distributed/fsdp/_common_utils.py).
 """
@@ -22,11 +22,15 @@ from torch import nn
 
 from ._files import TORCH_KINDS, describe, sniff, torch_load_problem
 from .errors import WeightsFileError
+from .weights_remap import describe_mismatch, remap_keys
 
-__all__ = ["WeightsKind", "WeightsSource", "WeightsFile", "read_weights", "read_state_dict", "strip_wrapper_prefixes", "load_weights_file",
+__all__ = ["WeightsKind", "WeightsSource", "WeightsFile", "read_weights", "read_state_dict", "strip_wrapper_prefixes", "load_weights_file", "fit_weights",
            "classifier_prefixes", "file_sha256"]
 
-_WRAPPER_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")  # timm/torchvision trainers
+# Where timm's and torchvision's training scripts keep the weights, in the order timm's load_state_dict /
+# load_checkpoint (use_ema=True, their default, which create_model(checkpoint_path=...) uses) picks them:
+# the EMA, when the file has one, is what timm's train.py evaluated and chose its best checkpoint by.
+_WRAPPER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")
 # Wrappers that put their attribute name before every key of the wrapped model's state_dict:
 # DistributedDataParallel, DataParallel, timm's ModelEmaV2/V3 and torch.optim.swa_utils.AveragedModel
 # ("module."), torch.compile ("_orig_mod."), FSDP and activation checkpointing.
@@ -34,6 +38,9 @@ WRAPPER_PREFIXES = ("module.", "_orig_mod.", "_fsdp_wrapped_module.", "_checkpoi
 # Those that also sit inside keys, around a compiled, sharded or checkpointed submodule; "module."
 # inside a key is an ordinary module name.
 _INNER_WRAPPERS = ("_orig_mod.", "_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
+# The order in which releases before the entry was recorded picked (the live weights first): a manifest
+# without "weights.entry" was converted from what this order gives, so rebuilding it reads the same.
+RECORDED_BEFORE_ENTRIES = "state_dict|model|state_dict_ema|model_ema"
 _NON_STATE_KEYS = ("n_averaged",)  # torch.optim.swa_utils.AveragedModel's counter (torchvision's EMA)
 
 
@@ -75,6 +82,11 @@ class WeightsSource:
         reinitialized: file: the classifier keys kept at their fresh initialisation because
             ``num_classes`` changed their shapes.
         stripped_prefixes: file: the wrapper key prefixes stripped (``module.``, ...).
+        entry: file: the entry of a training checkpoint the state_dict was read from
+            (``"state_dict_ema"``, ``"model"``, ...; None: the file is a plain state_dict). As a
+            request, the entry to read; None picks as timm does (the EMA first).
+        remapping: file: the key remapping applied (torchvision's DenseNet legacy keys, a timm
+            ``checkpoint_filter_fn``), or None.
     """
 
     kind: WeightsKind = WeightsKind.RANDOM
@@ -85,6 +97,8 @@ class WeightsSource:
     sha256: str | None = None
     reinitialized: tuple[str, ...] = ()
     stripped_prefixes: tuple[str, ...] = ()
+    entry: str | None = None
+    remapping: str | None = None
 
     @classmethod
     def random(cls, seed: int | None = None) -> WeightsSource:
@@ -97,9 +111,11 @@ class WeightsSource:
         return cls(WeightsKind.PRETRAINED, tag=tag)
 
     @classmethod
-    def file(cls, path: str | os.PathLike, sha256: str | None = None) -> WeightsSource:
-        """A local weights file; with ``sha256``, the file must have that digest."""
-        return cls(WeightsKind.FILE, path=Path(path), name=Path(path).name, sha256=sha256)
+    def file(cls, path: str | os.PathLike, sha256: str | None = None, *, entry: str | None = None) -> WeightsSource:
+        """A local weights file; with ``sha256``, the file must have that digest; ``entry``: the
+        training checkpoint's entry to read (``"state_dict"`` for the live weights of a timm
+        checkpoint that also holds ``"state_dict_ema"``); None picks the EMA first, as timm does."""
+        return cls(WeightsKind.FILE, path=Path(path), name=Path(path).name, sha256=sha256, entry=entry)
 
     @property
     def trained(self) -> bool:
@@ -108,22 +124,26 @@ class WeightsSource:
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest's ``source.weights``: ``{"kind": "random"}``, ``{"kind": "pretrained",
-        "tag": ...}`` or ``{"kind": "file", "name", "sha256", "reinitialized", "stripped_prefixes"}``
-        (the seed is the manifest's ``seed``)."""
+        "tag": ...}`` or ``{"kind": "file", "name", "sha256", "reinitialized", "stripped_prefixes",
+        "entry", "remapping"}`` (the seed is the manifest's ``seed``)."""
         if self.kind is WeightsKind.RANDOM:
             return {"kind": self.kind.value}
         if self.kind is WeightsKind.PRETRAINED:
             return {"kind": self.kind.value, "tag": self.tag}
         return {"kind": self.kind.value, "name": self.name, "sha256": self.sha256,
-                "reinitialized": list(self.reinitialized), "stripped_prefixes": list(self.stripped_prefixes)}
+                "reinitialized": list(self.reinitialized), "stripped_prefixes": list(self.stripped_prefixes),
+                "entry": self.entry, "remapping": self.remapping}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], *, seed: int | None = None) -> WeightsSource:
         """Read :meth:`to_dict`'s form; ``seed``: the manifest's."""
         kind = WeightsKind(d.get("kind", "random"))
+        # a file recorded before entries were: what the order of those releases picked (the live weights first)
+        entry = d.get("entry") if "entry" in d or kind is not WeightsKind.FILE else RECORDED_BEFORE_ENTRIES
         return cls(kind, seed=seed, tag=d.get("tag"), name=d.get("name"),
                    sha256=d.get("sha256"), reinitialized=tuple(d.get("reinitialized") or ()),
-                   stripped_prefixes=tuple(d.get("stripped_prefixes") or ()))
+                   stripped_prefixes=tuple(d.get("stripped_prefixes") or ()), entry=entry,
+                   remapping=d.get("remapping"))
 
 
 @dataclass(frozen=True)
@@ -135,11 +155,16 @@ class WeightsFile:
         state_dict: name -> tensor, with wrapper prefixes stripped.
         stripped_prefixes: the prefixes stripped, in order of first appearance, e.g.
             ``("_orig_mod.", "module.")`` for ``torch.compile(DDP(model))``; empty if none.
+        entry: the training checkpoint's entry the state_dict came from (``"state_dict_ema"``),
+            or None for a plain state_dict.
+        entries: every entry of the file that holds a state_dict, in the file's order.
     """
 
     path: Path
     state_dict: dict[str, torch.Tensor]
     stripped_prefixes: tuple[str, ...] = ()
+    entry: str | None = None
+    entries: tuple[str, ...] = ()
 
     def fitted_to(self, keys: Collection[str]) -> WeightsFile:
         """The same weights, with one more leading prefix stripped if that makes the keys ``keys``.
@@ -193,12 +218,17 @@ def strip_wrapper_prefixes(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict
     return dict(zip(names, state_dict.values())), tuple(dict.fromkeys(stripped))
 
 
-def read_weights(path: str | os.PathLike) -> WeightsFile:
+def read_weights(path: str | os.PathLike, *, entry: str | None = None) -> WeightsFile:
     """Read a weights file: a state_dict, unwrapped from trainer checkpoints and wrapper prefixes.
 
+    A training checkpoint (a mapping with a state_dict under one of :data:`_WRAPPER_KEYS`) gives
+    the entry ``entry`` names (``"a|b|c"``: the first of those it holds), else the first of ``state_dict_ema``, ``model_ema``, ``state_dict``,
+    ``model`` that it holds: the EMA first, as ``timm.models.load_checkpoint`` (``use_ema=True``,
+    its default) and ``timm.create_model(checkpoint_path=...)`` pick.
+
     Raises:
-        WeightsFileError: the file is missing, unreadable, an scconv checkpoint, or holds no
-            state_dict.
+        WeightsFileError: the file is missing, unreadable, an scconv checkpoint, holds no
+            state_dict, or has no state_dict under ``entry``.
     """
     path = Path(path)
     if path.is_dir():
@@ -223,11 +253,21 @@ def read_weights(path: str | os.PathLike) -> WeightsFile:
     if isinstance(obj, Mapping) and obj.get("format") == "scconv-surgery":
         raise WeightsFileError(str(path), "is an scconv-surgery checkpoint, not base-model weights; load it with "
                                "scconv_surgery.load(), or convert from the original weights")
-    if isinstance(obj, Mapping):
-        for key in _WRAPPER_KEYS:
-            if isinstance(obj.get(key), Mapping):
-                obj = {k: v for k, v in obj[key].items() if k not in _NON_STATE_KEYS}
-                break
+    entries = tuple(k for k, v in obj.items() if isinstance(v, Mapping) and v
+                    and all(isinstance(t, torch.Tensor) for t in v.values())) if isinstance(obj, Mapping) else ()
+    chosen = None
+    if entry is not None and "|" in entry:  # an order of preference (a manifest written before entries were recorded)
+        chosen = next((key for key in entry.split("|") if key in entries), None)
+    elif entry is not None:
+        if entry not in entries:
+            listed = ", ".join(entries) if entries else "none: it is a plain state_dict"
+            raise WeightsFileError(str(path), f"has no state_dict under {entry!r} (its entries that hold one: {listed})",
+                                   entries=entries)
+        chosen = entry
+    elif isinstance(obj, Mapping):
+        chosen = next((key for key in _WRAPPER_KEYS if isinstance(obj.get(key), Mapping)), None)
+    if chosen is not None:
+        obj = {k: v for k, v in obj[chosen].items() if k not in _NON_STATE_KEYS}
     if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsFileError(str(path), "holds no state_dict (expected a mapping of names to "
                                f"tensors, or one under {', '.join(_WRAPPER_KEYS)})")
@@ -235,7 +275,7 @@ def read_weights(path: str | os.PathLike) -> WeightsFile:
         state_dict, stripped = strip_wrapper_prefixes(obj)
     except ValueError as err:
         raise WeightsFileError(str(path), str(err)) from err
-    return WeightsFile(path, state_dict, stripped)
+    return WeightsFile(path, state_dict, stripped, chosen, entries)
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -254,14 +294,42 @@ def classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
     return (heads[-1],) if heads else ()
 
 
-def load_weights_file(model: nn.Module, path: str | os.PathLike, *, reinit_classifier: bool = False) -> WeightsSource:
+def fit_weights(model: nn.Module, weights: WeightsFile) -> tuple[dict[str, torch.Tensor], str | None]:
+    """The file's state_dict keyed as ``model``'s: a trainer's attribute prefix stripped
+    (:meth:`WeightsFile.fitted_to`), then the remappings the model's library applies to its own
+    files (:func:`~scconv_surgery.weights_remap.remap_keys`: torchvision's DenseNet legacy keys,
+    timm's ``checkpoint_filter_fn``, ``num_batches_tracked`` buffers a pre-0.4.1 file lacks).
+
+    Returns:
+        ``(state_dict, remapping)``: the remapping in words, or None when none was needed.
+
+    Raises:
+        WeightsFileError: the keys still do not fit; the message says what kind of mismatch it
+            is (a prefix, a legacy format, another architecture) rather than listing every key;
+            ``missing_keys`` and ``unexpected_keys`` carry them all.
+    """
+    own = model.state_dict()
+    fitted = weights.fitted_to(own)
+    remapped = remap_keys(fitted.state_dict, model)
+    if remapped is None:
+        missing = sorted(set(own) - set(fitted.state_dict))
+        unexpected = sorted(set(fitted.state_dict) - set(own))
+        raise WeightsFileError(str(weights.path), f"does not fit the model ({len(missing)} missing key(s), "
+                               f"{len(unexpected)} unexpected key(s)): {describe_mismatch(fitted.state_dict, own)}", missing, unexpected)
+    return remapped.state_dict, remapped.remapping
+
+
+def load_weights_file(model: nn.Module, path: str | os.PathLike, *, reinit_classifier: bool = False,
+                      entry: str | None = None) -> WeightsSource:
     """Load a local weights file into ``model`` (in place, strictly).
 
     Accepts a plain state_dict (``.pt``/``.pth``/``.bin`` via ``torch.load(weights_only=True)``,
     or ``.safetensors``), and timm / torchvision training checkpoints (the state_dict under
-    ``state_dict``, ``model``, ``state_dict_ema`` or ``model_ema``), with the key prefixes of
-    wrappers stripped (:func:`strip_wrapper_prefixes`, and a trainer's attribute name such as
-    Lightning's ``model.`` where every key carries it and the rest fits the model).
+    ``state_dict_ema``, ``model_ema``, ``state_dict`` or ``model``: the EMA first, as timm picks),
+    with the key prefixes of wrappers stripped (:func:`strip_wrapper_prefixes`, and a trainer's
+    attribute name such as Lightning's ``model.`` where every key carries it and the rest fits
+    the model), and the key remappings that timm and torchvision apply to their own models'
+    files (:func:`fit_weights`).
 
     Args:
         model: the model to load into.
@@ -269,25 +337,23 @@ def load_weights_file(model: nn.Module, path: str | os.PathLike, *, reinit_class
         reinit_classifier: when only the classifier's shapes differ (``num_classes`` was
             changed), keep the model's freshly initialised classifier and load the rest, as
             timm does; the keys are reported.
+        entry: the training checkpoint's entry to read (``"state_dict"`` for the live weights
+            beside ``"state_dict_ema"``); None picks the EMA first.
 
     Returns:
         What was loaded, for the manifest: a file :class:`WeightsSource` with the file's name,
-        sha256, the re-initialised classifier keys and the stripped prefixes.
+        sha256, the entry read, the re-initialised classifier keys, the stripped prefixes and
+        the remapping.
 
     Raises:
-        WeightsFileError: the file is missing, unreadable, holds no state_dict, or its keys or
-            shapes do not fit the model (the error lists them).
+        WeightsFileError: the file is missing, unreadable, holds no state_dict (or none under
+            ``entry``), or its keys or shapes do not fit the model (the error says how).
     """
     path = Path(path)
     own = model.state_dict()
-    weights = read_weights(path).fitted_to(own)
-    state_dict = weights.state_dict
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    if missing or unexpected:
-        raise WeightsFileError(str(path), f"does not fit the model: {len(missing)} missing key(s) "
-                               f"{missing[:5]}, {len(unexpected)} unexpected key(s) {unexpected[:5]}",
-                               missing, unexpected)
+    weights = read_weights(path, entry=entry)
+    state_dict, remapping = fit_weights(model, weights)
+    stripped = weights.fitted_to(own).stripped_prefixes
     wrong = [k for k, v in state_dict.items() if v.shape != own[k].shape]
     heads = classifier_prefixes(model)
     in_head = all(any(k.startswith(f"{h}.") for h in heads) for k in wrong)
@@ -299,4 +365,5 @@ def load_weights_file(model: nn.Module, path: str | os.PathLike, *, reinit_class
         state_dict[key] = own[key]
     model.load_state_dict(state_dict, strict=True)
     return WeightsSource(WeightsKind.FILE, path=path, name=path.name, sha256=file_sha256(path),
-                         reinitialized=tuple(sorted(wrong)), stripped_prefixes=weights.stripped_prefixes)
+                         reinitialized=tuple(sorted(wrong)), stripped_prefixes=stripped,
+                         entry=weights.entry, remapping=remapping)

@@ -126,16 +126,84 @@ class LongNameNet(nn.Module):
         return stage.conv_right(stage.conv_left(self.stem(x)))
 
 
+class TridentBlock(nn.Module):
+    """TridentNet-style sharing: runs ``conv``, and ``F.conv2d`` with its weight at dilation 2."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(16, 16, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x) + nn.functional.conv2d(x, self.conv.weight, self.conv.bias, padding=2, dilation=2)
+
+
+class TridentBlockNet(nn.Module):
+    """A :class:`TridentBlock` (``block.conv`` shared) between a stem and an ordinary conv ``other``."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.block = TridentBlock()
+        self.other = nn.Conv2d(16, 16, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.other(self.block(self.stem(x)))
+
+
+class TiedConvNet(nn.Module):
+    """``tied.weight`` is ``conv.weight`` (the same Parameter in two modules); ``other`` is not shared."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(16, 16, 3, padding=1)
+        self.tied = nn.Conv2d(16, 16, 3, padding=2, dilation=2)
+        self.tied.weight = self.conv.weight
+        self.other = nn.Conv2d(16, 16, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.other(self.conv(x) + self.tied(x))
+
+
+class ThresholdDetector(nn.Module):
+    """A detector in miniature: one detection per position whose score passes a threshold, as a list
+    of per-image dicts (torchvision's layout); keypoints built from ``len()``, as keypoint R-CNN does."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.body = nn.Conv2d(16, 16, 3, padding=1)
+        self.head = nn.Conv2d(16, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        scores = self.head(self.body(torch.relu(self.stem(x)))).flatten(1)
+        out = []
+        for image_scores in scores:
+            keep = image_scores > 0
+            kept = image_scores[keep]
+            positions = keep.nonzero()[:, 0].float()
+            boxes = torch.stack([positions, positions, positions + 1, positions + 1], dim=1)
+            out.append({"boxes": boxes, "scores": kept, "keypoints": torch.zeros(len(kept), 17, 3),
+                        "image_score": image_scores.mean().reshape(1)})
+        return out
+
+
 @pytest.fixture
 def toy_factory(monkeypatch) -> str:
     """``factory:`` prefix of a module whose builders return toy models: ``nested(kind)``
     (:class:`NestedOutputNet`), ``long_names()`` (:class:`LongNameNet`), ``tiny()``
-    (:class:`TinyConvNet`), ``resizing()`` (:class:`ResizingNet`)."""
+    (:class:`TinyConvNet`), ``resizing()`` (:class:`ResizingNet`), ``trident()``
+    (:class:`TridentBlockNet`), ``detector()`` (:class:`ThresholdDetector`), ``aliased()``
+    (:class:`AliasedConvNet`), ``tiny_meta()`` (on the meta device), ``tiny_dtype(dtype)``."""
     module = types.ModuleType("scconv_test_toys")
     module.nested = lambda kind="list": NestedOutputNet(kind)
     module.long_names = LongNameNet
     module.tiny = TinyConvNet
     module.resizing = lambda: ResizingNet()
+    module.trident = TridentBlockNet
+    module.detector = ThresholdDetector
+    module.aliased = AliasedConvNet
+    module.tiny_meta = lambda: TinyConvNet().to("meta")
+    module.tiny_dtype = lambda dtype="float64": TinyConvNet().to(getattr(torch, dtype))
     monkeypatch.setitem(sys.modules, module.__name__, module)
     return "factory:scconv_test_toys"
 

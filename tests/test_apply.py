@@ -141,3 +141,97 @@ def test_check_shapes_names_the_layer_whose_shape_differs(tiny_net):
     with pytest.raises(ShapeMismatchError) as caught:
         check_shapes(probe_model(tiny_net, (3, 16, 16)), converted, plan)
     assert (caught.value.name, caught.value.expected, caught.value.actual) == ("block2", (1, 32, 8, 8), (1, 32, 16, 16))
+
+
+@pytest.mark.parametrize("kind", ["forward", "forward_pre", "forward_with_kwargs", "always_call", "full_backward"])
+def test_a_handle_from_before_an_inplace_convert_removes_the_moved_hook(kind):
+    model = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1))
+    calls: list[str] = []
+    conv = model[0]
+    register = {
+        "forward": lambda: conv.register_forward_hook(lambda m, a, o: calls.append(type(m).__name__)),
+        "forward_pre": lambda: conv.register_forward_pre_hook(lambda m, a: calls.append(type(m).__name__)),
+        "forward_with_kwargs": lambda: conv.register_forward_hook(
+            lambda m, a, k, o: calls.append(type(m).__name__), with_kwargs=True),
+        "always_call": lambda: conv.register_forward_hook(lambda m, a, o: calls.append(type(m).__name__),
+                                                          always_call=True),
+        "full_backward": lambda: conv.register_full_backward_hook(lambda m, gi, go: calls.append(type(m).__name__)),
+    }[kind]
+    handle = register()
+    convert(model, inplace=True)
+    x = torch.randn(1, 16, 4, 4, requires_grad=True)
+    model(x).sum().backward()
+    assert calls == ["ScConv"]
+    handle.remove()
+    model(x).sum().backward()
+    assert calls == ["ScConv"]  # removed: it fires no more
+    assert all(not getattr(model[0], attr) for attr in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks",
+                                                        "_forward_hooks_with_kwargs", "_forward_hooks_always_called"))
+
+
+def test_a_copy_keeps_its_own_hooks_when_the_original_s_handle_is_removed():
+    model = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1))
+    calls: list[str] = []
+    handle = model[0].register_forward_hook(lambda m, a, o: calls.append(type(m).__name__))
+    converted, _ = convert(model)  # a deep copy: the original's handle is about the original
+    handle.remove()
+    converted(torch.randn(1, 16, 4, 4))
+    assert calls == ["ScConv"]
+
+
+@pytest.mark.parametrize("net, reader", [
+    ("trident", "its parameters are also read by block's forward"),
+    ("tied", "its weight is also held by tied.weight"),
+    ("buffer", "its weight is also held by keeper.snapshot"),
+])
+def test_a_conv_whose_parameters_other_code_uses_is_skipped_with_the_reader_named(net, reader):
+    from conftest import TiedConvNet, TridentBlockNet
+    from scconv_surgery.plan import SkipReason
+
+    torch.manual_seed(0)
+    if net == "trident":
+        model, name, other = TridentBlockNet(), "block.conv", "other"
+    elif net == "tied":
+        model, name, other = TiedConvNet(), "conv", "other"
+    else:
+        model, name, other = TiedConvNet(), "conv", "other"
+        del model.tied
+        model.tied = nn.Identity()
+        model.keeper = nn.Module()
+        model.keeper.register_buffer("snapshot", model.conv.weight.data)  # the same storage
+    size = (3, 8, 8) if net == "trident" else (16, 8, 8)
+    converted, plan = convert(model, input_size=size)
+    decisions = {d.name: d for d in plan.decisions}
+    assert decisions[name].reason is SkipReason.SHARED_WEIGHT
+    assert decisions[name].detail.startswith(reader), decisions[name].detail
+    assert decisions[other].is_replaced
+    converted(torch.randn(1, *size))  # runs: nothing reads a weight SCConv does not have
+
+
+def test_without_a_forward_only_held_parameters_are_found():
+    """plan_conversion without a probe (the meta-device survey) cannot see a read in a forward."""
+    from conftest import TiedConvNet, TridentBlockNet
+    from scconv_surgery.plan import SkipReason
+
+    assert {d.name for d in plan_conversion(TridentBlockNet()).replaced} == {"block.conv", "other"}
+    with torch.device("meta"):  # built there, as the survey builds (.to("meta") would untie the weights)
+        meta = TiedConvNet()
+    tied = {d.name: d for d in plan_conversion(meta).decisions}
+    assert tied["conv"].reason is SkipReason.SHARED_WEIGHT and tied["tied"].reason is not SkipReason.SHARED_WEIGHT
+    assert tied["other"].is_replaced
+
+
+def test_an_aliased_conv_is_not_sharing():
+    _, plan = convert(AliasedConvNet(), input_size=(16, 8, 8))
+    assert [(d.name, d.aliases) for d in plan.replaced] == [("conv", ("again",))]
+
+
+def test_a_conv_also_kept_in_a_plain_list_is_skipped():
+    """Replacing it would leave the list's reference calling the dense conv, untrained."""
+    from scconv_surgery.plan import SkipReason
+
+    model = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1))
+    model[1].__dict__["branches"] = [model[0]]
+    decision = {d.name: d for d in plan_conversion(model).decisions}["0"]
+    assert decision.reason is SkipReason.SHARED_WEIGHT
+    assert decision.detail.startswith("the conv itself is also kept by 1 as a plain attribute (branches[0])")

@@ -174,3 +174,46 @@ def test_hf_hub_names_build_from_the_local_cache(name, hf_cache, tmp_path):
 def test_hf_hub_name_missing_from_the_cache_offline(hf_cache):
     with pytest.raises(UnknownModelError, match="neither in the local Hugging Face cache nor downloadable"):
         create_model("hf-hub:timm/not_in_the_cache")
+
+
+def test_a_model_without_data_is_refused_where_data_is_needed(monkeypatch):
+    import sys
+    import types
+
+    from torch import nn
+
+    from scconv_surgery.errors import ModelDataError
+    from scconv_surgery.models import build_model, create_model
+    from scconv_surgery.models import ModelSource as Source
+
+    module = types.ModuleType("scconv_test_meta")
+    module.build = lambda: nn.Conv2d(16, 16, 3, device="meta")
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    with pytest.raises(ModelDataError, match=r"2 of its 2 tensors have no data \(the meta device, e.g. weight, bias\)") \
+            as info:
+        create_model("factory:scconv_test_meta:build")
+    assert info.value.tensors == ("weight", "bias")
+    with pytest.raises(ModelDataError):
+        build_model(Source.factory("scconv_test_meta:build"))
+    assert build_model(Source.factory("scconv_test_meta:build"), require_data=False).weight.is_meta  # a survey
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")  # torch.ao.quantization's own
+def test_a_quantised_model_is_refused_naming_its_quantised_tensors(monkeypatch):
+    import sys
+    import types
+
+    from torch import nn
+
+    from scconv_surgery.errors import ModelDataError
+    from scconv_surgery.models import create_model
+
+    def build():
+        model = nn.Sequential(nn.Linear(4, 4))
+        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+
+    module = types.ModuleType("scconv_test_quantised")
+    module.build = build
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    with pytest.raises(ModelDataError, match="it is quantised .*convert the float model, then quantise"):
+        create_model("factory:scconv_test_quantised:build")

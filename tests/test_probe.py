@@ -144,3 +144,36 @@ def test_run_conversion_runs_the_base_model_twice_and_the_converted_once(counted
     assert CountedNet.forwards.count(id(base)) == 2
     assert CountedNet.forwards.count(id(result.model)) == 1
     assert len(CountedNet.forwards) == 3
+
+
+class _ReadsElsewhere(nn.Module):
+    """``conv``'s weight read by the model's own forward (its shape) and by ``user``'s forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.user = _WeightUser(self.conv)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        return self.user(x) * self.conv.weight.shape[0]
+
+
+class _WeightUser(nn.Module):
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        self.convs = [conv]  # a plain list: not a submodule, its parameters not registered here
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.conv2d(x, self.convs[0].weight, padding=1)
+
+
+def test_probe_records_which_forwards_read_another_module_s_parameters():
+    probe = probe_model(_ReadsElsewhere(), (4, 6, 6))
+    assert dict(probe.outside_reads) == {"conv": ("user", "")}  # "": the model's own forward
+
+
+def test_probe_sees_no_outside_read_in_an_ordinary_model():
+    import torchvision
+
+    assert dict(probe_model(torchvision.models.resnet18(), (3, 32, 32)).outside_reads) == {}

@@ -79,3 +79,42 @@ def test_weights_of_another_architecture_are_named_as_such(tmp_path):
     assert not check.passed
     assert "1 in the file but not in the model: weights of another architecture? (extra_block.weight)" in check.detail
     assert "missing from the file" not in check.detail  # no empty "0 missing ()" part
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_verify_runs_each_model_in_its_own_dtype(dtype, toy_factory, tmp_path):
+    ckpt = tmp_path / "m.pt"
+    run_conversion(ModelSource.parse(f"{toy_factory}:tiny_dtype", kwargs={"dtype": str(dtype).removeprefix("torch.")}),
+                   output=ckpt, input_size=(3, 8, 8))
+    result = verify_checkpoint(ckpt)
+    assert result.passed, result.to_dict()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_verify_runs_a_cuda_model_on_its_device(toy_factory, tmp_path, monkeypatch):
+    import sys
+
+    module = sys.modules[toy_factory.removeprefix("factory:")]
+    monkeypatch.setattr(module, "tiny", lambda: module.tiny_dtype("float32").cuda())
+    ckpt = tmp_path / "m.pt"
+    run_conversion(f"{toy_factory}:tiny", output=ckpt, input_size=(3, 8, 8))
+    assert verify_checkpoint(ckpt).passed
+
+
+def test_data_dependent_leaves_of_a_torchvision_detector():
+    """fasterrcnn: the boxes, labels and scores of each image have one row per detection."""
+    import torchvision
+
+    from scconv_surgery.contracts import DataDependentShapes, data_dependent_leaves
+
+    torch.manual_seed(0)
+    model = torchvision.models.get_model("fasterrcnn_mobilenet_v3_large_320_fpn", weights=None,
+                                         weights_backbone=None).eval()
+    shapes = DataDependentShapes()
+    with torch.no_grad(), shapes:
+        out = model(torch.randn(1, 3, 64, 64))
+    assert data_dependent_leaves(out, shapes) == {"output[0]['boxes']", "output[0]['labels']", "output[0]['scores']"}
+    plain = DataDependentShapes()
+    with torch.no_grad(), plain:
+        logits = torchvision.models.resnet18().eval()(torch.randn(1, 3, 32, 32))
+    assert data_dependent_leaves(logits, plain) == frozenset()

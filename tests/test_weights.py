@@ -1,11 +1,16 @@
 """Weights files: wrapper prefixes, trainer layouts, files that are not weights."""
+import re
+from dataclasses import replace
+
 import pytest
+import timm
 import torch
+import torchvision
 from safetensors.torch import save_file
 
 from scconv_surgery.errors import WeightsFileError
 from scconv_surgery.models import create_model
-from scconv_surgery.weights import read_weights, strip_wrapper_prefixes
+from scconv_surgery.weights import WeightsSource, read_weights, strip_wrapper_prefixes
 
 
 def _reference_state_dict():
@@ -160,3 +165,136 @@ def test_a_safetensors_file_is_read_whatever_its_suffix(tmp_path):
     save_file({k: v.contiguous() for k, v in reference.items()}, str(path))
     model, _ = create_model("torchvision:resnet18", weights=path, num_classes=5)
     assert torch.equal(model.fc.weight, reference["fc.weight"])
+
+
+def _timm_training_checkpoint(path, live, ema):
+    """What timm's train.py saves with --model-ema: both state_dicts, the optimizer, the args."""
+    torch.save({"epoch": 9, "arch": "resnet18", "state_dict": live, "optimizer": {"state": {}, "param_groups": []},
+                "state_dict_ema": ema, "metric": 71.5}, path)
+
+
+def test_a_timm_checkpoint_with_an_ema_gives_the_ema_as_timm_load_checkpoint_does(tmp_path):
+    import timm.models
+
+    live, ema = _reference_state_dict(), {k: v + 1 if v.is_floating_point() else v
+                                          for k, v in _reference_state_dict().items()}
+    path = tmp_path / "checkpoint-9.pth.tar"
+    _timm_training_checkpoint(path, live, ema)
+    model, source = create_model("torchvision:resnet18", weights=path, num_classes=5)
+    assert torch.equal(model.conv1.weight, ema["conv1.weight"])
+    assert source.weights.entry == "state_dict_ema" and source.weights.to_dict()["entry"] == "state_dict_ema"
+    timm_model, _ = create_model("torchvision:resnet18", num_classes=5)
+    timm.models.load_checkpoint(timm_model, str(path))  # the file's own library picks the same
+    assert torch.equal(timm_model.conv1.weight, model.conv1.weight)
+
+
+def test_the_entry_can_be_chosen_and_a_missing_one_lists_those_there(tmp_path):
+    live = _reference_state_dict()
+    path = tmp_path / "checkpoint.pth.tar"
+    _timm_training_checkpoint(path, live, {k: v * 0 for k, v in live.items()})
+    model, source = create_model("torchvision:resnet18", weights=WeightsSource.file(path, entry="state_dict"),
+                                 num_classes=5)
+    assert torch.equal(model.conv1.weight, live["conv1.weight"]) and source.weights.entry == "state_dict"
+    with pytest.raises(WeightsFileError, match=r"has no state_dict under 'model_ema' \(its entries that hold one: "
+                                               r"state_dict, state_dict_ema\)"):
+        create_model("torchvision:resnet18", weights=WeightsSource.file(path, entry="model_ema"), num_classes=5)
+
+
+def test_a_plain_state_dict_records_no_entry(tmp_path):
+    path = tmp_path / "w.pth"
+    torch.save(_reference_state_dict(), path)
+    _, source = create_model("torchvision:resnet18", weights=path, num_classes=5)
+    assert source.weights.entry is None and source.weights.remapping is None
+
+
+def _densenet_legacy_file(path):
+    """torchvision's published DenseNet files: ``denselayerN.norm.1.weight`` and no num_batches_tracked."""
+    torch.manual_seed(0)
+    own = torchvision.models.densenet121().state_dict()
+    legacy = {re.sub(r"(denselayer\d+\.(?:norm|relu|conv))([12])\.", r"\1.\2.", k): v + 0.5 if v.is_floating_point() else v
+              for k, v in own.items() if not k.endswith("num_batches_tracked")}
+    torch.save(legacy, path)
+    return legacy
+
+
+def test_torchvision_densenet_weights_in_their_published_key_format_load(tmp_path):
+    path = tmp_path / "densenet121-a639ec97.pth"
+    legacy = _densenet_legacy_file(path)
+    assert "features.denseblock1.denselayer1.norm.1.weight" in legacy
+    model, source = create_model("torchvision:densenet121", weights=path)
+    assert torch.equal(model.features.denseblock1.denselayer1.norm1.weight,
+                       legacy["features.denseblock1.denselayer1.norm.1.weight"])
+    assert source.weights.remapping.startswith("torchvision DenseNet legacy keys")
+
+
+def test_a_file_without_num_batches_tracked_loads_as_batchnorm_itself_allows(tmp_path):
+    """Files saved before PyTorch 0.4.1 (torchvision's first ResNet weights) lack the counter."""
+    reference = {k: v for k, v in _reference_state_dict().items() if not k.endswith("num_batches_tracked")}
+    path = tmp_path / "resnet18-5c106cde.pth"
+    torch.save(reference, path)
+    model, _ = create_model("torchvision:resnet18", weights=path, num_classes=5)
+    assert torch.equal(model.layer1[0].bn1.running_var, reference["layer1.0.bn1.running_var"])
+
+
+def test_a_timm_checkpoint_filter_fn_is_applied_as_timm_applies_it(tmp_path):
+    """ConvNeXt trunk weights in OpenCLIP's layout: timm's convnext.checkpoint_filter_fn remaps them."""
+    torch.manual_seed(0)
+    own = timm.create_model("convnext_atto", num_classes=7).state_dict()
+    clip = {f"visual.trunk.{k}": v + 1 for k, v in own.items() if not k.startswith("head.fc.")}
+    clip["visual.head.proj.weight"] = own["head.fc.weight"] + 2
+    path = tmp_path / "open_clip_convnext.bin"
+    torch.save(clip, path)
+    model, source = create_model("timm:convnext_atto", weights=path, num_classes=7)
+    assert torch.equal(model.stem[0].weight, clip["visual.trunk.stem.0.weight"])
+    assert torch.equal(model.head.fc.weight, clip["visual.head.proj.weight"])
+    assert source.weights.remapping == "timm.models.convnext.checkpoint_filter_fn"
+
+
+@pytest.mark.parametrize("case, kind", [
+    ("prefix in the file", "a prefix: every key of the file starts with 'backbone.'"),
+    ("prefix in the model", "a prefix: every key of the model starts with 'features.'"),
+    ("unknown legacy format", "a legacy key format: 580 of the file's 580 unexpected keys are model keys spelled "
+                              "differently (e.g. 'features.denseblock1.denselayer1.norm_1.bias' for "
+                              "'features.denseblock1.denselayer1.norm1.bias')"),
+    ("another architecture", "another architecture: only 0 of the model's 727 keys are in the file"),
+    ("smaller variant", "a smaller variant of the architecture"),
+])
+def test_keys_that_still_do_not_fit_say_what_kind_of_mismatch(case, kind):
+    from scconv_surgery.weights_remap import describe_mismatch
+
+    own = torchvision.models.densenet121().state_dict()
+    file_keys = {
+        "prefix in the file": lambda: {f"backbone.{k}" for k in own},
+        "prefix in the model": lambda: {k.removeprefix("features.") for k in own if k.startswith("features.")},
+        "unknown legacy format": lambda: {re.sub(r"denselayer(\d+)\.norm(\d)", r"denselayer\1.norm_\2", k) for k in own},
+        "another architecture": lambda: set(torchvision.models.resnet18().state_dict()),
+        "smaller variant": lambda: {k for k in own if "denseblock4" not in k},
+    }[case]()
+    model_keys = {k for k in own if k.startswith("features.")} if case == "prefix in the model" else set(own)
+    text = describe_mismatch(file_keys, model_keys)
+    assert text.startswith(kind), text
+    assert text.count("'") < 12  # a few examples, never hundreds of keys
+
+
+def test_a_mismatch_message_names_its_kind_not_hundreds_of_keys(tmp_path):
+    path = tmp_path / "w.pth"
+    torch.save({f"backbone.{k}": v for k, v in _reference_state_dict().items()}, path)
+    with pytest.raises(WeightsFileError) as info:
+        create_model("torchvision:densenet121", weights=path)
+    assert "another architecture" in str(info.value) and len(str(info.value)) < 600
+    assert len(info.value.missing_keys) == 727  # every key stays available on the error
+
+
+def test_a_manifest_from_before_entries_were_recorded_rebuilds_from_the_live_weights(tmp_path):
+    """Releases before the entry was recorded read ``state_dict`` before ``state_dict_ema``."""
+    from scconv_surgery.models import ModelSource, rebuild_base
+
+    live = _reference_state_dict()
+    path = tmp_path / "checkpoint.pth.tar"
+    _timm_training_checkpoint(path, live, {k: v * 0 for k, v in live.items()})
+    old = {"kind": "file", "name": path.name, "sha256": None, "reinitialized": [], "stripped_prefixes": []}
+    recorded = WeightsSource.from_dict(old)
+    source = ModelSource("torchvision", "resnet18", {"num_classes": 5}, replace(recorded, path=path))
+    model, record = rebuild_base(source)
+    assert torch.equal(model.conv1.weight, live["conv1.weight"]) and record.weights.entry == "state_dict"
+    assert WeightsSource.from_dict({**old, "entry": None}).entry is None  # recorded: a plain state_dict

@@ -94,6 +94,12 @@ def render_conversion(console: Console, result: ConversionResult, *, summary: bo
         console.print("skipped: " + ", ".join(f"{n} {reason}" for reason, n in sorted(skips.items())),
                       highlight=False)
     render_counts(console, result.report, summary=summary)
+    weights = result.source.weights
+    if weights.entry or weights.remapping:
+        read = [f"entry {weights.entry!r}" if weights.entry else "", f"keys remapped: {weights.remapping}"
+                if weights.remapping else ""]
+        console.print(f"weights file {escape(str(weights.name))}: {escape('; '.join(r for r in read if r))}",
+                      highlight=False)
     stripped = result.source.weights.stripped_prefixes
     if stripped:
         console.print(f"weights file {escape(str(result.source.weights.name))}: key prefixes stripped: "
