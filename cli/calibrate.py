@@ -58,15 +58,19 @@ def calibrate(
     The replaced convs' weights are not in the checkpoint: the original model is rebuilt from the manifest (pretrained weights from the cache, or --weights FILE). Exit codes: 0 success; 1 unexpected failure; 2 bad input (unreadable checkpoint or images, weights that do not match, random base weights without --allow-random-weights).
     """
     output = Output(json=json_output, debug=debug)
-    with output.errors(), output.progress_bars() as (step, fit):
-        check_seed(seed)
-        config = CalibrationConfig(data=data, num_images=images, steps=steps, batch_size=batch_size,
-                                   strategy=strategy, device=device, seed=seed,
-                                   allow_random_weights=allow_random_weights)
-        result = calibrate_checkpoint(checkpoint, config, out=out, weights=weights, overwrite=force, on_step=step,
-                                      on_fit=fit)
-    if json_output:
-        output.emit_json(result.to_dict())
-    else:
-        render_calibration(output.console, result.run)
-        render_written(output.console, result.output)
+    with output.errors():
+        with output.progress_bars() as (step, fit):
+            check_seed(seed)
+            config = CalibrationConfig(data=data, num_images=images, steps=steps, batch_size=batch_size,
+                                       strategy=strategy, device=device, seed=seed,
+                                       allow_random_weights=allow_random_weights)
+            result = calibrate_checkpoint(checkpoint, config, out=out, weights=weights, overwrite=force,
+                                          on_step=step, on_fit=fit)
+        output.written = result.output
+        for warning in result.run.warnings:
+            output.warn(warning)
+        if json_output:
+            output.emit_json(result.to_dict())
+        else:
+            render_calibration(output.result, result.run)
+            render_written(output.result, result.output)

@@ -146,46 +146,49 @@ def convert(
 ) -> None:
     """Replace the convs of MODEL with SCConv, report the change and save a checkpoint."""
     output = Output(json=json_output, debug=debug, summary=summary)
-    with output.errors(), output.progress_bars() as (step, fit):
-        if out is None and not dry_run:
-            raise InvalidOptionError("--out", "give --out FILE.pt, or --dry-run to write nothing")
-        if (model is None) == (factory is None):
-            raise InvalidOptionError("MODEL", "give a MODEL name or --factory package.module:function (one of them)")
-        if pretrained and weights is not None:
-            raise InvalidOptionError("--weights", "--pretrained and --weights are exclusive; pass one")
-        check_seed(seed)
-        size = parse_input_size(input_size)
-        kwargs = parse_model_kwargs(model_kwargs)
-        if num_classes is not None and "num_classes" in kwargs and kwargs["num_classes"] != num_classes:
-            raise InvalidOptionError("--num-classes", f"{num_classes} contradicts --model-kwargs "
-                                     f"num_classes={kwargs['num_classes']}; give one")
-        config = ScConvConfig(variant=variant, stride_policy=stride_policy)
-        rules = assemble_rules(preset=preset.value if preset else None, rules_file=rules_file,
-                               include=include or (), exclude=exclude or ())
-        weights_source = (WeightsSource.pretrained() if pretrained else
-                          WeightsSource.file(weights) if weights is not None else WeightsSource.random(seed))
-        if num_classes is not None:
-            kwargs["num_classes"] = num_classes
-        source = (ModelSource.parse(model, weights=weights_source, kwargs=kwargs) if model is not None
-                  else ModelSource.factory(factory, weights=weights_source, kwargs=kwargs))  # type: ignore[arg-type]
-        destination = DryRun(out, overwrite=force) if dry_run else WriteCheckpoint(out, overwrite=force)  # type: ignore[arg-type]
-        calibration = None
-        if calibrate is not None:
-            calibration = CalibrationConfig(data=calibrate, num_images=calibrate_images, steps=calibrate_steps,
-                                            batch_size=calibrate_batch_size, strategy=calibrate_strategy,
-                                            device=calibrate_device, seed=seed,
-                                            allow_random_weights=allow_random_weights)
-        result = run_conversion(source, output=destination, rules=rules, config=config, strict_paper=strict_paper,
-                                input_size=size, seed=seed, allow_unmatched=allow_unmatched,
-                                count_elementwise=count_elementwise, reset_bn_stats=reset_bn_stats,
-                                calibration=calibration, on_step=step, on_fit=fit)
-    for warning in result.warnings:
-        output.warn(warning)
-    if json_output:
-        output.emit_json(result.to_dict())
-    else:
-        render_conversion(output.console, result, summary=summary)
-        if calibration is not None and dry_run:
-            output.console.print(f"dry run: would calibrate on {result.calibration_images} images from "
-                                 f"{calibration.data} (each checked to open as an image)", highlight=False,
-                                 markup=False)
+    with output.errors():
+        with output.progress_bars() as (step, fit):
+            if out is None and not dry_run:
+                raise InvalidOptionError("--out", "give --out FILE.pt, or --dry-run to write nothing")
+            if (model is None) == (factory is None):
+                raise InvalidOptionError("MODEL", "give a MODEL name or --factory package.module:function (one of them)")
+            if pretrained and weights is not None:
+                raise InvalidOptionError("--weights", "--pretrained and --weights are exclusive; pass one")
+            check_seed(seed)
+            size = parse_input_size(input_size)
+            kwargs = parse_model_kwargs(model_kwargs)
+            if num_classes is not None and "num_classes" in kwargs and kwargs["num_classes"] != num_classes:
+                raise InvalidOptionError("--num-classes", f"{num_classes} contradicts --model-kwargs "
+                                         f"num_classes={kwargs['num_classes']}; give one")
+            config = ScConvConfig(variant=variant, stride_policy=stride_policy)
+            rules = assemble_rules(preset=preset.value if preset else None, rules_file=rules_file,
+                                   include=include or (), exclude=exclude or ())
+            weights_source = (WeightsSource.pretrained() if pretrained else
+                              WeightsSource.file(weights) if weights is not None else WeightsSource.random(seed))
+            if num_classes is not None:
+                kwargs["num_classes"] = num_classes
+            source = (ModelSource.parse(model, weights=weights_source, kwargs=kwargs) if model is not None
+                      else ModelSource.factory(factory, weights=weights_source, kwargs=kwargs))  # type: ignore[arg-type]
+            destination = DryRun(out, overwrite=force) if dry_run else WriteCheckpoint(out, overwrite=force)  # type: ignore[arg-type]
+            calibration = None
+            if calibrate is not None:
+                calibration = CalibrationConfig(data=calibrate, num_images=calibrate_images, steps=calibrate_steps,
+                                                batch_size=calibrate_batch_size, strategy=calibrate_strategy,
+                                                device=calibrate_device, seed=seed,
+                                                allow_random_weights=allow_random_weights)
+            result = run_conversion(source, output=destination, rules=rules, config=config, strict_paper=strict_paper,
+                                    input_size=size, seed=seed, allow_unmatched=allow_unmatched,
+                                    count_elementwise=count_elementwise, reset_bn_stats=reset_bn_stats,
+                                    calibration=calibration, on_step=step, on_fit=fit)
+        if not dry_run:
+            output.written = result.output
+        for warning in result.warnings:
+            output.warn(warning)
+        if json_output:
+            output.emit_json(result.to_dict())
+        else:
+            render_conversion(output.result, result, summary=summary)
+            if calibration is not None and dry_run:
+                output.result.print(f"dry run: would calibrate on {result.calibration_images} images from "
+                                    f"{calibration.data} (each checked to open as an image)", highlight=False,
+                                    markup=False)

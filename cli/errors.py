@@ -31,6 +31,7 @@ EXIT_BAD_INPUT = 2
 EXIT_NOTHING_SELECTED = 3
 EXIT_VERIFY_FAILED = 4
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a Unix tool whose reader went away
 EXIT_TERMINATED = 143
 
 
@@ -64,6 +65,9 @@ EXIT_CODES: tuple[ExitCode, ...] = (
              "its rebuilt model)", ("verify",)),
     ExitCode(EXIT_INTERRUPTED, "Ctrl-C",
              "interrupted (Ctrl-C); nothing is left at the output path"),
+    ExitCode(EXIT_BROKEN_PIPE, "stdout closed early",
+             "the reader of stdout closed it early (`scconv models | head`): the rest of the result is "
+             "dropped silently, as a Unix tool killed by SIGPIPE"),
     ExitCode(EXIT_TERMINATED, "SIGTERM",
              "terminated (SIGTERM); nothing is left at the output path"),
 )

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import difflib
 from collections import Counter
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -61,6 +61,14 @@ def models(
         names = list_model_names([pattern] if pattern else (), cache_dir=cache_dir)
         surveys = survey_models(names, cache_dir=cache_dir, strict_paper=strict_paper,
                                 jobs=jobs, on_progress=lambda done, total, name: step(f"planned {done}/{total}: {name}"))
+    with output.errors():
+        _show(output, pattern, names, surveys, eligible=eligible, strict_paper=strict_paper, cache_dir=cache_dir)
+
+
+def _show(output: Output, pattern: str | None, names: list[str], surveys: list[ModelSurvey], *, eligible: bool,
+          strict_paper: bool, cache_dir: Any) -> None:
+    """The listing: one JSON document, or the table and the counts of models not eligible (stdout)."""
+    json_output = output.json
     shown = [s for s in surveys if s.replaced > 0] if eligible else surveys
     if not names:  # a warning on stderr, with --json too (stdout keeps its one document)
         close = difflib.get_close_matches(pattern or "", list_model_names(cache_dir=cache_dir), n=5, cutoff=0.6)
@@ -73,9 +81,9 @@ def models(
         return
     if not names:
         return
-    output.console.print(models_table(shown))
+    output.result.print(models_table(shown))
     coverage = Counter(s.coverage.value for s in surveys if s.coverage and not s.replaced)
     if coverage:
         label = "not listed (--eligible), no conv to replace" if eligible else "not eligible"
-        output.console.print(f"{label}: " + ", ".join(f"{n} {why}" for why, n in coverage.most_common()),
-                             highlight=False)
+        output.result.print(f"{label}: " + ", ".join(f"{n} {why}" for why, n in coverage.most_common()),
+                            highlight=False)

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from scconv_surgery.verify import verify_checkpoint
 
@@ -28,14 +29,15 @@ def verify(
     """Load CHECKPOINT, run a forward at its recorded input size, check the output shape and finiteness, and with --weights that untouched layers equal the source weights.
     """
     output = Output(json=json_output, debug=debug)
-    with output.errors(), output.progress() as step:
-        size = parse_input_size(input_size)
-        result = verify_checkpoint(checkpoint, weights=weights, input_size=size, on_step=step)
-    if json_output:
-        output.emit_json(result.to_dict())
-    else:
-        for check in result.checks:
-            mark = "[green]ok[/]  " if check.passed else "[red]FAIL[/]"
-            output.console.print(f"{mark} {check.name}: {check.detail}", highlight=False)
+    with output.errors():
+        with output.progress() as step:
+            size = parse_input_size(input_size)
+            result = verify_checkpoint(checkpoint, weights=weights, input_size=size, on_step=step)
+        if json_output:
+            output.emit_json(result.to_dict())
+        else:
+            for check in result.checks:
+                mark = "[green]ok[/]  " if check.passed else "[red]FAIL[/]"
+                output.result.print(f"{mark} {escape(check.name)}: {escape(check.detail)}", highlight=False)
     if not result.passed:
         raise typer.Exit(EXIT_VERIFY_FAILED)

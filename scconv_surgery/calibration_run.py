@@ -109,11 +109,19 @@ class CalibrationRun:
 
     @property
     def warnings(self) -> tuple[str, ...]:
-        """What the user should know about this calibration: layers whose error grew during the
-        fit, and too few images to hold some out."""
+        """What the user should know about this calibration: layers whose relative error is
+        undefined (their replaced conv's output is zero on the measured images), layers whose error
+        grew during the fit, and too few images to hold some out."""
         result = self.result
         found = []
-        worse = [layer.name for layer in result.layers if result.steps and layer.error_after > layer.error_before]
+        undefined = [layer.name for layer in result.layers if layer.undefined]
+        if undefined:
+            on = f"the {result.held_out} held-out images" if result.held_out else "the images"
+            found.append(f"the relative error of {', '.join(undefined)} is undefined (null in JSON): the replaced "
+                         f"conv's output is zero on {on} (all-black or blank images?); the fit ran, but nothing "
+                         "measures it: calibrate on real images")
+        worse = [layer.name for layer in result.layers if result.steps and not layer.undefined
+                 and layer.error_after > layer.error_before]  # type: ignore[operator]
         if worse:
             found.append(f"the error grew during the fit for {', '.join(worse)}: give more images or more steps")
         if result.num_images < result.batch_size or not result.held_out:
@@ -207,7 +215,8 @@ class CheckpointCalibration:
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema_version": 1, "checkpoint": str(self.path), "output": str(self.output),
-                "model": self.source.to_dict(), "calibration": self.run.to_dict()}
+                "model": self.source.to_dict(), "calibration": self.run.to_dict(),
+                "warnings": list(self.run.warnings)}
 
 
 def _original(manifest: Manifest, weights: str | os.PathLike | None, allow_random: bool) -> nn.Module:

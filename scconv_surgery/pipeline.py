@@ -242,7 +242,8 @@ def run_conversion(model: ModelSource | str, *, output: Destination | str | os.P
                             calibration=calibrated.to_dict() if calibrated else None)
         save_checkpoint(out_path, converted, manifest)
     return ConversionResult(source, plan, report, converted, destination, seed, tuple(stale), reset_bn_stats,
-                            calibrated, len(images.paths) if images else None, _plan_warnings(plan))
+                            calibrated, len(images.paths) if images else None,
+                            _plan_warnings(plan) + (calibrated.warnings if calibrated else ()))
 
 
 @dataclass(frozen=True)
