@@ -64,12 +64,14 @@ EXIT_CODES: tuple[ExitCode, ...] = (
              "a check failed (including a checkpoint whose state_dict or plan does not fit "
              "its rebuilt model)", ("verify",)),
     ExitCode(EXIT_INTERRUPTED, "Ctrl-C",
-             "interrupted (Ctrl-C); nothing is left at the output path"),
+             "interrupted (Ctrl-C); nothing is left at the output path. During the checkpoint's write, the "
+             "write into a temporary file finishes, then the temporary file is removed (a file that was at "
+             "the output path stays as it was)"),
     ExitCode(EXIT_BROKEN_PIPE, "stdout closed early",
              "the reader of stdout closed it early (`scconv models | head`): the rest of the result is "
              "dropped silently, as a Unix tool killed by SIGPIPE"),
     ExitCode(EXIT_TERMINATED, "SIGTERM",
-             "terminated (SIGTERM); nothing is left at the output path"),
+             "terminated (SIGTERM); nothing is left at the output path, as for Ctrl-C (also during the write)"),
 )
 
 
