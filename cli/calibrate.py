@@ -21,7 +21,9 @@ from .params import (
     ForceOpt,
     HelpOpt,
     JsonOpt,
+    check_device_option,
     check_seed,
+    choices,
 )
 from .render import render_calibration, render_written
 
@@ -43,7 +45,7 @@ def calibrate(
     images: Annotated[int, typer.Option(metavar="N", help=CALIBRATE_IMAGES_HELP, min=1)] = CalibrationConfig.num_images,
     steps: Annotated[int, typer.Option(metavar="N", help=CALIBRATE_STEPS_HELP, min=0)] = CalibrationConfig.steps,
     batch_size: Annotated[int, typer.Option(metavar="N", help=CALIBRATE_BATCH_HELP, min=1)] = CalibrationConfig.batch_size,
-    strategy: Annotated[CalibrationStrategy, typer.Option(metavar="STRATEGY", help=CALIBRATE_STRATEGY_HELP)] = CalibrationConfig.strategy,
+    strategy: Annotated[str, typer.Option(**choices(CalibrationStrategy, "strategy"), help=CALIBRATE_STRATEGY_HELP)] = CalibrationConfig.strategy.value,
     device: Annotated[str | None, typer.Option(metavar="DEVICE", help=CALIBRATE_DEVICE_HELP, show_default=False)] = None,
     seed: Annotated[int, typer.Option(metavar="N", help="Seed (0 to 2**63 - 1) that chooses the images and orders the "
                                       "batches.", min=0)] = 0,
@@ -61,6 +63,7 @@ def calibrate(
     with output.errors():
         with output.progress_bars() as (step, fit):
             check_seed(seed)
+            check_device_option("--device", device)
             config = CalibrationConfig(data=data, num_images=images, steps=steps, batch_size=batch_size,
                                        strategy=strategy, device=device, seed=seed,
                                        allow_random_weights=allow_random_weights)

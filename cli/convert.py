@@ -34,7 +34,9 @@ from .params import (
     JsonOpt,
     StrictPaperOpt,
     SummaryOpt,
+    check_device_option,
     check_seed,
+    choices,
     parse_input_size,
 )
 from .render import render_conversion
@@ -91,18 +93,18 @@ def convert(
     exclude: Annotated[list[str] | None, typer.Option(
         "--exclude", "-x", metavar="PATTERN", help="Never replace convs whose name matches this pattern; exclude wins over include. "
         "Repeatable.", show_default=False)] = None,
-    preset: Annotated[Preset | None, typer.Option(
-        help="Rules that go first: 'paper' = the paper's ResNet placement (conv2 of each residual block); "
+    preset: Annotated[str | None, typer.Option(
+        **choices(Preset, "preset"), help="Rules that go first: 'paper' = the paper's ResNet placement (conv2 of each residual block); "
         "'all' = every eligible conv (the default).", show_default=False)] = None,
     rules_file: Annotated[Path | None, typer.Option(
-        "--rules", metavar="FILE", help="Rules file (.yaml, .yml or .toml): ordered include/exclude rules with structural filters "
+        "--rules", metavar="FILE", help="Rules file (.yaml, .yml, .json or .toml): ordered include/exclude rules with structural filters "
         "and hyperparameters. --include/--exclude add to its rules.", show_default=False, dir_okay=False)] = None,
-    variant: Annotated[Variant, typer.Option(
-        help="'paper': the paper's equations. 'seed': the unofficial ScConv implementation that circulates in "
-        "blog posts, defects included.")] = Variant.PAPER,
-    stride_policy: Annotated[StridePolicy, typer.Option(
-        help="Strided convs: 'inside' strides GWC/PWC1/PWC2 and pools the reused channels; 'pool' average-pools "
-        "first; 'skip' leaves them alone.")] = StridePolicy.INSIDE,
+    variant: Annotated[str, typer.Option(
+        **choices(Variant, "variant"), help="'paper': the paper's equations. 'seed': the unofficial ScConv implementation that circulates in "
+        "blog posts, defects included.")] = Variant.PAPER.value,
+    stride_policy: Annotated[str, typer.Option(
+        **choices(StridePolicy, "stride policy"), help="Strided convs: 'inside' strides GWC/PWC1/PWC2 and pools the reused channels; 'pool' average-pools "
+        "first; 'skip' leaves them alone.")] = StridePolicy.INSIDE.value,
     strict_paper: StrictPaperOpt = False,
     input_size: InputSizeOpt = None,
     pretrained: Annotated[bool, typer.Option(
@@ -138,7 +140,7 @@ def convert(
     calibrate_images: Annotated[int, typer.Option(metavar="N", help=CALIBRATE_IMAGES_HELP, min=1)] = CalibrationConfig.num_images,
     calibrate_steps: Annotated[int, typer.Option(metavar="N", help=CALIBRATE_STEPS_HELP, min=0)] = CalibrationConfig.steps,
     calibrate_batch_size: Annotated[int, typer.Option(metavar="N", help=CALIBRATE_BATCH_HELP, min=1)] = CalibrationConfig.batch_size,
-    calibrate_strategy: Annotated[CalibrationStrategy, typer.Option(metavar="STRATEGY", help=CALIBRATE_STRATEGY_HELP)] = CalibrationConfig.strategy,
+    calibrate_strategy: Annotated[str, typer.Option(**choices(CalibrationStrategy, "strategy"), help=CALIBRATE_STRATEGY_HELP)] = CalibrationConfig.strategy.value,
     calibrate_device: Annotated[str | None, typer.Option(metavar="DEVICE", help=CALIBRATE_DEVICE_HELP, show_default=False)] = None,
     allow_random_weights: AllowRandomWeightsOpt = False,
     debug: DebugOpt = False,
@@ -155,13 +157,14 @@ def convert(
             if pretrained and weights is not None:
                 raise InvalidOptionError("--weights", "--pretrained and --weights are exclusive; pass one")
             check_seed(seed)
+            check_device_option("--calibrate-device", calibrate_device)
             size = parse_input_size(input_size)
             kwargs = parse_model_kwargs(model_kwargs)
             if num_classes is not None and "num_classes" in kwargs and kwargs["num_classes"] != num_classes:
                 raise InvalidOptionError("--num-classes", f"{num_classes} contradicts --model-kwargs "
                                          f"num_classes={kwargs['num_classes']}; give one")
             config = ScConvConfig(variant=variant, stride_policy=stride_policy)
-            rules = assemble_rules(preset=preset.value if preset else None, rules_file=rules_file,
+            rules = assemble_rules(preset=preset.value if preset else None,  # type: ignore[attr-defined] rules_file=rules_file,
                                    include=include or (), exclude=exclude or ())
             weights_source = (WeightsSource.pretrained() if pretrained else
                               WeightsSource.file(weights) if weights is not None else WeightsSource.random(seed))

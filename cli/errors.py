@@ -14,6 +14,7 @@ from typing import Any
 from scconv_surgery.errors import (
     CalibrationError,
     CheckpointError,
+    FactoryError,
     ModelForwardError,
     NothingSelectedError,
     OutputPathError,
@@ -141,6 +142,12 @@ def hint(err: BaseException) -> str | None:
         return text
     if isinstance(err, UnknownModelError):
         return "for your own model, pass --factory package.module:function"
+    if isinstance(err, FactoryError) and isinstance(err.__cause__, ModuleNotFoundError):
+        module = err.factory.partition(":")[0]
+        top = module.split(".")[0]
+        return (f"{module!r} is imported from the working directory or PYTHONPATH: run the command from the "
+                f"directory that holds {top}/ or {top}.py (where 'scconv convert' ran), or set "
+                f"PYTHONPATH=/path/to/that/directory")
     if isinstance(err, ModelForwardError):
         return "check --input-size (its C must match the model's input channels)"
     if isinstance(err, OutputPathError) and err.exists:

@@ -13,7 +13,7 @@ from scconv_surgery.pipeline import recount_checkpoint
 
 from .errors import InvalidOptionError
 from .output import Output
-from .params import CheckpointInputSizeOpt, CountElementwiseOpt, DebugOpt, HelpOpt, JsonOpt, SummaryOpt, parse_input_size
+from .params import CheckpointInputSizeOpt, choices, CountElementwiseOpt, DebugOpt, HelpOpt, JsonOpt, SummaryOpt, parse_input_size
 from .render import counts_csv, counts_markdown, render_counts
 
 
@@ -31,8 +31,8 @@ def report(
                                                dir_okay=False, show_default=False)],
     *,
     input_size: CheckpointInputSizeOpt = None,
-    output_format: Annotated[ReportFormat, typer.Option(
-        "--format", help="table (Rich), json, markdown or csv; on stdout.")] = ReportFormat.TABLE,
+    output_format: Annotated[str, typer.Option(
+        "--format", **choices(ReportFormat, "format"), help="table (Rich), json, markdown or csv; on stdout.")] = ReportFormat.TABLE.value,
     json_output: JsonOpt = False,
     count_elementwise: CountElementwiseOpt = False,
     summary: SummaryOpt = False,

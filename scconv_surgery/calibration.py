@@ -32,7 +32,7 @@ from .layers import ScConv
 from .probe import probe_example
 
 __all__ = ["CalibrationStrategy", "BatchNormUpdate", "LayerCalibration", "CalibrationResult", "calibrate",
-           "check_calibration_options"]
+           "check_calibration_options", "check_device"]
 
 CALIBRATION_SCHEMA_VERSION = 1
 MAX_HELD_OUT = 64  # images kept out of the fit to measure each layer's error
@@ -181,11 +181,41 @@ def _model_device(model: nn.Module) -> torch.device:
     return first.device if first is not None else torch.device("cpu")
 
 
-def _resolve_device(device: torch.device | str | None, converted: nn.Module) -> torch.device:
-    resolved = torch.device(device) if device is not None else _model_device(converted)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise CalibrationError("CUDA is not available on this machine; use device='cpu'", "device")
+def check_device(device: torch.device | str) -> torch.device:
+    """The device ``device`` names, checked to exist on this machine: run before any work.
+
+    Raises:
+        CalibrationError: (``name="device"``) not a device name; ``cuda`` without CUDA (or an
+            index beyond the devices there are); another accelerator (``mps``, ``xpu``, ...) that
+            is absent; ``meta`` (it holds no data).
+    """
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise CalibrationError(f"{str(device)!r} is not a device (cpu, cuda, cuda:1, mps, ...)", "device") from err
+    if resolved.type == "meta":
+        raise CalibrationError("'meta' holds no data: nothing can be computed there; use cpu or an accelerator",
+                               "device")
+    if resolved.type == "cpu":
+        return resolved
+    backend = getattr(torch.backends, resolved.type, None) if resolved.type == "mps" else getattr(torch, resolved.type,
+                                                                                                   None)
+    available = getattr(backend, "is_available", None)
+    if available is None or not available():
+        build = f" (this PyTorch, {torch.__version__}, is built without it)" if resolved.type == "cuda" and \
+            torch.version.cuda is None else ""
+        raise CalibrationError(f"{str(device)!r}: {resolved.type.upper()} is not available on this machine{build}; "
+                               "use cpu", "device")
+    count = getattr(backend, "device_count", lambda: 1)()
+    if resolved.index is not None and resolved.index >= count:
+        raise CalibrationError(f"{str(device)!r}: this machine has {count} {resolved.type} device"
+                               f"{'s' if count != 1 else ''} ({resolved.type}:0 to {resolved.type}:{count - 1})",
+                               "device")
     return resolved
+
+
+def _resolve_device(device: torch.device | str | None, converted: nn.Module) -> torch.device:
+    return check_device(device) if device is not None else _model_device(converted)
 
 
 def _relative_error(layer: nn.Module, inputs: Sequence[torch.Tensor], targets: Callable, index: torch.Tensor,
@@ -337,7 +367,7 @@ def calibrate(original: nn.Module, converted: nn.Module, images: torch.Tensor, *
     Raises:
         CalibrationError: the images are not a non-empty ``(N, C, H, W)`` tensor or the model's
             forward fails on them, an option is out of range, a layer is missing from either model,
-            or CUDA was asked for and is absent.
+            or ``device`` is absent (:func:`check_device`).
     """
     started = time.perf_counter()
     strategy, batchnorm = CalibrationStrategy(strategy), BatchNormUpdate(batchnorm)

@@ -37,6 +37,7 @@ from .calibration import (
     CalibrationStrategy,
     calibrate,
     check_calibration_options,
+    check_device,
 )
 from .checkpoint import check_output_path, read_checkpoint, save_checkpoint
 from .errors import CalibrationError
@@ -82,11 +83,8 @@ class CalibrationConfig:
         object.__setattr__(self, "batchnorm", BatchNormUpdate(self.batchnorm))
         check_calibration_options(num_images=self.num_images, steps=self.steps, batch_size=self.batch_size,
                                   seed=self.seed, lr=self.lr)
-        if self.device is not None:
-            try:
-                torch.device(self.device)
-            except RuntimeError as err:
-                raise CalibrationError(f"{self.device!r} is not a device (cpu, cuda, cuda:1, ...)", "device") from err
+        if self.device is not None:  # here, before any work: a missing CUDA is found at once
+            check_device(self.device)
 
 
 @dataclass(frozen=True)
@@ -99,6 +97,8 @@ class CalibrationRun:
         available: image files found in it (``result.num_images`` of them were used).
         requested: the number of images asked for (more than ``available`` means all were used).
         input_size: ``(C, H, W)`` the images were preprocessed to.
+        image_notes: what was done to images' values (NaN pixels read as 0), one sentence per
+            file; they are among :attr:`warnings`.
     """
 
     result: CalibrationResult
@@ -106,6 +106,7 @@ class CalibrationRun:
     available: int
     requested: int
     input_size: tuple[int, int, int]
+    image_notes: tuple[str, ...] = ()
 
     @property
     def warnings(self) -> tuple[str, ...]:
@@ -113,7 +114,9 @@ class CalibrationRun:
         undefined (their replaced conv's output is zero on the measured images), layers whose error
         grew during the fit, and too few images to hold some out."""
         result = self.result
-        found = []
+        found = list(self.image_notes[:3])
+        if len(self.image_notes) > 3:
+            found.append(f"{len(self.image_notes) - 3} more images held NaN pixels, read as 0 likewise")
         undefined = [layer.name for layer in result.layers if layer.undefined]
         if undefined:
             on = f"the {result.held_out} held-out images" if result.held_out else "the images"
@@ -187,12 +190,13 @@ def calibrate_from_folder(original: nn.Module, converted: nn.Module, source: Mod
     transform = image_transform(original, source, input_size)
     choice = images or choose_images(config.data, config.num_images, config.seed)
     on_step(f"reading {len(choice.paths)} images from {config.data}")
-    pixels = read_images(choice.paths, transform)
+    notes: list[str] = []
+    pixels = read_images(choice.paths, transform, notes=notes)
     result = calibrate(original, converted, pixels, steps=config.steps, batch_size=config.batch_size, lr=config.lr,
                        strategy=config.strategy, batchnorm=config.batchnorm, device=config.device,
                        seed=config.seed, on_step=on_step, on_fit=on_fit)
     return CalibrationRun(result, config.data, choice.available, config.num_images,
-                          tuple(pixels.shape[1:]))  # type: ignore[arg-type]
+                          tuple(pixels.shape[1:]), tuple(notes))  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
