@@ -1,7 +1,6 @@
 """Small things a new user hit (issue 20, sections 7 and 8): device options checked before any
 work, sizes that read two ways, choices said plainly, a factory that cannot be imported."""
 import json
-import os
 from pathlib import Path
 
 import pytest
