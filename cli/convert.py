@@ -164,7 +164,8 @@ def convert(
                 raise InvalidOptionError("--num-classes", f"{num_classes} contradicts --model-kwargs "
                                          f"num_classes={kwargs['num_classes']}; give one")
             config = ScConvConfig(variant=variant, stride_policy=stride_policy)
-            rules = assemble_rules(preset=preset.value if preset else None,  # type: ignore[attr-defined] rules_file=rules_file,
+            rules = assemble_rules(preset=preset.value if preset else None,  # type: ignore[attr-defined]
+                                   rules_file=rules_file,
                                    include=include or (), exclude=exclude or ())
             weights_source = (WeightsSource.pretrained() if pretrained else
                               WeightsSource.file(weights) if weights is not None else WeightsSource.random(seed))

@@ -93,7 +93,8 @@ def parse_input_size(value: str | None) -> tuple[int, int, int] | None:
     Raises:
         InvalidOptionError: not a size of positive integers, beyond 64 channels / 4096 pixels,
             channels last (``224x224x3``), or an HxW whose H looks like a channel count and W like a
-            side (``3x224``: at most 4 high and wider than 4; give ``3x224x224``).
+            side (``3x224``: at most 4 high and wider than 4; give ``3x224x224``), or the reverse
+            (``224x3``).
     """
     if value is None:
         return None
@@ -108,6 +109,10 @@ def parse_input_size(value: str | None) -> tuple[int, int, int] | None:
             raise InvalidOptionError("--input-size", f"{value!r} reads as HxW, an image {parts[0]} pixels high and "
                                      f"{parts[1]} wide; for {parts[0]} channels give CxHxW: "
                                      f"{parts[0]}x{parts[1]}x{parts[1]} (or HxW such as {parts[1]}x{parts[1]})")
+        if parts[1] <= 4 < parts[0]:  # 224x3: a side and a channel count, channels last
+            raise InvalidOptionError("--input-size", f"{value!r} reads as HxW, an image {parts[0]} pixels high and "
+                                     f"{parts[1]} wide; sizes are CxHxW, channels first: "
+                                     f"{parts[1]}x{parts[0]}x{parts[0]}")
         parts = [3, *parts]
     if len(parts) != 3 or min(parts) < 1:
         raise InvalidOptionError("--input-size", f"{value!r} is not a size; use CxHxW such as 3x224x224 (or HxW, or H)")

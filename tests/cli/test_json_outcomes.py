@@ -168,3 +168,10 @@ def test_json_text_nulls_what_json_cannot_hold_and_says_where():
     text, notes = json_text({"a": [1.0, float("nan")], "b": {"c": float("inf")}, "names": ["x", os.fsdecode(b"\xff")]})
     assert strict(text) == {"a": [1.0, None], "b": {"c": None}, "names": ["x", "\\xff"], "names_bytes": [None, "/w=="]}
     assert notes == ["a[1] was nan (written as null)", "b.c was inf (written as null)"]
+
+
+def test_a_change_from_zero_is_not_shown_as_zero_percent():
+    from scconv_surgery.cli.render import _percent
+
+    assert _percent(0, 120, 2) == "n/a"  # e.g. elementwise ops a plain conv net does not have
+    assert (_percent(0, 0, 2), _percent(200, 100, 1)) == ("+0.00%", "-50.0%")

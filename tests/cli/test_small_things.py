@@ -58,6 +58,9 @@ def test_an_hxw_size_whose_h_looks_like_channels_is_refused():
     with pytest.raises(InvalidOptionError, match=r"'3x224' reads as HxW, an image 3 pixels high and 224 wide; "
                                                  r"for 3 channels give CxHxW: 3x224x224"):
         parse_input_size("3x224")
+    with pytest.raises(InvalidOptionError, match=r"'224x3' reads as HxW, an image 224 pixels high and 3 wide; "
+                                                 r"sizes are CxHxW, channels first: 3x224x224"):
+        parse_input_size("224x3")
     assert parse_input_size("224x160") == (3, 224, 160) and parse_input_size("8x8") == (3, 8, 8)
     assert parse_input_size("1x64x64") == (1, 64, 64)
 
