@@ -140,7 +140,7 @@ def convert(
     calibrate_images: Annotated[int, typer.Option(metavar="N", help=CALIBRATE_IMAGES_HELP, min=1)] = CalibrationConfig.num_images,
     calibrate_steps: Annotated[int, typer.Option(metavar="N", help=CALIBRATE_STEPS_HELP, min=0)] = CalibrationConfig.steps,
     calibrate_batch_size: Annotated[int, typer.Option(metavar="N", help=CALIBRATE_BATCH_HELP, min=1)] = CalibrationConfig.batch_size,
-    calibrate_strategy: Annotated[str, typer.Option(**choices(CalibrationStrategy, "strategy"), help=CALIBRATE_STRATEGY_HELP)] = CalibrationConfig.strategy.value,
+    calibrate_strategy: Annotated[str, typer.Option(**choices(CalibrationStrategy, "strategy", "STRATEGY"), help=CALIBRATE_STRATEGY_HELP)] = CalibrationConfig.strategy.value,
     calibrate_device: Annotated[str | None, typer.Option(metavar="DEVICE", help=CALIBRATE_DEVICE_HELP, show_default=False)] = None,
     allow_random_weights: AllowRandomWeightsOpt = False,
     debug: DebugOpt = False,

@@ -24,11 +24,12 @@ HelpOpt = Annotated[bool, typer.Option(
     "--help", "-h", help="Show this message and exit.", is_eager=True, expose_value=False, callback=_show_help,
     metavar=FLAG)]
 
-def choices(kind: type[Enum], noun: str) -> dict[str, Any]:
+def choices(kind: type[Enum], noun: str, metavar: str | None = None) -> dict[str, Any]:
     """``typer.Option`` settings of an option that takes one of ``kind``'s values: the help shows
     them (``[paper|seed]``) and a wrong value is refused with them in plain words, the closest
     first: "'papr' is not a variant; choose paper or seed (did you mean 'paper'?)" (Typer's own
     enum check words it "Value error, 'papr' is not one of"). The function gets the member.
+    ``metavar``: a word instead of the list, where the help text names the values.
     Declare the parameter as ``str`` (its default a value), typed by the callback."""
     values = [member.value for member in kind]
 
@@ -42,7 +43,7 @@ def choices(kind: type[Enum], noun: str) -> dict[str, Any]:
         listed = ", ".join(values[:-1]) + f" or {values[-1]}" if len(values) > 1 else values[0]
         raise typer.BadParameter(f"{value!r} is not a {noun}; choose {listed}"
                                  + (f" (did you mean {close[0]!r}?)" if close else ""))
-    return {"metavar": f"[{'|'.join(values)}]", "callback": convert}
+    return {"metavar": metavar or f"[{'|'.join(values)}]", "callback": convert}
 
 
 _SIZE_HELP = "Input size CxHxW, e.g. 3x256x256 (or HxW, or H; at most 64x4096x4096)."
