@@ -1,14 +1,23 @@
 """The ``scconv`` application: the root Typer app and ``main()``."""
 from __future__ import annotations
 
+import json
 import signal
+import sys
 import warnings
-from typing import Annotated
+from collections.abc import Sequence
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
+
+try:  # Typer >= 0.20 carries its own copy of click
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover - older Typer, on click itself
+    from click.exceptions import ClickException
 
 from . import calibrate, convert, models, profile, report, verify
-from .errors import exit_codes_epilog
+from .errors import EXIT_INTERRUPTED, exit_codes_epilog
 from .params import FLAG, HelpOpt
 
 
@@ -20,12 +29,45 @@ def _print_version(value: bool) -> None:
         raise typer.Exit()
 
 
+def _wants_json(args: Sequence[str]) -> bool:
+    words = list(args)
+    return "--json" in words or "--format=json" in words or any(
+        a == "--format" and b == "json" for a, b in zip(words, words[1:]))
+
+
+class _Group(TyperGroup):
+    """The root group: with ``--json`` (or ``report --format json``), a usage error (an unknown
+    option, a bad choice, a missing argument) is one JSON line on stderr like every other error,
+    not a box of text: ``--json`` output stays JSON in every outcome."""
+
+    def main(self, args: Sequence[str] | None = None, *pos: Any, standalone_mode: bool = True,
+             **extra: Any) -> Any:
+        words = list(sys.argv[1:] if args is None else args)
+        if not standalone_mode or not _wants_json(words):
+            return super().main(words, *pos, standalone_mode=standalone_mode, **extra)
+        try:
+            code = super().main(words, *pos, standalone_mode=False, **extra)
+        except ClickException as err:
+            document = {"type": "UsageError", "message": err.format_message(), "exit_code": err.exit_code}
+            param = getattr(err, "param", None)
+            if param is not None and getattr(param, "opts", None):
+                document["option"] = param.opts[0]
+            sys.stderr.write(json.dumps({"error": document}) + "\n")
+            sys.exit(err.exit_code)
+        except typer.Abort:  # Ctrl-C outside a command's own handling
+            sys.stderr.write(json.dumps({"error": {"type": "Interrupted", "message": "interrupted: nothing was "
+                                                   "written", "exit_code": EXIT_INTERRUPTED}}) + "\n")
+            sys.exit(EXIT_INTERRUPTED)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 def create_app() -> typer.Typer:
     """Build the root app once, with shared settings (help on -h, no pretty tracebacks)."""
     app = typer.Typer(
         name="scconv",
         help="Replace the convolutions of a timm / torchvision model with SCConv (CVPR 2023), report the "
         "parameter and MAC change, and save a checkpoint ready for fine-tuning.",
+        cls=_Group,
         no_args_is_help=True,
         add_completion=False,
         pretty_exceptions_enable=False,

@@ -21,7 +21,9 @@ from .params import (
     ForceOpt,
     HelpOpt,
     JsonOpt,
+    check_device_option,
     check_seed,
+    choices,
 )
 from .render.calibrate import render_calibration
 from .render.common import render_written
@@ -44,7 +46,7 @@ def calibrate(
     images: Annotated[int, typer.Option(metavar="N", help=CALIBRATE_IMAGES_HELP, min=1)] = CalibrationConfig.num_images,
     steps: Annotated[int, typer.Option(metavar="N", help=CALIBRATE_STEPS_HELP, min=0)] = CalibrationConfig.steps,
     batch_size: Annotated[int, typer.Option(metavar="N", help=CALIBRATE_BATCH_HELP, min=1)] = CalibrationConfig.batch_size,
-    strategy: Annotated[CalibrationStrategy, typer.Option(metavar="STRATEGY", help=CALIBRATE_STRATEGY_HELP)] = CalibrationConfig.strategy,
+    strategy: Annotated[str, typer.Option(**choices(CalibrationStrategy, "strategy", "STRATEGY"), help=CALIBRATE_STRATEGY_HELP)] = CalibrationConfig.strategy.value,
     device: Annotated[str | None, typer.Option(metavar="DEVICE", help=CALIBRATE_DEVICE_HELP, show_default=False)] = None,
     seed: Annotated[int, typer.Option(metavar="N", help="Seed (0 to 2**63 - 1) that chooses the images and orders the "
                                       "batches.", min=0)] = 0,
@@ -59,15 +61,20 @@ def calibrate(
     The replaced convs' weights are not in the checkpoint: the original model is rebuilt from the manifest (pretrained weights from the cache, or --weights FILE). Exit codes: 0 success; 1 unexpected failure; 2 bad input (unreadable checkpoint or images, weights that do not match, random base weights without --allow-random-weights).
     """
     output = Output(json=json_output, debug=debug)
-    with output.errors(), output.progress_bars() as (step, fit):
-        check_seed(seed)
-        config = CalibrationConfig(data=data, num_images=images, steps=steps, batch_size=batch_size,
-                                   strategy=strategy, device=device, seed=seed,
-                                   allow_random_weights=allow_random_weights)
-        result = calibrate_checkpoint(checkpoint, config, out=out, weights=weights, overwrite=force, on_step=step,
-                                      on_fit=fit)
-    if json_output:
-        output.emit_json(result.to_dict())
-    else:
-        render_calibration(output.console, result.run)
-        render_written(output.console, result.output)
+    with output.errors():
+        with output.progress_bars() as (step, fit):
+            check_seed(seed)
+            check_device_option("--device", device)
+            config = CalibrationConfig(data=data, num_images=images, steps=steps, batch_size=batch_size,
+                                       strategy=strategy, device=device, seed=seed,
+                                       allow_random_weights=allow_random_weights)
+            result = calibrate_checkpoint(checkpoint, config, out=out, weights=weights, overwrite=force,
+                                          on_step=step, on_fit=fit)
+        output.written = result.output
+        for warning in result.run.warnings:
+            output.warn(warning)
+        if json_output:
+            output.emit_json(result.to_dict())
+        else:
+            render_calibration(output.result, result.run)
+            render_written(output.result, result.output)

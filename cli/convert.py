@@ -36,7 +36,9 @@ from .params import (
     JsonOpt,
     StrictPaperOpt,
     SummaryOpt,
+    check_device_option,
     check_seed,
+    choices,
     parse_input_size,
 )
 from .render.convert import render_conversion
@@ -139,19 +141,19 @@ def convert(
     exclude: Annotated[list[str] | None, typer.Option(
         "--exclude", "-x", metavar="PATTERN", help="Never replace convs whose name matches this pattern; exclude wins over include. "
         "Repeatable.", show_default=False)] = None,
-    preset: Annotated[Preset | None, typer.Option(
-        help="Rules that go first: 'paper' = the paper's ResNet placement (conv2 of each residual block); "
-        "'all' = every eligible conv (the default); 'yolo' = the bottleneck convs of ultralytics' C2f / C3k2 blocks.",
-        show_default=False)] = None,
+    preset: Annotated[str | None, typer.Option(
+        **choices(Preset, "preset"), help="Rules that go first: 'paper' = the paper's ResNet placement (conv2 of each "
+        "residual block); 'all' = every eligible conv (the default); 'yolo' = the bottleneck convs of ultralytics' "
+        "C2f / C3k2 blocks.", show_default=False)] = None,
     rules_file: Annotated[Path | None, typer.Option(
-        "--rules", metavar="FILE", help="Rules file (.yaml, .yml or .toml): ordered include/exclude rules with structural filters "
+        "--rules", metavar="FILE", help="Rules file (.yaml, .yml, .json or .toml): ordered include/exclude rules with structural filters "
         "and hyperparameters. --include/--exclude add to its rules.", show_default=False, dir_okay=False)] = None,
-    variant: Annotated[Variant, typer.Option(
-        help="'paper': the paper's equations. 'seed': the unofficial ScConv implementation that circulates in "
-        "blog posts, defects included.")] = Variant.PAPER,
-    stride_policy: Annotated[StridePolicy, typer.Option(
-        help="Strided convs: 'inside' strides GWC/PWC1/PWC2 and pools the reused channels; 'pool' average-pools "
-        "first; 'skip' leaves them alone.")] = StridePolicy.INSIDE,
+    variant: Annotated[str, typer.Option(
+        **choices(Variant, "variant"), help="'paper': the paper's equations. 'seed': the unofficial ScConv implementation that circulates in "
+        "blog posts, defects included.")] = Variant.PAPER.value,
+    stride_policy: Annotated[str, typer.Option(
+        **choices(StridePolicy, "stride policy"), help="Strided convs: 'inside' strides GWC/PWC1/PWC2 and pools the reused channels; 'pool' average-pools "
+        "first; 'skip' leaves them alone.")] = StridePolicy.INSIDE.value,
     strict_paper: StrictPaperOpt = False,
     input_size: InputSizeOpt = None,
     pretrained: Annotated[bool, typer.Option(
@@ -199,7 +201,7 @@ def convert(
     calibrate_images: Annotated[int, typer.Option(metavar="N", help=CALIBRATE_IMAGES_HELP, min=1)] = CalibrationConfig.num_images,
     calibrate_steps: Annotated[int, typer.Option(metavar="N", help=CALIBRATE_STEPS_HELP, min=0)] = CalibrationConfig.steps,
     calibrate_batch_size: Annotated[int, typer.Option(metavar="N", help=CALIBRATE_BATCH_HELP, min=1)] = CalibrationConfig.batch_size,
-    calibrate_strategy: Annotated[CalibrationStrategy, typer.Option(metavar="STRATEGY", help=CALIBRATE_STRATEGY_HELP)] = CalibrationConfig.strategy,
+    calibrate_strategy: Annotated[str, typer.Option(**choices(CalibrationStrategy, "strategy", "STRATEGY"), help=CALIBRATE_STRATEGY_HELP)] = CalibrationConfig.strategy.value,
     calibrate_device: Annotated[str | None, typer.Option(metavar="DEVICE", help=CALIBRATE_DEVICE_HELP, show_default=False)] = None,
     allow_random_weights: AllowRandomWeightsOpt = False,
     select: Annotated[Select | None, typer.Option(
@@ -232,56 +234,61 @@ def convert(
 ) -> None:
     """Replace the convs of MODEL with SCConv, report the change and save a checkpoint."""
     output = Output(json=json_output, debug=debug, summary=summary)
-    with output.errors(), output.progress_bars() as (step, fit):
-        if out is None and not dry_run:
-            raise InvalidOptionError("--out", "give --out FILE.pt, or --dry-run to write nothing")
-        if (model is None) == (factory is None):
-            raise InvalidOptionError("MODEL", "give a MODEL name or --factory package.module:function (one of them)")
-        if pretrained and weights is not None:
-            raise InvalidOptionError("--weights", "--pretrained and --weights are exclusive; pass one")
-        if weights_key is not None and weights is None:
-            raise InvalidOptionError("--weights-key", "names an entry of a --weights file; give --weights FILE too")
-        check_seed(seed)
-        size = parse_input_size(input_size)
-        kwargs = parse_model_kwargs(model_kwargs)
-        if num_classes is not None and "num_classes" in kwargs and kwargs["num_classes"] != num_classes:
-            raise InvalidOptionError("--num-classes", f"{num_classes} contradicts --model-kwargs "
-                                     f"num_classes={kwargs['num_classes']}; give one")
-        config = ScConvConfig(variant=variant, stride_policy=stride_policy)
-        rules = assemble_rules(preset=preset.value if preset else None, rules_file=rules_file,
-                               include=include or (), exclude=exclude or ())
-        weights_source = (WeightsSource.pretrained() if pretrained else
-                          WeightsSource.file(weights, entry=weights_key) if weights is not None else WeightsSource.random(seed))
-        if num_classes is not None:
-            kwargs["num_classes"] = num_classes
-        source = (ModelSource.parse(model, weights=weights_source, kwargs=kwargs, trust_pickle=trust_pickle)
-                  if model is not None
-                  else ModelSource.factory(factory, weights=weights_source, kwargs=kwargs))  # type: ignore[arg-type]
-        destination = DryRun(out, overwrite=force) if dry_run else WriteCheckpoint(out, overwrite=force)  # type: ignore[arg-type]
-        selection = selection_config(select=select, margin=select_margin,
-                                     budgets={"target_macs": target_macs, "target_params": target_params,
-                                              "target_latency": target_latency},
-                                     device=device, profile=profile_file, write_rules=write_rules)
-        calibration = None
-        if calibrate is not None:
-            calibration = CalibrationConfig(data=calibrate, num_images=calibrate_images, steps=calibrate_steps,
-                                            batch_size=calibrate_batch_size, strategy=calibrate_strategy,
-                                            device=calibrate_device, seed=seed,
-                                            allow_random_weights=allow_random_weights)
-        result = run_conversion(source, output=destination, rules=rules, config=config, strict_paper=strict_paper,
-                                input_size=size, seed=seed, allow_unmatched=allow_unmatched,
-                                count_elementwise=count_elementwise, reset_bn_stats=reset_bn_stats,
-                                calibration=calibration, selection=selection, yolo_output=yolo_out,
-                                on_step=step, on_fit=fit)
-    for warning in result.warnings:
-        output.warn(warning)
-    if json_output:
-        output.emit_json(result.to_dict())
-    else:
-        render_conversion(output.console, result, summary=summary)
-        if result.selection is not None:
-            render_selection(output.console, result.selection)
-        if calibration is not None and dry_run:
-            output.console.print(f"dry run: would calibrate on {result.calibration_images} images from "
-                                 f"{calibration.data} (each checked to open as an image)", highlight=False,
-                                 markup=False)
+    with output.errors():
+        with output.progress_bars() as (step, fit):
+            if out is None and not dry_run:
+                raise InvalidOptionError("--out", "give --out FILE.pt, or --dry-run to write nothing")
+            if (model is None) == (factory is None):
+                raise InvalidOptionError("MODEL", "give a MODEL name or --factory package.module:function (one of them)")
+            if pretrained and weights is not None:
+                raise InvalidOptionError("--weights", "--pretrained and --weights are exclusive; pass one")
+            if weights_key is not None and weights is None:
+                raise InvalidOptionError("--weights-key", "names an entry of a --weights file; give --weights FILE too")
+            check_seed(seed)
+            check_device_option("--calibrate-device", calibrate_device)
+            size = parse_input_size(input_size)
+            kwargs = parse_model_kwargs(model_kwargs)
+            if num_classes is not None and "num_classes" in kwargs and kwargs["num_classes"] != num_classes:
+                raise InvalidOptionError("--num-classes", f"{num_classes} contradicts --model-kwargs "
+                                         f"num_classes={kwargs['num_classes']}; give one")
+            config = ScConvConfig(variant=variant, stride_policy=stride_policy)
+            rules = assemble_rules(preset=preset.value if preset else None,  # type: ignore[attr-defined]
+                                   rules_file=rules_file, include=include or (), exclude=exclude or ())
+            weights_source = (WeightsSource.pretrained() if pretrained else
+                              WeightsSource.file(weights, entry=weights_key) if weights is not None
+                              else WeightsSource.random(seed))
+            if num_classes is not None:
+                kwargs["num_classes"] = num_classes
+            source = (ModelSource.parse(model, weights=weights_source, kwargs=kwargs, trust_pickle=trust_pickle)
+                      if model is not None
+                      else ModelSource.factory(factory, weights=weights_source, kwargs=kwargs))  # type: ignore[arg-type]
+            destination = DryRun(out, overwrite=force) if dry_run else WriteCheckpoint(out, overwrite=force)  # type: ignore[arg-type]
+            selection = selection_config(select=select, margin=select_margin,
+                                         budgets={"target_macs": target_macs, "target_params": target_params,
+                                                  "target_latency": target_latency},
+                                         device=device, profile=profile_file, write_rules=write_rules)
+            calibration = None
+            if calibrate is not None:
+                calibration = CalibrationConfig(data=calibrate, num_images=calibrate_images, steps=calibrate_steps,
+                                                batch_size=calibrate_batch_size, strategy=calibrate_strategy,
+                                                device=calibrate_device, seed=seed,
+                                                allow_random_weights=allow_random_weights)
+            result = run_conversion(source, output=destination, rules=rules, config=config, strict_paper=strict_paper,
+                                    input_size=size, seed=seed, allow_unmatched=allow_unmatched,
+                                    count_elementwise=count_elementwise, reset_bn_stats=reset_bn_stats,
+                                    calibration=calibration, selection=selection, yolo_output=yolo_out,
+                                    on_step=step, on_fit=fit)
+        if not dry_run:
+            output.written = result.output
+        for warning in result.warnings:
+            output.warn(warning)
+        if json_output:
+            output.emit_json(result.to_dict())
+        else:
+            render_conversion(output.result, result, summary=summary)
+            if result.selection is not None:
+                render_selection(output.result, result.selection)
+            if calibration is not None and dry_run:
+                output.result.print(f"dry run: would calibrate on {result.calibration_images} images from "
+                                    f"{calibration.data} (each checked to open as an image)", highlight=False,
+                                    markup=False)

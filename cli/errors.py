@@ -15,6 +15,7 @@ from scconv_surgery.errors import (
     CalibrationError,
     CheckpointError,
     DeviceError,
+    FactoryError,
     ModelForwardError,
     NothingSelectedError,
     OutputPathError,
@@ -34,6 +35,7 @@ EXIT_BAD_INPUT = 2
 EXIT_NOTHING_SELECTED = 3
 EXIT_VERIFY_FAILED = 4
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a Unix tool whose reader went away
 EXIT_TERMINATED = 143
 
 
@@ -68,9 +70,14 @@ EXIT_CODES: tuple[ExitCode, ...] = (
              "a check failed (including a checkpoint whose state_dict or plan does not fit "
              "its rebuilt model)", ("verify",)),
     ExitCode(EXIT_INTERRUPTED, "Ctrl-C",
-             "interrupted (Ctrl-C); nothing is left at the output path"),
+             "interrupted (Ctrl-C); nothing is left at the output path. During the checkpoint's write, the "
+             "write into a temporary file finishes, then the temporary file is removed (a file that was at "
+             "the output path stays as it was)"),
+    ExitCode(EXIT_BROKEN_PIPE, "stdout closed early",
+             "the reader of stdout closed it early (`scconv models | head`): the rest of the result is "
+             "dropped silently, as a Unix tool killed by SIGPIPE"),
     ExitCode(EXIT_TERMINATED, "SIGTERM",
-             "terminated (SIGTERM); nothing is left at the output path"),
+             "terminated (SIGTERM); nothing is left at the output path, as for Ctrl-C (also during the write)"),
 )
 
 
@@ -152,6 +159,12 @@ def hint(err: BaseException) -> str | None:
         if err.name.startswith("ultralytics:"):
             return None
         return "for your own model, pass --factory package.module:function"
+    if isinstance(err, FactoryError) and isinstance(err.__cause__, ModuleNotFoundError):
+        module = err.factory.partition(":")[0]
+        top = module.split(".")[0]
+        return (f"{module!r} is imported from the working directory or PYTHONPATH: run the command from the "
+                f"directory that holds {top}/ or {top}.py (where 'scconv convert' ran), or set "
+                f"PYTHONPATH=/path/to/that/directory")
     if isinstance(err, ModelForwardError):
         return "check --input-size (its C must match the model's input channels)"
     if isinstance(err, OutputPathError) and err.exists:

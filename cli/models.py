@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import difflib
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from scconv_surgery.survey import default_cache_dir, list_model_names, survey_models
+from scconv_surgery.survey import ModelSurvey, default_cache_dir, list_model_names, survey_models
 
 from .output import Output
 from .params import FLAG, DebugOpt, HelpOpt, JsonOpt
@@ -45,6 +45,14 @@ def models(
         names = list_model_names([pattern] if pattern else (), cache_dir=cache_dir)
         surveys = survey_models(names, cache_dir=cache_dir, strict_paper=strict_paper,
                                 jobs=jobs, on_progress=lambda done, total, name: step(f"planned {done}/{total}: {name}"))
+    with output.errors():
+        _show(output, pattern, names, surveys, eligible=eligible, strict_paper=strict_paper, cache_dir=cache_dir)
+
+
+def _show(output: Output, pattern: str | None, names: list[str], surveys: list[ModelSurvey], *, eligible: bool,
+          strict_paper: bool, cache_dir: Any) -> None:
+    """The listing: one JSON document, or the table and the counts of models not eligible (stdout)."""
+    json_output = output.json
     shown = [s for s in surveys if s.replaced > 0] if eligible else surveys
     if not names:  # a warning on stderr, with --json too (stdout keeps its one document)
         close = difflib.get_close_matches(pattern or "", list_model_names(cache_dir=cache_dir), n=5, cutoff=0.6)
@@ -57,4 +65,4 @@ def models(
         return
     if not names:
         return
-    render_models(output.console, shown, surveys, eligible=eligible)
+    render_models(output.result, shown, surveys, eligible=eligible)

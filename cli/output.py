@@ -1,20 +1,23 @@
-"""Where output goes: humans get Rich on stderr, ``--json`` gets one document on stdout."""
+"""Where output goes: the command's result on stdout (Rich tables for humans, or ``--json``'s one
+document); progress, warnings and errors on stderr."""
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from .errors import EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_UNEXPECTED, error_document, exit_code_for, hint
+from .errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_UNEXPECTED, error_document, exit_code_for, hint
 
 
 @contextlib.contextmanager
@@ -35,6 +38,61 @@ def _stdout_fd_to_stderr() -> Iterator[None]:
     finally:
         os.dup2(saved, 1)
         os.close(saved)
+
+
+def _os_bytes(text: str) -> bytes | None:
+    """The bytes a string with lone surrogates stands for (``os.fsdecode`` turns each byte that is
+    not UTF-8 into U+DC80..U+DCFF), or None for a string that is valid Unicode."""
+    try:
+        text.encode("utf-8")
+        return None
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape" if all(
+            not 0xD800 <= ord(c) <= 0xDFFF or 0xDC80 <= ord(c) <= 0xDCFF for c in text) else "surrogatepass")
+
+
+def json_ready(value: Any, notes: list[str] | None = None, where: str = "") -> Any:
+    r"""``value`` made strict JSON that any reader takes as it is meant.
+
+    - A float that is not finite (NaN, inf) becomes ``null``, and ``notes`` gets its place: the
+      library reports undefined numbers as None itself; this is the net under it.
+    - A string that is not valid Unicode (a path whose bytes are not UTF-8, which Python holds with
+      lone surrogates, e.g. ``caf\udce9`` for the bytes ``caf\xe9``; jq and most readers replace
+      them) is written in a display form, each byte that is not UTF-8 as ``\xNN`` (``caf\\xe9``),
+      and its exact bytes go beside it, base64-encoded, under the key with ``_bytes`` appended
+      (``"output": "caf\\xe9.pt", "output_bytes": "Y2Fm6S5wdA=="``; in a list, ``KEY_bytes`` is a
+      list with null for the strings that are valid Unicode). docs/commands.md describes it.
+    """
+    import base64
+
+    if notes is None:
+        notes = []
+    if isinstance(value, float) and not math.isfinite(value):
+        notes.append(f"{where or 'the document'} was {value} (written as null)")
+        return None
+    if isinstance(value, str):
+        raw = _os_bytes(value)
+        return value if raw is None else raw.decode("utf-8", "backslashreplace")
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v, notes, f"{where}[{i}]") for i, v in enumerate(value)]
+    if not isinstance(value, dict):
+        return value
+    ready: dict[str, Any] = {}
+    for key, item in value.items():
+        ready[key] = json_ready(item, notes, f"{where}.{key}" if where else str(key))
+        raws = ([_os_bytes(item)] if isinstance(item, str) else
+                [_os_bytes(v) if isinstance(v, str) else None for v in item] if isinstance(item, (list, tuple))
+                else [None])
+        if any(r is not None for r in raws):
+            encoded = [None if r is None else base64.b64encode(r).decode("ascii") for r in raws]
+            ready[f"{key}_bytes"] = encoded[0] if isinstance(item, str) else encoded
+    return ready
+
+
+def json_text(document: dict[str, Any], *, indent: int | None = None) -> tuple[str, list[str]]:
+    """``document`` as strict JSON (:func:`json_ready`), and the notes on what had to change."""
+    notes: list[str] = []
+    return json.dumps(json_ready(document, notes), indent=indent, allow_nan=False), notes
 
 
 LOG_WIDTH = 140  # columns when stderr is not a terminal (logs, CI) and COLUMNS is unset
@@ -74,12 +132,16 @@ class Terminal:
                        **kwargs)
 
 
-def _stderr_terminal() -> Terminal:
+def _terminal(stream: Any) -> Terminal:
     try:
-        is_tty = sys.stderr.isatty()
+        is_tty = stream.isatty()
     except (AttributeError, ValueError):
         is_tty = False
     return Terminal.detect(is_tty, os.environ)
+
+
+def _stderr_terminal() -> Terminal:
+    return _terminal(sys.stderr)
 
 
 @dataclass
@@ -91,7 +153,11 @@ class Output:
         debug: print tracebacks of unexpected errors.
         summary: a plan shown with an error (exit 3) is summarised, not listed conv by conv.
         terminal: what stderr is (a terminal or a log), hence spinner or lines, colour, width.
-        console: Rich console on stderr, for tables, progress, warnings and errors.
+        console: Rich console on stderr, for progress, warnings and errors.
+        result: Rich console on stdout, for the command's result in human form (its tables and
+            lines: what ``| head`` and ``> file`` should get); laid out for what stdout is.
+        written: the checkpoint this command has written, once it is (an error or interrupt after
+            it says so).
     """
 
     json: bool = False
@@ -99,14 +165,29 @@ class Output:
     summary: bool = False
     terminal: Terminal = field(default_factory=_stderr_terminal)
     console: Console = field(default=None)  # type: ignore[assignment]  # from terminal unless given
+    result: Console = field(default=None)  # type: ignore[assignment]  # stdout's, unless given
+    written: Path | None = None
 
     def __post_init__(self) -> None:
         if self.console is None:
             self.console = self.terminal.console()
+        if self.result is None:
+            self.result = _terminal(sys.stdout).console(file=sys.stdout)
 
     def emit_json(self, document: dict[str, Any]) -> None:
-        sys.stdout.write(json.dumps(document, indent=2, allow_nan=False) + "\n")  # strict JSON, never a bare NaN
+        """Write ``document`` to stdout as strict JSON (:func:`json_ready`: never a bare NaN or a lone
+        surrogate); what had to change is a warning on stderr."""
+        text, notes = json_text(document, indent=2)
+        for note in notes:
+            self.warn(f"undefined number: {note}")
+        sys.stdout.write(text + "\n")
         sys.stdout.flush()
+
+    def _error_line(self, document: dict[str, Any]) -> None:
+        if self.written is not None:
+            document["error"]["written"] = str(self.written)
+        sys.stderr.write(json_text(document)[0] + "\n")  # one line, unstyled
+        sys.stderr.flush()
 
     def warn(self, message: str) -> None:
         self.console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)
@@ -164,11 +245,12 @@ class Output:
             progress.update(status, description="done", total=1, completed=1)
 
     def _interrupted(self, kind: str, code: int) -> None:
-        message = "interrupted: nothing was written"
+        message = ("interrupted: nothing was written" if self.written is None else
+                   f"interrupted after {self.written} was written (it is complete)")
         if self.json:  # one JSON line, as for every other error
-            sys.stderr.write(json.dumps({"error": {"type": kind, "message": message, "exit_code": code}}) + "\n")
+            self._error_line({"error": {"type": kind, "message": message, "exit_code": code}})
         else:
-            self.console.print(message, style="yellow")
+            self.console.print(message, style="yellow", highlight=False, markup=False)
 
     @contextlib.contextmanager
     def errors(self) -> Iterator[None]:
@@ -177,6 +259,12 @@ class Output:
             yield
         except typer.Exit:
             raise
+        except BrokenPipeError:  # `scconv models | head`: the reader has what it wanted; say nothing more
+            try:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+            except (OSError, ValueError):
+                pass
+            raise typer.Exit(EXIT_BROKEN_PIPE) from None
         except KeyboardInterrupt:
             self._interrupted("Interrupted", EXIT_INTERRUPTED)
             raise typer.Exit(EXIT_INTERRUPTED) from None
@@ -198,7 +286,7 @@ class Output:
             if self.debug:
                 self.console.print(traceback.format_exc(), highlight=False, markup=False)
             if self.json:
-                sys.stderr.write(json.dumps(error_document(err, code), allow_nan=False) + "\n")  # one line, unstyled
+                self._error_line(error_document(err, code))
             elif code == EXIT_UNEXPECTED:
                 self.console.print(f"[red]error:[/] unexpected {type(err).__name__}: {escape(str(err))}", highlight=False)
                 if not self.debug:
@@ -208,4 +296,7 @@ class Output:
                 advice = hint(err)
                 if advice:
                     self.console.print(f"hint: {advice}", style="dim", highlight=False, markup=False)
+            if self.written is not None and not self.json:
+                self.console.print(f"{self.written} was written before this error (it is complete)",
+                                   highlight=False, markup=False)
             raise typer.Exit(code) from None

@@ -1,7 +1,9 @@
 """Options shared by several commands, and their parsers."""
 from __future__ import annotations
 
-from typing import Annotated
+import difflib
+from enum import Enum
+from typing import Annotated, Any
 
 import typer
 
@@ -21,6 +23,28 @@ def _show_help(ctx: typer.Context, value: bool) -> None:
 HelpOpt = Annotated[bool, typer.Option(
     "--help", "-h", help="Show this message and exit.", is_eager=True, expose_value=False, callback=_show_help,
     metavar=FLAG)]
+
+def choices(kind: type[Enum], noun: str, metavar: str | None = None) -> dict[str, Any]:
+    """``typer.Option`` settings of an option that takes one of ``kind``'s values: the help shows
+    them (``[paper|seed]``) and a wrong value is refused with them in plain words, the closest
+    first: "'papr' is not a variant; choose paper or seed (did you mean 'paper'?)" (Typer's own
+    enum check words it "Value error, 'papr' is not one of"). The function gets the member.
+    ``metavar``: a word instead of the list, where the help text names the values.
+    Declare the parameter as ``str`` (its default a value), typed by the callback."""
+    values = [member.value for member in kind]
+
+    def convert(value: Any) -> Any:
+        if value is None or isinstance(value, kind):
+            return value
+        for member in kind:
+            if value == member.value:
+                return member
+        close = difflib.get_close_matches(str(value), values, n=1, cutoff=0.5)
+        listed = ", ".join(values[:-1]) + f" or {values[-1]}" if len(values) > 1 else values[0]
+        raise typer.BadParameter(f"{value!r} is not a {noun}; choose {listed}"
+                                 + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return {"metavar": metavar or f"[{'|'.join(values)}]", "callback": convert}
+
 
 _SIZE_HELP = "Input size CxHxW, e.g. 3x256x256 (or HxW, or H; at most 64x4096x4096)."
 InputSizeOpt = Annotated[str | None, typer.Option(
@@ -68,7 +92,10 @@ def parse_input_size(value: str | None) -> tuple[int, int, int] | None:
     """``3x224x224`` -> (3, 224, 224); ``224x224`` and ``224`` imply 3 channels.
 
     Raises:
-        InvalidOptionError: not a size of positive integers, or beyond 64 channels / 4096 pixels.
+        InvalidOptionError: not a size of positive integers, beyond 64 channels / 4096 pixels,
+            channels last (``224x224x3``), or an HxW whose H looks like a channel count and W like a
+            side (``3x224``: at most 4 high and wider than 4; give ``3x224x224``), or the reverse
+            (``224x3``).
     """
     if value is None:
         return None
@@ -79,6 +106,14 @@ def parse_input_size(value: str | None) -> tuple[int, int, int] | None:
     if len(parts) == 1:
         parts = [3, parts[0], parts[0]]
     elif len(parts) == 2:
+        if parts[0] <= 4 < parts[1]:  # 3x224: a channel count and a side, not HxW = 3x224
+            raise InvalidOptionError("--input-size", f"{value!r} reads as HxW, an image {parts[0]} pixels high and "
+                                     f"{parts[1]} wide; for {parts[0]} channels give CxHxW: "
+                                     f"{parts[0]}x{parts[1]}x{parts[1]} (or HxW such as {parts[1]}x{parts[1]})")
+        if parts[1] <= 4 < parts[0]:  # 224x3: a side and a channel count, channels last
+            raise InvalidOptionError("--input-size", f"{value!r} reads as HxW, an image {parts[0]} pixels high and "
+                                     f"{parts[1]} wide; sizes are CxHxW, channels first: "
+                                     f"{parts[1]}x{parts[0]}x{parts[0]}")
         parts = [3, *parts]
     if len(parts) != 3 or min(parts) < 1:
         raise InvalidOptionError("--input-size", f"{value!r} is not a size; use CxHxW such as 3x224x224 (or HxW, or H)")
@@ -97,3 +132,20 @@ def check_seed(seed: int) -> None:
     """
     if seed > MAX_SEED:
         raise InvalidOptionError("--seed", f"{seed} is above the largest seed, 2**63 - 1")
+
+
+def check_device_option(option: str, value: str | None) -> None:
+    """Check a device option before any work: it names a device this machine has.
+
+    Raises:
+        InvalidOptionError: not a device, or absent here (e.g. ``cuda`` without CUDA), naming ``option``.
+    """
+    if value is None:
+        return
+    from scconv_surgery.calibration import check_device
+    from scconv_surgery.errors import CalibrationError
+
+    try:
+        check_device(value)
+    except CalibrationError as err:
+        raise InvalidOptionError(option, err.problem) from err

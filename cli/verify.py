@@ -29,12 +29,13 @@ def verify(
     """Load CHECKPOINT, run a forward at its recorded input size, check the output shape and finiteness, and with --weights that untouched layers equal the source weights.
     """
     output = Output(json=json_output, debug=debug)
-    with output.errors(), output.progress() as step:
-        size = parse_input_size(input_size)
-        result = verify_checkpoint(checkpoint, weights=weights, input_size=size, on_step=step)
-    if json_output:
-        output.emit_json(result.to_dict())
-    else:
-        render_verification(output.console, result)
+    with output.errors():
+        with output.progress() as step:
+            size = parse_input_size(input_size)
+            result = verify_checkpoint(checkpoint, weights=weights, input_size=size, on_step=step)
+        if json_output:
+            output.emit_json(result.to_dict())
+        else:
+            render_verification(output.result, result)
     if not result.passed:
         raise typer.Exit(EXIT_VERIFY_FAILED)

@@ -26,6 +26,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 
 import torch
@@ -61,6 +62,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def image_folder_problem(root: str) -> str | None:
+    """What makes ``root`` a poor ImageFolder (one subfolder per class, the images inside), or None.
+
+    torchvision's ImageFolder takes each subfolder as a class and silently ignores files beside
+    them: a folder of images with one subfolder trains on that one class. Refused here: image
+    files beside the class folders, fewer than two classes, and class folders without images.
+    """
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    def is_image(name: str) -> bool:
+        return not name.startswith(".") and name.lower().endswith(IMG_EXTENSIONS)
+
+    entries = sorted(e for e in os.listdir(root) if not e.startswith("."))
+    folders = [e for e in entries if os.path.isdir(os.path.join(root, e))]
+    loose = [e for e in entries if is_image(e) and not os.path.isdir(os.path.join(root, e))]
+    empty = [f for f in folders if not any(is_image(name) for _, _, files in os.walk(os.path.join(root, f))
+                                           for name in files)]
+    if loose:
+        where = (f"beside its {len(folders)} class folder(s) ({', '.join(folders[:3])}{', ...' if len(folders) > 3 else ''})"
+                 if folders else "and no class folders")
+        return (f"holds {len(loose)} image file(s) {where}, e.g. {loose[0]!r}: ImageFolder would ignore them "
+                "(and take each subfolder as a class); move each image into the folder of its class")
+    if empty:
+        return f"has class folders without images: {', '.join(empty[:5])}; remove them or add their images"
+    if len(folders) < 2:
+        return (f"has {len(folders)} class folder(s){' (' + folders[0] + ')' if folders else ''}: a classifier "
+                "needs at least 2 classes, one subfolder of images each")
+    return None
+
+
 def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
     """Every argument, before any work (as ``scconv convert`` does); the checkpoint's manifest.
 
@@ -78,6 +109,9 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
             parser.error(f"{option} must be a finite number above 0 (0 allowed for --weight-decay), got {value}")
     if args.data is not None and not os.path.isdir(args.data):
         parser.error(f"--data {args.data!r} is not a directory (an ImageFolder: one subfolder per class)")
+    problem = image_folder_problem(args.data) if args.data is not None else None
+    if problem:
+        parser.error(f"--data {args.data!r} {problem}")
     try:
         manifest = read_checkpoint(args.checkpoint).manifest
         out = check_output_path(args.out, overwrite=args.force)
@@ -161,6 +195,10 @@ def main() -> None:
     except ValueError as err:
         parser.error(str(err))
     dataset = build_dataset(args, size, num_classes)
+    classes = getattr(dataset, "classes", None)
+    if classes is not None and len(classes) > num_classes:
+        parser.error(f"--data has {len(classes)} classes but the model has {num_classes} outputs; convert it with "
+                     f"--num-classes {len(classes)}")
     if len(dataset) < args.batch_size * world:
         parser.error(f"--data has {len(dataset)} images, fewer than one batch for each of the {world} process(es)")
 
@@ -222,4 +260,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # Ctrl-C: a line, not a traceback; a checkpoint being saved is not left half-written
+        print("interrupted: stopped (a checkpoint is saved whole or not at all)", file=sys.stderr)
+        raise SystemExit(130) from None

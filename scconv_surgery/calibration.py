@@ -32,7 +32,7 @@ from .layers import ScConv
 from .probe import probe_example
 
 __all__ = ["CalibrationStrategy", "BatchNormUpdate", "LayerCalibration", "CalibrationResult", "calibrate",
-           "check_calibration_options"]
+           "check_calibration_options", "check_device"]
 
 CALIBRATION_SCHEMA_VERSION = 1
 MAX_HELD_OUT = 64  # images kept out of the fit to measure each layer's error
@@ -64,17 +64,25 @@ class LayerCalibration:
     Attributes:
         name: the layer's module name.
         error_before: relative squared error ``sum((f(x) - y)**2) / sum(y**2)`` of the new
-            layer against the replaced conv's output ``y``, before the fit.
-        error_after: the same after the fit.
-        loss: the training loss, averaged over the last tenth of the steps.
+            layer against the replaced conv's output ``y``, before the fit; None when it is
+            undefined: the replaced conv's output is zero on every measured image (e.g.
+            all-black images), so there is nothing to be relative to.
+        error_after: the same after the fit (None likewise).
+        loss: the training loss (mean squared error), averaged over the last tenth of the steps
+            (the value the progress display ends on); None with 0 steps.
         seconds: wall time of recording and fitting this layer.
     """
 
     name: str
-    error_before: float
-    error_after: float
-    loss: float
+    error_before: float | None
+    error_after: float | None
+    loss: float | None
     seconds: float
+
+    @property
+    def undefined(self) -> bool:
+        """The relative error is undefined (the replaced conv's output is all zeros)."""
+        return self.error_before is None or self.error_after is None
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "error_before": self.error_before, "error_after": self.error_after,
@@ -173,16 +181,47 @@ def _model_device(model: nn.Module) -> torch.device:
     return first.device if first is not None else torch.device("cpu")
 
 
-def _resolve_device(device: torch.device | str | None, converted: nn.Module) -> torch.device:
-    resolved = torch.device(device) if device is not None else _model_device(converted)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise CalibrationError("CUDA is not available on this machine; use device='cpu'", "device")
+def check_device(device: torch.device | str) -> torch.device:
+    """The device ``device`` names, checked to exist on this machine: run before any work.
+
+    Raises:
+        CalibrationError: (``name="device"``) not a device name; ``cuda`` without CUDA (or an
+            index beyond the devices there are); another accelerator (``mps``, ``xpu``, ...) that
+            is absent; ``meta`` (it holds no data).
+    """
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise CalibrationError(f"{str(device)!r} is not a device (cpu, cuda, cuda:1, mps, ...)", "device") from err
+    if resolved.type == "meta":
+        raise CalibrationError("'meta' holds no data: nothing can be computed there; use cpu or an accelerator",
+                               "device")
+    if resolved.type == "cpu":
+        return resolved
+    backend = getattr(torch.backends, resolved.type, None) if resolved.type == "mps" else getattr(torch, resolved.type,
+                                                                                                   None)
+    available = getattr(backend, "is_available", None)
+    if available is None or not available():
+        build = f" (this PyTorch, {torch.__version__}, is built without it)" if resolved.type == "cuda" and \
+            torch.version.cuda is None else ""
+        raise CalibrationError(f"{str(device)!r}: {resolved.type.upper()} is not available on this machine{build}; "
+                               "use cpu", "device")
+    count = getattr(backend, "device_count", lambda: 1)()
+    if resolved.index is not None and resolved.index >= count:
+        raise CalibrationError(f"{str(device)!r}: this machine has {count} {resolved.type} device"
+                               f"{'s' if count != 1 else ''} ({resolved.type}:0 to {resolved.type}:{count - 1})",
+                               "device")
     return resolved
 
 
+def _resolve_device(device: torch.device | str | None, converted: nn.Module) -> torch.device:
+    return check_device(device) if device is not None else _model_device(converted)
+
+
 def _relative_error(layer: nn.Module, inputs: Sequence[torch.Tensor], targets: Callable, index: torch.Tensor,
-                    batch_size: int, device: torch.device) -> float:
-    """``sum((layer(x) - y)**2) / sum(y**2)`` over the images ``index`` of every call."""
+                    batch_size: int, device: torch.device) -> float | None:
+    """``sum((layer(x) - y)**2) / sum(y**2)`` over the images ``index`` of every call; None when
+    ``sum(y**2)`` is 0 (undefined: never ``inf``, which JSON cannot hold and which says nothing)."""
     error = energy = 0.0
     with torch.no_grad():
         for call, xs in enumerate(inputs):
@@ -192,17 +231,23 @@ def _relative_error(layer: nn.Module, inputs: Sequence[torch.Tensor], targets: C
                 y = targets(call, idx, x)
                 error += float((layer.forward(x) - y).double().square().sum())
                 energy += float(y.double().square().sum())
-    return error / energy if energy > 0 else float("inf") if error > 0 else 0.0
+    return error / energy if energy > 0 else None
 
 
 def _fit(layer: nn.Module, inputs: Sequence[torch.Tensor], targets: Callable, train: torch.Tensor, *, steps: int,
          batch_size: int, lr: float, generator: torch.Generator, device: torch.device,
-         on_fit: Callable[[int, float], None]) -> float:
-    """Adam with a cosine schedule on the mean squared error; returns the mean loss of the last tenth."""
+         on_fit: Callable[[int, float], None]) -> float | None:
+    """Adam with a cosine schedule on the mean squared error; returns the mean loss of the last
+    tenth of the steps (None with 0 steps).
+
+    ``on_fit(step, loss)`` gets the mean loss of the last tenth of the steps so far (at most
+    ``max(1, steps // 10)`` steps), so its last value is the returned one: the progress display
+    and the table show one "final loss"."""
     params = [p for p in layer.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
     order = torch.empty(0, dtype=torch.long)
+    window = max(1, steps // 10)
     tail: list[float] = []
     for step in range(steps):
         if len(order) < min(batch_size, len(train)):
@@ -216,11 +261,9 @@ def _fit(layer: nn.Module, inputs: Sequence[torch.Tensor], targets: Callable, tr
         loss.backward()
         optimizer.step()
         schedule.step()
-        value = float(loss.detach())
-        if step >= steps - max(1, steps // 10):
-            tail.append(value)
-        on_fit(step + 1, value)
-    return sum(tail) / len(tail) if tail else float("nan")
+        tail = [*tail[-(window - 1):], float(loss.detach())] if window > 1 else [float(loss.detach())]
+        on_fit(step + 1, sum(tail) / len(tail))
+    return sum(tail) / len(tail) if tail else None
 
 
 def _local_targets(conv: nn.Module, device: torch.device) -> Callable:
@@ -324,7 +367,7 @@ def calibrate(original: nn.Module, converted: nn.Module, images: torch.Tensor, *
     Raises:
         CalibrationError: the images are not a non-empty ``(N, C, H, W)`` tensor or the model's
             forward fails on them, an option is out of range, a layer is missing from either model,
-            or CUDA was asked for and is absent.
+            or ``device`` is absent (:func:`check_device`).
     """
     started = time.perf_counter()
     strategy, batchnorm = CalibrationStrategy(strategy), BatchNormUpdate(batchnorm)

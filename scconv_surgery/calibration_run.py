@@ -24,7 +24,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from ._probe import noop
@@ -37,6 +36,7 @@ from .calibration import (
     CalibrationStrategy,
     calibrate,
     check_calibration_options,
+    check_device,
 )
 from .checkpoint import check_output_path, read_checkpoint, save_checkpoint
 from .errors import CalibrationError
@@ -82,11 +82,8 @@ class CalibrationConfig:
         object.__setattr__(self, "batchnorm", BatchNormUpdate(self.batchnorm))
         check_calibration_options(num_images=self.num_images, steps=self.steps, batch_size=self.batch_size,
                                   seed=self.seed, lr=self.lr)
-        if self.device is not None:
-            try:
-                torch.device(self.device)
-            except RuntimeError as err:
-                raise CalibrationError(f"{self.device!r} is not a device (cpu, cuda, cuda:1, ...)", "device") from err
+        if self.device is not None:  # here, before any work: a missing CUDA is found at once
+            check_device(self.device)
 
 
 @dataclass(frozen=True)
@@ -99,6 +96,8 @@ class CalibrationRun:
         available: image files found in it (``result.num_images`` of them were used).
         requested: the number of images asked for (more than ``available`` means all were used).
         input_size: ``(C, H, W)`` the images were preprocessed to.
+        image_notes: what was done to images' values (NaN pixels read as 0), one sentence per
+            file; they are among :attr:`warnings`.
     """
 
     result: CalibrationResult
@@ -106,14 +105,25 @@ class CalibrationRun:
     available: int
     requested: int
     input_size: tuple[int, int, int]
+    image_notes: tuple[str, ...] = ()
 
     @property
     def warnings(self) -> tuple[str, ...]:
-        """What the user should know about this calibration: layers whose error grew during the
-        fit, and too few images to hold some out."""
+        """What the user should know about this calibration: layers whose relative error is
+        undefined (their replaced conv's output is zero on the measured images), layers whose error
+        grew during the fit, and too few images to hold some out."""
         result = self.result
-        found = []
-        worse = [layer.name for layer in result.layers if result.steps and layer.error_after > layer.error_before]
+        found = list(self.image_notes[:3])
+        if len(self.image_notes) > 3:
+            found.append(f"{len(self.image_notes) - 3} more images held NaN pixels, read as 0 likewise")
+        undefined = [layer.name for layer in result.layers if layer.undefined]
+        if undefined:
+            on = f"the {result.held_out} held-out images" if result.held_out else "the images"
+            found.append(f"the relative error of {', '.join(undefined)} is undefined (null in JSON): the replaced "
+                         f"conv's output is zero on {on} (all-black or blank images?); the fit ran, but nothing "
+                         "measures it: calibrate on real images")
+        worse = [layer.name for layer in result.layers if result.steps and not layer.undefined
+                 and layer.error_after > layer.error_before]  # type: ignore[operator]
         if worse:
             found.append(f"the error grew during the fit for {', '.join(worse)}: give more images or more steps")
         if result.num_images < result.batch_size or not result.held_out:
@@ -179,12 +189,13 @@ def calibrate_from_folder(original: nn.Module, converted: nn.Module, source: Mod
     transform = image_transform(original, source, input_size)
     choice = images or choose_images(config.data, config.num_images, config.seed)
     on_step(f"reading {len(choice.paths)} images from {config.data}")
-    pixels = read_images(choice.paths, transform)
+    notes: list[str] = []
+    pixels = read_images(choice.paths, transform, notes=notes)
     result = calibrate(original, converted, pixels, steps=config.steps, batch_size=config.batch_size, lr=config.lr,
                        strategy=config.strategy, batchnorm=config.batchnorm, device=config.device,
                        seed=config.seed, on_step=on_step, on_fit=on_fit)
     return CalibrationRun(result, config.data, choice.available, config.num_images,
-                          tuple(pixels.shape[1:]))  # type: ignore[arg-type]
+                          tuple(pixels.shape[1:]), tuple(notes))  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -207,7 +218,8 @@ class CheckpointCalibration:
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema_version": 1, "checkpoint": str(self.path), "output": str(self.output),
-                "model": self.source.to_dict(), "calibration": self.run.to_dict()}
+                "model": self.source.to_dict(), "calibration": self.run.to_dict(),
+                "warnings": list(self.run.warnings)}
 
 
 def _original(manifest: Manifest, weights: str | os.PathLike | None, allow_random: bool) -> nn.Module:

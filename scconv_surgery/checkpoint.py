@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._files import TORCH_KINDS, describe, sniff, torch_load_problem
+from ._files import TORCH_KINDS, atomic_write, describe, sniff, torch_load_problem
 from .apply import apply_plan
 from .errors import CheckpointError, OutputPathError, PlanMismatchError, ScconvError
 from .manifest import Manifest
@@ -88,12 +88,6 @@ class Checkpoint:
         if isinstance(map_location, (str, torch.device)):
             model.to(map_location)
         return model.eval()
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def check_output_path(path: str | os.PathLike, *, overwrite: bool = True) -> Path:
@@ -157,6 +151,11 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, manifest: Manifes
     The suffix picks the form: ``.pt``/``.pth`` (``torch.save`` of :meth:`Checkpoint.to_dict`)
     or ``.safetensors`` (the manifest as JSON in the metadata).
 
+    Ctrl-C, SIGTERM or SIGHUP during the write: the write into the temporary file finishes, the
+    temporary file is removed, nothing is left at ``path`` (an existing file there is kept as it
+    was), then the signal goes to its handler (KeyboardInterrupt for Ctrl-C); see
+    :func:`~scconv_surgery._files.atomic_write`.
+
     Raises:
         OutputPathError: see :func:`check_output_path`, or the write failed (disk full); nothing
             is left at ``path`` on failure.
@@ -164,22 +163,17 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, manifest: Manifes
     path = check_output_path(path)
     state_dict = {k: v.detach() for k, v in model.state_dict().items()}
     payload = Checkpoint(manifest, state_dict).to_dict()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+
+    def write(f: Any) -> None:
+        if path.suffix == SAFETENSORS:
+            _write_safetensors(f, {k: v.cpu() for k, v in state_dict.items()}, payload["manifest"])
+        else:
+            torch.save(payload, f)
     try:
-        with os.fdopen(fd, "wb") as f:
-            if path.suffix == SAFETENSORS:
-                _write_safetensors(f, {k: v.cpu() for k, v in state_dict.items()}, payload["manifest"])
-            else:
-                torch.save(payload, f)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
+        atomic_write(path, write)
     except Exception as err:  # disk full surfaces as OSError or as torch's RuntimeError
-        Path(tmp).unlink(missing_ok=True)
         raise OutputPathError(str(path), f"writing failed ({type(err).__name__}: {str(err).splitlines()[0]}); "
                               "nothing was written") from err
-    except BaseException:  # KeyboardInterrupt, SystemExit: leave nothing behind
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

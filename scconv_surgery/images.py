@@ -10,6 +10,7 @@ mean and std, bicubic resize, centre crop at 87.5%).
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from torch import nn
 from .errors import ImageDataError
 from .models import ModelSource, default_input_size
 
-__all__ = ["IMAGE_SUFFIXES", "ImageChoice", "find_images", "choose_images", "check_images", "image_transform", "load_images",
+__all__ = ["IMAGE_SUFFIXES", "ImageValueWarning", "ImageChoice", "find_images", "choose_images", "check_images", "image_transform", "load_images",
            "read_images"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -77,16 +78,29 @@ def image_transform(model: nn.Module, source: ModelSource | None = None,
     return lambda image: transform(_eight_bit(image).convert(mode))
 
 
+class ImageValueWarning(UserWarning):
+    """An image held values that are not numbers (NaN: the holes of a float TIFF); they were
+    read as 0. The message names the file and counts them."""
+
+
 def _eight_bit(image: Any) -> Any:
     """16-bit and 32-bit integer or float grey images (PIL modes ``I;16*``, ``I``, ``F``) scaled to
-    8 bits by their type's range (``F``: assumed in [0, 1]); PIL's own ``convert`` clips them,
-    which turns a 16-bit image almost white. Other images are returned as they are."""
+    8 bits by their type's range (``F``: assumed in [0, 1]; values beyond it are clipped, +-inf
+    included); PIL's own ``convert`` clips them, which turns a 16-bit image almost white. NaN
+    pixels (no value: a float TIFF's holes) become 0 before the scaling, and an
+    :class:`ImageValueWarning` names the file and counts them. Other images are returned as they
+    are."""
     if not (image.mode.startswith("I;16") or image.mode in ("I", "F")):
         return image
     import numpy as np
     from PIL import Image
 
     pixels = np.asarray(image, dtype=np.float64)
+    holes = np.isnan(pixels)
+    if holes.any():
+        warnings.warn(f"{getattr(image, 'filename', '') or 'an image'}: {int(holes.sum())} of {holes.size} pixels "
+                      "are NaN (no value); they were read as 0 (black)", ImageValueWarning, stacklevel=2)
+        pixels = np.where(holes, 0.0, pixels)
     top = 1.0 if image.mode == "F" else 65535.0 if image.mode.startswith("I;16") or pixels.max() <= 65535 else 2**32 - 1
     return Image.fromarray(np.clip(pixels / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
 
@@ -191,9 +205,13 @@ def load_images(root: str | os.PathLike, transform: Callable[[Any], torch.Tensor
 
 def read_images(paths: Sequence[Path], transform: Callable[[Any], torch.Tensor], *,
                 dtype: torch.dtype = torch.float16,
-                on_image: Callable[[int, int], None] | None = None) -> torch.Tensor:
+                on_image: Callable[[int, int], None] | None = None,
+                notes: list[str] | None = None) -> torch.Tensor:
     """Decode ``paths`` with ``transform`` into one ``(N, C, H, W)`` tensor of ``dtype`` (see
     :func:`load_images`, which chooses the files from a folder).
+
+    ``notes``: where to put what was done to an image's values (NaN pixels read as 0, one
+    sentence per file, naming it); without it, each is an :class:`ImageValueWarning`.
 
     Raises:
         ImageDataError: a file cannot be decoded (named), or the images do not give one size.
@@ -203,10 +221,16 @@ def read_images(paths: Sequence[Path], transform: Callable[[Any], torch.Tensor],
     images = None
     for index, path in enumerate(paths):
         try:
-            with Image.open(path) as image:
+            with Image.open(path) as image, warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", ImageValueWarning)
                 tensor = transform(image)
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
             raise _unreadable(path, err) from err
+        for warning in caught:
+            if notes is not None and issubclass(warning.category, ImageValueWarning):
+                notes.append(str(warning.message))
+            else:  # anything else, as it came
+                warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
         if images is None:
             images = torch.empty((len(paths), *tensor.shape), dtype=dtype)
         elif tensor.shape != images.shape[1:]:

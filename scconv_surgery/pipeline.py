@@ -305,7 +305,8 @@ def run_conversion(model: ModelSource | str, *, output: Destination | str | os.P
 
             on_step(f"saving {yolo_path}")
             save_yolo_checkpoint(yolo_path, converted, manifest.to_dict(), overwrite=destination.overwrite)
-    warnings = _plan_warnings(plan) + tuple(w for w in [selected.warning() if selected else None] if w)
+    warnings = (_plan_warnings(plan) + (calibrated.warnings if calibrated else ())
+                + tuple(w for w in [selected.warning() if selected else None] if w))
     return ConversionResult(source, plan, report, converted, destination, seed, tuple(stale), reset_bn_stats,
                             calibrated, len(images.paths) if images else None, warnings, selected)
 

@@ -1,4 +1,4 @@
-"""Reading rules files: YAML (``.yaml``/``.yml``) or TOML (``.toml``) into :class:`~scconv_surgery.rules.Rule` values.
+"""Reading rules files: YAML (``.yaml``/``.yml``), JSON (``.json``) or TOML (``.toml``) into :class:`~scconv_surgery.rules.Rule` values.
 
 A rules file holds an optional ``preset`` (a name in :data:`~scconv_surgery.rules.PRESETS`,
 whose rules go first) and a ``rules`` list; each entry names its pattern under ``include`` or
@@ -16,6 +16,7 @@ index and the key); what the values mean is checked by :class:`~scconv_surgery.r
 from __future__ import annotations
 
 import difflib
+import json
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -54,6 +55,7 @@ _CHOICES: dict[str, list[str]] = {
     for kind in typing.get_args(_HINTS[name]) if isinstance(kind, type) and issubclass(kind, Enum)
 }
 RULE_KEYS = (*_ACTIONS, *_TYPES)
+SUFFIXES = (".yaml", ".yml", ".json", ".toml")
 
 
 def _checked_values(entry: Mapping[str, Any], action: str, path: str, index: int) -> dict[str, Any]:
@@ -131,7 +133,7 @@ def _parse_problem(err: Exception) -> str:
 
 
 def _read_document(path: Path) -> Any:
-    """The file parsed as TOML or YAML, by its suffix.
+    """The file parsed as TOML, JSON or YAML, by its suffix; None for a file with nothing in it.
 
     Raises:
         RulesFileError: the file is missing, a directory, of another suffix, or does not parse.
@@ -142,33 +144,42 @@ def _read_document(path: Path) -> Any:
     if not path.is_file():
         raise RulesFileError(text_path, None, None, "no such file")
     suffix = path.suffix.lower()
-    if suffix not in (".toml", ".yaml", ".yml"):
-        raise RulesFileError(text_path, None, None, "unknown suffix; use .yaml, .yml or .toml")
+    if suffix not in SUFFIXES:
+        raise RulesFileError(text_path, None, None, f"unknown suffix; use {', '.join(SUFFIXES)}")
     try:
         text = path.read_text(encoding="utf-8")
+        if not text.strip():
+            return None
         if suffix == ".toml":
             return tomllib.loads(text)
+        if suffix == ".json":
+            return json.loads(text)
         import yaml
 
-        return yaml.safe_load(text) or {}
+        return yaml.safe_load(text)
     except Exception as err:
         raise RulesFileError(text_path, None, None, f"not valid {path.suffix[1:].upper()}: {_parse_problem(err)}") from err
 
 
 def load_rules_file(path: str | Path) -> RulesFile:
-    """Read a YAML (``.yaml``/``.yml``) or TOML (``.toml``) rules file.
+    """Read a YAML (``.yaml``/``.yml``), JSON (``.json``, read as JSON) or TOML (``.toml``) rules file.
 
     Top-level keys: ``rules`` (a list of rule mappings, :func:`rule_from_mapping`) and
-    ``preset`` (a name in :data:`~scconv_surgery.rules.PRESETS`), both optional.
+    ``preset`` (a name in :data:`~scconv_surgery.rules.PRESETS`); at least one of them must say
+    something (a non-empty ``rules`` list, or a ``preset``).
 
     Raises:
-        RulesFileError: the file is missing, unreadable, not YAML / TOML, has an unknown
-            top-level key, or holds an invalid rule (the error names the file, the rule's
-            index and the key).
+        RulesFileError: the file is missing, unreadable, not YAML / JSON / TOML, empty (or with
+            neither rules nor a preset), has an unknown top-level key, or holds an invalid rule
+            (the error names the file, the rule's index and the key).
     """
     path = Path(path)
     text_path = str(path)
     document = _read_document(path)
+    if document is None or document == {}:
+        raise RulesFileError(text_path, None, None, "is empty: it holds no rules and no preset; give a 'rules' list "
+                             "(e.g. 'rules: [{include: \"layer4.*\"}]' in YAML), or leave the rules file out to "
+                             "replace every eligible conv")
     if not isinstance(document, Mapping):
         raise RulesFileError(text_path, None, None, "the top level must be a mapping with a 'rules' list")
     for key in document:
@@ -180,5 +191,8 @@ def load_rules_file(path: str | Path) -> RulesFile:
     entries = document.get("rules", [])
     if not isinstance(entries, list):
         raise RulesFileError(text_path, None, "rules", f"must be a list, got {type(entries).__name__}")
+    if not entries and preset is None:
+        raise RulesFileError(text_path, None, "rules", "is empty and there is no preset: the file says nothing; give "
+                             "at least one rule, or a preset")
     rules = tuple(rule_from_mapping(e, path=text_path, index=i) for i, e in enumerate(entries))
     return RulesFile(text_path, preset, rules)

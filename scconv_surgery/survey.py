@@ -23,7 +23,6 @@ import hashlib
 import importlib.metadata
 import json
 import os
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -37,6 +36,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ._capture import probe_calls
+from ._files import atomic_write
 from .fitting import conv_cost, scconv_macs
 from .layers import ScConvConfig
 from .models import ModelSource, build_model, default_input_size
@@ -347,12 +347,10 @@ def _cache_key(strict_paper: bool, config: ScConvConfig | None, count_macs: bool
 
 def _write_json(path: Path, document: Mapping[str, Any]) -> None:
     """Write ``document`` to ``path`` atomically; a cache that cannot be written is not an error."""
-    with contextlib.suppress(OSError):
+    text = json.dumps(document).encode()
+    with contextlib.suppress(OSError):  # no temporary file is left behind, even on Ctrl-C (atomic_write)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(document, f)
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: f.write(text))
 
 
 @contextlib.contextmanager

@@ -1,4 +1,5 @@
 import copy
+import json
 
 import pytest
 import torch
@@ -342,3 +343,30 @@ def test_recompute_batchnorm_stats_with_batch_size_1_averages_batches_of_two():
     with pytest.raises(CalibrationError, match="'2' sees one value per channel"):
         recompute_batchnorm_stats(model, images[:1], batch_size=1)
     assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
+
+
+def test_the_progress_ends_on_the_final_loss_the_table_shows(models):
+    """One "final loss": the last value on_fit reports is LayerCalibration.loss (the mean of the last
+    tenth of the steps), not the last step's own loss."""
+    original, converted = models
+    seen: dict[str, float] = {}
+    result = calibrate(original, converted, smooth_images(24), steps=20, batch_size=4,
+                       on_fit=lambda name, step, steps, loss: seen.__setitem__(name, loss))
+    assert seen == {layer.name: layer.loss for layer in result.layers}
+
+
+def test_a_zero_target_gives_an_undefined_error_not_inf():
+    """Norms that zero every activation: each replaced conv's target is 0, so sum(y**2) is 0."""
+    torch.manual_seed(0)
+    original = ConvBNNet().eval()
+    with torch.no_grad():
+        for module in original.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.weight.zero_()
+                module.bias.zero_()
+    converted, _ = convert(original)
+    result = calibrate(original, converted, smooth_images(16), steps=0, batch_size=8)
+    assert [(layer.error_before, layer.error_after, layer.undefined) for layer in result.layers] == \
+        [(None, None, True)] * 2
+    assert all(layer.loss is None for layer in result.layers)  # 0 steps: no loss (was NaN)
+    assert json.dumps(result.to_dict(), allow_nan=False)  # strict JSON

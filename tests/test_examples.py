@@ -1,4 +1,5 @@
 """examples/finetune.py's pieces, imported from the script (the torchrun run is in tests/cli)."""
+import os
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,12 @@ def tiny_checkpoint(toy_factory, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run_conversion(f"{toy_factory}:tiny", output=tmp_path / "tiny.pt", input_size=(3, 16, 16))
     (tmp_path / "notes.txt").write_text("not a checkpoint\n")
+    from PIL import Image
+
+    for image in ("loose/a.png", "loose/b.png", "loose/extra/c.png", "one/cat/a.png", "hollow/cat/a.png"):
+        (tmp_path / image).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / image)
+    (tmp_path / "hollow" / "dog").mkdir()
     return "tiny.pt"
 
 
@@ -56,6 +63,12 @@ def tiny_checkpoint(toy_factory, tmp_path, monkeypatch):
     pytest.param(["tiny.pt", "--out", "ft.pt", "--data", "no_such_dir"], "is not a directory", id="--data"),
     pytest.param(["tiny.pt", "--out", "ft.pt", "--synthetic-images", "4", "--batch-size", "8"],
                  "fewer than one batch", id="no full batch"),
+    pytest.param(["tiny.pt", "--out", "ft.pt", "--data", "loose"], "holds 2 image file(s) beside its 1 class folder(s) "
+                 "(extra), e.g. 'a.png': ImageFolder would ignore them", id="--data files beside class folders"),
+    pytest.param(["tiny.pt", "--out", "ft.pt", "--data", "one"], "has 1 class folder(s) (cat): a classifier needs "
+                 "at least 2 classes", id="--data one class"),
+    pytest.param(["tiny.pt", "--out", "ft.pt", "--data", "hollow"], "has class folders without images: dog",
+                 id="--data empty class"),
 ])
 def test_bad_arguments_exit_2_before_any_work(args, words, finetune, tiny_checkpoint, monkeypatch, capsys):
     """The example used to train first and then die on its output path."""
@@ -132,3 +145,24 @@ def test_yolo_example_runs_offline_at_tiny_sizes(tmp_path, monkeypatch):
     assert report["params"][1] < report["params"][0] and report["macs"][1] < report["macs"][0]
     assert report["fuse_max_abs_diff"] < 1e-3 and report["onnx_max_abs_diff"] < 1e-3
     assert (tmp_path / "demo" / "model.pt").is_file() and (tmp_path / "demo" / "model_yolo.pt").is_file()
+
+
+def test_ctrl_c_during_training_is_a_line_not_a_traceback(tmp_path, monkeypatch):
+    import signal
+    import subprocess
+    import sys
+
+    from scconv_surgery.pipeline import run_conversion
+
+    monkeypatch.chdir(ROOT)  # the factory, importable in the subprocess through PYTHONPATH
+    run_conversion("factory:examples.factory:small_convnet", output=tmp_path / "tiny.pt", input_size=(3, 16, 16))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen([sys.executable, str(ROOT / "examples" / "finetune.py"), "tiny.pt", "--out", "ft.pt",
+                                "--steps", "100000", "--batch-size", "2", "--synthetic-images", "8"],
+                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert '"step": 1' in process.stdout.readline()  # training
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr and "interrupted: stopped" in stderr
+    assert not (tmp_path / "ft.pt").exists()

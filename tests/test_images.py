@@ -102,3 +102,30 @@ def test_high_bit_depth_grey_images_keep_their_brightness(tmp_path, mode, value,
     images, _ = load_images(tmp_path, image_transform(model, input_size=(3, 32, 32)), dtype=torch.float32)
     mean, std = torch.tensor(model.pretrained_cfg["mean"]), torch.tensor(model.pretrained_cfg["std"])
     torch.testing.assert_close(images[0].mean((1, 2)), (round(grey * 255) / 255 - mean) / std, atol=2e-3, rtol=0)
+
+
+def test_nan_holes_of_a_float_tiff_are_read_as_0_counted_and_named(tmp_path):
+    """No raw numpy RuntimeWarning: the NaN pixels become 0 before the scaling, and the note says so."""
+    import warnings
+
+    import numpy as np
+
+    from scconv_surgery.images import ImageValueWarning, read_images
+
+    pixels = np.full((40, 40), 0.5, dtype=np.float32)
+    pixels[:10] = np.nan  # 400 holes
+    Image.fromarray(pixels).save(tmp_path / "holes.tif")
+    Image.fromarray(np.full((40, 40), 0.5, dtype=np.float32)).save(tmp_path / "whole.tif")
+    model = timm.create_model("resnet18")
+    transform = image_transform(model, input_size=(1, 40, 40))
+    notes: list[str] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "invalid value encountered in cast" would raise here
+        images = read_images([tmp_path / "holes.tif", tmp_path / "whole.tif"], transform, dtype=torch.float32,
+                             notes=notes)
+    assert notes == [f"{tmp_path / 'holes.tif'}: 400 of 1600 pixels are NaN (no value); they were read as 0 (black)"]
+    assert torch.isfinite(images).all()
+    black = (0 - sum(model.pretrained_cfg["mean"]) / 3) / (sum(model.pretrained_cfg["std"]) / 3)
+    torch.testing.assert_close(images[0, 0, :5, 5:35], torch.full((5, 30), black), atol=2e-3, rtol=0)
+    with pytest.warns(ImageValueWarning, match="holes.tif: 400 of 1600 pixels are NaN"):  # without notes
+        read_images([tmp_path / "holes.tif"], transform)

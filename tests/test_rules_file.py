@@ -110,10 +110,31 @@ def test_toml_errors_and_file_errors(tmp_path):
     upper = tmp_path / "R.YAML"
     upper.write_text("rules:\n  - include: 'a'\n")
     assert load_rules_file(upper).rules == (Rule("a"),)
-    other = tmp_path / "r.json"
+    other = tmp_path / "r.txt"
     other.write_text("{}")
-    with pytest.raises(RulesFileError, match="unknown suffix"):
+    with pytest.raises(RulesFileError, match="unknown suffix; use .yaml, .yml, .json, .toml"):
         load_rules_file(other)
+
+
+def test_json_rules_files_are_read_and_give_the_yaml_rules(tmp_path):
+    """JSON is valid YAML: `--rules rules.json` is read (as JSON), with the same rules."""
+    (tmp_path / "r.yaml").write_text(YAML)
+    (tmp_path / "r.json").write_text('{"preset": "paper", "rules": [{"include": "layer4.*", "alpha": 0.75, '
+                                     '"min_in_channels": 256}, {"exclude": "re:layer4\\\\.0\\\\..*"}]}')
+    assert load_rules_file(tmp_path / "r.json").rules == load_rules_file(tmp_path / "r.yaml").rules
+    (tmp_path / "bad.json").write_text('{"rules": [}')
+    with pytest.raises(RulesFileError, match="not valid JSON: .*line 1 column 12"):
+        load_rules_file(tmp_path / "bad.json")
+
+
+@pytest.mark.parametrize("name, text", [("empty.yaml", ""), ("blank.yml", "\n# only a comment\n"),
+                                        ("empty.toml", ""), ("empty.json", "{}"), ("none.yaml", "rules: []\n")])
+def test_an_empty_rules_file_is_refused_with_the_file_and_the_fix(tmp_path, name, text):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(RulesFileError) as info:
+        load_rules_file(tmp_path / name)
+    assert str(tmp_path / name) in str(info.value)
+    assert "no preset" in str(info.value) and "rule" in info.value.problem
 
 
 @pytest.fixture(scope="module")

@@ -20,14 +20,20 @@ def calibration_table(run: CalibrationRun) -> Table:
     for column in ("layer", "error before", "error after", "after / before", "final loss", "seconds"):
         table.add_column(column, justify="left" if column == "layer" else "right", no_wrap=True)
     for layer in result.layers:
-        ratio = layer.error_after / layer.error_before if layer.error_before else float("nan")
-        table.add_row(escape(layer.name), f"{layer.error_before:.4f}", f"{layer.error_after:.4f}", f"{ratio:.3f}",
-                      f"{layer.loss:.4g}", f"{layer.seconds:.1f}")
+        ratio = (f"{layer.error_after / layer.error_before:.3f}" if layer.error_before and layer.error_after is not None
+                 else "-")
+        table.add_row(escape(layer.name), _error(layer.error_before), _error(layer.error_after), ratio,
+                      "-" if layer.loss is None else f"{layer.loss:.4g}", f"{layer.seconds:.1f}")
     return table
 
 
+def _error(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.4f}"
+
+
 def render_calibration(console: Console, run: CalibrationRun) -> None:
-    """The calibration table, the BatchNorm update, and the layers that could not be fitted."""
+    """The calibration table, the BatchNorm update, and the layers that could not be fitted (the
+    run's warnings are the command's: ``ConversionResult.warnings``, ``CalibrationRun.warnings``)."""
     result = run.result
     if run.available < run.requested:
         console.print(f"[yellow]note:[/] {escape(str(run.data))} holds {run.available} images, fewer than the "
@@ -41,5 +47,3 @@ def render_calibration(console: Console, run: CalibrationRun) -> None:
     if result.uncalled:
         console.print(f"[yellow]not calibrated[/] (the forward never calls them): {escape(', '.join(result.uncalled))}",
                       highlight=False)
-    for warning in run.warnings:
-        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)

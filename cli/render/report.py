@@ -18,8 +18,15 @@ def counts_table(report: CountReport) -> Table:
     for column in ("", "before", "after", "delta", "delta %"):
         table.add_column(column, justify="right" if column else "left")
     for label, x, y in _total_rows(report):
-        table.add_row(label, human(x), human(y), human(y - x), f"{percent_change(x, y):+.2f}%")
+        table.add_row(label, human(x), human(y), human(y - x), _percent(x, y, 2))
     return table
+
+
+def _percent(before: int, after: int, digits: int) -> str:
+    """The change in percent; "n/a" from 0 to something (undefined: not "+0.00%")."""
+    if before == 0 and after != 0:
+        return "n/a"
+    return f"{percent_change(before, after):+.{digits}f}%"
 
 
 def _total_rows(report: CountReport) -> list[tuple[str, int, int]]:
@@ -40,7 +47,7 @@ def layers_records(console: Console, report: CountReport) -> RenderableType:
     for layer in report.layers:
         rows.append([escape(layer.name), f"{layer.params_before:,}", f"{layer.params_after:,}",
                      human(layer.macs_before), human(layer.macs_after),
-                     f"{percent_change(layer.macs_before, layer.macs_after):+.1f}%"])
+                     _percent(layer.macs_before, layer.macs_after, 1)])
     return records(console, "Replaced layers", LAYER_COLUMNS, rows)
 
 
@@ -93,7 +100,7 @@ def counts_markdown(report: CountReport, title: str) -> str:
     parts = [f"### {title}", "", f"At {counted_size(report)}. {counter_note(report)}", ""]
     totals = []
     for label, x, y in _total_rows(report):
-        totals.append([label, human(x), human(y), human(y - x), f"{percent_change(x, y):+.2f}%"])
+        totals.append([label, human(x), human(y), human(y - x), _percent(x, y, 2)])
     parts += [_markdown_table(["", "before", "after", "delta", "delta %"], totals), ""]
     if report.layers:
         rows = [[f"`{l.name}`", f"{l.params_before:,}", f"{l.params_after:,}", human(l.macs_before),

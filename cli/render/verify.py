@@ -11,4 +11,4 @@ def render_verification(console: Console, result: VerifyResult) -> None:
     """``ok`` or ``FAIL``, the check's name and its detail, one line per check."""
     for check in result.checks:
         mark = "[green]ok[/]  " if check.passed else "[red]FAIL[/]"
-        console.print(f"{mark} {check.name}: {escape(check.detail)}", highlight=False)
+        console.print(f"{mark} {escape(check.name)}: {escape(check.detail)}", highlight=False)

@@ -55,8 +55,8 @@ def test_convert_writes_a_checkpoint_that_loads(in_tmp):
     result = invoke("convert", "torchvision:resnet18", "--out", "m.pt", "--input-size", "3x64x64",
                     "--include", "layer3.*", "--include", "layer4.*", "--exclude", "layer4.1.*")
     assert result.exit_code == 0, result.output
-    assert result.stdout == ""  # humans get stderr; stdout stays empty without --json
-    assert "wrote m.pt" in result.stderr and "1x3x64x64" in result.stderr
+    assert "wrote m.pt" not in result.stderr  # the report is the result: stdout; progress: stderr
+    assert "wrote m.pt" in result.stdout and "1x3x64x64" in result.stdout
     model = load("m.pt")
     replaced = sorted(name for name, m in model.named_modules() if type(m).__name__ == "ScConv")
     assert replaced == ["layer3.0.conv1", "layer3.0.conv2", "layer3.1.conv1", "layer3.1.conv2",
@@ -292,10 +292,10 @@ def test_summary_prints_totals_without_a_row_per_conv(in_tmp):
     full = invoke("convert", "timm:test_resnet", "--dry-run", "--input-size", "32")
     result = invoke("convert", "timm:test_resnet", "--dry-run", "--input-size", "32", "--summary")
     assert result.exit_code == 0, result.output
-    replaced = next(line for line in full.stderr.splitlines() if "convs replaced" in line).strip()
-    assert replaced in result.stderr and "Totals at input 1x3x32x32" in result.stderr
-    assert "layer1.0.conv1" in full.stderr and "layer1.0.conv1" not in result.stderr
-    assert len(result.stderr.splitlines()) < len(full.stderr.splitlines()) // 3
+    replaced = next(line for line in full.stdout.splitlines() if "convs replaced" in line).strip()
+    assert replaced in result.stdout and "Totals at input 1x3x32x32" in result.stdout
+    assert "layer1.0.conv1" in full.stdout and "layer1.0.conv1" not in result.stdout
+    assert len(result.stdout.splitlines()) < len(full.stdout.splitlines()) // 3
 
 
 def test_summary_applies_to_the_plan_shown_with_exit_3(in_tmp):
@@ -316,4 +316,4 @@ def test_the_size_actually_counted_is_stated(in_tmp, toy_factory):
     assert counts["before"]["macs_by_operator"]["conv"] == (3 * 16 + 16 * 16) * 9 * 32 * 32
     human = invoke("convert", "--factory", factory, "--input-size", "3x64x64", "--dry-run")
     assert "Totals at input 1x3x64x64, which the model resizes to 1x3x32x32 (the size counted)" in \
-        " ".join(human.stderr.split())
+        " ".join(human.stdout.split())

@@ -29,13 +29,14 @@ def test_models_json_lists_counts_and_why_not(cache):
     assert (vit["replaced"], vit["coverage"]) == (0, "no_3x3")
 
 
-def test_models_eligible_table_goes_to_stderr(cache):
+def test_models_eligible_table_goes_to_stdout(cache):
+    """The listing is the command's result: `scconv models | head` gets it (progress stays on stderr)."""
     result = runner.invoke(app, ["models", "regnetx_00[24]", "--eligible"])
     assert result.exit_code == 0, result.output
-    assert result.stdout == ""
-    assert "│ regnetx_004 " in result.stderr and "│ regnetx_002 " not in result.stderr  # SCConv costs more there
-    assert "1 of 1 models" in result.stderr
-    assert "not listed (--eligible), no conv to replace: 1 grouped" in " ".join(result.stderr.split())
+    assert "│ regnetx_004" not in result.stderr  # (its name is in the progress lines)
+    assert "│ regnetx_004 " in result.stdout and "│ regnetx_002 " not in result.stdout  # SCConv costs more there
+    assert "1 of 1 models" in result.stdout
+    assert "not listed (--eligible), no conv to replace: 1 grouped" in " ".join(result.stdout.split())
 
 
 def test_a_pattern_that_matches_nothing_warns_on_stderr_with_json_too(cache):

@@ -35,7 +35,7 @@ def test_a_timm_checkpoint_with_an_ema_reports_and_records_the_entry_read(tmp_pa
     result = invoke("convert", "torchvision:resnet18", "--num-classes", "4", "--weights", "last.pth.tar",
                     "--input-size", "3x64x64", "--out", "m.pt")
     assert result.exit_code == 0, result.output
-    assert "weights file last.pth.tar: entry 'state_dict_ema'" in result.stderr
+    assert "weights file last.pth.tar: entry 'state_dict_ema'" in result.stdout
     manifest = torch.load("m.pt", weights_only=True)["manifest"]
     assert manifest["source"]["weights"]["entry"] == "state_dict_ema"
     result = invoke("convert", "torchvision:resnet18", "--num-classes", "4", "--weights", "last.pth.tar",

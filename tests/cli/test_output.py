@@ -47,7 +47,7 @@ def test_force_color_in_a_log_colours_without_a_spinner(long_name_run, monkeypat
     monkeypatch.delenv("NO_COLOR", raising=False)
     result = long_name_run()
     assert result.exit_code == 0, result.output
-    assert "\x1b[32mreplace" in result.stderr  # coloured
+    assert "\x1b[32mreplace" in result.stdout  # coloured
     assert HIDE_CURSOR not in result.stderr and "\r" not in result.stderr  # no live spinner frames
     assert result.stderr.count("scconv: ") == 5  # one plain line per step
 
@@ -57,7 +57,7 @@ def test_no_color_writes_no_escape_code_at_all(long_name_run, monkeypatch):
     monkeypatch.setenv("FORCE_COLOR", "1")
     result = long_name_run()
     assert result.exit_code == 0, result.output
-    assert "\x1b" not in result.stderr
+    assert "\x1b" not in result.stderr and "\x1b" not in result.stdout
 
 
 def test_long_names_are_never_cropped_at_80_columns(long_name_run, monkeypatch):
@@ -66,9 +66,9 @@ def test_long_names_are_never_cropped_at_80_columns(long_name_run, monkeypatch):
     assert result.exit_code == 0, result.output
     names = [f"backbone_body.{LongNameNet.STAGE}.conv_{side}" for side in ("left", "right")]
     assert all(len(name) > 65 for name in names)
-    lines = result.stderr.splitlines()
+    lines = result.stdout.splitlines()
     assert all(name in lines for name in names)  # each whole, on its own line
-    assert "…" not in result.stderr and max(map(len, lines)) <= 80
+    assert "…" not in result.stdout and max(map(len, lines)) <= 80
     reason = "in_channels=3 too small: squeezed parts have 0 and 1 channels (alpha=0.5, squeeze_ratio=2)"
     assert reason in " ".join(line.strip() for line in lines)  # wrapped, complete
 

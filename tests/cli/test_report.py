@@ -65,12 +65,13 @@ def test_csv_has_raw_counts(checkpoint):
     assert int(rows[1]["macs_before"]) == 64 * 64 * 9 * 16 * 16
 
 
-def test_table_goes_to_stderr(checkpoint):
+def test_table_goes_to_stdout(checkpoint):
+    """The report is the command's result: `scconv report m.pt > file` gets it."""
     path, _ = checkpoint
     out = runner.invoke(app, ["report", str(path), "--count-elementwise"])
     assert out.exit_code == 0, out.output
-    assert out.stdout == ""
-    assert "Replaced layers" in out.stderr and "elementwise ops" in out.stderr
+    assert "Replaced layers" not in out.stderr
+    assert "Replaced layers" in out.stdout and "elementwise ops" in out.stdout
 
 
 def test_not_a_checkpoint_exits_2(tmp_path):
@@ -113,6 +114,6 @@ def test_fallback_counter_report_names_its_counter_and_has_per_layer_rows(checkp
     assert [(row["macs_before"], row["macs_after"]) for row in doc["layers"]] == \
         [(layer.macs_before, layer.macs_after) for layer in result.report.layers]
     human = runner.invoke(app, ["report", str(path)])
-    assert "Counted by torch.utils.flop_counter (FlopCounterMode, 2 FLOPs per MAC" in human.stderr
-    assert "fvcore counts one fused" not in human.stderr and "+0.0%" not in human.stderr
-    assert "note: fvcore failed (RuntimeError: tracing failed)" in human.stderr
+    assert "Counted by torch.utils.flop_counter (FlopCounterMode, 2 FLOPs per MAC" in human.stdout
+    assert "fvcore counts one fused" not in human.stdout and "+0.0%" not in human.stdout
+    assert "note: fvcore failed (RuntimeError: tracing failed)" in human.stdout  # part of the report

@@ -57,7 +57,7 @@ def test_verify_fails_with_exit_4_when_weights_differ(weights):
     torch.save(other, "other.pth")
     result = runner.invoke(app, ["verify", "m.pt", "--weights", "other.pth"])
     assert result.exit_code == EXIT_VERIFY_FAILED, result.output
-    assert "FAIL untouched weights" in result.stderr and "conv1.weight" in result.stderr
+    assert "FAIL untouched weights" in result.stdout and "conv1.weight" in result.stdout
 
 
 def test_reset_bn_stats(weights):
