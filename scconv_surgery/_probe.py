@@ -42,6 +42,19 @@ def example_input(model: nn.Module, shape: tuple[int, ...],
     return fill(*shape, device=device, dtype=dtype)
 
 
+def iter_tensors(value: Any) -> Iterator[torch.Tensor]:
+    """The tensors in nested tuples, lists and dicts (a torch function's arguments), without the
+    paths :func:`tensor_leaves` builds: cheap enough for a hook on every operator."""
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from iter_tensors(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from iter_tensors(item)
+
+
 def tensor_leaves(output: Any, path: str = "output") -> list[tuple[str, torch.Tensor]]:
     """Every tensor of a model's output, depth first, with its path from ``path``.
 

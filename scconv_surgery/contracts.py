@@ -20,7 +20,6 @@ puts it) is not a contract: only the number of dimensions and the other dimensio
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -28,7 +27,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.weak import WeakTensorKeyDictionary
 
-from ._probe import tensor_leaves
+from ._probe import iter_tensors, tensor_leaves
 
 __all__ = ["DataDependentShapes", "data_dependent_leaves"]
 
@@ -39,16 +38,6 @@ _VALUE_SIZED = frozenset({
     _aten.unique_consecutive.default, _aten.repeat_interleave.Tensor, _aten.nonzero_static.default,
 })
 
-
-def _tensors(value: Any) -> Iterator[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        yield value
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            yield from _tensors(item)
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _tensors(item)
 
 
 def _value_sized(func: Any, args: tuple) -> bool:
@@ -69,8 +58,8 @@ class _Marking(TorchDispatchMode):
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        if _value_sized(func, args) or any(t in self.marked for t in _tensors((args, kwargs))):
-            for tensor in _tensors(out):
+        if _value_sized(func, args) or any(t in self.marked for t in iter_tensors((args, kwargs))):
+            for tensor in iter_tensors(out):
                 self.marked[tensor] = True
         return out
 

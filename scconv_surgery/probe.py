@@ -10,7 +10,7 @@ module registered under several names (aliases) is recorded under its first one.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 from torch.overrides import TorchFunctionMode
 
-from ._probe import eval_mode
+from ._probe import eval_mode, iter_tensors
 from .errors import ModelForwardError
 
 __all__ = ["as_probe", "ModuleCall", "ModelProbe", "probe_model", "probe_example", "keeps_running_stats", "is_norm",
@@ -245,7 +245,7 @@ class _ParameterReads(TorchFunctionMode):
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
         reader = self._running[-1]
-        for tensor in _tensors((args, kwargs)):
+        for tensor in iter_tensors((args, kwargs)):
             for owner in self._owners.get(id(tensor), ()):
                 if owner is not reader:
                     self._reads.setdefault(self._names[id(owner)], {})[self._names.get(id(reader), ROOT_FORWARD)] = None
@@ -254,17 +254,6 @@ class _ParameterReads(TorchFunctionMode):
     def found(self) -> dict[str, tuple[str, ...]]:
         return {owner: tuple(readers) for owner, readers in self._reads.items()}
 
-
-def _tensors(value: Any) -> Iterator[torch.Tensor]:
-    """The tensors in nested tuples, lists and dicts (a torch function's arguments)."""
-    if isinstance(value, torch.Tensor):
-        yield value
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            yield from _tensors(item)
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _tensors(item)
 
 
 def as_probe(subject: nn.Module | ModelProbe, *, input_size: Sequence[int] | None = None,
