@@ -9,7 +9,8 @@ import typer
 
 from scconv_surgery.models import ModelSource, WeightsSource, default_input_size, rebuild_base
 from scconv_surgery.plan import plan_conversion
-from scconv_surgery.profiling import DEFAULT_REPEATS, DTYPES, ProfileSettings, profile_plan, resolve_device
+from scconv_surgery.profiling import DEFAULT_REPEATS, DTYPES, ProfileSettings, profile_plan
+from scconv_surgery.timing import resolve_device
 from scconv_surgery.sensitivity import DEFAULT_IMAGES, DEFAULT_STEPS, check_sensitivity_source, sensitivities_from_folder
 
 from .convert import parse_model_kwargs

@@ -27,8 +27,9 @@ from .models import ULTRALYTICS, ModelSource, build_model, default_input_size, r
 from .plan import Plan, plan_conversion
 from .probe import probe_model
 from .rules import Rule, RuleAction
-from .profiling import Profile, check_profile, profile_plan, resolve_device, time_models
+from .profiling import Profile, check_profile, profile_plan, time_models
 from .selection import Selection, SelectionConfig, SelectionReport, select_layers, write_rules_file
+from .timing import resolve_device
 
 __all__ = ["WriteCheckpoint", "DryRun", "Destination", "ConversionResult", "run_conversion", "CheckpointReport",
            "recount_checkpoint", "RESULT_SCHEMA_VERSION"]

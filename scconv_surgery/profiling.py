@@ -11,10 +11,8 @@ median of the per-round ratios (SCConv / dense) and their spread (interquartile 
 original network is timed the same way, so that a selection can predict the converted network's
 latency (:mod:`scconv_surgery.selection`).
 
-On CPUs the default clock is the CPU time of the calling thread (``time.thread_time``) with
-``torch.set_num_threads(1)`` meanwhile (restored after): on a shared, loaded machine wall-clock time
-is mostly other processes' noise. On CUDA devices it is CUDA events around the call, after a
-synchronize. Every clock is a :class:`Timer`; tests inject their own.
+The clocks, the device check and the interleaving are in :mod:`scconv_surgery.timing`: on CPUs
+the calling thread's CPU time with one intra-op thread, on CUDA devices CUDA events.
 
 Layer results are cached on disk (one JSON file per layer, under
 :func:`~scconv_surgery.survey.default_cache_dir`) per conv spec, SCConv config, input shape, device
@@ -28,14 +26,12 @@ import contextlib
 import copy
 import hashlib
 import json
-import math
-import platform
 import statistics
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import nn
@@ -43,58 +39,28 @@ from torch import nn
 from ._probe import noop
 from .apply import build_replacement
 from .counting import count_model
-from .errors import DeviceError, ProfileMismatchError
+from .errors import ProfileMismatchError
 from .layers import ScConv, ScConvConfig
 from .models import ModelSource
 from .plan import Decision, Plan
+from .timing import (
+    ThreadTimer,
+    Timer,
+    default_timer,
+    device_name,
+    interleaved,
+    ratio_stats,
+    resolve_device,
+    single_thread,
+)
 
-__all__ = ["ProfileSettings", "LayerProfile", "Profile", "Timer", "ThreadTimer", "WallTimer", "CudaEventTimer",
-           "ModelTiming", "resolve_device", "device_name", "default_timer", "profile_model", "profile_plan",
+__all__ = ["ProfileSettings", "LayerProfile", "Profile", "ModelTiming", "profile_model", "profile_plan",
            "time_models", "check_profile", "PROFILE_SCHEMA_VERSION"]
 
 PROFILE_SCHEMA_VERSION = 1
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 MODES = ("inference", "train")
 DEFAULT_REPEATS = 15
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """The ``torch.device`` a user names (``cpu``, ``cuda``, ``cuda:1``), checked to exist here.
-
-    ``cuda`` without an index is the current CUDA device. Call it before any work.
-
-    Raises:
-        DeviceError: not a device name, a type other than cpu / cuda, no CUDA on this machine, or an
-            index beyond the CUDA devices present.
-    """
-    text = str(device)
-    try:
-        parsed = torch.device(text)
-    except (RuntimeError, ValueError) as err:
-        raise DeviceError(text, f"not a device name ({err}); use cpu, cuda or cuda:N") from err
-    if parsed.type == "cpu":
-        return torch.device("cpu")
-    if parsed.type != "cuda":
-        raise DeviceError(text, f"profiling measures cpu and cuda devices, not {parsed.type}")
-    if not torch.cuda.is_available():
-        raise DeviceError(text, "CUDA is not available on this machine")
-    count = torch.cuda.device_count()
-    index = torch.cuda.current_device() if parsed.index is None else parsed.index
-    if index >= count:
-        raise DeviceError(text, f"this machine has {count} CUDA device{'s' if count != 1 else ''} "
-                          f"(cuda:0 to cuda:{count - 1})")
-    return torch.device("cuda", index)
-
-
-def device_name(device: torch.device) -> str:
-    """What the hardware is called: the CUDA device's name, or the CPU's model name."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine() or "cpu"
 
 
 @dataclass(frozen=True)
@@ -149,98 +115,6 @@ class ProfileSettings:
     def from_dict(cls, d: Mapping[str, Any]) -> ProfileSettings:
         return cls(**{k: d[k] for k in ("device", "batch_size", "dtype", "channels_last", "optimized", "train",
                                         "repeats") if k in d})
-
-
-class Timer(Protocol):
-    """A clock: ``timer(fn, label) -> seconds`` of one call of ``fn``.
-
-    ``label`` is ``(layer, variant)``: ``(conv name, "dense" | "scconv")`` for a layer,
-    ``("", "original" | "converted")`` for a whole network. A timer may call ``fn`` several times and
-    return the mean (small layers). ``name`` enters the cache key.
-    """
-
-    name: str
-
-    def __call__(self, fn: Callable[[], object], label: tuple[str, str]) -> float: ...
-
-
-@dataclass
-class ThreadTimer:
-    """CPU time of the calling thread (``time.thread_time``), as many calls as reach ``min_seconds``.
-
-    Meant to run with one intra-op thread (:func:`profile_plan` sets it), so that all of PyTorch's
-    work is on the calling thread and other processes' load does not count.
-    """
-
-    min_seconds: float = 0.005
-    name: str = "thread_time"
-    _numbers: dict[tuple[str, str], int] = field(default_factory=dict, repr=False)
-
-    def __call__(self, fn: Callable[[], object], label: tuple[str, str]) -> float:
-        number = self._numbers.get(label)
-        if number is None:
-            start = time.thread_time()
-            fn()
-            number = self._numbers[label] = min(1000, max(1, math.ceil(self.min_seconds / max(
-                time.thread_time() - start, 1e-6))))
-        start = time.thread_time()
-        for _ in range(number):
-            fn()
-        return (time.thread_time() - start) / number
-
-
-@dataclass
-class WallTimer:
-    """Wall-clock time (``time.perf_counter``), synchronizing a CUDA device before and after."""
-
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    name: str = "wall"
-
-    def __call__(self, fn: Callable[[], object], label: tuple[str, str]) -> float:
-        cuda = self.device.type == "cuda"
-        if cuda:
-            torch.cuda.synchronize(self.device)
-        start = time.perf_counter()
-        fn()
-        if cuda:
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter() - start
-
-
-@dataclass
-class CudaEventTimer:
-    """CUDA events recorded around the call on the device's current stream (after a synchronize)."""
-
-    device: torch.device
-    name: str = "cuda_event"
-
-    def __call__(self, fn: Callable[[], object], label: tuple[str, str]) -> float:
-        torch.cuda.synchronize(self.device)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        with torch.cuda.device(self.device):
-            start.record()
-            fn()
-            end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / 1000.0
-
-
-def default_timer(device: torch.device) -> Timer:
-    """CUDA events on a CUDA device, else the calling thread's CPU time."""
-    return CudaEventTimer(device) if device.type == "cuda" else ThreadTimer()
-
-
-@contextlib.contextmanager
-def _single_thread(enabled: bool) -> Iterator[None]:
-    """``torch.set_num_threads(1)`` meanwhile, restored after."""
-    threads = torch.get_num_threads()
-    if enabled:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if enabled:
-            torch.set_num_threads(threads)
 
 
 @dataclass(frozen=True)
@@ -420,28 +294,6 @@ def check_profile(profile: Profile, source: ModelSource, plan: Plan, device: str
                                    f"({len(foreign)} such layer{'s' if len(foreign) > 1 else ''})")
 
 
-def _interleaved(fns: Mapping[str, Callable[[], object]], layer: str, timer: Timer, repeats: int
-                 ) -> dict[str, list[float]]:
-    """``repeats`` rounds; in each, every variant once, the order rotated by one each round."""
-    names = list(fns)
-    for name in names:  # warm-up: allocator, cudnn's algorithm choice, lazy initialisation
-        fns[name]()
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for round_ in range(repeats):
-        shift = round_ % len(names)
-        for name in names[shift:] + names[:shift]:
-            times[name].append(timer(fns[name], (layer, name)))
-    return times
-
-
-def _ratio_stats(before: Sequence[float], after: Sequence[float]) -> tuple[float, float]:
-    """Median and interquartile range of the per-round ratios ``after / before``."""
-    ratios = [b / a if a > 0 else math.inf for a, b in zip(before, after)]
-    finite = [r for r in ratios if math.isfinite(r)] or [1.0]
-    quartiles = statistics.quantiles(finite, n=4) if len(finite) >= 2 else [finite[0]] * 3
-    return statistics.median(finite), quartiles[2] - quartiles[0]
-
-
 def _runner(module: nn.Module, x: torch.Tensor, train: bool) -> Callable[[], object]:
     """One inference forward (eval, no grad), or one training step (train, forward, backward)."""
     if not train:
@@ -511,9 +363,9 @@ def _measure_layer(conv: nn.Module, decision: Decision, shape: tuple[int, ...], 
     if settings.optimized and not settings.train:
         _optimize(layer, shape)
     x = _input(shape, settings, device, seed)
-    times = _interleaved({"dense": _runner(dense, x, settings.train), "scconv": _runner(layer, x, settings.train)},
+    times = interleaved({"dense": _runner(dense, x, settings.train), "scconv": _runner(layer, x, settings.train)},
                          decision.name, timer, settings.repeats)
-    ratio, spread = _ratio_stats(times["dense"], times["scconv"])
+    ratio, spread = ratio_stats(times["dense"], times["scconv"])
     return LayerProfile(decision.name, tuple(shape), statistics.median(times["dense"]),
                         statistics.median(times["scconv"]), ratio, spread, counted[0].macs, counted[1].macs,
                         decision.params_before, decision.params_after)
@@ -570,10 +422,10 @@ def time_models(original: nn.Module, converted: nn.Module, input_size: Sequence[
     """
     device = resolve_device(settings.device)
     timer = timer or default_timer(device)
-    with _single_thread(device.type == "cpu" and isinstance(timer, ThreadTimer)):
+    with single_thread(device.type == "cpu" and isinstance(timer, ThreadTimer)):
         runners = _network_runners({"original": original, "converted": converted}, input_size, settings, device)
-        times = _interleaved(runners, "", timer, settings.repeats)
-    ratio, spread = _ratio_stats(times["original"], times["converted"])
+        times = interleaved(runners, "", timer, settings.repeats)
+    ratio, spread = ratio_stats(times["original"], times["converted"])
     return ModelTiming(statistics.median(times["original"]), statistics.median(times["converted"]), ratio, spread)
 
 
@@ -614,7 +466,7 @@ def profile_plan(model: nn.Module, source: ModelSource, plan: Plan, input_size: 
     folder = None if cache_dir is False else (default_cache_dir() if cache_dir in (None, True) else Path(cache_dir))
     layers, cached = [], 0
     # one thread for the probe pass too: on a loaded machine, idle OpenMP threads waiting for a core slow it 10x
-    with _single_thread(device.type == "cpu" and isinstance(timer, ThreadTimer)):
+    with single_thread(device.type == "cpu" and isinstance(timer, ThreadTimer)):
         probe = probe_model(model, input_size)
         targets = []
         for decision in plan.replaced:
@@ -658,7 +510,7 @@ def _cached_network(folder: Path | None, model: nn.Module, source: ModelSource, 
             entry = json.loads(path.read_text())
             return {"seconds": float(entry["seconds"]), "macs": int(entry["macs"]), "params": int(entry["params"])}
     runner = _network_runners({"original": model}, input_size, settings, device)
-    seconds = statistics.median(_interleaved(runner, "", timer, settings.repeats)["original"])
+    seconds = statistics.median(interleaved(runner, "", timer, settings.repeats)["original"])
     counts = count_model(model, tuple(input_size))  # type: ignore[arg-type]
     entry = {"seconds": seconds, "macs": counts.macs, "params": counts.params}
     if path is not None:

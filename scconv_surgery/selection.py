@@ -32,7 +32,8 @@ from typing import Any
 from .errors import SelectionError
 from .layers import ScConvConfig
 from .plan import Plan
-from .profiling import ModelTiming, Profile, ProfileSettings, Timer
+from .profiling import ModelTiming, Profile, ProfileSettings
+from .timing import Timer
 from .rules import Rule, RuleAction
 
 __all__ = ["Criterion", "SelectionConfig", "Selection", "SelectionReport", "select_layers", "exact_rules",
@@ -81,7 +82,7 @@ class SelectionConfig:
         use_sensitivity: minimise sensitivity instead of latency when the profile carries it.
         write_rules: also write the chosen rules to this YAML file (even in a dry run).
         measure: time the converted network against the original, end to end.
-        timer: the clock (default: the device's, see :func:`~scconv_surgery.profiling.default_timer`).
+        timer: the clock (default: the device's, see :func:`~scconv_surgery.timing.default_timer`).
         cache_dir: the profile cache (None: the default; False: none).
 
     Raises:

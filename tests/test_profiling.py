@@ -13,13 +13,12 @@ from scconv_surgery.plan import plan_conversion
 from scconv_surgery.profiling import (
     Profile,
     ProfileSettings,
-    ThreadTimer,
     check_profile,
     profile_model,
     profile_plan,
-    resolve_device,
     time_models,
 )
+from scconv_surgery.timing import ThreadTimer, resolve_device
 
 SOURCE = ModelSource.factory("examples.factory:small_convnet", kwargs={"width": 16})
 SIZE = (3, 32, 32)
