@@ -384,6 +384,21 @@ def test_autocast_keep_mask_flips_below_one_in_ten_thousand(dtype):
     torch.testing.assert_close(out.float(), expected, atol=0.1, rtol=0.05)
 
 
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=str)
+def test_bfloat16_autocast_inference_of_a_converted_network(resnet18, memory_format):
+    """channels_last + no_grad + CPU autocast: the grouped 1x1 convs' product may not use mm(out=),
+    which autocast leaves in float32 (a fresh-user trial hit 'expected m1 and m2 to have the same
+    dtype'), while the original network runs there."""
+    model = copy.deepcopy(resnet18).to(memory_format=memory_format)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x.to(memory_format=memory_format))
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), expected, atol=0.05, rtol=0.05)
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 def test_low_precision_gn_weights_summing_to_zero_stay_finite(dtype, variant):

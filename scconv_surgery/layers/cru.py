@@ -83,7 +83,8 @@ def pointwise_conv(x: torch.Tensor, weight: torch.Tensor, stride: int = 1, group
         matrix = weight.view(out, c // groups)
         if groups == 1:
             y = pixels @ matrix.t()
-        elif torch.is_grad_enabled():
+        elif torch.is_grad_enabled() or torch.is_autocast_enabled("cpu") or pixels.dtype != matrix.dtype:
+            # (autocast does not cast the out= form below, which then meets a float32 weight)
             y = torch.cat([p @ m.t() for p, m in zip(pixels.chunk(groups, 1), matrix.chunk(groups))], 1)
         else:  # each group's product straight into its columns
             y = pixels.new_empty(n * h * w, out)
