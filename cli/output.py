@@ -128,8 +128,17 @@ class Terminal:
         """A Rich console with these settings (on stderr unless ``file`` is given)."""
         kwargs.setdefault("stderr", "file" not in kwargs)
         # force_terminal: Rich would otherwise take FORCE_COLOR as "a terminal" (spinner, 80 columns)
-        return Console(force_terminal=self.color, color_system="auto" if self.color else None, width=self.width,
-                       **kwargs)
+        return _Console(force_terminal=self.color, color_system="auto" if self.color else None, width=self.width,
+                        **kwargs)
+
+
+class _Console(Console):
+    """A Rich console whose closed pipe reaches :meth:`Output.errors` (exit 141, documented) instead
+    of Rich's own ``SystemExit(1)``."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError
 
 
 def _terminal(stream: Any) -> Terminal:

@@ -219,7 +219,7 @@ def read_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> Ch
             payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
         problem = torch_load_problem(err) if kind in TORCH_KINDS else type(err).__name__
-        raise CheckpointError(str(path), f"unreadable or truncated {describe(path, kind)} ({problem})") from err
+        raise CheckpointError(str(path), f"unreadable or truncated: {describe(path, kind)} that does not load ({problem})") from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         if isinstance(payload, dict) and "kind" in payload:
             kind = payload["kind"]

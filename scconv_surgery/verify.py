@@ -140,7 +140,7 @@ def verify_checkpoint(path: str | os.PathLike, *, weights: str | os.PathLike | N
         model = checkpoint.model(path)
     except CheckpointError as err:  # read, but its plan or state_dict does not fit: the first check fails
         return VerifyResult(Path(path), (Check("loads", False, err.problem, err.missing_keys + err.unexpected_keys),))
-    checks = [Check("loads", True, f"{len(manifest.replaced)} replaced convs, state_dict loaded strictly")]
+    checks = [Check("loads", True, f"{len(manifest.replaced)} replaced conv{'' if len(manifest.replaced) == 1 else 's'}, state_dict loaded strictly")]
     size = tuple(input_size or manifest.input_size)
     on_step(f"forward at 2x{'x'.join(map(str, size))}")
     with torch.random.fork_rng(devices=[]):

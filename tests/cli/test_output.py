@@ -99,3 +99,21 @@ def test_interruptions_are_reported_like_other_errors(raised, code, kind, as_jso
                                                                  "written", "exit_code": code}}
     else:
         assert "interrupted: nothing was written" in out.console.file.getvalue()
+
+
+def test_a_closed_pipe_on_a_table_exits_141_as_documented():
+    """`scconv convert ... | head`: Rich's console would exit 1 on its own; the table's console hands
+    the closed pipe to Output.errors, which exits 141 (EXIT_BROKEN_PIPE) and says nothing more."""
+    import typer
+
+    from scconv_surgery.cli.errors import EXIT_BROKEN_PIPE
+
+    class ClosedPipe(io.StringIO):
+        def write(self, text):
+            raise BrokenPipeError
+
+    terminal = output.Terminal(interactive=False, color=False, width=80)
+    out = output.Output(terminal=terminal, console=terminal.console(), result=terminal.console(file=ClosedPipe()))
+    with pytest.raises(typer.Exit) as caught, out.errors():
+        out.result.print("a table row")
+    assert caught.value.exit_code == EXIT_BROKEN_PIPE == 141
