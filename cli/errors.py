@@ -140,12 +140,6 @@ def exit_code_for(err: BaseException) -> int:
     return EXIT_UNEXPECTED
 
 
-def _chose_nothing(plan: Any) -> bool:
-    """A plan from a selection of nothing: its one rule excludes every conv."""
-    rules = getattr(plan, "rules", ())
-    return len(rules) == 1 and rules[0].pattern == "*" and rules[0].action.value == "exclude"
-
-
 def hint(err: BaseException) -> str | None:
     """What to do about a library error, in the CLI's terms (its flags), or None."""
     if isinstance(err, PretrainedWeightsError):
@@ -177,9 +171,12 @@ def hint(err: BaseException) -> str | None:
         return "pass --weights-key with one of the entries listed, or leave it out to pick as timm does"
     if isinstance(err, WeightsFileError) and err.classifier_only:
         return "pass --num-classes N to re-initialise the classifier"
-    if isinstance(err, NothingSelectedError) and _chose_nothing(err.plan):
+    if isinstance(err, NothingSelectedError) and err.by_selection:
         return ("the measured selection chose no conv: SCConv is not faster on this device by --select-margin; "
                 "try a smaller margin, a --target-* budget, or another --device")
+    if isinstance(err, NothingSelectedError):
+        return ("each conv's reason is in the plan above (--summary shortens it); 'scconv models --eligible' lists "
+                "the models with convs to replace")
     if isinstance(err, DeviceError):
         return "pass --device cpu, or cuda:N for a CUDA device this machine has"
     if isinstance(err, SelectionError) and err.name == "weights":

@@ -116,11 +116,15 @@ class NothingSelectedError(ScconvError, ValueError):
 
     Attributes:
         reasons: skip reason -> number of convs skipped for it.
+        plan: the plan, whose decisions give each conv's reason.
+        by_selection: a measured selection (:mod:`scconv_surgery.selection`) chose none of the
+            convs the rules allowed.
     """
 
-    def __init__(self, reasons: dict[str, int], plan: object = None):
+    def __init__(self, reasons: dict[str, int], plan: object = None, *, by_selection: bool = False):
         self.reasons = dict(reasons)
         self.plan = plan
+        self.by_selection = by_selection
         summary = ", ".join(f"{n} {r}" for r, n in sorted(self.reasons.items(), key=lambda x: -x[1]))
         super().__init__(f"no conv was selected for replacement (skipped: {summary or 'no convs found'})")
 

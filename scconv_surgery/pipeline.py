@@ -269,9 +269,9 @@ def run_conversion(model: ModelSource | str, *, output: Destination | str | os.P
     chosen = None
     if selection is not None:
         chosen, profile = _select(base, source, plan, size, selection, saved_profile, seed, on_step)
-        plan = plan_conversion(base, chosen.rules, config=config, strict_paper=strict_paper)
+        plan = plan_conversion(base, chosen.rules, config=config, strict_paper=strict_paper, probe=probe)
         if not plan.replaced:
-            raise NothingSelectedError(plan.skip_summary(), plan=plan)
+            raise NothingSelectedError(plan.skip_summary(), plan=plan, by_selection=True)
     on_step(f"replacing {len(plan.replaced)} convs")
     converted = apply_plan(copy_model(base), plan, seed=seed)
     on_step(f"checking output shapes at {'x'.join(map(str, size))}")

@@ -153,7 +153,8 @@ def test_comma_is_not_a_separator(in_tmp):
 
 def test_nothing_selected_exits_3(in_tmp):
     result = invoke("convert", "torchvision:resnet18", "--dry-run", "--exclude", "*")
-    assert_clean_error(result, EXIT_NOTHING_SELECTED, "no conv was selected", "excluded")
+    assert_clean_error(result, EXIT_NOTHING_SELECTED, "no conv was selected", "excluded",
+                       "hint: each conv's reason is in the plan above")
 
 
 def test_unmatched_exclude_is_a_warning(in_tmp):
