@@ -10,7 +10,7 @@ manifests of every release included (keys added later are optional).
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
@@ -79,11 +79,6 @@ class Manifest:
     def plan(self) -> Plan:
         """The recorded plan: the replaced convs, as decisions (skipped convs are not recorded)."""
         return Plan(self.replaced)
-
-    @property
-    def replaced_names(self) -> tuple[str, ...]:
-        """The replaced convs' names (one per conv; aliases in :attr:`replaced_prefixes`)."""
-        return tuple(d.name for d in self.replaced)
 
     @property
     def replaced_prefixes(self) -> tuple[str, ...]:
@@ -175,7 +170,7 @@ class UntouchedComparison:
 
 
 def untouched_tensors(manifest: Manifest, state_dict: Mapping[str, torch.Tensor],
-                      reference: Mapping[str, torch.Tensor], *, keys: Sequence[str] | None = None) -> UntouchedComparison:
+                      reference: Mapping[str, torch.Tensor]) -> UntouchedComparison:
     """Compare the entries of ``state_dict`` that the conversion left alone
     (:meth:`Manifest.is_untouched`) with ``reference`` (the base weights), exactly.
 
@@ -183,10 +178,9 @@ def untouched_tensors(manifest: Manifest, state_dict: Mapping[str, torch.Tensor]
         manifest: the conversion's manifest.
         state_dict: the converted model's tensors.
         reference: the base model's tensors (a weights file, or the rebuilt original).
-        keys: compare only these keys of ``state_dict`` (default: all of them).
     """
     compared, differ, missing = 0, [], []
-    for key in keys if keys is not None else state_dict:
+    for key in state_dict:
         if not manifest.is_untouched(key):
             continue
         value = state_dict[key]

@@ -92,9 +92,7 @@ class ModelSource:
         if not sep:
             return cls(None, text, kwargs, weights)
         if library not in (*LIBRARIES, FACTORY, ULTRALYTICS):
-            raise UnknownModelError(text, [f"{lib}:{model_name}" for lib in LIBRARIES],
-                                    problem=f"{library!r} is not a library prefix (timm:, torchvision:, ultralytics: "
-                                    "or factory:)")
+            raise _unknown_prefix(text, library, model_name)
         return cls(library, model_name, kwargs, weights)
 
     @classmethod
@@ -129,6 +127,14 @@ def _torchvision_names() -> list[str]:
     return torchvision.models.list_models()
 
 
+def _unknown_prefix(name: str, library: str, model_name: str) -> UnknownModelError:
+    """The error for ``name`` whose prefix ``library`` names no library; suggests timm's and
+    torchvision's spelling of ``model_name``."""
+    return UnknownModelError(name, [f"{lib}:{model_name}" for lib in LIBRARIES],
+                             problem=f"{library!r} is not a library prefix (timm:, torchvision:, ultralytics: or "
+                             "factory:)")
+
+
 def _resolve(source: ModelSource) -> tuple[str, str]:
     """The (library, model name) a request names; a bare name tries timm, then torchvision.
 
@@ -145,9 +151,7 @@ def _resolve(source: ModelSource) -> tuple[str, str]:
     if library in (FACTORY, ULTRALYTICS) or (library == "timm" and model_name.startswith(TIMM_SOURCES)):
         return library, model_name
     if library and library not in LIBRARIES:
-        raise UnknownModelError(source.display_name, [f"{lib}:{model_name}" for lib in LIBRARIES],
-                                problem=f"{library!r} is not a library prefix (timm:, torchvision:, ultralytics: or "
-                                "factory:)")
+        raise _unknown_prefix(source.display_name, library, model_name)
     if library in ("", "timm") and timm.is_model(model_name):
         _check_timm_tag(source.display_name, model_name)
         return "timm", model_name
