@@ -90,24 +90,27 @@ class Checkpoint:
         return model.eval()
 
 
-def check_output_path(path: str | os.PathLike, *, overwrite: bool = True) -> Path:
+def check_output_path(path: str | os.PathLike, *, overwrite: bool = True, suffixes: tuple[str, ...] = SUFFIXES,
+                      example: str = "model.pt") -> Path:
     """Check that a checkpoint can be written at ``path``, before any work is done.
 
     Args:
         path: the output file.
         overwrite: allow replacing an existing file.
+        suffixes: the suffixes this kind of file takes (default ``.pt``/``.pth``/``.safetensors``).
+        example: a file name the messages suggest.
 
     Raises:
-        OutputPathError: the suffix is not ``.pt``/``.pth``/``.safetensors``, the path is a
+        OutputPathError: the suffix is not one of ``suffixes``, the path is a
             directory, exists (without ``overwrite``), its directory does not exist or is not
             a directory, or no file can be created there.
     """
     path = Path(path)
-    if path.suffix not in SUFFIXES:
-        raise OutputPathError(str(path), f"unsupported suffix {path.suffix!r}; use one of {', '.join(SUFFIXES)} "
-                              "(e.g. model.pt)")
+    if path.suffix not in suffixes:
+        raise OutputPathError(str(path), f"unsupported suffix {path.suffix!r}; use one of {', '.join(suffixes)} "
+                              f"(e.g. {example})")
     if path.is_dir():
-        raise OutputPathError(str(path), "is a directory; give a file name such as model.pt")
+        raise OutputPathError(str(path), f"is a directory; give a file name such as {example}")
     if path.exists() and not overwrite:
         raise OutputPathError(str(path), "exists; overwrite it explicitly, or choose another path", exists=True)
     parent = path.parent if str(path.parent) else Path(".")

@@ -39,6 +39,7 @@ from ultralytics.models.yolo.detect import DetectionTrainer  # noqa: E402
 from ultralytics.nn.modules import Conv  # noqa: E402
 from ultralytics.nn.tasks import DetectionModel, yaml_model_load  # noqa: E402
 
+from .checkpoint import check_output_path  # noqa: E402
 from .errors import ModelArgumentError, OutputPathError, UnknownModelError, WeightsFileError  # noqa: E402
 
 
@@ -303,18 +304,10 @@ def check_yolo_output_path(path: str | os.PathLike, *, overwrite: bool = False) 
 
     Raises:
         OutputPathError: the suffix is not ``.pt``, or the path exists (without ``overwrite``),
-            is a directory, or its directory does not exist.
+            is a directory, its directory does not exist, or no file can be created there (the
+            checks of :func:`~scconv_surgery.checkpoint.check_output_path`).
     """
-    path = Path(path)
-    if path.suffix != ".pt":
-        raise OutputPathError(str(path), "a YOLO checkpoint ends in .pt (e.g. model_yolo.pt)")
-    if path.is_dir():
-        raise OutputPathError(str(path), "is a directory; give a file name such as model_yolo.pt")
-    if path.exists() and not overwrite:
-        raise OutputPathError(str(path), "exists; overwrite it explicitly, or choose another path", exists=True)
-    if not (path.parent if str(path.parent) else Path(".")).is_dir():
-        raise OutputPathError(str(path), "its directory does not exist")
-    return path
+    return check_output_path(path, overwrite=overwrite, suffixes=(".pt",), example="model_yolo.pt")
 
 
 def save_yolo_checkpoint(path: str | os.PathLike, model: nn.Module, manifest: Mapping[str, Any], *,
