@@ -15,7 +15,7 @@
 Same steps from a shell::
 
     scconv convert ultralytics:yolov8n.yaml --preset yolo --num-classes 2 --out model.pt --yolo-out model_yolo.pt
-    # training needs the trainer that keeps the SCConv layers (see docs/yolo.md)
+    yolo train model=model_yolo.pt data=data.yaml epochs=2 imgsz=64    # trains the SCConv model
 """
 from __future__ import annotations
 
@@ -66,7 +66,6 @@ def main(argv: list[str] | None = None) -> dict:
     from scconv_surgery.models import ModelSource
     from scconv_surgery.pipeline import WriteCheckpoint, run_conversion
     from scconv_surgery.rules import PRESETS
-    from scconv_surgery.yolo import ScConvDetectionTrainer
 
     out = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -89,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
     report["predict_boxes"] = len(yolo.predict(str(first), imgsz=args.imgsz, verbose=False)[0].boxes)
     common = dict(data=str(data), imgsz=args.imgsz, batch=args.batch, workers=0, plots=False, device="cpu",
                   verbose=False, project=str((out / "runs").resolve()), exist_ok=True)
-    yolo.train(trainer=ScConvDetectionTrainer, epochs=args.epochs, amp=False, name="train", **common)
+    yolo.train(epochs=args.epochs, amp=False, name="train", **common)
     report["val_map50"] = float(yolo.val(name="val", **common).box.map50)
 
     # 4: fuse (in place: yolo.model is fused from here on), same outputs

@@ -17,6 +17,7 @@ import socket
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -100,6 +101,24 @@ class ModelSource:
                 kwargs: Mapping[str, Any] | None = None) -> ModelSource:
         """A request for the user's own model: ``function`` is ``package.module:function``."""
         return cls(FACTORY, function, dict(kwargs or {}), weights or WeightsSource())
+
+    @property
+    def yolo_checkpoint(self) -> Path | None:
+        """The YOLO ``.pt`` this request reads its model and weights from (``ultralytics:FILE.pt``,
+        not yet read: a record holds the file's YAML as ``kwargs["cfg"]``), or None."""
+        if self.library == ULTRALYTICS and Path(self.name).suffix == ".pt" and "cfg" not in self.kwargs:
+            return Path(self.name)
+        return None
+
+    @property
+    def weights_file(self) -> Path | None:
+        """The local file the base weights are read from (a weights file, or a YOLO ``.pt``), or None."""
+        return Path(self.weights.path) if self.weights.path is not None else self.yolo_checkpoint
+
+    @property
+    def trained(self) -> bool:
+        """Whether the base model gets trained weights (pretrained, a weights file, a YOLO ``.pt``)."""
+        return self.weights.trained or self.yolo_checkpoint is not None
 
     @property
     def display_name(self) -> str:

@@ -170,8 +170,8 @@ def _check_yolo_output(yolo_output: str | os.PathLike | None, source: ModelSourc
     path = _yolo().check_yolo_output_path(yolo_output, overwrite=destination.overwrite)
     if out_path is not None and path.resolve() == out_path.resolve():
         raise OutputPathError(str(path), "is also the checkpoint's path; give the YOLO checkpoint its own file")
-    weights_path = source.weights.path or (Path(source.name) if source.name.endswith(".pt") else None)
-    if weights_path is not None and path.resolve() == Path(weights_path).resolve():
+    weights_path = source.weights_file
+    if weights_path is not None and path.resolve() == weights_path.resolve():
         raise OutputPathError(str(path), "is the base model's file; write the YOLO checkpoint elsewhere")
     return path
 
@@ -245,12 +245,11 @@ def run_conversion(model: ModelSource | str, *, output: Destination | str | os.P
     if source.weights.seed is None:  # a random base (or a re-initialised classifier) is reproducible too
         source = replace(source, weights=replace(source.weights, seed=seed))
     out_path = check_output_path(destination.path, overwrite=destination.overwrite) if destination.path else None
-    weights_path = source.weights.path
-    if out_path is not None and weights_path is not None and Path(weights_path).resolve() == out_path.resolve():
+    weights_path = source.weights_file
+    if out_path is not None and weights_path is not None and weights_path.resolve() == out_path.resolve():
         raise OutputPathError(str(out_path), "is the base weights file; write the checkpoint elsewhere")
     yolo_path = _check_yolo_output(yolo_output, source, destination, out_path)
-    trained = source.weights.trained or (source.library == ULTRALYTICS and source.name.endswith(".pt"))  # YOLO .pt
-    images = check_calibration_source(trained, calibration) if calibration else None
+    images = check_calibration_source(source.trained, calibration) if calibration else None
     saved_profile = _saved_profile(selection) if selection else None
     config = config or ScConvConfig()
     on_step(f"building {source.display_name}")

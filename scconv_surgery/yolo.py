@@ -11,8 +11,10 @@ Nothing here downloads: YAMLs come from the installed ultralytics or a local pat
 - :func:`read_yolo_checkpoint`: a YOLO ``.pt`` (a pickle: reading it runs code, so only with
   ``trust_pickle=True``) -> its YAML and state_dict.
 - :func:`save_yolo_checkpoint`: a converted model in ultralytics' own ``.pt`` format, which
-  ``YOLO(path)`` loads, predicts, validates and exports; :class:`ScConvDetectionTrainer`
-  trains it (ultralytics' own trainer rebuilds the model from its YAML, which knows no SCConv).
+  ``YOLO(path)`` loads, predicts, trains, validates and exports. Its YAML records the
+  conversion (:func:`record_conversion`); ultralytics' trainer rebuilds a model from its YAML,
+  so importing this module makes :class:`ScConvDetectionTrainer`, which reads that record,
+  the trainer of ``YOLO``'s detect task (models without the record train as before).
 """
 from __future__ import annotations
 
@@ -63,7 +65,7 @@ from .layers import ScConv  # noqa: E402
 from .weights import WeightsKind, WeightsSource, file_sha256  # noqa: E402
 
 __all__ = ["ScConvDetectionModel", "ScConvDetectionTrainer", "find_model_yaml", "build_detection_model",
-           "read_yolo_checkpoint", "fuse_scconv_convs", "save_yolo_checkpoint", "check_yolo_output_path",
+           "build_converted", "record_conversion", "YAML_KEY", "read_yolo_checkpoint", "fuse_scconv_convs", "save_yolo_checkpoint", "check_yolo_output_path",
            "YOLO_INPUT_SIZE"]
 
 YOLO_INPUT_SIZE = (3, 640, 640)  # ultralytics' default imgsz
@@ -248,8 +250,8 @@ def rebuild_yolo_base(source: Any, *, trust_pickle: bool = False) -> tuple[ScCon
     if weights.kind is WeightsKind.PRETRAINED:
         raise WeightsFileError(source.display_name, "ultralytics' pretrained weights are downloads; start from a "
                                "local YOLO .pt instead (trust_pickle=True)")
-    if Path(source.name).suffix == ".pt" and "cfg" not in kwargs:
-        path = Path(source.name)
+    path = source.yolo_checkpoint
+    if path is not None:
         yaml, state_dict = read_yolo_checkpoint(path, trust_pickle=trust_pickle)
         kwargs = {"cfg": yaml, **kwargs}
         with _seeded(weights.seed):
@@ -278,25 +280,96 @@ def rebuild_yolo_base(source: Any, *, trust_pickle: bool = False) -> tuple[ScCon
     return model.eval(), ModelSource("ultralytics", source.name, kwargs, weights)
 
 
-class ScConvDetectionTrainer(DetectionTrainer):
-    """ultralytics' ``DetectionTrainer`` that trains the model it is given, SCConv layers included.
+YAML_KEY = "scconv_surgery"  # in a converted model's YAML: the replaced convs, so a trainer can rebuild it
 
-    ``YOLO(path).train(...)`` rebuilds the model from its YAML (which names no SCConv) and
-    copies the weights that fit, so an SCConv model would silently train as the dense one.
-    Pass this trainer: ``YOLO(path).train(trainer=ScConvDetectionTrainer, data=...)``.
+
+def record_conversion(model: DetectionModel, replaced: Any) -> None:
+    """Record in ``model.yaml`` (under :data:`YAML_KEY`) which convs were replaced, and how.
+
+    ultralytics' trainer builds a new model from ``model.yaml`` and copies the weights that fit;
+    with this record, :class:`ScConvDetectionTrainer` (which ``YOLO(path).train()`` uses once
+    this module is imported) builds the converted architecture instead.
+
+    Args:
+        model: a converted ``DetectionModel``; its ``yaml`` dict is replaced by a copy with the record.
+        replaced: the replaced convs' decisions (:class:`~scconv_surgery.plan.Decision` or their
+            dicts, as in a manifest's ``replaced``).
+    """
+    decisions = [d if isinstance(d, Mapping) else d.to_dict() for d in replaced]
+    model.yaml = {**model.yaml, YAML_KEY: {"replaced": copy.deepcopy(decisions)}}
+
+
+def build_converted(cfg: Mapping[str, Any], *, nc: int | None = None, ch: int = 3,
+                    verbose: bool = False) -> ScConvDetectionModel:
+    """The converted model a YAML with a :func:`record_conversion` record describes, fresh weights.
+
+    Builds ultralytics' model from the YAML (with ``nc`` classes, ``ch`` input channels), then
+    replays the recorded replacements by exact name (new layers drawn from the global RNG, as
+    ultralytics initialises its own layers).
+
+    Raises:
+        ValueError: the YAML has no record, or a recorded conv does not fit the model built (a
+            Detect head conv whose width depends on the class count: convert with this ``nc``, or
+            keep the head dense, as the ``yolo`` preset does).
+    """
+    from .errors import PlanMismatchError
+    from .plan import Decision, Plan
+    from .apply import apply_plan
+
+    if YAML_KEY not in cfg:
+        raise ValueError(f"the model YAML has no {YAML_KEY!r} record of an SCConv conversion")
+    plan = Plan(tuple(Decision.from_dict(d) for d in cfg[YAML_KEY]["replaced"]))
+    with _logs_to_stderr():
+        model = ScConvDetectionModel(copy.deepcopy(dict(cfg)), nc=nc, ch=ch, verbose=False)
+    try:
+        apply_plan(model, plan, seed=None)
+    except PlanMismatchError as err:
+        raise ValueError(f"the converted model's layer {err.name!r} does not fit ({err.problem}); with nc={nc} (the YAML's: {cfg.get('nc')}) the "
+                         "Detect head's class branch changes width. Convert the model with this class count "
+                         "(num_classes), or with a placement that keeps the head dense (the 'yolo' preset)") from err
+    if verbose:
+        model.info()  # ultralytics' summary line, of the converted model
+    return model
+
+
+class ScConvDetectionTrainer(DetectionTrainer):
+    """ultralytics' ``DetectionTrainer`` that builds the converted model, SCConv layers included.
+
+    ultralytics' trainer builds a fresh model from ``model.yaml`` and copies the weights that
+    fit; a converted model's YAML carries the record of :func:`record_conversion`, from which
+    this trainer builds the converted architecture (:func:`build_converted`) before copying the
+    weights, exactly as ultralytics does for its own models (``pretrained=False``: fresh
+    weights; another class count: the head's class layers fresh). A YAML without the record
+    trains as ultralytics' own trainer does.
+
+    Importing this module makes it the detection trainer ``YOLO(...).train()`` uses (it replaces
+    ``ultralytics.models.yolo.detect.DetectionTrainer``, of which it is a subclass): loading a
+    converted YOLO ``.pt`` imports this module, so ``YOLO("model_yolo.pt").train(data=...)``
+    trains the SCConv model. ``trainer=ScConvDetectionTrainer`` says so explicitly.
     """
 
     def get_model(self, cfg: Any = None, weights: Any = None, verbose: bool = True) -> nn.Module:
-        model = weights.get("ema") or weights.get("model") if isinstance(weights, Mapping) else weights
-        if not isinstance(model, nn.Module) or not any(isinstance(m, ScConv) for m in model.modules()):
+        if not isinstance(cfg, Mapping) or YAML_KEY not in cfg:
             return super().get_model(cfg=cfg, weights=weights, verbose=verbose)
-        if model.yaml.get("nc") != self.data["nc"]:
-            raise ValueError(f"the model detects {model.yaml.get('nc')} classes, the data set has {self.data['nc']}; "
-                             "convert with that many classes (num_classes / --num-classes)")
-        model = copy.deepcopy(model).float()
-        for p in model.parameters():
-            p.requires_grad_(True)
-        return self.set_model_names_for_load(model)
+        from ultralytics.utils import RANK
+
+        model = self.set_model_names_for_load(build_converted(cfg, nc=self.data["nc"], ch=self.data["channels"],
+                                                              verbose=verbose and RANK == -1))
+        if weights:
+            model.load(weights)
+        return model
+
+
+def _register_trainer() -> None:
+    """Make :class:`ScConvDetectionTrainer` the trainer of ``YOLO``'s detect task (read at train time
+    from ``ultralytics.models.yolo.detect``); models without an SCConv record train unchanged."""
+    from ultralytics.models.yolo import detect
+
+    if not issubclass(detect.DetectionTrainer, ScConvDetectionTrainer):
+        detect.DetectionTrainer = ScConvDetectionTrainer
+
+
+_register_trainer()
 
 
 def check_yolo_output_path(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
@@ -335,7 +408,10 @@ def save_yolo_checkpoint(path: str | os.PathLike, model: nn.Module, manifest: Ma
     saved = copy.deepcopy(model).float().eval()
     for p in saved.parameters():
         p.requires_grad_(False)
+    if type(saved) is DetectionModel:  # its pickle then names this module, which loading imports (the trainer)
+        saved.__class__ = ScConvDetectionModel
     saved.task = "detect"
+    record_conversion(saved, manifest["replaced"])
     ckpt = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(), "version": ultralytics.__version__,
             "license": "AGPL-3.0 License (https://ultralytics.com/license)", "epoch": -1, "best_fitness": None,
             "model": saved, "ema": None, "updates": None, "optimizer": None,

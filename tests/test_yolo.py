@@ -125,6 +125,16 @@ def test_bad_inputs_exit_2_naming_the_input_and_the_fix_and_write_nothing(tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state_dict.pt"]
 
 
+def test_neither_output_may_overwrite_the_yolo_pt_it_reads(tmp_path, dense_pt):
+    base = tmp_path / "best.pt"
+    base.write_bytes(dense_pt.read_bytes())
+    for outputs, word in ((["--out", str(base)], "base weights file"),
+                          (["--out", str(tmp_path / "m.pt"), "--yolo-out", str(base)], "base model's file")):
+        result = invoke("convert", f"ultralytics:{base}", "--trust-pickle", "--force", *outputs)
+        assert result.exit_code == 2 and word in result.stderr.replace("\n", ""), result.output
+    assert base.read_bytes() == dense_pt.read_bytes() and not (tmp_path / "m.pt").exists()
+
+
 def test_a_missing_extra_exits_2_naming_the_pip_command(tmp_path, monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ultralytics" else real(name, *a))
@@ -189,24 +199,65 @@ def test_yolo_loads_the_pt_predicts_and_exports_onnx(converted, tmp_path):
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_yolo_trains_a_few_steps_and_validates(converted, tmp_path):
-    _, yolo_out, _ = converted
+def yolo_data(tmp_path, classes=2):
+    """A tiny YOLO data set (2 train, 2 val images at 64x64) and its data.yaml."""
     root = tmp_path / "data"
     for split in ("train", "val"):
         images(root / "images" / split, 2)
         (root / "labels" / split).mkdir(parents=True)
         for i in range(2):
-            (root / "labels" / split / f"{i}.txt").write_text(f"{i} 0.5 0.5 0.4 0.3\n")
+            (root / "labels" / split / f"{i}.txt").write_text(f"{i % classes} 0.5 0.5 0.4 0.3\n")
     data = tmp_path / "data.yaml"
-    data.write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames:\n  0: a\n  1: b\n")
-    args = dict(data=str(data), imgsz=64, batch=2, workers=0, plots=False, device="cpu", verbose=False,
+    names = "".join(f"  {i}: c{i}\n" for i in range(classes))
+    data.write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames:\n{names}")
+    return dict(data=str(data), imgsz=64, batch=2, workers=0, plots=False, device="cpu", verbose=False,
                 project=str(tmp_path / "runs"), exist_ok=True)
+
+
+def test_plain_yolo_train_trains_the_scconv_model_and_validates(converted, tmp_path):
+    _, yolo_out, _ = converted
+    args = yolo_data(tmp_path)
+    before = {k: v.clone() for k, v in YOLO(str(yolo_out)).model.state_dict().items()}
     yolo = YOLO(str(yolo_out))
-    yolo.train(trainer=yolo_module().ScConvDetectionTrainer, epochs=1, amp=False, name="train", **args)
-    assert sum(isinstance(m, ScConv) for m in yolo.model.modules()) == len(YOLOV8N_BOTTLENECKS)
-    assert (tmp_path / "runs" / "train" / "weights" / "last.pt").is_file()
+    yolo.train(epochs=1, amp=False, name="train", **args)  # ultralytics' own call: no trainer= needed
+    assert type(yolo.trainer).__name__ == "ScConvDetectionTrainer"
+    layers = [n for n, m in yolo.model.named_modules() if isinstance(m, ScConv)]
+    assert layers == YOLOV8N_BOTTLENECKS
+    last = tmp_path / "runs" / "train" / "weights" / "last.pt"
+    trained = YOLO(str(last)).model
+    assert [n for n, m in trained.named_modules() if isinstance(m, ScConv)] == YOLOV8N_BOTTLENECKS
+    moved = [k for k, v in trained.state_dict().items() if "cru" in k and k.endswith("weight")
+             and not torch.equal(v, before[k].to(v.dtype))]  # last.pt is saved in float16
+    assert moved, "the SCConv weights did not train"
     metrics = yolo.val(name="val", **args)
     assert 0.0 <= metrics.box.map50 <= 1.0
+
+
+def test_trainer_builds_the_recorded_conversion_for_other_class_counts_and_from_scratch(converted, tmp_path):
+    _, yolo_out, _ = converted
+    yolo = YOLO(str(yolo_out))
+    assert [d["name"] for d in yolo.model.yaml[yolo_module().YAML_KEY]["replaced"]] == YOLOV8N_BOTTLENECKS
+    for nc, weights in ((3, yolo.model), (2, None)):  # another class count; pretrained=False
+        trainer = yolo_module().ScConvDetectionTrainer(overrides={"data": yolo_data(tmp_path / str(nc), nc)["data"],
+                                                                  "model": str(yolo_out), "device": "cpu"})
+        trainer.data = {"nc": nc, "channels": 3, "names": {i: str(i) for i in range(nc)}}
+        model = trainer.get_model(cfg=yolo.model.yaml, weights=weights, verbose=False)
+        assert [n for n, m in model.named_modules() if isinstance(m, ScConv)] == YOLOV8N_BOTTLENECKS
+        assert model.model[-1].nc == nc
+        key = "model.2.m.0.cv1.conv.cru.pwc2.weight"
+        assert torch.equal(model.state_dict()[key], yolo.model.state_dict()[key]) == (weights is not None)
+
+
+def test_a_converted_head_with_another_class_count_is_refused_by_name():
+    from scconv_surgery import convert
+
+    model, _ = create_model("ultralytics:yolov8n.yaml", num_classes=2)
+    converted, plan = convert(model)  # every eligible 3x3, the Detect head's included
+    yolo_module().record_conversion(converted, plan.replaced)
+    assert [n for n, m in yolo_module().build_converted(converted.yaml, nc=2).named_modules()
+            if isinstance(m, ScConv)] == [d.name for d in plan.replaced]
+    with pytest.raises(ValueError, match=r"'model\.22\.cv3\.0\.0\.conv' does not fit .* nc=100 .*'yolo' preset"):
+        yolo_module().build_converted(converted.yaml, nc=100)  # the class branch is max(64, min(nc, 100)) wide
 
 
 def test_importing_ultralytics_leaves_pil_open_alone():
