@@ -350,6 +350,12 @@ class ScConvDetectionTrainer(DetectionTrainer):
 
     def get_model(self, cfg: Any = None, weights: Any = None, verbose: bool = True) -> nn.Module:
         if not isinstance(cfg, Mapping) or YAML_KEY not in cfg:
+            source = (weights.get("ema") or weights.get("model")) if isinstance(weights, Mapping) else weights
+            if isinstance(source, nn.Module) and any(isinstance(m, ScConv) for m in source.modules()):
+                raise ValueError("the model holds SCConv layers but its YAML does not record them, so training "
+                                 "would build and train the dense model; write it with "
+                                 "scconv_surgery.yolo.save_yolo_checkpoint (scconv convert --yolo-out), which "
+                                 "records them")
             return super().get_model(cfg=cfg, weights=weights, verbose=verbose)
         from ultralytics.utils import RANK
 

@@ -248,6 +248,17 @@ def test_trainer_builds_the_recorded_conversion_for_other_class_counts_and_from_
         assert torch.equal(model.state_dict()[key], yolo.model.state_dict()[key]) == (weights is not None)
 
 
+def test_training_scconv_layers_without_the_record_fails_loudly(converted, tmp_path):
+    _, yolo_out, _ = converted
+    model = YOLO(str(yolo_out)).model
+    cfg = {k: v for k, v in model.yaml.items() if k != yolo_module().YAML_KEY}  # as a hand-pickled model would be
+    trainer = yolo_module().ScConvDetectionTrainer(overrides={"data": yolo_data(tmp_path)["data"],
+                                                              "model": str(yolo_out), "device": "cpu"})
+    trainer.data = {"nc": 2, "channels": 3, "names": {0: "a", 1: "b"}}
+    with pytest.raises(ValueError, match="does not record them, so training would build and train the dense"):
+        trainer.get_model(cfg=cfg, weights=model, verbose=False)
+
+
 def test_a_converted_head_with_another_class_count_is_refused_by_name():
     from scconv_surgery import convert
 
