@@ -89,6 +89,9 @@ def main(argv: list[str] | None = None) -> dict:
     common = dict(data=str(data), imgsz=args.imgsz, batch=args.batch, workers=0, plots=False, device="cpu",
                   verbose=False, project=str((out / "runs").resolve()), exist_ok=True)
     yolo.train(epochs=args.epochs, amp=False, name="train", **common)
+    from scconv_surgery.layers import ScConv
+
+    report["scconv_layers_trained"] = sum(isinstance(m, ScConv) for m in yolo.model.modules())  # not the dense model
     report["val_map50"] = float(yolo.val(name="val", **common).box.map50)
 
     # 4: fuse (in place: yolo.model is fused from here on), same outputs

@@ -142,6 +142,7 @@ def test_yolo_example_runs_offline_at_tiny_sizes(tmp_path, monkeypatch):
     report = module.main(["--out-dir", str(tmp_path / "demo"), "--imgsz", "64", "--images", "2", "--epochs", "1",
                           "--batch", "2"])
     assert report["replaced"] == 20  # yolov8n's C2f bottleneck convs
+    assert report["scconv_layers_trained"] == 20  # YOLO(path).train() trained the SCConv model
     assert report["params"][1] < report["params"][0] and report["macs"][1] < report["macs"][0]
     assert report["fuse_max_abs_diff"] < 1e-3 and report["onnx_max_abs_diff"] < 1e-3
     assert (tmp_path / "demo" / "model.pt").is_file() and (tmp_path / "demo" / "model_yolo.pt").is_file()
