@@ -16,7 +16,7 @@ from .errors import CheckpointError, ModelForwardError, WeightsFileError
 from .manifest import untouched_tensors
 from .models import build_model
 from .pipeline import RESULT_SCHEMA_VERSION
-from .weights import WeightsKind, fit_weights, read_weights
+from .weights import WeightsKind, file_sha256, fit_weights, read_weights
 
 __all__ = ["Check", "VerifyResult", "verify_checkpoint"]
 
@@ -171,7 +171,10 @@ def verify_checkpoint(path: str | os.PathLike, *, weights: str | os.PathLike | N
         else:
             extra = [k for k in source_weights if k not in state and not k.startswith(manifest.replaced_prefixes)]
             detail = ", ".join(f"{len(keys)} {what} ({_listed(list(keys))})" for keys, what in (
-                (comparison.differ, "differ"), (comparison.missing, "missing from the file"),
-                (extra, "in the file but not in the model: weights of another architecture?")) if keys)
+                (extra, "in the file but not in the model: weights of another architecture?"),
+                (comparison.missing, "missing from the file"), (comparison.differ, "differ")) if keys)
+            if recorded.kind is WeightsKind.FILE and recorded.sha256 and file_sha256(weights) != recorded.sha256:
+                detail = f"not the file the model was converted from (its sha256 differs from the recorded " \
+                         f"{recorded.name}'s); {detail}"
         checks.append(Check("untouched weights", comparison.equal, detail, comparison.differ + comparison.missing))
     return VerifyResult(Path(path), tuple(checks))

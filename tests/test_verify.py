@@ -79,6 +79,7 @@ def test_weights_of_another_architecture_are_named_as_such(tmp_path):
     assert not check.passed
     assert "1 in the file but not in the model: weights of another architecture? (extra_block.weight)" in check.detail
     assert "missing from the file" not in check.detail  # no empty "0 missing ()" part
+    assert check.detail.index("another architecture") < check.detail.index("differ")  # the likely cause first
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])

@@ -58,6 +58,7 @@ def test_verify_fails_with_exit_4_when_weights_differ(weights):
     result = runner.invoke(app, ["verify", "m.pt", "--weights", "other.pth"])
     assert result.exit_code == EXIT_VERIFY_FAILED, result.output
     assert "FAIL untouched weights" in result.stdout and "conv1.weight" in result.stdout
+    assert "not the file the model was converted from" in result.stdout.replace("\n", "")  # recorded sha256
 
 
 def test_reset_bn_stats(weights):
