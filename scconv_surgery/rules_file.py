@@ -84,11 +84,16 @@ def rule_from_mapping(entry: Mapping[str, Any], *, path: str = "<rules>", index:
     """
     if not isinstance(entry, Mapping):
         raise RulesFileError(path, index, None, f"a rule must be a mapping, got {type(entry).__name__}")
-    for key in entry:
-        if key not in RULE_KEYS:
-            close = difflib.get_close_matches(str(key), RULE_KEYS, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; allowed: {', '.join(RULE_KEYS)}"
-            raise RulesFileError(path, index, key, f"unknown key{hint}")
+    unknown = [key for key in entry if key not in RULE_KEYS]
+    if unknown:  # all of them at once, so that one edit fixes the file
+        close = {key: difflib.get_close_matches(str(key), RULE_KEYS, n=1) for key in unknown}
+        allowed = "" if all(close.values()) else f"; allowed: {', '.join(RULE_KEYS)}"
+        if len(unknown) == 1:
+            (key,) = unknown
+            raise RulesFileError(path, index, key, f"unknown key; did you mean {close[key][0]!r}?" if close[key]
+                                 else f"unknown key{allowed}")
+        named = ", ".join(f"{key!r} (did you mean {close[key][0]!r}?)" if close[key] else repr(key) for key in unknown)
+        raise RulesFileError(path, index, None, f"unknown keys {named}{allowed}")
     actions = [a for a in _ACTIONS if a in entry]
     if len(actions) != 1:
         raise RulesFileError(path, index, None, "give exactly one of 'include' or 'exclude' (the pattern)")

@@ -54,6 +54,9 @@ def test_assemble_orders_preset_file_then_flags(tmp_path):
 
 REJECTED = [  # (case, file text, rule index, key, words in the message)
     ("unknown key with a suggestion", "rules:\n  - include: a\n    alpah: 0.5\n", 0, "alpah", "did you mean 'alpha'"),
+    ("two unknown keys, both named", "rules:\n  - include: a\n    alpah: 0.5\n    gate_treshold: 0.3\n    zz: 1\n", 0,
+     None, "unknown keys 'alpah' (did you mean 'alpha'?), 'gate_treshold' (did you mean 'gate_threshold'?), 'zz'; "
+     "allowed: "),
     ("wrong type", "rules:\n  - include: a\n  - include: b\n    kernel_size: three\n", 1, "kernel_size", "must be int"),
     ("bool is not an int", "rules:\n  - include: a\n    stride: true\n", 0, "stride", "must be int"),
     ("bad choice", "rules:\n  - include: a\n    variant: fast\n", 0, "variant", "paper, seed"),
