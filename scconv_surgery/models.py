@@ -11,6 +11,7 @@ import difflib
 import importlib
 import importlib.util
 import inspect
+import io
 import math
 import os
 import socket
@@ -461,9 +462,62 @@ def rebuild_base(source: ModelSource) -> tuple[nn.Module, ModelSource]:
         if weights.sha256 and file_sha256(weights.path) != weights.sha256:
             raise WeightsFileError(str(weights.path), f"its sha256 differs from the recorded file's ({weights.name}, "
                                    f"sha256 {weights.sha256[:12]}...); pass that file")
-        weights = replace(load_weights_file(model, weights.path, reinit_classifier="num_classes" in kwargs,
-                                            entry=weights.entry), seed=weights.seed)
+        try:
+            weights = replace(load_weights_file(model, weights.path, reinit_classifier="num_classes" in kwargs,
+                                                entry=weights.entry), seed=weights.seed)
+        except WeightsFileError as err:
+            common = len(model.state_dict().keys() - set(err.missing_keys))
+            if not (err.missing_keys or err.unexpected_keys) or library not in LIBRARIES or common < len(err.missing_keys):
+                raise  # not a key mismatch, or too little in common for a variant of this model
+            fits = fitting_variants(library, model_name, kwargs, weights.path, entry=weights.entry)
+            if not fits:
+                raise
+            raise WeightsFileError(err.path, f"{err.problem}. It fits {', '.join(fits)}: build that model instead",
+                                   err.missing_keys, err.unexpected_keys) from err
     return model.eval(), ModelSource(library, model_name, kwargs, weights)
+
+
+def fitting_variants(library: str, name: str, kwargs: Mapping[str, Any], path: str | os.PathLike, *,
+                     entry: str | None = None, limit: int = 30) -> list[str]:
+    """The first model of ``name``'s family in ``library`` whose state_dict a weights file fits.
+
+    The family is the models whose names start as ``name``'s does up to its first digit or
+    separator (``resnet`` for ``resnet18``: ``resnet34``, ``resnet50``, ...); each is built on
+    the meta device (no memory, no initialisation) with ``kwargs``, the names closest to
+    ``name`` first, and compared by keys and shapes (the classifier's shapes may differ when
+    ``num_classes`` is given). For the message of a file that does not fit: "It fits
+    torchvision:resnet34".
+
+    Returns:
+        ``[library:name]`` of the first fitting model (at most ``limit`` candidates are built),
+        or an empty list.
+    """
+    import re
+
+    import torch
+
+    from .weights import read_weights
+
+    family = re.match(r"[A-Za-z]+", name)
+    if family is None:
+        return []
+    names = _timm_names() if library == "timm" else _torchvision_names()
+    candidates = sorted((n for n in names if n.startswith(family.group(0)) and n != name),
+                        key=lambda n: -difflib.SequenceMatcher(None, n, name).ratio())[:limit]  # the closest first
+    try:
+        shapes = {k: tuple(v.shape) for k, v in read_weights(path, entry=entry).state_dict.items()}
+    except ScconvError:
+        return []
+    allowed = 2 if "num_classes" in kwargs else 0  # the classifier's weight and bias
+    for candidate in candidates:
+        try:
+            with torch.device("meta"), contextlib.redirect_stderr(io.StringIO()):
+                own = _build(library, candidate, kwargs, False).state_dict()
+        except Exception:  # a family member that does not take these arguments
+            continue
+        if own.keys() == shapes.keys() and sum(tuple(v.shape) != shapes[k] for k, v in own.items()) <= allowed:
+            return [f"{library}:{candidate}"]
+    return []
 
 
 @contextlib.contextmanager

@@ -298,3 +298,14 @@ def test_a_manifest_from_before_entries_were_recorded_rebuilds_from_the_live_wei
     model, record = rebuild_base(source)
     assert torch.equal(model.conv1.weight, live["conv1.weight"]) and record.weights.entry == "state_dict"
     assert WeightsSource.from_dict({**old, "entry": None}).entry is None  # recorded: a plain state_dict
+
+
+def test_weights_of_another_variant_name_the_model_they_fit(tmp_path):
+    path = tmp_path / "resnet34.pth"
+    torch.save(torchvision.models.resnet34().state_dict(), path)
+    with pytest.raises(WeightsFileError, match=r"a larger variant .* It fits torchvision:resnet34: build that model"):
+        create_model("torchvision:resnet18", weights=path)
+    torch.save({"a.weight": torch.zeros(3)}, path)  # nothing in common: no search, no suggestion
+    with pytest.raises(WeightsFileError, match="another architecture") as err:
+        create_model("torchvision:resnet18", weights=path)
+    assert "It fits" not in str(err.value)
