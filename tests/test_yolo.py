@@ -233,6 +233,24 @@ def test_plain_yolo_train_trains_the_scconv_model_and_validates(converted, tmp_p
     assert 0.0 <= metrics.box.map50 <= 1.0
 
 
+def test_an_interrupted_training_resumes_as_the_scconv_model(converted, tmp_path):
+    _, yolo_out, _ = converted
+    args = yolo_data(tmp_path)
+    yolo = YOLO(str(yolo_out))
+
+    def interrupt(trainer):
+        raise KeyboardInterrupt  # after the first epoch's last.pt is written
+
+    yolo.add_callback("on_model_save", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        yolo.train(epochs=2, amp=False, name="resume", **args)
+    last = tmp_path / "runs" / "resume" / "weights" / "last.pt"
+    resumed = YOLO(str(last))
+    resumed.train(resume=True)
+    assert type(resumed.trainer).__name__ == "ScConvDetectionTrainer" and resumed.trainer.start_epoch == 1
+    assert [n for n, m in resumed.model.named_modules() if isinstance(m, ScConv)] == YOLOV8N_BOTTLENECKS
+
+
 def test_trainer_builds_the_recorded_conversion_for_other_class_counts_and_from_scratch(converted, tmp_path):
     _, yolo_out, _ = converted
     yolo = YOLO(str(yolo_out))
