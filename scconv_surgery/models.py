@@ -548,7 +548,7 @@ def build_model(source: ModelSource, *, require_data: bool = True) -> nn.Module:
         ModelDataError: ``require_data`` and the model has tensors without data, or quantised ones.
     """
     if source.library == ULTRALYTICS:
-        return _yolo().build_detection_model(source.name, source.kwargs)
+        return _yolo().build_yolo_model(source.name, source.kwargs)
     library, name = _resolve(source)
     try:
         model = _build(library, name, source.kwargs, pretrained=False).eval()
@@ -568,7 +568,7 @@ def default_input_size(model: nn.Module, source: ModelSource | None = None) -> t
     weights' transforms (299 for inception_v3); else ``(3, 224, 224)``.
     """
     if source is not None and source.library == ULTRALYTICS:
-        return (3, 640, 640)  # ultralytics' default imgsz
+        return _yolo().yolo_input_size(model)  # ultralytics' default imgsz: 640, 224 for classification
     cfg = getattr(model, "pretrained_cfg", None)
     if isinstance(cfg, Mapping) and cfg.get("input_size"):
         return tuple(int(v) for v in cfg["input_size"])  # type: ignore[return-value]

@@ -5,16 +5,18 @@ optional extra ``yolo`` (``pip install 'scconv-surgery[yolo]'``; ultralytics is 
 Nothing here downloads: YAMLs come from the installed ultralytics or a local path, and YOLO
 ``.pt`` files are local.
 
-- :func:`build_detection_model`: a model YAML -> :class:`ScConvDetectionModel`, an
-  ultralytics ``DetectionModel`` whose ``fuse()`` also folds the BatchNorm after each SCConv
-  (:mod:`scconv_surgery.fuse`); same state_dict keys as ``DetectionModel``.
+- :func:`build_yolo_model`: a model YAML (detection, segmentation, pose, oriented boxes,
+  classification) -> ultralytics' model of that task as a ``ScConv*Model`` (:data:`MODELS`),
+  whose ``fuse()`` also folds the BatchNorm after each SCConv (:mod:`scconv_surgery.fuse`);
+  same state_dict keys as ultralytics' class.
 - :func:`read_yolo_checkpoint`: a YOLO ``.pt`` (a pickle: reading it runs code, so only with
   ``trust_pickle=True``) -> its YAML and state_dict.
 - :func:`save_yolo_checkpoint`: a converted model in ultralytics' own ``.pt`` format, which
   ``YOLO(path)`` loads, predicts, trains, validates and exports. Its YAML records the
   conversion (:func:`record_conversion`); ultralytics' trainer rebuilds a model from its YAML,
-  so importing this module makes :class:`ScConvDetectionTrainer`, which reads that record,
-  the trainer of ``YOLO``'s detect task (models without the record train as before).
+  so importing this module makes its trainers (:class:`ScConvDetectionTrainer` and one per
+  task), which read that record, those of ``YOLO``'s tasks (models without the record train
+  as before).
 """
 from __future__ import annotations
 
@@ -37,9 +39,17 @@ from torch import nn
 os.environ.setdefault("YOLO_OFFLINE", "1")  # before ultralytics' first import: no online checks
 
 import ultralytics  # noqa: E402
-from ultralytics.models.yolo.detect import DetectionTrainer  # noqa: E402
+from ultralytics.models.yolo import classify, detect, obb, pose, segment  # noqa: E402
 from ultralytics.nn.modules import Conv  # noqa: E402
-from ultralytics.nn.tasks import DetectionModel, yaml_model_load  # noqa: E402
+from ultralytics.nn.tasks import (  # noqa: E402
+    BaseModel,
+    ClassificationModel,
+    DetectionModel,
+    OBBModel,
+    PoseModel,
+    SegmentationModel,
+    yaml_model_load,
+)
 
 from .checkpoint import check_output_path  # noqa: E402
 from .errors import ModelArgumentError, OutputPathError, UnknownModelError, WeightsFileError  # noqa: E402
@@ -64,12 +74,15 @@ from .fuse import fold_batchnorm  # noqa: E402
 from .layers import ScConv  # noqa: E402
 from .weights import WeightsKind, WeightsSource, file_sha256  # noqa: E402
 
-__all__ = ["ScConvDetectionModel", "ScConvDetectionTrainer", "find_model_yaml", "build_detection_model",
-           "build_converted", "record_conversion", "YAML_KEY", "read_yolo_checkpoint", "fuse_scconv_convs", "save_yolo_checkpoint", "check_yolo_output_path",
+__all__ = ["ScConvDetectionModel", "ScConvSegmentationModel", "ScConvPoseModel", "ScConvOBBModel",
+           "ScConvClassificationModel", "ScConvDetectionTrainer", "ScConvSegmentationTrainer", "ScConvPoseTrainer",
+           "ScConvOBBTrainer", "ScConvClassificationTrainer", "MODELS", "task_of", "yolo_input_size",
+           "find_model_yaml", "build_yolo_model", "read_yolo_checkpoint", "record_conversion", "apply_record",
+           "as_scconv_model", "YAML_KEY", "fuse_scconv_convs", "save_yolo_checkpoint", "check_yolo_output_path",
            "YOLO_INPUT_SIZE"]
 
 YOLO_INPUT_SIZE = (3, 640, 640)  # ultralytics' default imgsz
-_KWARGS = ("nc", "num_classes", "ch", "cfg")  # what build_detection_model takes
+_KWARGS = ("nc", "num_classes", "ch", "cfg")  # what build_yolo_model takes
 
 
 @contextlib.contextmanager
@@ -105,21 +118,68 @@ def fuse_scconv_convs(model: nn.Module) -> int:
     return folded
 
 
-class ScConvDetectionModel(DetectionModel):
-    """ultralytics' ``DetectionModel`` whose :meth:`fuse` handles SCConv.
+class _FusesScConv:
+    """``fuse`` for ultralytics models that hold SCConv: ultralytics' ``fuse`` folds each
+    ``Conv``'s BatchNorm into ``conv.weight``, which an SCConv does not have; this one first
+    folds those into a per-channel affine (:func:`fuse_scconv_convs`), then lets ultralytics
+    fuse the rest."""
 
-    ultralytics' ``fuse`` folds each ``Conv``'s BatchNorm into ``conv.weight``, which an
-    SCConv does not have; this one first folds those into a per-channel affine
-    (:func:`fuse_scconv_convs`), then lets ultralytics fuse the rest. Everything else,
-    the state_dict keys included, is ``DetectionModel``'s.
-    """
-
-    def fuse(self, *args: Any, **kwargs: Any) -> ScConvDetectionModel:
+    def fuse(self, *args: Any, **kwargs: Any) -> Any:
         was_training = self.training
         self.eval()  # folding reads the running statistics
         fuse_scconv_convs(self)
         self.train(was_training)
         return super().fuse(*args, **kwargs)
+
+
+class ScConvDetectionModel(_FusesScConv, DetectionModel):
+    """ultralytics' ``DetectionModel`` whose ``fuse()`` handles SCConv; everything else, the
+    state_dict keys included, is ``DetectionModel``'s."""
+
+
+class ScConvSegmentationModel(_FusesScConv, SegmentationModel):
+    """ultralytics' ``SegmentationModel`` whose ``fuse()`` handles SCConv."""
+
+
+class ScConvPoseModel(_FusesScConv, PoseModel):
+    """ultralytics' ``PoseModel`` whose ``fuse()`` handles SCConv."""
+
+
+class ScConvOBBModel(_FusesScConv, OBBModel):
+    """ultralytics' ``OBBModel`` whose ``fuse()`` handles SCConv."""
+
+
+class ScConvClassificationModel(_FusesScConv, ClassificationModel):
+    """ultralytics' ``ClassificationModel`` whose ``fuse()`` handles SCConv."""
+
+
+HEADS = {"Detect": "detect", "v10Detect": "detect", "Segment": "segment", "Segment26": "segment", "Pose": "pose",
+         "Pose26": "pose", "OBB": "obb", "OBB26": "obb", "Classify": "classify"}  # a YAML's last module -> task
+MODELS: dict[str, type[BaseModel]] = {"detect": ScConvDetectionModel, "segment": ScConvSegmentationModel,
+                                      "pose": ScConvPoseModel, "obb": ScConvOBBModel,
+                                      "classify": ScConvClassificationModel}
+_BASES = {cls: cls.__mro__[2] for cls in MODELS.values()}  # ScConv class -> ultralytics' own
+
+
+def task_of(cfg: Mapping[str, Any], name: str = "the model") -> str:
+    """The ultralytics task (``detect``, ``segment``, ``pose``, ``obb``, ``classify``) of a model YAML,
+    from its last module, as ultralytics' ``guess_model_task`` reads it.
+
+    Raises:
+        UnknownModelError: another head (YOLO-World, YOLOE, RT-DETR, depth, semantic segmentation).
+    """
+    head = str((cfg.get("head") or [[None, None, ""]])[-1][2])
+    if head not in HEADS:
+        raise UnknownModelError(name, problem=f"its head is {head!r}; supported: detection, segmentation, pose, "
+                                "oriented boxes and classification models (a Detect, Segment, Pose, OBB or "
+                                "Classify head)")
+    return HEADS[head]
+
+
+def yolo_input_size(model: nn.Module) -> tuple[int, int, int]:
+    """ultralytics' default ``imgsz`` for the model's task, as ``(C, H, W)``: 224 for classification,
+    else 640."""
+    return (3, 224, 224) if isinstance(model, ClassificationModel) else YOLO_INPUT_SIZE
 
 
 def _model_yamls() -> list[Path]:
@@ -165,34 +225,36 @@ def _nc(name: str, kwargs: Mapping[str, Any]) -> int | None:
     return None if nc is None else int(nc)
 
 
-def build_detection_model(name: str, kwargs: Mapping[str, Any]) -> ScConvDetectionModel:
-    """A YOLO detection model from a model YAML, with fresh weights, in eval mode.
+def build_yolo_model(name: str, kwargs: Mapping[str, Any]) -> BaseModel:
+    """A YOLO model from a model YAML, with fresh weights, in eval mode.
+
+    Returns:
+        The ``ScConv*Model`` of the YAML's task (:data:`MODELS`): ultralytics' own class with a
+        ``fuse()`` that handles SCConv.
 
     Args:
-        name: a YAML ultralytics ships (``yolov8n.yaml``, ``yolo11n.yaml``, a scale in the
+        name: a YAML ultralytics ships (``yolov8n.yaml``, ``yolo11n-seg.yaml``, a scale in the
             name) or a path to one; ignored when ``kwargs["cfg"]`` holds the YAML's contents.
         kwargs: ``nc`` (or ``num_classes``): the class count; ``ch``: input channels;
             ``cfg``: the YAML's contents as a dict (recorded from a YOLO ``.pt``).
 
     Raises:
-        UnknownModelError: the YAML does not exist (see :func:`find_model_yaml`), or is not a
-            detection model.
+        UnknownModelError: the YAML does not exist (see :func:`find_model_yaml`), or its task is
+            not supported (:func:`task_of`).
         ModelArgumentError: another keyword argument.
     """
     nc = _nc(f"ultralytics:{name}", kwargs)
     cfg = copy.deepcopy(dict(kwargs["cfg"])) if "cfg" in kwargs else yaml_model_load(find_model_yaml(name))
-    head = str((cfg.get("head") or [[None, None, ""]])[-1][2])
-    if head not in ("Detect", "v10Detect"):
-        raise UnknownModelError(f"ultralytics:{name}", problem=f"its head is {head!r}; only detection models "
-                                "(a Detect head) are supported")
+    model_class = MODELS[task_of(cfg, f"ultralytics:{name}")]
     if nc is not None:
-        cfg["nc"] = nc  # what DetectionModel(nc=) does, without its log line
+        cfg["nc"] = nc  # what the model's nc= does, without its log line
     with _logs_to_stderr():
-        return ScConvDetectionModel(cfg, ch=int(kwargs.get("ch", 3)), verbose=False).eval()
+        return model_class(cfg, ch=int(kwargs.get("ch", 3)), verbose=False).eval()
 
 
 def read_yolo_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """The YAML and the weights of a YOLO ``.pt`` (ultralytics' training or release checkpoint).
+    """The YAML and the weights of a YOLO ``.pt`` (ultralytics' training or release checkpoint) of a
+    detection, segmentation, pose, oriented-box or classification model.
 
     A YOLO ``.pt`` pickles the model: reading it runs code from the file, so it is read only
     with ``trust_pickle=True``, for a file you trust.
@@ -203,7 +265,8 @@ def read_yolo_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False)
 
     Raises:
         WeightsFileError: ``trust_pickle`` is not set; the file is missing or unreadable; it is
-            not a YOLO detection checkpoint; or its model already holds SCConv layers.
+            not a YOLO checkpoint, or of a task not supported (:func:`task_of`); or its model
+            already holds SCConv layers.
     """
     path = Path(path)
     if not trust_pickle:
@@ -218,17 +281,21 @@ def read_yolo_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False)
         raise WeightsFileError(str(path), f"cannot be read as a YOLO checkpoint ({type(err).__name__}: "
                                f"{str(err).splitlines()[0] if str(err) else ''})") from err
     model = (ckpt.get("ema") or ckpt.get("model")) if isinstance(ckpt, Mapping) else None
-    if not isinstance(model, DetectionModel):
+    if not isinstance(model, BaseModel) or not isinstance(getattr(model, "yaml", None), Mapping):
         what = type(model).__name__ if model is not None else f"a {type(ckpt).__name__} without a 'model'"
-        raise WeightsFileError(str(path), f"is not a YOLO detection checkpoint (it holds {what}); expected a .pt "
-                               "written by ultralytics (YOLO.train / YOLO.save) for a detection model")
+        raise WeightsFileError(str(path), f"is not a YOLO checkpoint (it holds {what}); expected a .pt written by "
+                               "ultralytics (YOLO.train / YOLO.save)")
+    try:
+        task_of(model.yaml)
+    except UnknownModelError as err:
+        raise WeightsFileError(str(path), f"holds a {type(model).__name__}: {err.problem}") from err
     if any(isinstance(m, ScConv) for m in model.modules()):
         raise WeightsFileError(str(path), "already holds SCConv layers; load it with YOLO(path), or convert the "
                                "original model")
     return copy.deepcopy(dict(model.yaml)), {k: v.float() for k, v in model.state_dict().items()}
 
 
-def rebuild_yolo_base(source: Any, *, trust_pickle: bool = False) -> tuple[ScConvDetectionModel, Any]:
+def rebuild_yolo_base(source: Any, *, trust_pickle: bool = False) -> tuple[BaseModel, Any]:
     """:func:`~scconv_surgery.models.rebuild_base` for ``library == "ultralytics"``.
 
     A ``.yaml`` name builds fresh weights (or loads a state_dict file); a ``.pt`` name is read
@@ -237,7 +304,7 @@ def rebuild_yolo_base(source: Any, *, trust_pickle: bool = False) -> tuple[ScCon
     class layers keep their fresh initialisation and are listed as re-initialised.
 
     Raises:
-        UnknownModelError, ModelArgumentError: see :func:`build_detection_model`.
+        UnknownModelError, ModelArgumentError: see :func:`build_yolo_model`.
         WeightsFileError: see :func:`read_yolo_checkpoint`; or pretrained weights are asked for.
     """
     from dataclasses import replace
@@ -255,7 +322,7 @@ def rebuild_yolo_base(source: Any, *, trust_pickle: bool = False) -> tuple[ScCon
         yaml, state_dict = read_yolo_checkpoint(path, trust_pickle=trust_pickle)
         kwargs = {"cfg": yaml, **kwargs}
         with _seeded(weights.seed):
-            model = build_detection_model(source.name, kwargs)
+            model = build_yolo_model(source.name, kwargs)
         own = model.state_dict()
         fresh = sorted(k for k in own if k not in state_dict or state_dict[k].shape != own[k].shape)
         model.load_state_dict({k: (own[k] if k in fresh else state_dict[k]) for k in own}, strict=True)
@@ -264,7 +331,7 @@ def rebuild_yolo_base(source: Any, *, trust_pickle: bool = False) -> tuple[ScCon
                                reinitialized=tuple(fresh))
         return model.eval(), ModelSource("ultralytics", path.name, kwargs, record)
     with _seeded(weights.seed):
-        model = build_detection_model(source.name, kwargs)
+        model = build_yolo_model(source.name, kwargs)
     if weights.kind is WeightsKind.FILE:
         if weights.path is None:
             raise WeightsFileError(str(weights.name), "the model was built from this weights file, which is needed "
@@ -283,15 +350,15 @@ def rebuild_yolo_base(source: Any, *, trust_pickle: bool = False) -> tuple[ScCon
 YAML_KEY = "scconv_surgery"  # in a converted model's YAML: the replaced convs, so a trainer can rebuild it
 
 
-def record_conversion(model: DetectionModel, replaced: Any) -> None:
+def record_conversion(model: BaseModel, replaced: Any) -> None:
     """Record in ``model.yaml`` (under :data:`YAML_KEY`) which convs were replaced, and how.
 
     ultralytics' trainer builds a new model from ``model.yaml`` and copies the weights that fit;
-    with this record, :class:`ScConvDetectionTrainer` (which ``YOLO(path).train()`` uses once
-    this module is imported) builds the converted architecture instead.
+    with this record, the trainers of this module (which ``YOLO(path).train()`` uses once it is
+    imported) build the converted architecture instead (:func:`apply_record`).
 
     Args:
-        model: a converted ``DetectionModel``; its ``yaml`` dict is replaced by a copy with the record.
+        model: a converted ultralytics model; its ``yaml`` dict is replaced by a copy with the record.
         replaced: the replaced convs' decisions (:class:`~scconv_surgery.plan.Decision` or their
             dicts, as in a manifest's ``replaced``).
     """
@@ -299,54 +366,46 @@ def record_conversion(model: DetectionModel, replaced: Any) -> None:
     model.yaml = {**model.yaml, YAML_KEY: {"replaced": copy.deepcopy(decisions)}}
 
 
-def build_converted(cfg: Mapping[str, Any], *, nc: int | None = None, ch: int = 3,
-                    verbose: bool = False) -> ScConvDetectionModel:
-    """The converted model a YAML with a :func:`record_conversion` record describes, fresh weights.
-
-    Builds ultralytics' model from the YAML (with ``nc`` classes, ``ch`` input channels), then
-    replays the recorded replacements by exact name (new layers drawn from the global RNG, as
-    ultralytics initialises its own layers).
-
-    Raises:
-        ValueError: the YAML has no record, or a recorded conv does not fit the model built (a
-            Detect head conv whose width depends on the class count: convert with this ``nc``, or
-            keep the head dense, as the ``yolo`` preset does).
-    """
-    from .errors import PlanMismatchError
-    from .plan import Decision, Plan
-    from .apply import apply_plan
-
-    if YAML_KEY not in cfg:
-        raise ValueError(f"the model YAML has no {YAML_KEY!r} record of an SCConv conversion")
-    plan = Plan(tuple(Decision.from_dict(d) for d in cfg[YAML_KEY]["replaced"]))
-    with _logs_to_stderr():
-        model = ScConvDetectionModel(copy.deepcopy(dict(cfg)), nc=nc, ch=ch, verbose=False)
-    try:
-        apply_plan(model, plan, seed=None)
-    except PlanMismatchError as err:
-        raise ValueError(f"the converted model's layer {err.name!r} does not fit ({err.problem}); with nc={nc} (the YAML's: {cfg.get('nc')}) the "
-                         "Detect head's class branch changes width. Convert the model with this class count "
-                         "(num_classes), or with a placement that keeps the head dense (the 'yolo' preset)") from err
-    if verbose:
-        model.info()  # ultralytics' summary line, of the converted model
+def as_scconv_model(model: BaseModel) -> BaseModel:
+    """Give an ultralytics model of a supported task its ``ScConv*Model`` class (:data:`MODELS`), in
+    place: the same state, plus a ``fuse()`` that handles SCConv, and a pickle that names this
+    module, so that loading it makes this module's trainers ultralytics' (see :func:`record_conversion`)."""
+    for scconv_class, base in _BASES.items():
+        if type(model) is base:
+            model.__class__ = scconv_class
     return model
 
 
-class ScConvDetectionTrainer(DetectionTrainer):
-    """ultralytics' ``DetectionTrainer`` that builds the converted model, SCConv layers included.
+def apply_record(model: BaseModel) -> BaseModel:
+    """Replay the replacements recorded in ``model.yaml`` (:func:`record_conversion`) on a model
+    ultralytics built from that YAML, in place (new layers drawn from the global RNG, as
+    ultralytics initialises its own), and give it its ``ScConv*Model`` class.
 
-    ultralytics' trainer builds a fresh model from ``model.yaml`` and copies the weights that
-    fit; a converted model's YAML carries the record of :func:`record_conversion`, from which
-    this trainer builds the converted architecture (:func:`build_converted`) before copying the
-    weights, exactly as ultralytics does for its own models (``pretrained=False``: fresh
-    weights; another class count: the head's class layers fresh). A YAML without the record
-    trains as ultralytics' own trainer does.
-
-    Importing this module makes it the detection trainer ``YOLO(...).train()`` uses (it replaces
-    ``ultralytics.models.yolo.detect.DetectionTrainer``, of which it is a subclass): loading a
-    converted YOLO ``.pt`` imports this module, so ``YOLO("model_yolo.pt").train(data=...)``
-    trains the SCConv model. ``trainer=ScConvDetectionTrainer`` says so explicitly.
+    Raises:
+        ValueError: the YAML has no record, or a recorded conv does not fit the model (a head
+            conv whose width depends on the class count: convert with this ``nc``, or keep the
+            head dense, as the ``yolo`` preset does).
     """
+    from .apply import apply_plan
+    from .errors import PlanMismatchError
+    from .plan import Decision, Plan
+
+    record = model.yaml.get(YAML_KEY)
+    if record is None:
+        raise ValueError(f"the model's YAML has no {YAML_KEY!r} record of an SCConv conversion")
+    plan = Plan(tuple(Decision.from_dict(d) for d in record["replaced"]))
+    try:
+        apply_plan(model, plan, seed=None)
+    except PlanMismatchError as err:
+        raise ValueError(f"the converted model's layer {err.name!r} does not fit ({err.problem}); with "
+                         f"nc={model.yaml.get('nc')} the head's class branch changes width. Convert the model "
+                         "with this class count (num_classes), or with a placement that keeps the head dense "
+                         "(the 'yolo' preset)") from err
+    return as_scconv_model(model)
+
+
+class _TrainsScConv:
+    """``get_model`` for ultralytics' trainers: a YAML with an SCConv record builds the converted model."""
 
     def get_model(self, cfg: Any = None, weights: Any = None, verbose: bool = True) -> nn.Module:
         if not isinstance(cfg, Mapping) or YAML_KEY not in cfg:
@@ -356,26 +415,68 @@ class ScConvDetectionTrainer(DetectionTrainer):
                                  "would build and train the dense model; write it with "
                                  "scconv_surgery.yolo.save_yolo_checkpoint (scconv convert --yolo-out), which "
                                  "records them")
-            return super().get_model(cfg=cfg, weights=weights, verbose=verbose)
+            return super().get_model(cfg=cfg, weights=weights, verbose=verbose)  # type: ignore[misc]
         from ultralytics.utils import RANK
 
-        model = self.set_model_names_for_load(build_converted(cfg, nc=self.data["nc"], ch=self.data["channels"],
-                                                              verbose=verbose and RANK == -1))
+        with _logs_to_stderr():
+            model = apply_record(super().get_model(cfg=cfg, weights=None, verbose=False))  # type: ignore[misc]
+        if verbose and RANK == -1:
+            model.info()  # ultralytics' summary line, of the converted model
         if weights:
             model.load(weights)
         return model
 
 
-def _register_trainer() -> None:
-    """Make :class:`ScConvDetectionTrainer` the trainer of ``YOLO``'s detect task (read at train time
-    from ``ultralytics.models.yolo.detect``); models without an SCConv record train unchanged."""
-    from ultralytics.models.yolo import detect
+class ScConvDetectionTrainer(_TrainsScConv, detect.DetectionTrainer):
+    """ultralytics' ``DetectionTrainer`` that builds the converted model, SCConv layers included.
 
-    if not issubclass(detect.DetectionTrainer, ScConvDetectionTrainer):
-        detect.DetectionTrainer = ScConvDetectionTrainer
+    ultralytics' trainer builds a fresh model from ``model.yaml`` and copies the weights that
+    fit; a converted model's YAML carries the record of :func:`record_conversion`, from which
+    this trainer builds the converted architecture (:func:`apply_record`) before copying the
+    weights, exactly as ultralytics does for its own models (``pretrained=False``: fresh
+    weights; another class count: the head's class layers fresh). A YAML without the record
+    trains as ultralytics' own trainer does; a model with SCConv layers but no record raises
+    ValueError rather than train the dense model.
+
+    Importing this module makes it (and the segmentation, pose, OBB and classification
+    trainers below) the trainer ``YOLO(...).train()`` uses: it replaces
+    ``ultralytics.models.yolo.detect.DetectionTrainer``, of which it is a subclass. Loading a
+    converted YOLO ``.pt`` imports this module, so ``YOLO("model_yolo.pt").train(data=...)``
+    trains the SCConv model. ``trainer=ScConvDetectionTrainer`` says so explicitly.
+    """
 
 
-_register_trainer()
+class ScConvSegmentationTrainer(_TrainsScConv, segment.SegmentationTrainer):
+    """ultralytics' ``SegmentationTrainer``, building the converted model (see :class:`ScConvDetectionTrainer`)."""
+
+
+class ScConvPoseTrainer(_TrainsScConv, pose.PoseTrainer):
+    """ultralytics' ``PoseTrainer``, building the converted model (see :class:`ScConvDetectionTrainer`)."""
+
+
+class ScConvOBBTrainer(_TrainsScConv, obb.OBBTrainer):
+    """ultralytics' ``OBBTrainer``, building the converted model (see :class:`ScConvDetectionTrainer`)."""
+
+
+class ScConvClassificationTrainer(_TrainsScConv, classify.ClassificationTrainer):
+    """ultralytics' ``ClassificationTrainer``, building the converted model (see :class:`ScConvDetectionTrainer`)."""
+
+
+_TRAINERS = ((detect, "DetectionTrainer", ScConvDetectionTrainer),
+             (segment, "SegmentationTrainer", ScConvSegmentationTrainer), (pose, "PoseTrainer", ScConvPoseTrainer),
+             (obb, "OBBTrainer", ScConvOBBTrainer), (classify, "ClassificationTrainer", ScConvClassificationTrainer))
+
+
+def _register_trainers() -> None:
+    """Make this module's trainers those of ``YOLO``'s tasks (``YOLO.task_map`` reads them from
+    ``ultralytics.models.yolo.<task>`` at train time); models without an SCConv record train
+    unchanged."""
+    for module, name, trainer in _TRAINERS:
+        if not issubclass(getattr(module, name), trainer):
+            setattr(module, name, trainer)
+
+
+_register_trainers()
 
 
 def check_yolo_output_path(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
@@ -393,15 +494,15 @@ def save_yolo_checkpoint(path: str | os.PathLike, model: nn.Module, manifest: Ma
                          overwrite: bool = True) -> Path:
     """Write ``model`` in ultralytics' own ``.pt`` format (pickled), atomically.
 
-    ``YOLO(path)`` loads it and can predict, validate, export and (with
-    :class:`ScConvDetectionTrainer`) train. The dict holds what ultralytics' trainer writes
+    ``YOLO(path)`` loads it and can predict, train (:class:`ScConvDetectionTrainer`), validate
+    and export. The dict holds what ultralytics' trainer writes
     (``model``, ``train_args``, ``date``, ``version``, ...), the model in float32, and under
     ``scconv_surgery`` the conversion's manifest (what was replaced). Loading it needs
     scconv-surgery installed (the pickle names its classes).
 
     Args:
         path: a ``.pt`` file.
-        model: a converted ultralytics ``DetectionModel``.
+        model: a converted ultralytics model (detection, segmentation, pose, OBB, classification).
         manifest: the manifest's dict (:meth:`~scconv_surgery.manifest.Manifest.to_dict`).
 
     Raises:
@@ -409,19 +510,18 @@ def save_yolo_checkpoint(path: str | os.PathLike, model: nn.Module, manifest: Ma
             left at ``path``).
     """
     path = check_yolo_output_path(path, overwrite=overwrite)
-    if not isinstance(model, DetectionModel):
-        raise TypeError(f"expected an ultralytics DetectionModel, got {type(model).__name__}")
-    saved = copy.deepcopy(model).float().eval()
+    if not isinstance(model, BaseModel) or not isinstance(getattr(model, "yaml", None), Mapping):
+        raise TypeError(f"expected an ultralytics model built from a YAML, got {type(model).__name__}")
+    task = task_of(model.yaml)
+    saved = as_scconv_model(copy.deepcopy(model).float().eval())
     for p in saved.parameters():
         p.requires_grad_(False)
-    if type(saved) is DetectionModel:  # its pickle then names this module, which loading imports (the trainer)
-        saved.__class__ = ScConvDetectionModel
-    saved.task = "detect"
+    saved.task = task
     record_conversion(saved, manifest["replaced"])
     ckpt = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(), "version": ultralytics.__version__,
             "license": "AGPL-3.0 License (https://ultralytics.com/license)", "epoch": -1, "best_fitness": None,
             "model": saved, "ema": None, "updates": None, "optimizer": None,
-            "train_args": {"task": "detect", "model": path.name}, "train_metrics": None, "train_results": None,
+            "train_args": {"task": task, "model": path.name}, "train_metrics": None, "train_results": None,
             "scconv_surgery": dict(manifest)}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

@@ -1,8 +1,10 @@
 """ultralytics YOLO models: by YAML name, from a trusted .pt, the yolo preset, fusing, and the
 round trip through ultralytics' own .pt (predict, train, val, ONNX export). Offline, at imgsz 64."""
+import copy
 import hashlib
 import importlib.util
 import json
+import re
 
 import numpy as np
 import pytest
@@ -34,6 +36,7 @@ def yolo_module():
 
 runner = CliRunner()
 SIZE = "3x64x64"
+YOLOV8N_SEG_REPLACED = 20  # the same C2f bottlenecks as yolov8n
 YOLOV8N_BOTTLENECKS = [f"model.{i}.m.{j}.cv{k}.conv" for i, n in ((2, 1), (4, 2), (6, 2), (8, 1), (12, 1), (15, 1),
                                                                   (18, 1), (21, 1)) for j in range(n) for k in (1, 2)]
 
@@ -110,11 +113,11 @@ def test_bad_inputs_exit_2_naming_the_input_and_the_fix_and_write_nothing(tmp_pa
     cases = [
         (["ultralytics:missing.yaml"], ["missing.yaml", "ships"]),
         ([f"ultralytics:{dense_pt}"], ["dense.pt", "runs code", "--trust-pickle"]),
-        (["ultralytics:state_dict.pt", "--trust-pickle"], ["state_dict.pt", "not a YOLO detection checkpoint"]),
+        (["ultralytics:state_dict.pt", "--trust-pickle"], ["state_dict.pt", "not a YOLO checkpoint"]),
         (["resnet18", "--yolo-out", "y.pt"], ["y.pt", "ultralytics:MODEL.yaml"]),
         (["ultralytics:yolov8n.yaml", "--weights", str(dense_pt)], ["dense.pt", f"ultralytics:{dense_pt}",
                                                                     "--trust-pickle"]),
-        (["ultralytics:yolov8n-seg.yaml"], ["yolov8n-seg.yaml", "only detection models"]),
+        (["ultralytics:rtdetr-l.yaml"], ["rtdetr-l.yaml", "RTDETRDecoder", "supported: detection, segmentation"]),
     ]
     for args, words in cases:
         result = invoke("convert", *args, "--input-size", SIZE, "--out", "out.pt")
@@ -278,15 +281,68 @@ def test_training_scconv_layers_without_the_record_fails_loudly(converted, tmp_p
 
 
 def test_a_converted_head_with_another_class_count_is_refused_by_name():
+    from ultralytics.nn.tasks import DetectionModel
+
     from scconv_surgery import convert
 
     model, _ = create_model("ultralytics:yolov8n.yaml", num_classes=2)
     converted, plan = convert(model)  # every eligible 3x3, the Detect head's included
     yolo_module().record_conversion(converted, plan.replaced)
-    assert [n for n, m in yolo_module().build_converted(converted.yaml, nc=2).named_modules()
-            if isinstance(m, ScConv)] == [d.name for d in plan.replaced]
+    rebuilt = yolo_module().apply_record(DetectionModel(copy.deepcopy(converted.yaml), nc=2, verbose=False))
+    assert type(rebuilt) is yolo_module().ScConvDetectionModel
+    assert [n for n, m in rebuilt.named_modules() if isinstance(m, ScConv)] == [d.name for d in plan.replaced]
     with pytest.raises(ValueError, match=r"'model\.22\.cv3\.0\.0\.conv' does not fit .* nc=100 .*'yolo' preset"):
-        yolo_module().build_converted(converted.yaml, nc=100)  # the class branch is max(64, min(nc, 100)) wide
+        yolo_module().apply_record(DetectionModel(copy.deepcopy(converted.yaml), nc=100, verbose=False))
+
+
+TASKS = [("yolov8n-seg.yaml", "segment", "ScConvSegmentationModel"), ("yolo11n-pose.yaml", "pose", "ScConvPoseModel"),
+         ("yolov8n-obb.yaml", "obb", "ScConvOBBModel"), ("yolo11n-cls.yaml", "classify", "ScConvClassificationModel")]
+
+
+@pytest.mark.parametrize("name,task,class_name", TASKS)
+def test_other_tasks_convert_load_in_yolo_predict_and_fuse(name, task, class_name, tmp_path):
+    yolo_module()  # ultralytics' log handler made outside CliRunner, whose streams close after each invoke
+    out, yolo_out = tmp_path / "m.pt", tmp_path / "m_yolo.pt"
+    result = invoke("convert", f"ultralytics:{name}", "--preset", "yolo", "--num-classes", "3", "--input-size", SIZE,
+                    "--out", str(out), "--yolo-out", str(yolo_out), "--json")
+    assert result.exit_code == 0, result.output
+    replaced = [d["name"] for d in json.loads(result.stdout)["plan"]["decisions"] if d["action"] == "replace"]
+    assert replaced and all(re.fullmatch(r"model\.\d+\.m\.\d+\.(m\.\d+\.)?cv[12]\.conv", n) for n in replaced)
+    yolo = YOLO(str(yolo_out))
+    assert yolo.task == task and type(yolo.model).__name__ == class_name
+    assert [n for n, m in yolo.model.named_modules() if isinstance(m, ScConv)] == replaced
+    x = x64()
+    model = load(out).eval()
+    with torch.no_grad():
+        before = model(x)
+        fused = model.fuse(verbose=False)(x)
+    first = (lambda y: y[0] if isinstance(y, (tuple, list)) else y)
+    torch.testing.assert_close(first(fused), first(before), rtol=1e-4, atol=1e-4)
+    pixels = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
+    assert len(yolo.predict(pixels, imgsz=64, verbose=False)) == 1
+    trainer_class = {"segment": "ScConvSegmentationTrainer", "pose": "ScConvPoseTrainer", "obb": "ScConvOBBTrainer",
+                     "classify": "ScConvClassificationTrainer"}[task]
+    assert type(yolo._smart_load("trainer")).__name__ == "type" and yolo._smart_load("trainer").__name__ == trainer_class
+
+
+def test_a_segmentation_model_trains_as_scconv(tmp_path):
+    out = tmp_path / "seg_yolo.pt"
+    result = invoke("convert", "ultralytics:yolov8n-seg.yaml", "--preset", "yolo", "--num-classes", "2",
+                    "--input-size", SIZE, "--dry-run", "--yolo-out", str(out))
+    assert result.exit_code == 0 and not out.exists()  # a dry run writes nothing
+    result = invoke("convert", "ultralytics:yolov8n-seg.yaml", "--preset", "yolo", "--num-classes", "2",
+                    "--input-size", SIZE, "--out", str(tmp_path / "seg.pt"), "--yolo-out", str(out))
+    assert result.exit_code == 0, result.output
+    args = yolo_data(tmp_path)
+    for split in ("train", "val"):  # polygons instead of boxes
+        for i in range(2):
+            (tmp_path / "data" / "labels" / split / f"{i}.txt").write_text(f"{i} 0.3 0.3 0.7 0.3 0.7 0.6 0.3 0.6\n")
+    yolo = YOLO(str(out))
+    yolo.train(epochs=1, amp=False, name="seg", **args)
+    assert type(yolo.trainer).__name__ == "ScConvSegmentationTrainer"
+    assert type(yolo.model).__name__ == "ScConvSegmentationModel"
+    assert sum(isinstance(m, ScConv) for m in YOLO(str(tmp_path / "runs" / "seg" / "weights" / "last.pt")).model.modules()) \
+        == YOLOV8N_SEG_REPLACED
 
 
 def test_importing_ultralytics_leaves_pil_open_alone():
