@@ -42,7 +42,7 @@ from .checkpoint import check_output_path, read_checkpoint, save_checkpoint
 from .errors import CalibrationError
 from .images import ImageChoice, check_images, choose_images, image_transform, read_images
 from .manifest import Manifest, untouched_tensors
-from .models import ModelSource, WeightsKind, WeightsSource, rebuild_base
+from .models import ULTRALYTICS, ModelSource, WeightsKind, WeightsSource, rebuild_base
 
 __all__ = ["CalibrationConfig", "CalibrationRun", "calibrate_from_folder", "calibrate_checkpoint",
            "check_calibration_source", "check_calibration_images"]
@@ -59,7 +59,8 @@ class CalibrationConfig:
         batch_size: images per step and per forward.
         lr: Adam's initial learning rate.
         strategy: see :class:`~scconv_surgery.calibration.CalibrationStrategy`.
-        batchnorm: which BatchNorm statistics to re-estimate.
+        batchnorm: which BatchNorm statistics to re-estimate; None: the model's default,
+            :func:`default_batchnorm_update`.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; None: where the model is (the CPU).
         seed: seeds the choice of images, their split and the batch order.
         allow_random_weights: calibrate even when the base model has random weights.
@@ -71,7 +72,7 @@ class CalibrationConfig:
     batch_size: int = DEFAULT_BATCH_SIZE
     lr: float = DEFAULT_LR
     strategy: CalibrationStrategy = CalibrationStrategy.SEQUENTIAL
-    batchnorm: BatchNormUpdate = BatchNormUpdate.ALL
+    batchnorm: BatchNormUpdate | None = None
     device: str | None = None
     seed: int = 0
     allow_random_weights: bool = False
@@ -79,7 +80,8 @@ class CalibrationConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "data", Path(self.data))
         object.__setattr__(self, "strategy", CalibrationStrategy(self.strategy))
-        object.__setattr__(self, "batchnorm", BatchNormUpdate(self.batchnorm))
+        if self.batchnorm is not None:
+            object.__setattr__(self, "batchnorm", BatchNormUpdate(self.batchnorm))
         check_calibration_options(num_images=self.num_images, steps=self.steps, batch_size=self.batch_size,
                                   seed=self.seed, lr=self.lr)
         if self.device is not None:  # here, before any work: a missing CUDA is found at once
@@ -172,6 +174,19 @@ def check_calibration_source(has_trained_weights: bool, config: CalibrationConfi
     return check_calibration_images(config)
 
 
+def default_batchnorm_update(source: ModelSource | None) -> BatchNormUpdate:
+    """Which BatchNorm statistics a calibration re-estimates unless told: every one
+    (:attr:`BatchNormUpdate.ALL`), except for ultralytics YOLO models (:attr:`BatchNormUpdate.NONE`).
+
+    A YOLO model's statistics come from mosaic-augmented training images that plain images do
+    not reproduce: re-estimating them undoes more than the fit gains. Measured on a yolov8n
+    trained 60 epochs, 64 px, 16 images (relative error of the class scores against the dense
+    model, converted with the ``yolo`` preset): 0.020 uncalibrated; calibrated and all
+    statistics re-estimated 0.107, those after the replaced convs 0.024, none 0.0007.
+    """
+    return BatchNormUpdate.NONE if source is not None and source.library == ULTRALYTICS else BatchNormUpdate.ALL
+
+
 def calibrate_from_folder(original: nn.Module, converted: nn.Module, source: ModelSource | None,
                           input_size: tuple[int, int, int], config: CalibrationConfig, *,
                           images: ImageChoice | None = None,
@@ -191,8 +206,9 @@ def calibrate_from_folder(original: nn.Module, converted: nn.Module, source: Mod
     on_step(f"reading {len(choice.paths)} images from {config.data}")
     notes: list[str] = []
     pixels = read_images(choice.paths, transform, notes=notes)
+    batchnorm = config.batchnorm if config.batchnorm is not None else default_batchnorm_update(source)
     result = calibrate(original, converted, pixels, steps=config.steps, batch_size=config.batch_size, lr=config.lr,
-                       strategy=config.strategy, batchnorm=config.batchnorm, device=config.device,
+                       strategy=config.strategy, batchnorm=batchnorm, device=config.device,
                        seed=config.seed, on_step=on_step, on_fit=on_fit)
     return CalibrationRun(result, config.data, choice.available, config.num_images,
                           tuple(pixels.shape[1:]), tuple(notes))  # type: ignore[arg-type]

@@ -4,8 +4,9 @@ A folder is searched recursively for files with the usual image suffixes, so an 
 (one subfolder per class) works as it is and its labels are ignored. The preprocessing is the
 model's evaluation transform: timm's data config (``timm.data.resolve_data_config`` from the
 model's ``pretrained_cfg``, then ``timm.data.create_transform``), or for torchvision models the
-default weights' ``transforms()``; models that carry neither get timm's defaults (ImageNet
-mean and std, bicubic resize, centre crop at 87.5%).
+default weights' ``transforms()``, or for ultralytics YOLO models ultralytics' own (pixels in
+[0, 1], letterboxed; classification: resized and centre-cropped); models that carry none of
+these get timm's defaults (ImageNet mean and std, bicubic resize, centre crop at 87.5%).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 
 from .errors import ImageDataError
-from .models import ModelSource, default_input_size
+from .models import ULTRALYTICS, ModelSource, default_input_size
 
 __all__ = ["IMAGE_SUFFIXES", "ImageValueWarning", "ImageChoice", "find_images", "choose_images", "check_images", "image_transform", "load_images",
            "read_images"]
@@ -55,7 +56,8 @@ def image_transform(model: nn.Module, source: ModelSource | None = None,
 
     Args:
         model: the model (timm models carry their ``pretrained_cfg``).
-        source: how it was built; torchvision models take their default weights' transforms.
+        source: how it was built; torchvision models take their default weights' transforms,
+            ultralytics models ultralytics' (:func:`~scconv_surgery.yolo.yolo_transform`).
         input_size: ``(C, H, W)`` to produce (default :func:`~scconv_surgery.models.default_input_size`);
             C is 1 (the image in grey levels) or 3 (RGB).
 
@@ -67,6 +69,12 @@ def image_transform(model: nn.Module, source: ModelSource | None = None,
         raise ImageDataError(str(size), f"the model takes {size[0]} channels; images give 1 (grey) or 3 (RGB)")
     transform = _torchvision_transform(source, size) if source is not None and source.library == "torchvision" \
         else None
+    if source is not None and source.library == ULTRALYTICS:
+        if size[0] != 3:
+            raise ImageDataError(str(size), "a YOLO model reads RGB images (3 channels)")
+        from .models import _yolo
+
+        transform = _yolo().yolo_transform(model, size)
     if transform is None:
         from timm.data import create_transform, resolve_data_config
 

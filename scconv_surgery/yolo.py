@@ -77,7 +77,7 @@ from .weights import WeightsKind, WeightsSource, file_sha256  # noqa: E402
 __all__ = ["ScConvDetectionModel", "ScConvSegmentationModel", "ScConvPoseModel", "ScConvOBBModel",
            "ScConvClassificationModel", "ScConvDetectionTrainer", "ScConvSegmentationTrainer", "ScConvPoseTrainer",
            "ScConvOBBTrainer", "ScConvClassificationTrainer", "MODELS", "task_of", "yolo_input_size",
-           "find_model_yaml", "build_yolo_model", "read_yolo_checkpoint", "record_conversion", "apply_record",
+           "yolo_transform", "find_model_yaml", "build_yolo_model", "read_yolo_checkpoint", "record_conversion", "apply_record",
            "as_scconv_model", "YAML_KEY", "fuse_scconv_convs", "save_yolo_checkpoint", "check_yolo_output_path",
            "YOLO_INPUT_SIZE"]
 
@@ -184,6 +184,28 @@ def yolo_input_size(model: nn.Module) -> tuple[int, int, int]:
 
 def _model_yamls() -> list[Path]:
     return sorted((Path(ultralytics.__file__).parent / "cfg" / "models").rglob("*.yaml"))
+
+
+def yolo_transform(model: nn.Module, size: tuple[int, int, int]) -> Any:
+    """ultralytics' own evaluation preprocessing for ``model``: an RGB PIL image to a ``(3, H, W)``
+    float tensor in [0, 1] (no mean / std normalisation).
+
+    Classification: ultralytics' ``classify_transforms`` (resize, centre crop). The other tasks:
+    its ``LetterBox`` (resize keeping the aspect ratio, padded with grey 114 to ``H x W``), as
+    ``YOLO.predict`` prepares an image.
+    """
+    import numpy as np
+    from ultralytics.data.augment import LetterBox, classify_transforms
+
+    if isinstance(model, ClassificationModel):
+        return classify_transforms(size=tuple(size[1:]))
+    letterbox = LetterBox(new_shape=tuple(size[1:]), auto=False)
+
+    def transform(image: Any) -> torch.Tensor:
+        pixels = letterbox(image=np.ascontiguousarray(np.asarray(image.convert("RGB"))))
+        return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))).float() / 255.0
+
+    return transform
 
 
 def find_model_yaml(name: str) -> Path:

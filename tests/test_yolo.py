@@ -358,6 +358,22 @@ def test_calibration_on_a_folder_of_images(tmp_path, dense_pt):
                     "--include", r"re:model\.2\.m\.0\.cv[12]\.conv", "--calibrate", str(folder),
                     "--calibrate-steps", "2", "--calibrate-batch-size", "2", "--out", str(tmp_path / "c.pt"), "--json")
     assert result.exit_code == 0, result.output
-    layers = json.loads(result.stdout)["calibration"]["layers"]
+    calibration = json.loads(result.stdout)["calibration"]
+    layers = calibration["layers"]
     assert [layer["name"] for layer in layers] == ["model.2.m.0.cv1.conv", "model.2.m.0.cv2.conv"]
     assert all(np.isfinite(layer["error_before"]) and np.isfinite(layer["error_after"]) for layer in layers)
+    assert calibration["batchnorms"] == []  # a YOLO model's statistics come from augmented training images
+    dense = YOLO(str(dense_pt)).model.state_dict()
+    assert torch.equal(load(tmp_path / "c.pt").state_dict()["model.0.bn.running_mean"], dense["model.0.bn.running_mean"])
+
+
+def test_calibration_images_are_read_as_yolo_predict_reads_them():
+    from scconv_surgery.images import image_transform
+
+    model, source = create_model("ultralytics:yolov8n.yaml")
+    wide = Image.fromarray(np.full((32, 64, 3), 255, dtype=np.uint8))  # white, twice as wide as high
+    x = image_transform(model, source, (3, 64, 64))(wide)
+    assert x.shape == (3, 64, 64) and x.max() == 1.0  # in [0, 1]: no mean / std normalisation
+    assert torch.allclose(x[:, :16], torch.tensor(114 / 255)) and torch.equal(x[:, 16:48], torch.ones(3, 32, 64))
+    classifier, source = create_model("ultralytics:yolo11n-cls.yaml")
+    assert image_transform(classifier, source)(wide).shape == (3, 224, 224)  # ultralytics' classify imgsz
