@@ -143,6 +143,8 @@ def exit_code_for(err: BaseException) -> int:
 def hint(err: BaseException) -> str | None:
     """What to do about a library error, in the CLI's terms (its flags), or None."""
     if isinstance(err, PretrainedWeightsError):
+        if err.name.startswith("ultralytics:"):
+            return "instead of --pretrained, name your YOLO .pt as 'ultralytics:FILE.pt' and pass --trust-pickle"
         return "pass a local weights file with --weights FILE instead of --pretrained"
     if isinstance(err, UnmatchedRuleError):
         text = "--dry-run lists the conv names; --allow-unmatched goes on without the rule"
@@ -163,6 +165,8 @@ def hint(err: BaseException) -> str | None:
         return "check --input-size (its C must match the model's input channels)"
     if isinstance(err, OutputPathError) and err.exists:
         return "pass --force to overwrite it"
+    if isinstance(err, CheckpointError) and err.found == "a YOLO checkpoint":
+        return f"convert it with 'scconv convert ultralytics:{err.path} --trust-pickle --out FILE'"
     if isinstance(err, CheckpointError) and err.found is not None:
         return "create a checkpoint with 'scconv convert MODEL --out FILE'"
     if isinstance(err, WeightsFileError) and err.untrusted_pickle:

@@ -53,22 +53,25 @@ class ScconvError(Exception):
 
 
 class UnknownModelError(ScconvError, LookupError):
-    """A model name that neither timm nor torchvision knows.
+    """A model name that neither timm nor torchvision knows (or a model file that does not exist,
+    is not a valid model YAML, or is of a kind not supported; ``what`` heads the message).
 
     Attributes:
         name: the name as given.
         suggestions: close known names (``difflib``), best first.
     """
 
-    def __init__(self, name: str, suggestions: Sequence[str] = (), problem: str = "neither timm nor torchvision knows it"):
+    def __init__(self, name: str, suggestions: Sequence[str] = (), problem: str = "neither timm nor torchvision knows it",
+                 *, advice: str | None = None, what: str = "unknown model"):
         self.name = name
         self.suggestions = tuple(dict.fromkeys(suggestions))  # unique, order kept
         hint = f" Did you mean: {', '.join(self.suggestions)}?" if self.suggestions else ""
-        advice = ("Name a model YAML that ultralytics ships (e.g. 'ultralytics:yolov8n.yaml') or a path to one."
-                  if name.startswith("ultralytics:") else
-                  "Use 'timm:NAME' or 'torchvision:NAME' to pick a library, or 'factory:package.module:function' for "
-                  "your own model.")
-        super().__init__(f"unknown model {name!r}: {problem}.{hint} {advice}", problem)
+        if advice is None:
+            advice = ("Name a model YAML that ultralytics ships (e.g. 'ultralytics:yolov8n.yaml') or a path to one."
+                      if name.startswith("ultralytics:") else
+                      "Use 'timm:NAME' or 'torchvision:NAME' to pick a library, or 'factory:package.module:function' "
+                      "for your own model.")
+        super().__init__(f"{what} {name!r}: {problem}.{hint} {advice}".rstrip(), problem)
 
 
 class PretrainedWeightsError(ScconvError, OSError):
@@ -78,10 +81,10 @@ class PretrainedWeightsError(ScconvError, OSError):
         name: the model name.
     """
 
-    def __init__(self, name: str, cause: str):
+    def __init__(self, name: str, cause: str, *, problem: str | None = None):
         self.name = name
-        problem = (f"{cause.rstrip().rstrip('.')}. They are not in the local cache and could not be downloaded "
-                   "(offline?); start from a local weights file instead")
+        problem = problem or (f"{cause.rstrip().rstrip('.')}. They are not in the local cache and could not be "
+                              "downloaded (offline?); start from a local weights file instead")
         super().__init__(f"could not load pretrained weights for {name!r}: {problem}", problem)
 
 

@@ -52,7 +52,13 @@ from ultralytics.nn.tasks import (  # noqa: E402
 )
 
 from .checkpoint import check_output_path  # noqa: E402
-from .errors import ModelArgumentError, OutputPathError, UnknownModelError, WeightsFileError  # noqa: E402
+from .errors import (  # noqa: E402
+    ModelArgumentError,
+    OutputPathError,
+    PretrainedWeightsError,
+    UnknownModelError,
+    WeightsFileError,
+)
 
 
 def _restore_pil_open() -> None:
@@ -168,11 +174,15 @@ def task_of(cfg: Mapping[str, Any], name: str = "the model") -> str:
     Raises:
         UnknownModelError: another head (YOLO-World, YOLOE, RT-DETR, depth, semantic segmentation).
     """
-    head = str((cfg.get("head") or [[None, None, ""]])[-1][2])
+    try:
+        head = str(cfg["head"][-1][2])
+    except (KeyError, IndexError, TypeError):
+        raise UnknownModelError(name, problem="it has no 'head' list of [from, repeats, module, args] entries: not "
+                                "an ultralytics model YAML", advice="", what="invalid model") from None
     if head not in HEADS:
         raise UnknownModelError(name, problem=f"its head is {head!r}; supported: detection, segmentation, pose, "
                                 "oriented boxes and classification models (a Detect, Segment, Pose, OBB or "
-                                "Classify head)")
+                                "Classify head)", advice="", what="unsupported model")
     return HEADS[head]
 
 
@@ -228,6 +238,9 @@ def find_model_yaml(name: str) -> Path:
             found = [p for p in shipped if p.name == candidate]
             if found:
                 return found[0].with_name(path.name)
+    if path.parent != Path(".") or path.is_absolute():  # a path, not a shipped name
+        raise UnknownModelError(f"ultralytics:{name}", problem="no such file" if not path.exists() else
+                                "not a regular file", advice="")
     names = sorted({p.name for p in shipped})
     problem = ("no such file, and ultralytics ships no model YAML of that name" if path.suffix in (".yaml", ".yml")
                else "expected a model YAML (.yaml) or, with trust_pickle=True, a YOLO checkpoint (.pt)")
@@ -266,7 +279,16 @@ def build_yolo_model(name: str, kwargs: Mapping[str, Any]) -> BaseModel:
         ModelArgumentError: another keyword argument.
     """
     nc = _nc(f"ultralytics:{name}", kwargs)
-    cfg = copy.deepcopy(dict(kwargs["cfg"])) if "cfg" in kwargs else yaml_model_load(find_model_yaml(name))
+    if "cfg" in kwargs:
+        cfg = copy.deepcopy(dict(kwargs["cfg"]))
+    else:
+        path = find_model_yaml(name)
+        try:
+            cfg = yaml_model_load(path)
+        except Exception as err:  # ultralytics' YAML reader: a syntax error, a file that is not text
+            raise UnknownModelError(f"ultralytics:{name}", problem=f"not a valid YAML file ({type(err).__name__}: "
+                                    f"{str(err).splitlines()[0] if str(err) else ''})", advice="",
+                                    what="invalid model") from err
     model_class = MODELS[task_of(cfg, f"ultralytics:{name}")]
     if nc is not None:
         cfg["nc"] = nc  # what the model's nc= does, without its log line
@@ -327,7 +349,8 @@ def rebuild_yolo_base(source: Any, *, trust_pickle: bool = False) -> tuple[BaseM
 
     Raises:
         UnknownModelError, ModelArgumentError: see :func:`build_yolo_model`.
-        WeightsFileError: see :func:`read_yolo_checkpoint`; or pretrained weights are asked for.
+        WeightsFileError: see :func:`read_yolo_checkpoint`.
+        PretrainedWeightsError: pretrained weights are asked for (ultralytics downloads them).
     """
     from dataclasses import replace
 
@@ -337,8 +360,9 @@ def rebuild_yolo_base(source: Any, *, trust_pickle: bool = False) -> tuple[BaseM
     weights = source.weights
     kwargs = dict(source.kwargs)
     if weights.kind is WeightsKind.PRETRAINED:
-        raise WeightsFileError(source.display_name, "ultralytics' pretrained weights are downloads; start from a "
-                               "local YOLO .pt instead (trust_pickle=True)")
+        raise PretrainedWeightsError(source.display_name, "", problem="ultralytics' pretrained weights are "
+                                     "downloads, which this tool does not make; start from a local YOLO .pt instead "
+                                     "(named 'ultralytics:FILE.pt', read with trust_pickle=True)")
     path = source.yolo_checkpoint
     if path is not None:
         yaml, state_dict = read_yolo_checkpoint(path, trust_pickle=trust_pickle)

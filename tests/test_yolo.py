@@ -110,7 +110,13 @@ def test_unknown_yaml_is_named_with_close_names():
 def test_bad_inputs_exit_2_naming_the_input_and_the_fix_and_write_nothing(tmp_path, monkeypatch, dense_pt):
     monkeypatch.chdir(tmp_path)
     torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "state_dict.pt")
+    (tmp_path / "broken.yaml").write_text("nc: 2\nbackbone:\n  - [-1, 1, Conv, [16, 3, 2]\nhead: [\n")
+    (tmp_path / "headless.yaml").write_text("nc: 2\nbackbone: []\n")
     cases = [
+        (["ultralytics:broken.yaml"], ["invalid model", "broken.yaml", "not a valid YAML file"]),
+        (["ultralytics:headless.yaml"], ["invalid model", "headless.yaml", "no 'head' list"]),
+        (["ultralytics:no/such/dir/my.yaml"], ["no/such/dir/my.yaml", "no such file"]),
+        (["ultralytics:yolov8n.yaml", "--pretrained"], ["pretrained", "downloads", "--trust-pickle"]),
         (["ultralytics:missing.yaml"], ["missing.yaml", "ships"]),
         ([f"ultralytics:{dense_pt}"], ["dense.pt", "runs code", "--trust-pickle"]),
         (["ultralytics:state_dict.pt", "--trust-pickle"], ["state_dict.pt", "not a YOLO checkpoint"]),
@@ -125,7 +131,7 @@ def test_bad_inputs_exit_2_naming_the_input_and_the_fix_and_write_nothing(tmp_pa
         assert result.stdout == "" and "Traceback" not in result.stderr
         for word in words:
             assert word in result.stderr.replace("\n", ""), (args, result.stderr)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["state_dict.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.yaml", "headless.yaml", "state_dict.pt"]
 
 
 def test_neither_output_may_overwrite_the_yolo_pt_it_reads(tmp_path, dense_pt):
@@ -136,6 +142,15 @@ def test_neither_output_may_overwrite_the_yolo_pt_it_reads(tmp_path, dense_pt):
         result = invoke("convert", f"ultralytics:{base}", "--trust-pickle", "--force", *outputs)
         assert result.exit_code == 2 and word in result.stderr.replace("\n", ""), result.output
     assert base.read_bytes() == dense_pt.read_bytes() and not (tmp_path / "m.pt").exists()
+
+
+def test_the_yolo_pt_given_where_a_checkpoint_is_expected_is_named_as_such(converted):
+    _, yolo_out, _ = converted
+    for command in (["verify", str(yolo_out)], ["report", str(yolo_out)]):
+        result = invoke(*command)
+        stderr = result.stderr.replace("\n", "")
+        assert result.exit_code == 2 and "is a YOLO checkpoint (ultralytics' format" in stderr, result.output
+        assert "YOLO(path)" in stderr and "unreadable" not in stderr
 
 
 def test_a_missing_extra_exits_2_naming_the_pip_command(tmp_path, monkeypatch):
