@@ -293,7 +293,11 @@ def build_yolo_model(name: str, kwargs: Mapping[str, Any]) -> BaseModel:
     if nc is not None:
         cfg["nc"] = nc  # what the model's nc= does, without its log line
     with _logs_to_stderr():
-        return model_class(cfg, ch=int(kwargs.get("ch", 3)), verbose=False).eval()
+        model = model_class(cfg, ch=int(kwargs.get("ch", 3)), verbose=False).eval()
+    names = cfg.get("names")
+    if isinstance(names, Mapping) and len(names) == len(model.names):  # a YOLO .pt's class names (keys: JSON strings)
+        model.names = {int(k): str(v) for k, v in names.items()}
+    return model
 
 
 def read_yolo_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -304,8 +308,8 @@ def read_yolo_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False)
     with ``trust_pickle=True``, for a file you trust.
 
     Returns:
-        ``(yaml, state_dict)``: the model's YAML as a dict (``model.yaml``) and its float32
-        weights (the EMA's when the file has one, as ultralytics reads it).
+        ``(yaml, state_dict)``: the model's YAML as a dict (``model.yaml``, with the model's class
+        ``names``) and its float32 weights (the EMA's when the file has one, as ultralytics reads it).
 
     Raises:
         WeightsFileError: ``trust_pickle`` is not set; the file is missing or unreadable; it is
@@ -336,7 +340,11 @@ def read_yolo_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False)
     if any(isinstance(m, ScConv) for m in model.modules()):
         raise WeightsFileError(str(path), "already holds SCConv layers; load it with YOLO(path), or convert the "
                                "original model")
-    return copy.deepcopy(dict(model.yaml)), {k: v.float() for k, v in model.state_dict().items()}
+    yaml = copy.deepcopy(dict(model.yaml))
+    names = getattr(model, "names", None)
+    if isinstance(names, (Mapping, list, tuple)):  # the class names live on the model, not in its YAML
+        yaml["names"] = dict(names) if isinstance(names, Mapping) else dict(enumerate(names))
+    return yaml, {k: v.float() for k, v in model.state_dict().items()}
 
 
 def rebuild_yolo_base(source: Any, *, trust_pickle: bool = False) -> tuple[BaseModel, Any]:
@@ -372,7 +380,6 @@ def rebuild_yolo_base(source: Any, *, trust_pickle: bool = False) -> tuple[BaseM
         own = model.state_dict()
         fresh = sorted(k for k in own if k not in state_dict or state_dict[k].shape != own[k].shape)
         model.load_state_dict({k: (own[k] if k in fresh else state_dict[k]) for k in own}, strict=True)
-        model.names = yaml.get("names") or model.names
         record = WeightsSource(WeightsKind.FILE, seed=weights.seed, name=path.name, sha256=file_sha256(path),
                                reinitialized=tuple(fresh))
         return model.eval(), ModelSource("ultralytics", path.name, kwargs, record)

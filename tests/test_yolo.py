@@ -153,6 +153,18 @@ def test_the_yolo_pt_given_where_a_checkpoint_is_expected_is_named_as_such(conve
         assert "YOLO(path)" in stderr and "unreadable" not in stderr
 
 
+def test_a_trained_pt_keeps_its_class_names(tmp_path):
+    dense = yolo_module().build_yolo_model("yolov8n.yaml", {"nc": 2})
+    dense.names = {0: "cat", 1: "dog"}
+    torch.save({"model": dense, "train_args": {"task": "detect"}}, tmp_path / "pets.pt")
+    out, yolo_out = tmp_path / "m.pt", tmp_path / "m_yolo.pt"
+    result = invoke("convert", f"ultralytics:{tmp_path / 'pets.pt'}", "--trust-pickle", "--preset", "yolo",
+                    "--input-size", SIZE, "--out", str(out), "--yolo-out", str(yolo_out))
+    assert result.exit_code == 0, result.output
+    assert YOLO(str(yolo_out)).names == {0: "cat", 1: "dog"}
+    assert load(out).names == {0: "cat", 1: "dog"}  # through the manifest's JSON (string keys)
+
+
 def test_a_missing_extra_exits_2_naming_the_pip_command(tmp_path, monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ultralytics" else real(name, *a))
