@@ -304,7 +304,11 @@ def run_conversion(model: ModelSource | str, *, output: Destination | str | os.P
             from .yolo import save_yolo_checkpoint
 
             on_step(f"saving {yolo_path}")
-            save_yolo_checkpoint(yolo_path, converted, manifest.to_dict(), overwrite=destination.overwrite)
+            try:
+                save_yolo_checkpoint(yolo_path, converted, manifest.to_dict(), overwrite=destination.overwrite)
+            except BaseException:  # an error or an interrupt: both files or neither
+                out_path.unlink(missing_ok=True)
+                raise
     warnings = (_plan_warnings(plan) + (calibrated.warnings if calibrated else ())
                 + tuple(w for w in [selected.warning() if selected else None] if w))
     return ConversionResult(source, plan, report, converted, destination, seed, tuple(stale), reset_bn_stats,

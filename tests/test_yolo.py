@@ -165,6 +165,19 @@ def test_a_trained_pt_keeps_its_class_names(tmp_path):
     assert load(out).names == {0: "cat", 1: "dog"}  # through the manifest's JSON (string keys)
 
 
+def test_an_interrupt_while_writing_the_yolo_pt_leaves_neither_file(tmp_path, monkeypatch):
+    from scconv_surgery.pipeline import WriteCheckpoint, run_conversion
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(yolo_module(), "save_yolo_checkpoint", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_conversion(ModelSource.parse("ultralytics:yolov8n.yaml"), output=WriteCheckpoint(tmp_path / "m.pt"),
+                       input_size=(3, 64, 64), yolo_output=tmp_path / "m_yolo.pt")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_missing_extra_exits_2_naming_the_pip_command(tmp_path, monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ultralytics" else real(name, *a))
