@@ -92,6 +92,7 @@ class ConversionResult:
         warnings: what the user should know that is not an error (an exclude rule that matched
             nothing, a latency prediction that missed by more than 10%, ...), one sentence each.
         selection: with a measured selection, what was chosen, predicted and measured end to end.
+        yolo_output: the YOLO ``.pt`` written (in a dry run: that would be written), or None.
     """
 
     source: ModelSource
@@ -106,6 +107,7 @@ class ConversionResult:
     calibration_images: int | None = None
     warnings: tuple[str, ...] = ()
     selection: SelectionReport | None = None
+    yolo_output: Path | None = None
 
     @property
     def dry_run(self) -> bool:
@@ -122,6 +124,8 @@ class ConversionResult:
         return {"schema_version": RESULT_SCHEMA_VERSION, "model": self.source.to_dict(),
                 "dry_run": self.dry_run,
                 "output": None if self.dry_run else path, "would_write": path if self.dry_run else None,
+                "yolo_output": None if self.dry_run or not self.yolo_output else str(self.yolo_output),
+                "would_write_yolo": str(self.yolo_output) if self.dry_run and self.yolo_output else None,
                 "seed": self.seed, "plan": self.plan.to_dict(), "counts": self.report.to_dict(),
                 "stale_batchnorms": list(self.stale_batchnorms), "reset_bn_stats": self.reset_bn_stats,
                 "calibration": self.calibration.to_dict() if self.calibration else None,
@@ -312,7 +316,7 @@ def run_conversion(model: ModelSource | str, *, output: Destination | str | os.P
     warnings = (_plan_warnings(plan) + (calibrated.warnings if calibrated else ())
                 + tuple(w for w in [selected.warning() if selected else None] if w))
     return ConversionResult(source, plan, report, converted, destination, seed, tuple(stale), reset_bn_stats,
-                            calibrated, len(images.paths) if images else None, warnings, selected)
+                            calibrated, len(images.paths) if images else None, warnings, selected, yolo_path)
 
 
 def _saved_profile(selection: SelectionConfig) -> tuple[Profile, str] | None:

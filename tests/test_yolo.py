@@ -79,7 +79,9 @@ def converted(tmp_path_factory, dense_pt):
     result = invoke("convert", f"ultralytics:{dense_pt}", "--trust-pickle", "--preset", "yolo", "--input-size", SIZE,
                     "--num-classes", "2", "--out", str(out), "--yolo-out", str(yolo_out), "--json")
     assert result.exit_code == 0, result.output
-    return out, yolo_out, json.loads(result.stdout)
+    doc = json.loads(result.stdout)
+    assert (doc["output"], doc["yolo_output"], doc["would_write_yolo"]) == (str(out), str(yolo_out), None)
+    return out, yolo_out, doc
 
 
 def test_yolov8n_and_yolo11n_build_by_yaml_name_offline_with_nc():

@@ -118,10 +118,14 @@ def render_conversion(console: Console, result: ConversionResult, *, summary: bo
     if result.dry_run:
         target = f"would write {result.output}: " if result.output else "with --out FILE.pt it would write "
         tensors = len(result.model.state_dict())
+        yolo = f", and {result.yolo_output} in ultralytics' format" if result.yolo_output else ""
         console.print(f"[bold]dry run:[/] {target}{tensors} state_dict tensors and a manifest of "
-                      f"{len(result.plan.replaced)} replaced convs; nothing written.", highlight=False)
+                      f"{len(result.plan.replaced)} replaced convs{yolo}; nothing written.", highlight=False)
     else:
         render_written(console, result.output)
+        if result.yolo_output:
+            console.print(f"[bold]wrote[/] {result.yolo_output}  (load with ultralytics' "
+                          f"YOLO({str(result.yolo_output)!r}))", highlight=False)
 
 
 def _variants(plan: Plan) -> str:
