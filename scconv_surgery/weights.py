@@ -284,12 +284,17 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
-    """Module names of the classifier: timm's ``pretrained_cfg["classifier"]``, else the last
-    ``nn.Linear`` (or 1x1 conv head) in module order."""
+    """Module names of the classifier: timm's ``pretrained_cfg["classifier"]``, an ultralytics
+    YOLO head's class branches (``model.N.cv3``, whose widths follow the class count), else the
+    last ``nn.Linear`` in module order."""
     cfg = getattr(model, "pretrained_cfg", None)
     if isinstance(cfg, Mapping) and cfg.get("classifier"):
         names = cfg["classifier"]
         return tuple(names) if isinstance(names, (list, tuple)) else (names,)
+    layers = getattr(model, "model", None)
+    if isinstance(layers, nn.Sequential) and len(layers) and hasattr(layers[-1], "cv3"):  # a YOLO head's class branch
+        return tuple(f"model.{len(layers) - 1}.{branch}" for branch in ("cv3", "one2one_cv3")
+                     if hasattr(layers[-1], branch))
     heads = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     return (heads[-1],) if heads else ()
 

@@ -390,7 +390,8 @@ def rebuild_yolo_base(source: Any, *, trust_pickle: bool = False) -> tuple[BaseM
             raise WeightsFileError(str(weights.name), "the model was built from this weights file, which is needed "
                                    "again to rebuild it; pass its path")
         try:
-            weights = replace(load_weights_file(model, weights.path), seed=weights.seed)
+            reinit = "nc" in kwargs or "num_classes" in kwargs  # another class count: the class branch starts fresh
+            weights = replace(load_weights_file(model, weights.path, reinit_classifier=reinit), seed=weights.seed)
         except WeightsFileError as err:
             if "pickled" not in err.problem:
                 raise

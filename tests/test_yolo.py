@@ -180,6 +180,17 @@ def test_an_interrupt_while_writing_the_yolo_pt_leaves_neither_file(tmp_path, mo
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_state_dict_of_another_class_count_points_to_num_classes(tmp_path):
+    model, _ = create_model("ultralytics:yolov8n.yaml", num_classes=2)
+    torch.save(model.state_dict(), tmp_path / "two.pt")
+    result = invoke("convert", "ultralytics:yolov8n.yaml", "--weights", str(tmp_path / "two.pt"), "--input-size", SIZE,
+                    "--dry-run")
+    assert result.exit_code == 2 and "hint: pass --num-classes N" in result.stderr, result.output
+    model, source = create_model("ultralytics:yolov8n.yaml", num_classes=5, weights=tmp_path / "two.pt")
+    assert source.weights.reinitialized and all(k.startswith("model.22.cv3.") for k in source.weights.reinitialized)
+    assert torch.equal(model.state_dict()["model.0.conv.weight"], torch.load(tmp_path / "two.pt")["model.0.conv.weight"])
+
+
 def test_a_missing_extra_exits_2_naming_the_pip_command(tmp_path, monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ultralytics" else real(name, *a))
