@@ -21,6 +21,7 @@ from .params import (
     ForceOpt,
     HelpOpt,
     JsonOpt,
+    TrustPickleOpt,
     check_device_option,
     check_seed,
     choices,
@@ -51,6 +52,7 @@ def calibrate(
     seed: Annotated[int, typer.Option(metavar="N", help="Seed (0 to 2**63 - 1) that chooses the images and orders the "
                                       "batches.", min=0)] = 0,
     allow_random_weights: AllowRandomWeightsOpt = False,
+    trust_pickle: TrustPickleOpt = False,
     force: ForceOpt = False,
     json_output: JsonOpt = False,
     debug: DebugOpt = False,
@@ -69,7 +71,7 @@ def calibrate(
                                        strategy=strategy, device=device, seed=seed,
                                        allow_random_weights=allow_random_weights)
             result = calibrate_checkpoint(checkpoint, config, out=out, weights=weights, overwrite=force,
-                                          on_step=step, on_fit=fit)
+                                          trust_pickle=trust_pickle, on_step=step, on_fit=fit)
         output.written = result.output
         for warning in result.run.warnings:
             output.warn(warning)

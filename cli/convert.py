@@ -36,6 +36,7 @@ from .params import (
     JsonOpt,
     StrictPaperOpt,
     SummaryOpt,
+    TrustPickleOpt,
     check_device_option,
     check_seed,
     choices,
@@ -169,9 +170,7 @@ def convert(
     num_classes: Annotated[int | None, typer.Option(
         metavar="N", help="Classifier size passed to the model constructor (a YOLO model's 'nc').", min=1,
         max=1_000_000, show_default=False)] = None,
-    trust_pickle: Annotated[bool, typer.Option(
-        "--trust-pickle", metavar=FLAG, help="Allow reading an 'ultralytics:FILE.pt' model: a YOLO checkpoint is a "
-        "pickle, and reading it RUNS CODE from the file. Only for files you trust.")] = False,
+    trust_pickle: TrustPickleOpt = False,
     yolo_out: Annotated[Path | None, typer.Option(
         "--yolo-out", metavar="FILE.pt", help="Also write the converted ultralytics model in ultralytics' own .pt "
         "format (a pickle, which YOLO(FILE.pt) loads, predicts, validates and exports), with the manifest inside.",

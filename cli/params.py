@@ -78,6 +78,10 @@ CALIBRATE_STRATEGY_HELP = (
     "'sequential': each layer learns from the input the converted network feeds it, earlier layers already "
     "calibrated (most accurate). 'independent': from the original network's activations (fewer forward passes: "
     "faster on large models).")
+TrustPickleOpt = Annotated[bool, typer.Option(
+    "--trust-pickle", metavar=FLAG, help="Allow reading a YOLO checkpoint (an 'ultralytics:FILE.pt' model, or such a "
+    "file as --weights): it is a pickle, and reading it RUNS CODE from the file. Only for files you trust.")]
+
 AllowRandomWeightsOpt = Annotated[bool, typer.Option(
     "--allow-random-weights", metavar=FLAG, help="Calibrate even when the base model has random weights (the SCConvs "
     "then imitate random convs: for tests and timing only).")]

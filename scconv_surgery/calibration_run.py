@@ -238,9 +238,10 @@ class CheckpointCalibration:
                 "warnings": list(self.run.warnings)}
 
 
-def _original(manifest: Manifest, weights: str | os.PathLike | None, allow_random: bool) -> nn.Module:
+def _original(manifest: Manifest, weights: str | os.PathLike | None, allow_random: bool,
+              trust_pickle: bool = False) -> nn.Module:
     """The base model with the weights the checkpoint was converted from (:func:`rebuild_base`)."""
-    source = manifest.source
+    source = replace(manifest.source, trust_pickle=trust_pickle)
     if weights is not None:  # the recorded file (its sha256 is checked), or in place of pretrained weights
         sha256 = source.weights.sha256 if source.weights.kind is WeightsKind.FILE else None
         entry = source.weights.entry if source.weights.kind is WeightsKind.FILE else None  # the entry read then
@@ -270,7 +271,7 @@ def _check_untouched(path: Path, original: nn.Module, converted: nn.Module, mani
 
 def calibrate_checkpoint(path: str | os.PathLike, config: CalibrationConfig, *, out: str | os.PathLike,
                          weights: str | os.PathLike | None = None, overwrite: bool = False,
-                         on_step: Callable[[str], None] = noop,
+                         trust_pickle: bool = False, on_step: Callable[[str], None] = noop,
                          on_fit: Callable[[str, int, int, float], None] = noop) -> CheckpointCalibration:
     """Calibrate a saved checkpoint's SCConvs and write the result as a new checkpoint.
 
@@ -285,6 +286,8 @@ def calibrate_checkpoint(path: str | os.PathLike, config: CalibrationConfig, *, 
         weights: the base weights file, when the checkpoint was converted from one (its sha256
             must match the manifest's), or in place of unavailable pretrained weights.
         overwrite: replace an existing ``out`` (it may be ``path`` itself).
+        trust_pickle: ``weights`` may be a YOLO checkpoint (a pickle: reading it runs code), for
+            a checkpoint converted from one.
 
     Raises:
         OutputPathError: ``out`` cannot be written, or exists without ``overwrite``.
@@ -302,7 +305,7 @@ def calibrate_checkpoint(path: str | os.PathLike, config: CalibrationConfig, *, 
     source = manifest.source
     images = check_calibration_images(config)
     on_step(f"building the original {source.display_name}")
-    original = _original(manifest, weights, config.allow_random_weights)
+    original = _original(manifest, weights, config.allow_random_weights, trust_pickle)
     converted = checkpoint.model(path)
     _check_untouched(Path(path), original, converted, manifest)
     run = calibrate_from_folder(original, converted, source, manifest.input_size, config, images=images,

@@ -30,6 +30,7 @@ import re
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -343,7 +344,8 @@ def read_yolo_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False)
     yaml = copy.deepcopy(dict(model.yaml))
     names = getattr(model, "names", None)
     if isinstance(names, (Mapping, list, tuple)):  # the class names live on the model, not in its YAML
-        yaml["names"] = dict(names) if isinstance(names, Mapping) else dict(enumerate(names))
+        pairs = names.items() if isinstance(names, Mapping) else enumerate(names)
+        yaml["names"] = {str(k): str(v) for k, v in pairs}  # string keys: recorded as JSON in the manifest
     return yaml, {k: v.float() for k, v in model.state_dict().items()}
 
 
@@ -360,8 +362,6 @@ def rebuild_yolo_base(source: Any, *, trust_pickle: bool = False) -> tuple[BaseM
         WeightsFileError: see :func:`read_yolo_checkpoint`.
         PretrainedWeightsError: pretrained weights are asked for (ultralytics downloads them).
     """
-    from dataclasses import replace
-
     from .models import ModelSource, _seeded
     from .weights import load_weights_file
 
@@ -377,11 +377,7 @@ def rebuild_yolo_base(source: Any, *, trust_pickle: bool = False) -> tuple[BaseM
         kwargs = {"cfg": yaml, **kwargs}
         with _seeded(weights.seed):
             model = build_yolo_model(source.name, kwargs)
-        own = model.state_dict()
-        fresh = sorted(k for k in own if k not in state_dict or state_dict[k].shape != own[k].shape)
-        model.load_state_dict({k: (own[k] if k in fresh else state_dict[k]) for k in own}, strict=True)
-        record = WeightsSource(WeightsKind.FILE, seed=weights.seed, name=path.name, sha256=file_sha256(path),
-                               reinitialized=tuple(fresh))
+        record = replace(_carry_over(model, state_dict, path), seed=weights.seed)
         return model.eval(), ModelSource("ultralytics", path.name, kwargs, record)
     with _seeded(weights.seed):
         model = build_yolo_model(source.name, kwargs)
@@ -389,15 +385,23 @@ def rebuild_yolo_base(source: Any, *, trust_pickle: bool = False) -> tuple[BaseM
         if weights.path is None:
             raise WeightsFileError(str(weights.name), "the model was built from this weights file, which is needed "
                                    "again to rebuild it; pass its path")
+        if weights.sha256 and file_sha256(weights.path) != weights.sha256:
+            raise WeightsFileError(str(weights.path), f"its sha256 differs from the recorded file's ({weights.name}, "
+                                   f"sha256 {weights.sha256[:12]}...); pass that file")
         try:
             reinit = "nc" in kwargs or "num_classes" in kwargs  # another class count: the class branch starts fresh
             weights = replace(load_weights_file(model, weights.path, reinit_classifier=reinit), seed=weights.seed)
         except WeightsFileError as err:
             if "pickled" not in err.problem:
                 raise
-            raise WeightsFileError(err.path, f"{err.problem}. A YOLO checkpoint (.pt) is read as the model itself: name "
-                                   f"it 'ultralytics:{weights.path}' and allow reading the pickle (trust_pickle=True)",
-                                   untrusted_pickle=True) from err
+            if "cfg" in kwargs and trust_pickle:  # a conversion of a YOLO .pt, rebuilt: that .pt's weights again
+                _, state_dict = read_yolo_checkpoint(weights.path, trust_pickle=True)
+                weights = replace(_carry_over(model, state_dict, Path(weights.path)), seed=weights.seed)
+                return model.eval(), ModelSource("ultralytics", source.name, kwargs, weights)
+            how = "allow reading the pickle" if "cfg" in kwargs else \
+                f"name it 'ultralytics:{weights.path}' and allow reading the pickle"
+            raise WeightsFileError(err.path, f"{err.problem}. A YOLO checkpoint (.pt) is read as the model itself: "
+                                   f"{how} (trust_pickle=True)", untrusted_pickle=True) from err
     return model.eval(), ModelSource("ultralytics", source.name, kwargs, weights)
 
 
@@ -456,6 +460,15 @@ def apply_record(model: BaseModel) -> BaseModel:
                          "with this class count (num_classes), or with a placement that keeps the head dense "
                          "(the 'yolo' preset)") from err
     return as_scconv_model(model)
+
+
+def _carry_over(model: nn.Module, state_dict: Mapping[str, torch.Tensor], path: Path) -> WeightsSource:
+    """Load a YOLO ``.pt``'s weights into ``model`` (built from its YAML); tensors of other shapes (a
+    head for another class count) keep their fresh initialisation and are recorded as re-initialised."""
+    own = model.state_dict()
+    fresh = sorted(k for k in own if k not in state_dict or state_dict[k].shape != own[k].shape)
+    model.load_state_dict({k: (own[k] if k in fresh else state_dict[k]) for k in own}, strict=True)
+    return WeightsSource(WeightsKind.FILE, name=path.name, sha256=file_sha256(path), reinitialized=tuple(fresh))
 
 
 class _TrainsScConv:

@@ -420,6 +420,26 @@ def test_calibration_on_a_folder_of_images(tmp_path, dense_pt):
     assert torch.equal(load(tmp_path / "c.pt").state_dict()["model.0.bn.running_mean"], dense["model.0.bn.running_mean"])
 
 
+def test_a_conversion_of_a_yolo_pt_calibrates_later_from_that_pt(tmp_path, dense_pt):
+    out = tmp_path / "m.pt"
+    result = invoke("convert", f"ultralytics:{dense_pt}", "--trust-pickle", "--input-size", SIZE,
+                    "--include", r"re:model\.2\.m\.0\.cv[12]\.conv", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    folder = images(tmp_path / "images", 2)
+    common = ["calibrate", str(out), "--data", str(folder), "--steps", "1", "--batch-size", "2",
+              "--weights", str(dense_pt)]
+    result = invoke(*common, "--out", str(tmp_path / "c.pt"))
+    assert result.exit_code == 2 and "hint: pass --trust-pickle" in result.stderr, result.output
+    result = invoke(*common, "--trust-pickle", "--out", str(tmp_path / "c.pt"), "--json")
+    assert result.exit_code == 0, result.output
+    assert [layer["name"] for layer in json.loads(result.stdout)["calibration"]["layers"]] == \
+        ["model.2.m.0.cv1.conv", "model.2.m.0.cv2.conv"]
+    other = tmp_path / "other.pt"
+    other.write_bytes(dense_pt.read_bytes() + b"\0")  # not the recorded file
+    result = invoke(*common[:-1], str(other), "--trust-pickle", "--out", str(tmp_path / "d.pt"))
+    assert result.exit_code == 2 and "sha256 differs" in result.stderr.replace("\n", ""), result.output
+
+
 def test_calibration_images_are_read_as_yolo_predict_reads_them():
     from scconv_surgery.images import image_transform
 
