@@ -27,6 +27,11 @@ from .layers.config import MergePolicy, Variant
 
 __all__ = ["optimize_for_inference"]
 
+# per-sample input elements from which an exported SRU writes GroupNorm as InstanceNormalization +
+# BatchNormalization (3 more ONNX nodes, faster in onnxruntime): ResNet-50's first two stages at
+# 224x224 (64x56x56, 128x28x28), so its converted graph keeps under 20 nodes per SCConv
+INSTANCE_NORM_EXPORT_MIN_ELEMENTS = 100_000
+
 
 def _median_seconds(fn: Callable[[], object], device: torch.device, repeats: int = 15) -> float:
     # one CPU thread: the thread's own CPU time, which other work on a shared machine does not move
@@ -80,7 +85,11 @@ def optimize_for_inference(model: nn.Module, input_size: tuple[int, int, int] = 
             layer's output channels_last; with the kernels, each also with SRU and the squeezes
             as one kernel; with the kernels at stride 1, where PWC1 runs inside the fuse kernel,
             the merge is not timed) and keeps the fastest, timed on the model's memory format
-            (channels_last if its weights are) by thread CPU time at one thread; ``"always"`` merged;
+            (channels_last if its weights are) by thread CPU time at one thread; it also sets
+            each layer's ``sru.instance_norm_export`` where the layer's input has at least
+            ``INSTANCE_NORM_EXPORT_MIN_ELEMENTS`` elements per sample (exported graphs then
+            write GroupNorm as InstanceNormalization + BatchNormalization, which onnxruntime
+            runs faster: ``layers/_deploy.sru``); ``"always"`` merged;
             ``"never"`` two convs (also in exported graphs).
         kernels: use the fused C++ CPU kernels for eval-mode CPU float32 forwards without
             autograd of ``paper`` layers (built or loaded here, once per process; if that fails,
@@ -99,6 +108,8 @@ def optimize_for_inference(model: nn.Module, input_size: tuple[int, int, int] = 
     except ValueError:
         raise ValueError(f"merge must be one of {[m.value for m in MergePolicy]}, got {merge!r}") from None
     layers = {name: m for name, m in model.named_modules() if isinstance(m, ScConv)}
+    for layer in layers.values():
+        layer.sru.instance_norm_export = False  # until measured below (merge="auto")
     if not enabled:
         for layer in layers.values():
             _set(layer, cached=False, merge=MergePolicy.AUTO, use_kernels=False)
@@ -139,6 +150,9 @@ def optimize_for_inference(model: nn.Module, input_size: tuple[int, int, int] = 
                              fuse_sru_squeeze=fused)
                         times[policy, channels_last, fused] = _median_seconds(lambda: layer(x), x.device)
             policy, channels_last, fused = min(times, key=times.__getitem__)
+            # exported graphs: GroupNorm as InstanceNormalization where the input is large (see
+            # layers/_deploy.sru: 3 more ONNX nodes, each onnxruntime pass over the input saved)
+            layer.sru.instance_norm_export = x[0].numel() >= INSTANCE_NORM_EXPORT_MIN_ELEMENTS
             chosen[name] = policy is MergePolicy.ALWAYS
             # not merged in eager: AUTO, so that compiled and exported graphs still merge
             _set(layer, cached=True, merge=MergePolicy.ALWAYS if chosen[name] else MergePolicy.AUTO,
