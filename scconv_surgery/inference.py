@@ -27,9 +27,10 @@ from .layers.config import MergePolicy, Variant
 
 __all__ = ["optimize_for_inference"]
 
-# per-sample input elements from which an exported SRU writes GroupNorm as InstanceNormalization +
-# BatchNormalization (3 more ONNX nodes, faster in onnxruntime): ResNet-50's first two stages at
-# 224x224 (64x56x56, 128x28x28), so its converted graph keeps under 20 nodes per SCConv
+# per-sample input elements from which an exported SRU at stride 1 writes GroupNorm as
+# InstanceNormalization + BatchNormalization (3 more ONNX nodes, 20 per layer; faster in
+# onnxruntime): in ResNet-50 at 224x224 the stride-1 layers of its first two stages (64x56x56,
+# 128x28x28)
 INSTANCE_NORM_EXPORT_MIN_ELEMENTS = 100_000
 
 
@@ -86,7 +87,7 @@ def optimize_for_inference(model: nn.Module, input_size: tuple[int, int, int] = 
             as one kernel; with the kernels at stride 1, where PWC1 runs inside the fuse kernel,
             the merge is not timed) and keeps the fastest, timed on the model's memory format
             (channels_last if its weights are) by thread CPU time at one thread; it also sets
-            each layer's ``sru.instance_norm_export`` where the layer's input has at least
+            each stride-1 layer's ``sru.instance_norm_export`` where the layer's input has at least
             ``INSTANCE_NORM_EXPORT_MIN_ELEMENTS`` elements per sample (exported graphs then
             write GroupNorm as InstanceNormalization + BatchNormalization, which onnxruntime
             runs faster: ``layers/_deploy.sru``); ``"always"`` merged;
@@ -151,8 +152,9 @@ def optimize_for_inference(model: nn.Module, input_size: tuple[int, int, int] = 
                         times[policy, channels_last, fused] = _median_seconds(lambda: layer(x), x.device)
             policy, channels_last, fused = min(times, key=times.__getitem__)
             # exported graphs: GroupNorm as InstanceNormalization where the input is large (see
-            # layers/_deploy.sru: 3 more ONNX nodes, each onnxruntime pass over the input saved)
-            layer.sru.instance_norm_export = x[0].numel() >= INSTANCE_NORM_EXPORT_MIN_ELEMENTS
+            # layers/_deploy.sru: 3 more ONNX nodes, each onnxruntime pass over the input saved),
+            # at stride 1, where the layer then has 20 nodes (at stride 2 it would have 22)
+            layer.sru.instance_norm_export = layer.stride == 1 and x[0].numel() >= INSTANCE_NORM_EXPORT_MIN_ELEMENTS
             chosen[name] = policy is MergePolicy.ALWAYS
             # not merged in eager: AUTO, so that compiled and exported graphs still merge
             _set(layer, cached=True, merge=MergePolicy.ALWAYS if chosen[name] else MergePolicy.AUTO,

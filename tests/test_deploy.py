@@ -127,3 +127,10 @@ def test_instance_norm_export_for_large_inputs(tmp_path):
         torch.testing.assert_close(lean, layer(x), atol=1e-5, rtol=1e-5)
     optimize_for_inference(layer, enabled=False)
     assert not layer.sru.instance_norm_export
+    strided = ScConv(16, 32, stride=2).eval()  # 22 nodes there: not at stride 2
+    inference.INSTANCE_NORM_EXPORT_MIN_ELEMENTS = 1
+    try:
+        optimize_for_inference(strided, (16, 12, 12), batch_size=2, kernels=False)
+    finally:
+        inference.INSTANCE_NORM_EXPORT_MIN_ELEMENTS = old
+    assert not strided.sru.instance_norm_export

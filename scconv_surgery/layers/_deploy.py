@@ -9,7 +9,7 @@ Sigmoid, Greater, Where, Mul, Add, Sub, Conv, Split, Gather, ReduceMean; with ON
 
 - SRU: eq. 2's ratio folded into GroupNorm's affine (one ``group_norm``: one
   ``GroupNormalization`` node from ONNX opset 21 on; below, torch's exporter writes it as
-  Reshape, InstanceNormalization, Reshape, Mul, Add; for layers with large inputs, after
+  Reshape, InstanceNormalization, Reshape, Mul, Add; for stride-1 layers with large inputs, after
   :func:`~scconv_surgery.optimize_for_inference`, Reshape, InstanceNormalization, Reshape,
   BatchNormalization at any opset, which onnxruntime runs faster: :func:`sru`), the gate as two
   ``where`` (eqs. 3-4), the cross reconstruction as a ``Gather`` of channels;
@@ -49,7 +49,7 @@ def sru(x: torch.Tensor, num_groups: int, eps: float, scale: torch.Tensor, shift
             which onnxruntime (1.32) expands into about 15 elementwise nodes at run time, while
             it runs these as two fused kernels (measured 1.15 ms against 2.83 ms for
             8x64x56x56 at one thread). :func:`~scconv_surgery.optimize_for_inference` sets it
-            for layers with large inputs (``SRU.instance_norm_export``).
+            for stride-1 layers with large inputs (``SRU.instance_norm_export``).
 
     Returns:
         ``(N, C, H, W)`` in ``x``'s dtype.

@@ -103,7 +103,7 @@ class SRU(InferenceCache, nn.Module):
 
     variant = Variant.PAPER
     # exported graphs write GroupNorm as InstanceNormalization + BatchNormalization (_deploy.sru);
-    # set by optimize_for_inference for layers with large inputs
+    # set by optimize_for_inference for stride-1 layers with large inputs
     instance_norm_export: bool = False
 
     def __init__(self, channels: int, *, gn_groups: int = 16, gate_threshold: float = 0.5,
