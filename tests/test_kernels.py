@@ -261,9 +261,9 @@ def test_cru_fuse_kernel_matches_reference(ops, channels, up, low, size, layout,
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_layer_with_new_kernels_counts_gate_flips(ops, layout):
+def test_layer_with_new_kernels_matches_reference(ops, layout):
     # the whole layer (SRU + squeezes, GWC, cru_fuse_) against the module-by-module reference at a
-    # ResNet-like shape: within 1e-5 relative except where a gate lies within rounding of t
+    # ResNet-like shape, within 1e-5
     torch.manual_seed(0)
     layer = ScConv(64).eval()
     with torch.no_grad():
