@@ -27,19 +27,38 @@ from .layers.config import MergePolicy, Variant
 
 __all__ = ["optimize_for_inference"]
 
+# per-sample input elements from which an exported SRU at stride 1 writes GroupNorm as
+# InstanceNormalization + BatchNormalization (3 more ONNX nodes, 20 per layer; faster in
+# onnxruntime): in ResNet-50 at 224x224 the stride-1 layers of its first two stages (64x56x56,
+# 128x28x28)
+INSTANCE_NORM_EXPORT_MIN_ELEMENTS = 100_000
+
 
 def _median_seconds(fn: Callable[[], object], device: torch.device, repeats: int = 15) -> float:
+    # one CPU thread: the thread's own CPU time, which other work on a shared machine does not move
+    clock = time.thread_time if device.type == "cpu" and torch.get_num_threads() == 1 else time.perf_counter
     fn()  # warm-up
     times = []
     for _ in range(repeats):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        start = time.perf_counter()
+        start = clock()
         fn()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return statistics.median(times)
+
+
+def _memory_format(model: nn.Module) -> torch.memory_format:
+    """channels_last where the model's first 4-D weight is (``model.to(memory_format=...)``), so
+    that each layer is timed on the layout it will meet."""
+    for p in model.parameters():
+        if p.dim() == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last):
+            return torch.channels_last
+        if p.dim() == 4:
+            break
+    return torch.contiguous_format
 
 
 def optimize_for_inference(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 224), *,
@@ -65,7 +84,13 @@ def optimize_for_inference(model: nn.Module, input_size: tuple[int, int, int] = 
             its string): ``"auto"`` times GWC + PWC1 merged and as two convs per layer (on CPUs,
             for NCHW input, each also on a channels_last copy of its input, which makes that
             layer's output channels_last; with the kernels, each also with SRU and the squeezes
-            as one kernel) and keeps the fastest; ``"always"`` merged;
+            as one kernel; with the kernels at stride 1, where PWC1 runs inside the fuse kernel,
+            the merge is not timed) and keeps the fastest, timed on the model's memory format
+            (channels_last if its weights are) by thread CPU time at one thread; it also sets
+            each stride-1 layer's ``sru.instance_norm_export`` where the layer's input has at least
+            ``INSTANCE_NORM_EXPORT_MIN_ELEMENTS`` elements per sample (exported graphs then
+            write GroupNorm as InstanceNormalization + BatchNormalization, which onnxruntime
+            runs faster: ``layers/_deploy.sru``); ``"always"`` merged;
             ``"never"`` two convs (also in exported graphs).
         kernels: use the fused C++ CPU kernels for eval-mode CPU float32 forwards without
             autograd of ``paper`` layers (built or loaded here, once per process; if that fails,
@@ -84,6 +109,8 @@ def optimize_for_inference(model: nn.Module, input_size: tuple[int, int, int] = 
     except ValueError:
         raise ValueError(f"merge must be one of {[m.value for m in MergePolicy]}, got {merge!r}") from None
     layers = {name: m for name, m in model.named_modules() if isinstance(m, ScConv)}
+    for layer in layers.values():
+        layer.sru.instance_norm_export = False  # until measured below (merge="auto")
     if not enabled:
         for layer in layers.values():
             _set(layer, cached=False, merge=MergePolicy.AUTO, use_kernels=False)
@@ -98,7 +125,8 @@ def optimize_for_inference(model: nn.Module, input_size: tuple[int, int, int] = 
                for name, m in layers.items()]
     try:
         with eval_mode(model), torch.no_grad():
-            model(example_input(model, (batch_size, *input_size), fill=torch.randn))
+            model(example_input(model, (batch_size, *input_size), fill=torch.randn).contiguous(
+                memory_format=_memory_format(model)))
     finally:
         for handle in handles:
             handle.remove()
@@ -109,16 +137,24 @@ def optimize_for_inference(model: nn.Module, input_size: tuple[int, int, int] = 
                 continue
             x = inputs[name]
             layouts = [False, True] if x.device.type == "cpu" and x.is_contiguous() else [False]
-            fusions = [False, True] if use_kernels and layer.config.variant is Variant.PAPER and layouts == [False, True] \
-                else [False]
+            kernel_layer = use_kernels and layer.config.variant is Variant.PAPER and x.device.type == "cpu" \
+                and x.dtype == torch.float32
+            fusions = [False, True] if kernel_layer else [False]
+            # the kernels at stride 1 run GWC alone and PWC1 inside scconv::cru_fuse_: nothing to merge
+            policies = (MergePolicy.NEVER,) if kernel_layer and layer.cru.stride == 1 else \
+                (MergePolicy.NEVER, MergePolicy.ALWAYS)
             times = {}
-            for policy in (MergePolicy.NEVER, MergePolicy.ALWAYS):
+            for policy in policies:
                 for channels_last in layouts:
                     for fused in fusions:
                         _set(layer, cached=True, merge=policy, use_kernels=use_kernels, y1_channels_last=channels_last,
                              fuse_sru_squeeze=fused)
                         times[policy, channels_last, fused] = _median_seconds(lambda: layer(x), x.device)
             policy, channels_last, fused = min(times, key=times.__getitem__)
+            # exported graphs: GroupNorm as InstanceNormalization where the input is large (see
+            # layers/_deploy.sru: 3 more ONNX nodes, each onnxruntime pass over the input saved),
+            # at stride 1, where the layer then has 20 nodes (at stride 2 it would have 22)
+            layer.sru.instance_norm_export = layer.stride == 1 and x[0].numel() >= INSTANCE_NORM_EXPORT_MIN_ELEMENTS
             chosen[name] = policy is MergePolicy.ALWAYS
             # not merged in eager: AUTO, so that compiled and exported graphs still merge
             _set(layer, cached=True, merge=MergePolicy.ALWAYS if chosen[name] else MergePolicy.AUTO,

@@ -92,3 +92,45 @@ def test_lean_graph_equals_reference_for_each_layer():
             for h in handles:
                 h.remove()
         torch.testing.assert_close(lean, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_instance_norm_export_for_large_inputs(tmp_path):
+    # GroupNorm exported as InstanceNormalization + BatchNormalization (3 more nodes, faster in
+    # onnxruntime) where optimize_for_inference saw a large input; same values within 1e-4
+    from scconv_surgery import inference
+
+    torch.manual_seed(0)
+    layer = ScConv(16).eval()
+    with torch.no_grad():
+        layer.sru.gn.weight.uniform_(-1.0, 2.0)
+        layer.sru.gn.bias.normal_(0.0, 0.1)
+    x = torch.randn(2, 16, 12, 12)
+    optimize_for_inference(layer, (16, 12, 12), batch_size=2, kernels=False)
+    plain = _onnx_nodes(layer, x, 21, tmp_path / "plain.onnx")
+    assert not layer.sru.instance_norm_export and "GroupNormalization" in plain  # 2,304 elements per sample
+    old = inference.INSTANCE_NORM_EXPORT_MIN_ELEMENTS
+    inference.INSTANCE_NORM_EXPORT_MIN_ELEMENTS = 16 * 12 * 12
+    try:
+        optimize_for_inference(layer, (16, 12, 12), batch_size=2, kernels=False)
+    finally:
+        inference.INSTANCE_NORM_EXPORT_MIN_ELEMENTS = old
+    assert layer.sru.instance_norm_export
+    nodes = _onnx_nodes(layer, x, 21, tmp_path / "instance.onnx")
+    assert len(nodes) == len(plain) + 3 and "GroupNormalization" not in nodes, collections.Counter(nodes)
+    assert {"InstanceNormalization", "BatchNormalization"} <= set(nodes)
+    assert not {"Constant", "ConstantOfShape", "Cast", "Slice"} & set(nodes), collections.Counter(nodes)
+    session = ort.InferenceSession(str(tmp_path / "instance.onnx"), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(out), layer(x), atol=1e-4, rtol=1e-4)
+        lean = torch.jit.trace(layer, x, check_trace=False)(x)
+        torch.testing.assert_close(lean, layer(x), atol=1e-5, rtol=1e-5)
+    optimize_for_inference(layer, enabled=False)
+    assert not layer.sru.instance_norm_export
+    strided = ScConv(16, 32, stride=2).eval()  # 22 nodes there: not at stride 2
+    inference.INSTANCE_NORM_EXPORT_MIN_ELEMENTS = 1
+    try:
+        optimize_for_inference(strided, (16, 12, 12), batch_size=2, kernels=False)
+    finally:
+        inference.INSTANCE_NORM_EXPORT_MIN_ELEMENTS = old
+    assert not strided.sru.instance_norm_export

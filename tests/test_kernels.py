@@ -111,7 +111,9 @@ def test_compile_sees_one_node_per_kernel(ops):
         out = torch.compile(layer, backend=backend, fullgraph=True)(x)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
     targets = [str(n.target) for g in graphs for n in g.graph.nodes if n.op == "call_function"]
-    assert sum("scconv.sru" in t for t in targets) == 1 and sum("scconv.fuse_" in t for t in targets) == 1, targets
+    # the fuse: scconv.cru_fuse_ at stride 1 (PWC1, PWC2 and the fuse), scconv.fuse_ at stride > 1
+    assert sum("scconv.sru" in t for t in targets) == 1, targets
+    assert sum("scconv.fuse_" in t or "scconv.cru_fuse_" in t for t in targets) == 1, targets
 
 
 def test_failed_build_falls_back_with_one_warning(monkeypatch):
@@ -212,3 +214,70 @@ def test_scconv_runs_sru_and_squeeze_as_one_kernel(ops):
     with torch.no_grad():
         torch.testing.assert_close(layer(x), out, rtol=1e-5, atol=1e-5)
     handle.remove()
+
+
+@pytest.mark.parametrize("split_layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("channels,groups,squeeze_groups,split", [(64, 16, 2, 16), (33, 11, 1, 10), (512, 16, 2, 128)],
+                         ids=["C64-grouped", "odd-C33-dense", "C512-grouped"])
+def test_sru_squeeze_split_kernel_matches_reference(ops, channels, groups, squeeze_groups, split, layout, split_layout):
+    # the squeezed parts as two tensors, each in the memory format asked for
+    torch.manual_seed(0)
+    x = torch.randn(3, channels, 9, 7) * 2 + 0.5
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    gamma, beta = torch.rand(channels) * 3 - 1, torch.randn(channels) * 0.1
+    w = gamma / gamma.sum()
+    weight = torch.randn(channels // 2 if squeeze_groups == 2 else 24, channels // squeeze_groups, 1, 1)
+    with torch.no_grad():  # the product in float64: over C / groups = 256 inputs float32's own rounding is ~1e-5
+        expected = F.conv2d(ops.sru(x, gamma * w, beta * w, groups, 1e-5, 0.5).double(), weight.double(),
+                            groups=squeeze_groups).float()
+        first, second = ops.sru_squeeze_split(x, gamma * w, beta * w, groups, 1e-5, 0.5, weight, squeeze_groups, split,
+                                              split_layout == "channels_last")
+    fmt = torch.channels_last if split_layout == "channels_last" else torch.contiguous_format
+    assert first.is_contiguous(memory_format=fmt) and second.is_contiguous(memory_format=fmt)
+    torch.testing.assert_close(torch.cat((first, second), 1), expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
+
+
+@pytest.mark.parametrize("parts_layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("channels,up,low,size", [(24, 6, 6, (7, 9)), (37, 5, 7, (3, 4)), (64, 16, 16, (30, 31))],
+                         ids=["C24", "odd-C37", "C64-tiles"])
+def test_cru_fuse_kernel_matches_reference(ops, channels, up, low, size, layout, parts_layout):
+    # PWC1, PWC2 (with identity rows) and the fuse after GWC, in place in GWC's output
+    torch.manual_seed(0)
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    y1 = torch.randn(3, channels, *size).contiguous(memory_format=fmt)
+    squeezed = torch.randn(3, up + low, *size)
+    squeezed = squeezed.contiguous(memory_format=torch.channels_last if parts_layout == "channels_last" else
+                                   torch.contiguous_format)
+    up_part, low_part = squeezed[:, :up], squeezed[:, up:]  # channel slices
+    w1 = torch.randn(channels, up, 1, 1)
+    w2 = torch.cat((torch.randn(channels - low, low, 1, 1), torch.eye(low).reshape(low, low, 1, 1)))
+    y2 = F.conv2d(low_part, w2)
+    expected = fuse(y1 + F.conv2d(up_part, w1), y2[:, :channels - low], y2[:, channels - low:])
+    ops.cru_fuse_(y1, up_part, low_part, w1, w2)
+    torch.testing.assert_close(y1, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_layer_with_new_kernels_matches_reference(ops, layout):
+    # the whole layer (SRU + squeezes, GWC, cru_fuse_) against the module-by-module reference at a
+    # ResNet-like shape, within 1e-5
+    torch.manual_seed(0)
+    layer = ScConv(64).eval()
+    with torch.no_grad():
+        layer.sru.gn.weight.uniform_(-1.0, 2.0)
+    x = torch.randn(2, 64, 20, 20)
+    if layout == "channels_last":
+        layer, x = layer.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    handles = [m.register_forward_hook(lambda *args: None) for m in (layer.sru.gn, *layer.cru.children())]
+    with torch.no_grad():
+        expected = layer(x)
+    for h in handles:
+        h.remove()
+    optimize_for_inference(layer, (64, 20, 20), batch_size=2)
+    layer.fuse_sru_squeeze = True
+    with torch.no_grad():
+        out = layer(x)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)

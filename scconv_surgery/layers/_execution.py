@@ -13,8 +13,9 @@ Every unit computes the same values from the same parameters in up to four ways
 - ``KERNELS``: the fused C++ CPU kernels (``_kernels.py``): eval-mode, CPU float32 forwards
   without autograd of a ``paper`` unit that :func:`~scconv_surgery.optimize_for_inference`
   switched them on for, once they are built; eager or under ``torch.compile`` (one graph node
-  per kernel). On NCHW input ``ScConv`` runs SRU and CRU's squeezes as one kernel
-  (:func:`fuses_sru_and_squeeze`).
+  per kernel). ``ScConv`` runs SRU and CRU's squeezes as one kernel where that measured
+  faster (:func:`fuses_sru_and_squeeze`), and at stride 1 PWC1, PWC2 and the fuse as one kernel
+  after GWC (``CRU.from_squeezed_with_kernels``).
 - ``FAST``: few large ATen operators, in place without autograd, hand-written backward with it
   (``_fused.py``): everything else (training, CUDA, other dtypes, ``torch.compile``).
 """
@@ -71,14 +72,14 @@ def choose_path(unit: nn.Module, x: torch.Tensor, submodules: tuple[nn.Module, .
 
 def fuses_sru_and_squeeze(layer: nn.Module, x: torch.Tensor) -> bool:
     """True where ``ScConv`` runs SRU and CRU's squeezes as one C++ kernel (SRU's output is never
-    written): where ``optimize_for_inference`` measured it faster (``layer.fuse_sru_squeeze``; its
-    tile-wise squeeze loses to a BLAS product at large C), on NCHW input, both units take
+    written): where ``optimize_for_inference`` measured it faster (``layer.fuse_sru_squeeze``), on
+    NCHW or channels_last input, both units take
     ``Path.KERNELS``, and neither has hooks of its own."""
     sru, cru = layer.sru, layer.cru
     return (layer.fuse_sru_squeeze and not _has_hooks(sru) and not _has_hooks(cru)
             and choose_path(sru, x, (sru.gn,)) is Path.KERNELS
             and choose_path(cru, x, cru._submodules()) is Path.KERNELS
-            and cru._use_cache() and x.is_contiguous())
+            and cru._use_cache() and (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)))
 
 
 def _needs_autograd(x: torch.Tensor, unit: nn.Module) -> bool:

@@ -245,10 +245,24 @@ class CRU(InferenceCache, nn.Module):
 
     def from_squeezed_with_kernels(self, squeezed: torch.Tensor | tuple[torch.Tensor, torch.Tensor], *,
                                    cached: bool = True) -> torch.Tensor:
-        """Eqs. 5-9 from both squeezed parts (one tensor, or ``(up, low)``), the fuse by the C++
-        kernel (``Path.KERNELS`` only; ``ScConv`` calls it after the fused SRU + squeeze kernel)."""
+        """Eqs. 5-9 from both squeezed parts (one tensor, or ``(up, low)``) with the C++ kernels
+        (``Path.KERNELS`` only; ``ScConv`` calls it after the fused SRU + squeeze kernel). At stride 1
+        GWC runs as a conv and ``scconv::cru_fuse_`` adds PWC1 and fuses with ``Y2`` in place in its
+        output (``merge`` does not apply: PWC1 costs less there than in a merged conv); at stride > 1
+        the convs run as in the fast forward and ``scconv::fuse_`` fuses."""
         if isinstance(squeezed, torch.Tensor):
             squeezed = squeezed.split((self.squeeze1.out_channels, self.squeeze2.out_channels), dim=1)
+        if self.stride == 1:  # GWC as a conv; PWC1, PWC2 and the fuse in one kernel, in place in GWC's output
+            up, low = squeezed
+            gwc = self.gwc
+            if self.y1_channels_last or (up.stride(1) == 1 and up.device.type == "cpu"):
+                up = up.contiguous(memory_format=torch.channels_last)  # oneDNN's fast layout (see _branches_from)
+            y1 = F.conv2d(up, gwc.weight, gwc.bias, 1, gwc.padding, 1, gwc.groups)
+            if not (y1.is_contiguous() or y1.is_contiguous(memory_format=torch.channels_last)):
+                y1 = y1.contiguous()
+            y2_weight = self.y2_weight if cached else self._y2_weight()
+            torch.ops.scconv.cru_fuse_.default(y1, up, low, self.pwc1.weight, y2_weight)
+            return y1
         y1, pwc2, reused = self._branches_from(*squeezed, cached)
         torch.ops.scconv.fuse_.default(y1, pwc2, reused)
         return y1
@@ -272,9 +286,14 @@ class CRU(InferenceCache, nn.Module):
     def _build_cache(self) -> None:
         self.squeeze_weight = torch.cat(self._squeeze_weights(self._squeezes_grouped(self.squeeze1.weight.device)))
         self.y1_weight = merged_gwc_pwc1_weight(self.gwc.weight, self.pwc1.weight, self.gwc.groups)
+        self.y2_weight = self._y2_weight()
+
+    def _y2_weight(self) -> torch.Tensor:
+        """``Y2 = concat(PWC2(low), low)`` as one ``(C_out, low // r, 1, 1)`` weight: PWC2's rows,
+        then the identity for the reused channels (stride 1)."""
         pwc2 = self.pwc2.weight
         identity = torch.eye(pwc2.shape[1], device=pwc2.device, dtype=pwc2.dtype).reshape(pwc2.shape[1], -1, 1, 1)
-        self.y2_weight = torch.cat((pwc2, identity))
+        return torch.cat((pwc2, identity))
 
 
 class SeedCRU(CRU):

@@ -77,8 +77,11 @@ class ScConv(nn.Module):
             sru, cru = self.sru, self.cru
             scale, shift = sru.gate_affine(torch.float32)
             grouped = cru.squeeze_weight.shape[1] != x.shape[1]
-            squeezed = torch.ops.scconv.sru_squeeze.default(x, scale, shift, sru.gn.num_groups, sru.gn.eps,
-                                                            sru.gate_threshold, cru.squeeze_weight, 2 if grouped else 1)
+            # the squeezed parts as two tensors, channels_last where GWC will run on them (no copy)
+            channels_last = cru.y1_channels_last or not x.is_contiguous()
+            squeezed = torch.ops.scconv.sru_squeeze_split.default(
+                x, scale, shift, sru.gn.num_groups, sru.gn.eps, sru.gate_threshold, cru.squeeze_weight,
+                2 if grouped else 1, cru.squeeze1.out_channels, channels_last)
             return cru.from_squeezed_with_kernels(squeezed)
         return self.cru(self.sru(x))
 

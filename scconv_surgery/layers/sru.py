@@ -102,6 +102,9 @@ class SRU(InferenceCache, nn.Module):
     """
 
     variant = Variant.PAPER
+    # exported graphs write GroupNorm as InstanceNormalization + BatchNormalization (_deploy.sru);
+    # set by optimize_for_inference for stride-1 layers with large inputs
+    instance_norm_export: bool = False
 
     def __init__(self, channels: int, *, gn_groups: int = 16, gate_threshold: float = 0.5,
                  variant: Variant | str | None = None, device: Any = None,
@@ -137,7 +140,7 @@ class SRU(InferenceCache, nn.Module):
             return sru_paper(x, self.gn(x), self.gn.weight, self.gate_threshold)
         if path is Path.EXPORT:
             return _deploy.sru(x, self.gn.num_groups, self.gn.eps, self.gate_scale, self.gate_shift,
-                               self.gate_threshold, self.channel_roll)
+                               self.gate_threshold, self.channel_roll, self.instance_norm_export)
         scale, shift = self.gate_affine(gate_dtype(x))
         if path is Path.KERNELS:
             return torch.ops.scconv.sru.default(x, scale, shift, self.gn.num_groups, self.gn.eps,
