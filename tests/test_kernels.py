@@ -171,18 +171,24 @@ def test_y1_on_channels_last_copy_keeps_values(ops, kernels, merge):
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
 
 
+def sru_squeeze_inputs(channels, size, layout, squeeze_groups):
+    """Seeded ``(x, gamma, beta, w, weight)``: a batch of 3, the GroupNorm affine and its
+    normalised weights (eq. 2), and the squeezes' 1x1 weight (two groups: C/2 rows; one: 24)."""
+    torch.manual_seed(0)
+    x = torch.randn(3, channels, *size) * 2 + 0.5
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    gamma, beta = torch.rand(channels) * 3 - 1, torch.randn(channels) * 0.1
+    weight = torch.randn(channels // 2 if squeeze_groups == 2 else 24, channels // squeeze_groups, 1, 1)
+    return x, gamma, beta, gamma / gamma.sum(), weight
+
+
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("channels,groups,squeeze_groups", [(64, 16, 2), (33, 11, 1), (16, 4, 2)],
                          ids=["C64-grouped", "odd-C33-dense", "C16-grouped"])
 def test_sru_squeeze_kernel_matches_reference(ops, channels, groups, squeeze_groups, layout):
     # SRU then both squeezes, without writing SRU's output
-    torch.manual_seed(0)
-    x = torch.randn(3, channels, 11, 13) * 2 + 0.5
-    if layout == "channels_last":
-        x = x.contiguous(memory_format=torch.channels_last)
-    gamma, beta = torch.rand(channels) * 3 - 1, torch.randn(channels) * 0.1
-    w = gamma / gamma.sum()
-    weight = torch.randn(channels // 2 if squeeze_groups == 2 else 24, channels // squeeze_groups, 1, 1)
+    x, gamma, beta, w, weight = sru_squeeze_inputs(channels, (11, 13), layout, squeeze_groups)
     with torch.no_grad():
         expected = F.conv2d(ops.sru(x, gamma * w, beta * w, groups, 1e-5, 0.5), weight, groups=squeeze_groups)
         out = ops.sru_squeeze(x, gamma * w, beta * w, groups, 1e-5, 0.5, weight, squeeze_groups)
@@ -222,13 +228,7 @@ def test_scconv_runs_sru_and_squeeze_as_one_kernel(ops):
                          ids=["C64-grouped", "odd-C33-dense", "C512-grouped"])
 def test_sru_squeeze_split_kernel_matches_reference(ops, channels, groups, squeeze_groups, split, layout, split_layout):
     # the squeezed parts as two tensors, each in the memory format asked for
-    torch.manual_seed(0)
-    x = torch.randn(3, channels, 9, 7) * 2 + 0.5
-    if layout == "channels_last":
-        x = x.contiguous(memory_format=torch.channels_last)
-    gamma, beta = torch.rand(channels) * 3 - 1, torch.randn(channels) * 0.1
-    w = gamma / gamma.sum()
-    weight = torch.randn(channels // 2 if squeeze_groups == 2 else 24, channels // squeeze_groups, 1, 1)
+    x, gamma, beta, w, weight = sru_squeeze_inputs(channels, (9, 7), layout, squeeze_groups)
     with torch.no_grad():  # the product in float64: over C / groups = 256 inputs float32's own rounding is ~1e-5
         expected = F.conv2d(ops.sru(x, gamma * w, beta * w, groups, 1e-5, 0.5).double(), weight.double(),
                             groups=squeeze_groups).float()
