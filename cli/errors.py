@@ -129,7 +129,7 @@ ARGUMENT_FLAGS = {
 
 _FIELDS = ("name", "device", "suggestions", "path", "patterns", "pattern", "index", "key", "reasons",
            "missing_keys", "unexpected_keys", "expected", "actual", "factory", "kwargs", "option", "input_shape",
-           "tensors", "problem")
+           "tensors", "problem", "layer", "hyperparameters")
 
 
 def exit_code_for(err: BaseException) -> int:
@@ -187,6 +187,10 @@ def hint(err: BaseException) -> str | None:
         return "start from --pretrained or --weights FILE to score sensitivity (--data)"
     if isinstance(err, SelectionError) and err.name in ARGUMENT_FLAGS:
         return f"see {ARGUMENT_FLAGS[err.name]}"
+    if isinstance(err, ProfileMismatchError) and err.hyperparameters:
+        return ("measure the SCConvs this conversion builds: profile again with the same --variant, --stride-policy "
+                "and --rules ('scconv profile MODEL --variant V --out FILE'), or drop --profile so that convert "
+                "measures them itself")
     if isinstance(err, ProfileMismatchError):
         return "profile this model on this device again ('scconv profile MODEL --device DEV --out FILE')"
     if isinstance(err, CalibrationError) and err.name in ARGUMENT_FLAGS:

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from scconv_surgery.layers import ScConvConfig, StridePolicy, Variant
 from scconv_surgery.models import ModelSource, WeightsSource, default_input_size, rebuild_base
 from scconv_surgery.plan import plan_conversion
 from scconv_surgery.profiling import DEFAULT_REPEATS, DTYPES, ProfileSettings, profile_plan
@@ -16,8 +17,19 @@ from scconv_surgery.sensitivity import DEFAULT_IMAGES, DEFAULT_STEPS, check_sens
 from .convert import parse_model_kwargs
 from .errors import InvalidOptionError
 from .output import Output
-from .params import FLAG, DebugOpt, HelpOpt, InputSizeOpt, JsonOpt, StrictPaperOpt, check_seed, parse_input_size
+from .params import (
+    FLAG,
+    DebugOpt,
+    HelpOpt,
+    InputSizeOpt,
+    JsonOpt,
+    StrictPaperOpt,
+    check_seed,
+    choices,
+    parse_input_size,
+)
 from .render.profile import render_profile
+from .rules import assemble_rules
 
 DType = Enum("DType", {name: name for name in DTYPES}, type=str)  # type: ignore[misc]
 
@@ -59,6 +71,16 @@ def profile(
         metavar="N", help="Classifier size passed to the model constructor.", min=1, max=1_000_000,
         show_default=False)] = None,
     input_size: InputSizeOpt = None,
+    variant: Annotated[str, typer.Option(
+        **choices(Variant, "variant"), help="The SCConv to measure, as for 'scconv convert': a profile reused with "
+        "--profile must be measured with the variant, stride policy and rules-file hyperparameters of the "
+        "conversion.")] = Variant.PAPER.value,
+    stride_policy: Annotated[str, typer.Option(
+        **choices(StridePolicy, "stride policy"), help="Strided convs, as for 'scconv convert'.")
+    ] = StridePolicy.INSIDE.value,
+    rules_file: Annotated[Path | None, typer.Option(
+        "--rules", metavar="FILE", help="Rules file, as for 'scconv convert': which convs to measure, with its "
+        "hyperparameters.", show_default=False, dir_okay=False)] = None,
     strict_paper: StrictPaperOpt = False,
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", metavar="FILE", help="Write the profile as JSON, for 'scconv convert --profile FILE'.",
@@ -95,9 +117,11 @@ def profile(
             check_sensitivity_source(source)
         settings = ProfileSettings(device=device, batch_size=batch_size, dtype=dtype.value, channels_last=channels_last,
                                    optimized=optimized, train=train, repeats=repeats)
+        config = ScConvConfig(variant=variant, stride_policy=stride_policy)
+        rules = assemble_rules(rules_file=rules_file)
         step(f"building {source.display_name}")
         base, source = rebuild_base(source)
-        plan = plan_conversion(base, (), strict_paper=strict_paper)
+        plan = plan_conversion(base, rules, config=config, strict_paper=strict_paper)
         size = size or default_input_size(base, source)
         step(f"timing {len(plan.replaced)} convs and their SCConvs on {device}")
         result = profile_plan(base, source, plan, size, settings, cache_dir=False if no_cache else None, seed=seed,

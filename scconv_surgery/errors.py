@@ -364,14 +364,21 @@ class SelectionError(ScconvError, ValueError):
 
 
 class ProfileMismatchError(ScconvError, ValueError):
-    """A saved profile that does not fit the conversion: another model, device, or its convs differ.
+    """A saved profile that does not fit the conversion: another model, device, or its convs differ
+    (other convs, or the same convs measured with other SCConv hyperparameters).
 
     Attributes:
         path: the profile file, or ``"<profile>"`` for one given as a value.
+        layer: the first conv that does not fit, when the problem is one conv's (else None).
+        hyperparameters: the SCConv hyperparameters that differ for ``layer`` (``("variant",)``, ...), all
+            of them for a profile that does not record them; empty when the problem is not one of
+            hyperparameters.
     """
 
-    def __init__(self, path: str, problem: str):
+    def __init__(self, path: str, problem: str, *, layer: str | None = None, hyperparameters: tuple[str, ...] = ()):
         self.path = path
+        self.layer = layer
+        self.hyperparameters = tuple(hyperparameters)
         super().__init__(f"profile {path!r}: {problem}", problem)
 
 

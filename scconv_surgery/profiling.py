@@ -43,6 +43,7 @@ from .errors import ProfileMismatchError
 from .layers import ScConv, ScConvConfig
 from .models import ModelSource
 from .plan import Decision, Plan
+from .rules import Rule
 from .timing import (
     ThreadTimer,
     Timer,
@@ -57,7 +58,7 @@ from .timing import (
 __all__ = ["ProfileSettings", "LayerProfile", "Profile", "ModelTiming", "profile_model", "profile_plan",
            "time_models", "check_profile", "PROFILE_SCHEMA_VERSION"]
 
-PROFILE_SCHEMA_VERSION = 1
+PROFILE_SCHEMA_VERSION = 2  # 2: each layer records the SCConv hyperparameters it was measured with
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 MODES = ("inference", "train")
 DEFAULT_REPEATS = 15
@@ -133,6 +134,8 @@ class LayerProfile:
         params_before, params_after: parameters of the conv and of its replacement.
         sensitivity: how much replacing this conv alone changes the network's output
             (:mod:`scconv_surgery.sensitivity`), or None when not measured.
+        config: the SCConv hyperparameters the replacement was built with (its decision's, after
+            any adaptation); None in profiles written before they were recorded (schema 1).
     """
 
     name: str
@@ -146,6 +149,7 @@ class LayerProfile:
     params_before: int
     params_after: int
     sensitivity: float | None = None
+    config: ScConvConfig | None = None
 
     @property
     def seconds_saved(self) -> float:
@@ -157,14 +161,16 @@ class LayerProfile:
                 "scconv_seconds": self.scconv_seconds, "ratio": self.ratio, "spread": self.spread,
                 "macs_before": self.macs_before, "macs_after": self.macs_after,
                 "params_before": self.params_before, "params_after": self.params_after,
-                "sensitivity": self.sensitivity}
+                "sensitivity": self.sensitivity, "config": self.config.to_dict() if self.config else None}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> LayerProfile:
+        """Read :meth:`to_dict`'s form; ``config`` is optional (schema 1 did not record it)."""
         return cls(d["name"], tuple(d["input_shape"]), float(d["dense_seconds"]), float(d["scconv_seconds"]),
                    float(d["ratio"]), float(d["spread"]), int(d["macs_before"]), int(d["macs_after"]),
                    int(d["params_before"]), int(d["params_after"]),
-                   None if d.get("sensitivity") is None else float(d["sensitivity"]))
+                   None if d.get("sensitivity") is None else float(d["sensitivity"]),
+                   ScConvConfig(**d["config"]) if d.get("config") else None)
 
 
 @dataclass(frozen=True)
@@ -274,7 +280,10 @@ def check_profile(profile: Profile, source: ModelSource, plan: Plan, device: str
         path: the profile's file, for the message.
 
     Raises:
-        ProfileMismatchError: another model, another device, or a layer that is not a conv of the model.
+        ProfileMismatchError: another model, another device, a layer that is not a conv of the model, or
+            a conv that ``plan`` replaces with other SCConv hyperparameters (variant, alpha, squeeze ratio,
+            groups, gate threshold, stride policy) than the profile measured, or a profile that does not
+            record them (schema 1).
     """
     if not _same_model(profile.source, source):
         raise ProfileMismatchError(path, f"was measured on {profile.source.display_name} "
@@ -292,6 +301,31 @@ def check_profile(profile: Profile, source: ModelSource, plan: Plan, device: str
     if foreign:
         raise ProfileMismatchError(path, f"measures {foreign[0]!r}, which is not a conv of this model "
                                    f"({len(foreign)} such layer{'s' if len(foreign) > 1 else ''})")
+    _check_configs(profile, plan, path)
+
+
+def _check_configs(profile: Profile, plan: Plan, path: str) -> None:
+    """Every conv that ``plan`` replaces and ``profile`` measured was measured as the same SCConv:
+    variant, alpha, squeeze ratio, groups, gate threshold and stride policy (a faster or slower
+    replacement, another sensitivity)."""
+    configs = {d.name: d.config for d in plan.replaced}
+    measured = [layer for layer in profile.layers if layer.name in configs]
+    unrecorded = [layer.name for layer in measured if layer.config is None]
+    if unrecorded:
+        raise ProfileMismatchError(path, "does not record the SCConv hyperparameters its convs were measured with "
+                                   "(written before profiles recorded them); measure again", layer=unrecorded[0],
+                                   hyperparameters=tuple(ScConvConfig().to_dict()))
+    differing = [(layer, configs[layer.name]) for layer in measured if layer.config != configs[layer.name]]
+    if not differing:
+        return
+    layer, wanted = differing[0]
+    before, after = layer.config.to_dict(), (wanted or ScConvConfig()).to_dict()  # type: ignore[union-attr]
+    fields = tuple(key for key in after if before.get(key) != after[key])
+    more = f" (and {len(differing) - 1} more conv{'s' if len(differing) > 2 else ''})" if len(differing) > 1 else ""
+    raise ProfileMismatchError(
+        path, f"measured {layer.name!r} as an SCConv with {', '.join(f'{k}={before.get(k)!r}' for k in fields)}; "
+        f"this conversion replaces it with {', '.join(f'{k}={after[k]!r}' for k in fields)}{more}",
+        layer=layer.name, hyperparameters=fields)
 
 
 def _runner(module: nn.Module, x: torch.Tensor, train: bool) -> Callable[[], object]:
@@ -368,7 +402,7 @@ def _measure_layer(conv: nn.Module, decision: Decision, shape: tuple[int, ...], 
     ratio, spread = ratio_stats(times["dense"], times["scconv"])
     return LayerProfile(decision.name, tuple(shape), statistics.median(times["dense"]),
                         statistics.median(times["scconv"]), ratio, spread, counted[0].macs, counted[1].macs,
-                        decision.params_before, decision.params_after)
+                        decision.params_before, decision.params_after, config=decision.config)
 
 
 @dataclass(frozen=True)
@@ -478,7 +512,8 @@ def profile_plan(model: nn.Module, source: ModelSource, plan: Plan, input_size: 
             entry = None
             if path is not None and path.is_file():
                 with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-                    entry = replace(LayerProfile.from_dict(json.loads(path.read_text())), name=decision.name)
+                    entry = replace(LayerProfile.from_dict(json.loads(path.read_text())), name=decision.name,
+                                    config=decision.config)  # the key holds the config
                     cached += 1
             if entry is None:
                 entry = _measure_layer(model.get_submodule(decision.name), decision, shape, settings, device,
@@ -527,8 +562,8 @@ def _write_entry(path: Path, entry: Mapping[str, Any]) -> None:
 
 
 def profile_model(source: ModelSource | str, settings: ProfileSettings = ProfileSettings(), *,
-                  input_size: tuple[int, int, int] | None = None, config: ScConvConfig | None = None,
-                  strict_paper: bool = False, timer: Timer | None = None, cache_dir: Path | None | bool = None,
+                  input_size: tuple[int, int, int] | None = None, rules: Sequence[Rule] = (),
+                  config: ScConvConfig | None = None, strict_paper: bool = False, timer: Timer | None = None, cache_dir: Path | None | bool = None,
                   seed: int = 0, on_step: Callable[[str], None] = noop,
                   on_layer: Callable[[str, int, int], None] = noop) -> Profile:
     """Build a model by name and measure its eligible convs: ``scconv profile`` as a function.
@@ -537,8 +572,9 @@ def profile_model(source: ModelSource | str, settings: ProfileSettings = Profile
         source: a :class:`~scconv_surgery.models.ModelSource` or a model name.
         settings: how to measure (:class:`ProfileSettings`); its device is checked before any work.
         input_size: ``(C, H, W)``; default the model's own.
-        config, strict_paper: as for :func:`~scconv_surgery.plan.plan_conversion` (which convs are
-            eligible, with which hyperparameters).
+        rules, config, strict_paper: as for :func:`~scconv_surgery.plan.plan_conversion` (which convs
+            are measured, with which hyperparameters); a conversion that reuses the profile must
+            replace each measured conv with the same hyperparameters (:func:`check_profile`).
         timer, cache_dir, seed, on_layer: as for :func:`profile_plan`.
         on_step: called with a short message as each step starts.
 
@@ -554,7 +590,7 @@ def profile_model(source: ModelSource | str, settings: ProfileSettings = Profile
     source = ModelSource.parse(source) if isinstance(source, str) else source
     on_step(f"building {source.display_name}")
     model, source = rebuild_base(source)
-    plan = plan_conversion(model, (), config=config, strict_paper=strict_paper)
+    plan = plan_conversion(model, rules, config=config, strict_paper=strict_paper)
     size = tuple(input_size) if input_size else default_input_size(model, source)
     on_step(f"timing {len(plan.replaced)} convs and their SCConvs on {settings.device}")
     return profile_plan(model, source, plan, size, settings, timer=timer, cache_dir=cache_dir, seed=seed,

@@ -27,7 +27,7 @@ from torch import nn
 
 from ._probe import eval_mode, noop, tensor_leaves
 from .apply import apply_plan, copy_model
-from .calibration import BatchNormUpdate, calibrate
+from .calibration import DEFAULT_LR, BatchNormUpdate, calibrate
 from .errors import SelectionError
 from .models import ModelSource
 from .plan import Plan
@@ -76,7 +76,7 @@ def output_change(reference: Sequence[Sequence[torch.Tensor]], changed: Sequence
 
 
 def layer_sensitivities(original: nn.Module, plan: Plan, images: torch.Tensor, *, names: Sequence[str] | None = None,
-                        steps: int = DEFAULT_STEPS, batch_size: int = 16, lr: float = 1e-3, seed: int = 0,
+                        steps: int = DEFAULT_STEPS, batch_size: int = 16, lr: float = DEFAULT_LR, seed: int = 0,
                         device: torch.device | str | None = None,
                         on_layer: Callable[[str, int, int], None] = noop) -> dict[str, float]:
     """Score each replaced conv of ``plan`` by the output change of replacing it alone.
@@ -88,7 +88,8 @@ def layer_sensitivities(original: nn.Module, plan: Plan, images: torch.Tensor, *
             (:func:`~scconv_surgery.images.load_images`); used to calibrate and to compare.
         names: score only these (default: every conv ``plan`` replaces).
         steps, batch_size, lr: the calibration of the one layer (see
-            :func:`~scconv_surgery.calibration.calibrate`); ``batch_size`` is also the forward batch.
+            :func:`~scconv_surgery.calibration.calibrate`; ``lr`` its default, the rate its schedule
+            was measured with); ``batch_size`` is also the forward batch.
         seed: seeds the replacement's initialisation and the calibration.
         device: where to compute (default: the CPU).
         on_layer: called as ``(name, done, total)`` after each layer.

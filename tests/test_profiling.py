@@ -8,8 +8,10 @@ import torch
 
 from examples.factory import small_convnet
 from scconv_surgery.errors import DeviceError, ProfileMismatchError
+from scconv_surgery.layers import ScConvConfig
 from scconv_surgery.models import ModelSource
 from scconv_surgery.plan import plan_conversion
+from scconv_surgery.rules import Rule, RuleAction
 from scconv_surgery.profiling import (
     Profile,
     ProfileSettings,
@@ -125,6 +127,52 @@ def test_a_profile_of_another_model_or_device_is_refused(model):
         check_profile(Profile.from_dict({**profile.to_dict(), "settings": {**profile.settings.to_dict(),
                                                                            "device": "cuda:0"}}),
                       SOURCE, plan, "cpu")
+
+
+def test_a_profile_measured_with_other_scconv_hyperparameters_is_refused(model):
+    plan = plan_conversion(model)
+    profile = profile_plan(model, SOURCE, plan, SIZE, ProfileSettings(repeats=3), timer=TableTimer(table()),
+                           cache_dir=False)
+    assert profile.layer("1.0").config == plan.replaced[0].config  # recorded per conv
+    assert Profile.from_dict(json.loads(json.dumps(profile.to_dict()))) == profile
+    with pytest.raises(ProfileMismatchError, match=r"measured '1.0' as an SCConv with variant='paper'; this "
+                       r"conversion replaces it with variant='seed' \(and 2 more convs\)") as info:
+        check_profile(profile, SOURCE, plan_conversion(model, config=ScConvConfig(variant="seed")), "cpu")
+    assert (info.value.layer, info.value.hyperparameters) == ("1.0", ("variant",))
+    with pytest.raises(ProfileMismatchError, match=r"'3.0' as an SCConv with alpha=0.5, gate_threshold=0.5; .* "
+                       r"alpha=0.25, gate_threshold=0.7$") as info:  # one conv's hyperparameters from a rule
+        check_profile(profile, SOURCE, plan_conversion(model, [Rule("*"), Rule("3.0", alpha=0.25, gate_threshold=0.7)]),
+                      "cpu")
+    assert info.value.hyperparameters == ("alpha", "gate_threshold")
+    # a conv the conversion leaves alone is no candidate: its hyperparameters do not matter
+    check_profile(profile, SOURCE, plan_conversion(model, [Rule("3.0", RuleAction.EXCLUDE)]), "cpu")
+    # a profile measured with the conversion's hyperparameters fits
+    seed_plan = plan_conversion(model, config=ScConvConfig(variant="seed"))
+    check_profile(profile_plan(model, SOURCE, seed_plan, SIZE, ProfileSettings(repeats=3), timer=TableTimer(table()),
+                               cache_dir=False), SOURCE, seed_plan, "cpu")
+
+
+def test_a_profile_without_recorded_hyperparameters_is_refused(model):
+    plan = plan_conversion(model)
+    document = profile_plan(model, SOURCE, plan, SIZE, ProfileSettings(repeats=3), timer=TableTimer(table()),
+                            cache_dir=False).to_dict()
+    old = {**document, "schema_version": 1, "layers": [{k: v for k, v in layer.items() if k != "config"}
+                                                        for layer in document["layers"]]}
+    with pytest.raises(ProfileMismatchError, match="does not record the SCConv hyperparameters") as info:
+        check_profile(Profile.from_dict(old), SOURCE, plan, "cpu")
+    assert info.value.layer == "1.0" and "variant" in info.value.hyperparameters
+
+
+def test_the_cache_keeps_profiles_of_other_hyperparameters_apart(model, tmp_path):
+    paper = profile_plan(model, SOURCE, plan_conversion(model), SIZE, ProfileSettings(repeats=3),
+                         timer=TableTimer(table()), cache_dir=tmp_path)
+    seed_plan = plan_conversion(model, config=ScConvConfig(variant="seed"))
+    seed = profile_plan(model, SOURCE, seed_plan, SIZE, ProfileSettings(repeats=3), timer=TableTimer(table()),
+                        cache_dir=tmp_path)
+    assert seed.cached_layers == 0 and paper.layer("1.0").config != seed.layer("1.0").config
+    again = profile_plan(model, SOURCE, seed_plan, SIZE, ProfileSettings(repeats=3), timer=TableTimer({}),
+                         cache_dir=tmp_path)
+    assert again.cached_layers == 3 and again.layers == seed.layers
 
 
 def test_settings_are_validated():

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from scconv_surgery.errors import DeviceError, NothingSelectedError, ProfileMismatchError, SelectionError
+from scconv_surgery.layers import ScConvConfig
 from scconv_surgery.models import ModelSource
 from scconv_surgery.pipeline import run_conversion
 from scconv_surgery.profiling import ProfileSettings
@@ -75,6 +76,11 @@ def test_saved_profile_is_reused_and_checked(tmp_path):
     other = ModelSource.factory("examples.factory:small_convnet", kwargs={"width": 8})
     with pytest.raises(ProfileMismatchError, match="width"):
         run_conversion(other, input_size=SIZE, selection=selection(profile=path))
+    with pytest.raises(ProfileMismatchError, match="variant='paper'; this conversion replaces it with variant='seed'"):
+        run_conversion(SOURCE, input_size=SIZE, config=ScConvConfig(variant="seed"),
+                       selection=selection(profile=path))
+    with pytest.raises(ProfileMismatchError, match="squeeze_ratio=2; .* squeeze_ratio=4"):
+        run_conversion(SOURCE, input_size=SIZE, rules=[Rule("*", squeeze_ratio=4)], selection=selection(profile=path))
 
 
 def test_unreachable_budget():

@@ -33,6 +33,22 @@ def test_classifier_scores_are_kl_and_repeatable(model):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the base is untouched
 
 
+def test_each_layer_is_calibrated_as_calibrate_calibrates(model, monkeypatch):
+    # at a tenth of calibrate's learning rate, 30 steps left the digits network's layers nearly at their
+    # initialisation (KL 1-3.7 nats each): the score said how far the init was, not what calibration leaves
+    from scconv_surgery import calibration, sensitivity
+
+    seen = []
+
+    def recording(*args, **kwargs):
+        seen.append((kwargs["layers"], kwargs["lr"], kwargs["steps"]))
+        return calibration.calibrate(*args, **kwargs)
+
+    monkeypatch.setattr(sensitivity, "calibrate", recording)
+    layer_sensitivities(model, plan_conversion(model), images(), steps=2, batch_size=4, names=["2.0"])
+    assert seen == [(["2.0"], calibration.DEFAULT_LR, 2)]
+
+
 def test_features_model_scores_relative_error():
     torch.manual_seed(0)
     features = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1)).eval()
@@ -63,3 +79,31 @@ def test_from_a_folder_of_images(model, tmp_path):
     scores = sensitivities_from_folder(model, source, plan_conversion(model), tmp_path, (3, 16, 16), steps=1,
                                        batch_size=2, num_images=4)
     assert set(scores) == {"1.0", "2.0", "3.0"}
+
+
+def test_digits_benchmark_runs_both_choices_at_half_the_replaceable_macs(tmp_path, monkeypatch, capsys):
+    """benchmarks/sensitivity_digits.py at tiny settings, synthetic images in place of scikit-learn's
+    digits (not a test dependency): both sets meet the budget, the table and the JSON have both."""
+    import json
+
+    from conftest import load_script
+
+    bench = load_script("benchmarks/sensitivity_digits.py")
+    g = torch.Generator().manual_seed(0)
+    fake = (torch.randn(48, 1, 32, 32, generator=g), torch.randint(0, 10, (48,), generator=g),
+            torch.randn(20, 1, 32, 32, generator=g), torch.randint(0, 10, (20,), generator=g))
+    monkeypatch.setattr(bench, "digits", lambda seed=0: fake)
+    out = tmp_path / "digits.json"
+    monkeypatch.setattr("sys.argv", ["sensitivity_digits.py", "--train-steps", "2", "--calibration-images", "16",
+                                     "--calibration-steps", "1", "--sensitivity-images", "8", "--sensitivity-steps", "1",
+                                     "--json", str(out)])
+    bench.main()
+    printed = capsys.readouterr().out
+    assert "| sensitivity |" in printed and "| MACs-greedy |" in printed and "MACs-greedy top-1" in printed
+    document = json.loads(out.read_text())
+    assert [layer["name"] for layer in document["layers"]] == [f"features.{i}.0" for i in range(1, 7)]
+    for arm in ("sensitivity", "MACs-greedy"):
+        row = document["rows"][arm]
+        assert row["saving_of_all"] >= 0.5 - 1e-9 and row["macs_ratio"] <= document["target_macs"] + 1e-9
+    # MACs-greedy: the convs that save the most first (features.5 and 6 save the most, then 3)
+    assert document["rows"]["MACs-greedy"]["chosen"] == ["features.3.0", "features.5.0", "features.6.0"]

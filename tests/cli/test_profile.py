@@ -86,6 +86,30 @@ def test_profile_of_another_model_is_refused(workdir):
     assert result.exit_code == EXIT_BAD_INPUT and "width" in result.output
 
 
+def test_profile_of_other_scconv_hyperparameters_is_refused_and_one_measured_alike_is_reused(workdir):
+    out = workdir / "p.json"
+    assert invoke("profile", *MODEL, *QUICK, "--out", out).exit_code == 0
+    result = invoke("convert", *MODEL, "--dry-run", "--json", "--select", "faster", "--select-margin", "0",
+                    "--variant", "seed", "--profile", out)
+    assert result.exit_code == EXIT_BAD_INPUT, result.output
+    error = json.loads(result.stderr.splitlines()[-1])["error"]  # after the progress lines
+    assert error["type"] == "ProfileMismatchError" and error["hyperparameters"] == ["variant"]
+    assert "variant='paper'" in error["message"] and "variant='seed'" in error["message"]
+    assert "--variant" in error["hint"]
+    rules = workdir / "rules.yaml"
+    rules.write_text("rules:\n- include: '*'\n  alpha: 0.25\n")
+    seed = workdir / "seed.json"
+    assert invoke("profile", *MODEL, *QUICK, "--variant", "seed", "--rules", rules, "--out", seed).exit_code == 0
+    assert {layer["config"]["variant"] for layer in json.loads(seed.read_text())["layers"]} == {"seed"}
+    result = invoke("convert", *MODEL, "--dry-run", "--json", "--target-macs", "0.95", "--variant", "seed",
+                    "--profile", seed)
+    assert result.exit_code == EXIT_BAD_INPUT and "alpha=0.25" in result.stderr  # the rules file's alpha too
+    result = invoke("convert", *MODEL, "--dry-run", "--json", "--target-macs", "0.95", "--variant", "seed",
+                    "--rules", rules, "--profile", seed)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["selection"]["profile_seconds"] == 0
+
+
 def test_profile_with_sensitivity(workdir):
     for i in range(4):
         Image.new("RGB", (40, 40), (60 * i, 20, 200 - 40 * i)).save(workdir / f"{i}.png")
