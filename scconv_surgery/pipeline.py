@@ -338,7 +338,7 @@ def _select(base: nn.Module, source: ModelSource, plan: Plan, size: tuple[int, .
                                cache_dir=selection.cache_dir, seed=seed)
     else:
         profile, path = saved
-        check_profile(profile, source, plan, selection.settings.device, path=path)
+        check_profile(profile, source, plan, selection.settings.device, path=path, input_size=size)
     on_step(f"selecting: {selection.criterion.value}")  # type: ignore[union-attr]
     chosen = select_layers(profile, plan, selection.criterion, selection.value, margin=selection.margin,
                            use_sensitivity=selection.use_sensitivity)

@@ -268,7 +268,7 @@ def _same_model(a: ModelSource, b: ModelSource) -> bool:
 
 
 def check_profile(profile: Profile, source: ModelSource, plan: Plan, device: str | torch.device, *,
-                  path: str = "<profile>") -> None:
+                  path: str = "<profile>", input_size: Sequence[int] | None = None) -> None:
     """Refuse a profile measured on another model or device, or whose convs differ from ``plan``'s.
 
     Args:
@@ -278,9 +278,11 @@ def check_profile(profile: Profile, source: ModelSource, plan: Plan, device: str
             the plan does not replace are no candidates for selection).
         device: the device the selection is for.
         path: the profile's file, for the message.
+        input_size: ``(C, H, W)`` the conversion runs at; each conv's time depends on its input
+            shape, so a profile of another size is refused (None: not checked).
 
     Raises:
-        ProfileMismatchError: another model, another device, a layer that is not a conv of the model, or
+        ProfileMismatchError: another model, another device, another input size, a layer that is not a conv of the model, or
             a conv that ``plan`` replaces with other SCConv hyperparameters (variant, alpha, squeeze ratio,
             groups, gate threshold, stride policy) than the profile measured, or a profile that does not
             record them (schema 1).
@@ -296,6 +298,10 @@ def check_profile(profile: Profile, source: ModelSource, plan: Plan, device: str
     if device_name(wanted) != profile.device_name:
         raise ProfileMismatchError(path, f"was measured on {profile.device_name!r}, this device is "
                                    f"{device_name(wanted)!r}")
+    if input_size is not None and tuple(input_size) != tuple(profile.input_size):
+        raise ProfileMismatchError(path, f"was measured at input size {'x'.join(map(str, profile.input_size))}, "
+                                   f"this conversion runs at {'x'.join(map(str, input_size))}: each conv's time "
+                                   "depends on its input's shape")
     specs = {d.name: d.spec for d in plan.decisions}
     foreign = [layer.name for layer in profile.layers if layer.name not in specs]
     if foreign:

@@ -81,6 +81,10 @@ def test_saved_profile_is_reused_and_checked(tmp_path):
                        selection=selection(profile=path))
     with pytest.raises(ProfileMismatchError, match="squeeze_ratio=2; .* squeeze_ratio=4"):
         run_conversion(SOURCE, input_size=SIZE, rules=[Rule("*", squeeze_ratio=4)], selection=selection(profile=path))
+    bigger = (SIZE[0], SIZE[1] * 2, SIZE[2] * 2)
+    with pytest.raises(ProfileMismatchError, match=f"measured at input size {'x'.join(map(str, SIZE))}, this "
+                       f"conversion runs at {'x'.join(map(str, bigger))}"):
+        run_conversion(SOURCE, input_size=bigger, selection=selection(profile=path))
 
 
 def test_unreachable_budget():
