@@ -5,6 +5,7 @@ import collections
 import importlib.util
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import types
@@ -18,12 +19,19 @@ _YOLO_CONFIG_DIR: str | None = None
 
 
 def pytest_configure(config):
-    """ultralytics (the yolo tests): no online checks or downloads, settings in a scratch folder."""
+    """ultralytics (the yolo tests): no online checks or downloads, settings in a scratch folder;
+    SIGINT handled as usual (the Ctrl-C tests)."""
     global _YOLO_CONFIG_DIR
     os.environ.setdefault("YOLO_OFFLINE", "1")
     if "YOLO_CONFIG_DIR" not in os.environ:
         _YOLO_CONFIG_DIR = tempfile.mkdtemp(prefix="yolo-config-")
         os.environ["YOLO_CONFIG_DIR"] = _YOLO_CONFIG_DIR
+    # A suite started in the background by a non-interactive shell (`(cmd &)`) inherits SIGINT
+    # ignored, and Python then installs no KeyboardInterrupt handler, here or in the subprocesses
+    # the tests start. The Ctrl-C tests need the usual disposition: a handler here, which exec
+    # turns back into the default in each child.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_unconfigure(config):
@@ -255,3 +263,4 @@ class BatchFoldingNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(torch.cat([x, x.flip(-1)])).mean(0, keepdim=True)
+
