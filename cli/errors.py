@@ -167,6 +167,8 @@ def hint(err: BaseException) -> str | None:
         return "pass --force to overwrite it"
     if isinstance(err, CheckpointError) and err.found == "a YOLO checkpoint":
         return f"convert it with 'scconv convert ultralytics:{err.path} --trust-pickle --out FILE'"
+    if isinstance(err, CheckpointError) and err.found == "a converted YOLO checkpoint":
+        return None
     if isinstance(err, CheckpointError) and err.found is not None:
         return "create a checkpoint with 'scconv convert MODEL --out FILE'"
     if isinstance(err, WeightsFileError) and err.untrusted_pickle:

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from scconv_surgery.checkpoint import check_output_path
 from scconv_surgery.layers import ScConvConfig, StridePolicy, Variant
 from scconv_surgery.models import ModelSource, WeightsSource, default_input_size, rebuild_base
 from scconv_surgery.plan import plan_conversion
@@ -105,6 +106,8 @@ def profile(
             raise InvalidOptionError("--weights", "--pretrained and --weights are exclusive; pass one")
         check_seed(seed)
         resolve_device(device)  # before any work
+        if out is not None:
+            check_output_path(out, suffixes=(Path(out).suffix,), example="profile.json")
         size = parse_input_size(input_size)
         kwargs = parse_model_kwargs(model_kwargs)
         if num_classes is not None:
@@ -139,6 +142,6 @@ def profile(
     if json_output:
         output.emit_json(result.to_dict())
     else:
-        render_profile(output.console, result)
+        render_profile(output.result, result)  # a result: stdout, as convert's report
         if out is not None:
-            output.console.print(f"wrote {out}", highlight=False, markup=False)
+            output.result.print(f"wrote {out}", highlight=False, markup=False)

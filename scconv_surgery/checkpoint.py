@@ -221,11 +221,15 @@ def read_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> Ch
         else:
             payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        if "ultralytics" in str(err) or "scconv_surgery.yolo" in str(err):  # weights_only met a pickled YOLO model
+        if "scconv_surgery.yolo" in str(err):  # weights_only met a pickled YOLO model that holds SCConv layers
+            raise CheckpointError(str(path), "is a converted model in ultralytics' format (a pickled model, as "
+                                  "save_yolo_checkpoint writes it), not an scconv-surgery checkpoint: use it with "
+                                  "ultralytics' YOLO(path); the same conversion's scconv-surgery checkpoint is the "
+                                  "other file it wrote", found="a converted YOLO checkpoint") from err
+        if "ultralytics" in str(err):  # a dense YOLO model
             raise CheckpointError(str(path), "is a YOLO checkpoint (ultralytics' format: a pickled model), not an "
-                                  "scconv-surgery checkpoint: load it with ultralytics' YOLO(path). A converted one "
-                                  "was written beside an scconv-surgery checkpoint; a dense one converts as "
-                                  f"'ultralytics:{path}'", found="a YOLO checkpoint") from err
+                                  "scconv-surgery checkpoint: load it with ultralytics' YOLO(path), or convert it "
+                                  f"as the model 'ultralytics:{path}'", found="a YOLO checkpoint") from err
         problem = torch_load_problem(err) if kind in TORCH_KINDS else type(err).__name__
         raise CheckpointError(str(path), f"unreadable or truncated: {describe(path, kind)} that does not load ({problem})") from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:

@@ -288,9 +288,10 @@ def check_profile(profile: Profile, source: ModelSource, plan: Plan, device: str
             record them (schema 1).
     """
     if not _same_model(profile.source, source):
-        raise ProfileMismatchError(path, f"was measured on {profile.source.display_name} "
-                                   f"{dict(profile.source.kwargs) or ''}, not {source.display_name} "
-                                   f"{dict(source.kwargs) or ''}".replace(" {}", "").rstrip())
+        def named(s: ModelSource) -> str:
+            return f"{s.display_name} {dict(s.kwargs)}" if s.kwargs else s.display_name
+
+        raise ProfileMismatchError(path, f"was measured on {named(profile.source)}, not {named(source)}")
     wanted = resolve_device(device)
     measured = torch.device(profile.settings.device)
     if measured.type != wanted.type or (wanted.type == "cuda" and (measured.index or 0) != wanted.index):

@@ -146,49 +146,17 @@ def test_neither_output_may_overwrite_the_yolo_pt_it_reads(tmp_path, dense_pt):
     assert base.read_bytes() == dense_pt.read_bytes() and not (tmp_path / "m.pt").exists()
 
 
-def test_the_yolo_pt_given_where_a_checkpoint_is_expected_is_named_as_such(converted):
+def test_the_yolo_pt_given_where_a_checkpoint_is_expected_is_named_as_such(converted, dense_pt):
     _, yolo_out, _ = converted
     for command in (["verify", str(yolo_out)], ["report", str(yolo_out)]):
         result = invoke(*command)
         stderr = result.stderr.replace("\n", "")
-        assert result.exit_code == 2 and "is a YOLO checkpoint (ultralytics' format" in stderr, result.output
-        assert "YOLO(path)" in stderr and "unreadable" not in stderr
-
-
-def test_a_trained_pt_keeps_its_class_names(tmp_path):
-    dense = yolo_module().build_yolo_model("yolov8n.yaml", {"nc": 2})
-    dense.names = {0: "cat", 1: "dog"}
-    torch.save({"model": dense, "train_args": {"task": "detect"}}, tmp_path / "pets.pt")
-    out, yolo_out = tmp_path / "m.pt", tmp_path / "m_yolo.pt"
-    result = invoke("convert", f"ultralytics:{tmp_path / 'pets.pt'}", "--trust-pickle", "--preset", "yolo",
-                    "--input-size", SIZE, "--out", str(out), "--yolo-out", str(yolo_out))
-    assert result.exit_code == 0, result.output
-    assert YOLO(str(yolo_out)).names == {0: "cat", 1: "dog"}
-    assert load(out).names == {0: "cat", 1: "dog"}  # through the manifest's JSON (string keys)
-
-
-def test_an_interrupt_while_writing_the_yolo_pt_leaves_neither_file(tmp_path, monkeypatch):
-    from scconv_surgery.pipeline import WriteCheckpoint, run_conversion
-
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(yolo_module(), "save_yolo_checkpoint", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        run_conversion(ModelSource.parse("ultralytics:yolov8n.yaml"), output=WriteCheckpoint(tmp_path / "m.pt"),
-                       input_size=(3, 64, 64), yolo_output=tmp_path / "m_yolo.pt")
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_a_state_dict_of_another_class_count_points_to_num_classes(tmp_path):
-    model, _ = create_model("ultralytics:yolov8n.yaml", num_classes=2)
-    torch.save(model.state_dict(), tmp_path / "two.pt")
-    result = invoke("convert", "ultralytics:yolov8n.yaml", "--weights", str(tmp_path / "two.pt"), "--input-size", SIZE,
-                    "--dry-run")
-    assert result.exit_code == 2 and "hint: pass --num-classes N" in result.stderr, result.output
-    model, source = create_model("ultralytics:yolov8n.yaml", num_classes=5, weights=tmp_path / "two.pt")
-    assert source.weights.reinitialized and all(k.startswith("model.22.cv3.") for k in source.weights.reinitialized)
-    assert torch.equal(model.state_dict()["model.0.conv.weight"], torch.load(tmp_path / "two.pt")["model.0.conv.weight"])
+        assert result.exit_code == 2 and "is a converted model in ultralytics' format" in stderr, result.output
+        assert "YOLO(path)" in stderr and "unreadable" not in stderr and "hint:" not in stderr
+    result = invoke("verify", str(dense_pt))  # a dense YOLO .pt: convert it
+    stderr = result.stderr.replace("\n", "")
+    assert result.exit_code == 2 and "is a YOLO checkpoint (ultralytics' format" in stderr, result.output
+    assert f"hint: convert it with 'scconv convert ultralytics:{dense_pt} --trust-pickle" in stderr
 
 
 def test_a_missing_extra_exits_2_naming_the_pip_command(tmp_path, monkeypatch):

@@ -78,6 +78,21 @@ def test_profile_refuses_a_missing_device_and_random_weights_for_sensitivity(wor
     assert "--pretrained or --weights" in result.output
 
 
+def test_unwritable_outputs_exit_2_before_any_work(workdir, monkeypatch):
+    monkeypatch.setattr("scconv_surgery.pipeline.rebuild_base", lambda *a: (_ for _ in ()).throw(AssertionError))
+    monkeypatch.setattr("scconv_surgery.cli.profile.rebuild_base", lambda *a: (_ for _ in ()).throw(AssertionError))
+    missing = workdir / "no" / "such"
+    result = invoke("profile", *MODEL, "--out", missing / "p.json")
+    assert result.exit_code == EXIT_BAD_INPUT and "does not exist" in result.stderr.replace("\n", ""), result.output
+    result = invoke("convert", *MODEL, "--dry-run", "--select", "faster", "--write-rules", missing / "r.yaml")
+    assert result.exit_code == EXIT_BAD_INPUT and "does not exist" in result.stderr.replace("\n", ""), result.output
+
+
+def test_the_profile_table_is_a_result_on_stdout(workdir):
+    result = invoke("profile", *MODEL, *QUICK)
+    assert result.exit_code == 0 and "sensitivity" in result.stdout and "sensitivity" not in result.stderr, result.output
+
+
 def test_profile_of_another_model_is_refused(workdir):
     out = workdir / "p.json"
     assert invoke("profile", *MODEL, *QUICK, "--out", out).exit_code == 0
