@@ -254,6 +254,14 @@ def load_script(relative: str) -> types.ModuleType:
     return module
 
 
+def fake_digits(train: int, test: int) -> tuple[torch.Tensor, ...]:
+    """Seeded stand-ins for scikit-learn's digits (not a test dependency), in the examples' form:
+    ``(train images, train labels, test images, test labels)``, images ``(N, 1, 32, 32)``."""
+    g = torch.Generator().manual_seed(0)
+    return (torch.randn(train, 1, 32, 32, generator=g), torch.randint(0, 10, (train,), generator=g),
+            torch.randn(test, 1, 32, 32, generator=g), torch.randint(0, 10, (test,), generator=g))
+
+
 class BatchFoldingNet(nn.Module):
     """Calls its conv on twice the input's batch (each image and its mirror), as multi-view models do."""
 

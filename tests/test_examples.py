@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import load_script
+from conftest import fake_digits, load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -114,9 +114,7 @@ def test_calibrate_digits_runs_end_to_end_and_reports_every_row(tmp_path, monkey
     import json
 
     digits = load_script("examples/calibrate_digits.py")
-    g = torch.Generator().manual_seed(0)
-    fake = (torch.randn(96, 1, 32, 32, generator=g), torch.randint(0, 10, (96,), generator=g),
-            torch.randn(40, 1, 32, 32, generator=g), torch.randint(0, 10, (40,), generator=g))
+    fake = fake_digits(96, 40)
     monkeypatch.setattr(digits, "digits", lambda seed=0: fake)
     out = tmp_path / "digits.json"
     monkeypatch.setattr("sys.argv", ["calibrate_digits.py", "--train-steps", "3", "--calibration-images", "32",

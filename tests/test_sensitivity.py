@@ -86,12 +86,10 @@ def test_digits_benchmark_runs_both_choices_at_half_the_replaceable_macs(tmp_pat
     digits (not a test dependency): both sets meet the budget, the table and the JSON have both."""
     import json
 
-    from conftest import load_script
+    from conftest import fake_digits, load_script
 
     bench = load_script("benchmarks/sensitivity_digits.py")
-    g = torch.Generator().manual_seed(0)
-    fake = (torch.randn(48, 1, 32, 32, generator=g), torch.randint(0, 10, (48,), generator=g),
-            torch.randn(20, 1, 32, 32, generator=g), torch.randint(0, 10, (20,), generator=g))
+    fake = fake_digits(48, 20)
     monkeypatch.setattr(bench, "digits", lambda seed=0: fake)
     out = tmp_path / "digits.json"
     monkeypatch.setattr("sys.argv", ["sensitivity_digits.py", "--train-steps", "2", "--calibration-images", "16",
