@@ -63,6 +63,33 @@ SCCONV_INLINE float gate_x2(float x, float a, float b, float t, float& x1) {
   return x2;
 }
 
+// eq. 4 over n pixels of a channel pair (c, d = c + C / 2), each the other's partner:
+// out_c = W1 X[c] + W2 X[d], out_d = W1 X[d] + W2 X[c]; (a, b): each channel's gate affine.
+SCCONV_INLINE void reconstruct_pair(const float* xc, const float* xd, float ac, float bc, float ad, float bd,
+                                    float t, float* oc, float* od, int64_t n) {
+#pragma omp simd
+  for (int64_t p = 0; p < n; ++p) {
+    float x1c, x1d;
+    const float x2c = gate_x2(xc[p], ac, bc, t, x1c);
+    const float x2d = gate_x2(xd[p], ad, bd, t, x1d);
+    oc[p] = x1c + x2d;
+    od[p] = x1d + x2c;
+  }
+}
+
+// eq. 4 over n pixels of one channel c whose partner d does not take c back (odd C):
+// out_c = W1 X[c] + W2 X[d].
+SCCONV_INLINE void reconstruct_one(const float* xc, const float* xd, float ac, float bc, float ad, float bd,
+                                   float t, float* oc, int64_t n) {
+#pragma omp simd
+  for (int64_t p = 0; p < n; ++p) {
+    float x1c, x1d;
+    gate_x2(xc[p], ac, bc, t, x1c);
+    const float x2d = gate_x2(xd[p], ad, bd, t, x1d);
+    oc[p] = x1c + x2d;
+  }
+}
+
 // sum and sum of squares of n floats, in double across blocks of float partial sums
 inline void sum_sumsq(const float* p, int64_t n, int64_t stride, double& sum, double& sumsq) {
   constexpr int64_t kBlock = 1024;
@@ -306,15 +333,7 @@ at::Tensor sru_cpu(const at::Tensor& input, const at::Tensor& scale_in, const at
         float* oc = op + (n * C + c) * P;
         float* od = op + (n * C + d) * P;
         const float ac = A[n * C + c], bc = B[n * C + c], ad = A[n * C + d], bd = B[n * C + d];
-        const float tt = t;
-#pragma omp simd
-        for (int64_t p = 0; p < P; ++p) {
-          float x1c, x1d;
-          const float x2c = gate_x2(xc[p], ac, bc, tt, x1c);
-          const float x2d = gate_x2(xd[p], ad, bd, tt, x1d);
-          oc[p] = x1c + x2d;
-          od[p] = x1d + x2c;
-        }
+        reconstruct_pair(xc, xd, ac, bc, ad, bd, t, oc, od, P);
       }
     });
   } else if (!nhwc) {  // odd C: each output plane reads its own and its partner's plane
@@ -325,14 +344,7 @@ at::Tensor sru_cpu(const at::Tensor& input, const at::Tensor& scale_in, const at
         const float* xd = xp + (n * C + d) * P;
         float* oc = op + (n * C + c) * P;
         const float ac = A[n * C + c], bc = B[n * C + c], ad = A[n * C + d], bd = B[n * C + d];
-        const float tt = t;
-#pragma omp simd
-        for (int64_t p = 0; p < P; ++p) {
-          float x1c, x1d;
-          gate_x2(xc[p], ac, bc, tt, x1c);
-          const float x2d = gate_x2(xd[p], ad, bd, tt, x1d);
-          oc[p] = x1c + x2d;
-        }
+        reconstruct_one(xc, xd, ac, bc, ad, bd, t, oc, P);
       }
     });
   } else {  // channels_last: per pixel, over contiguous channels
@@ -397,14 +409,7 @@ void sru_squeeze_into(const at::Tensor& x, bool nhwc, const at::Tensor& scale_in
             const float ac = A[n * C + c], bc = B[n * C + c], ad = A[n * C + d], bd = B[n * C + d];
             float* rc = buffer.data() + c * T;
             float* rd = buffer.data() + d * T;
-#pragma omp simd
-            for (int64_t p = 0; p < len; ++p) {
-              float x1c, x1d;
-              const float x2c = gate_x2(xc[p], ac, bc, tt, x1c);
-              const float x2d = gate_x2(xd[p], ad, bd, tt, x1d);
-              rc[p] = x1c + x2d;
-              rd[p] = x1d + x2c;
-            }
+            reconstruct_pair(xc, xd, ac, bc, ad, bd, tt, rc, rd, len);
           }
         }
         for (int64_t c = 0; c < (C % 2 == 0 ? 0 : C); ++c) {  // odd C: buffer[c] = W1[c] X[c] + W2[d] X[d], d = (c + C / 2) mod C
@@ -413,13 +418,7 @@ void sru_squeeze_into(const at::Tensor& x, bool nhwc, const at::Tensor& scale_in
           const float* xd = xp + (n * C + d) * P + p0;
           const float ac = A[n * C + c], bc = B[n * C + c], ad = A[n * C + d], bd = B[n * C + d];
           float* row = buffer.data() + c * T;
-#pragma omp simd
-          for (int64_t p = 0; p < len; ++p) {
-            float x1c, x1d;
-            gate_x2(xc[p], ac, bc, tt, x1c);
-            const float x2d = gate_x2(xd[p], ad, bd, tt, x1d);
-            row[p] = x1c + x2d;
-          }
+          reconstruct_one(xc, xd, ac, bc, ad, bd, tt, row, len);
         }
         for (int64_t g = 0; g < groups; ++g) {
           gemm(So, T, K, wp + g * So * K, K, buffer.data() + g * K * T, T, product.data(), T);
