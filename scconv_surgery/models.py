@@ -33,7 +33,7 @@ from .errors import (
     UnknownModelError,
     WeightsFileError,
 )
-from .weights import WeightsKind, WeightsSource, file_sha256, load_weights_file
+from .weights import WeightsKind, WeightsSource, load_weights_file
 
 __all__ = ["WeightsKind", "WeightsSource", "ModelSource", "create_model", "rebuild_base", "build_model",
            "default_input_size", "check_model_kwargs", "check_model_data", "DEFAULT_INPUT_SIZE"]
@@ -430,9 +430,8 @@ def rebuild_base(source: ModelSource) -> tuple[nn.Module, ModelSource]:
     if source.library == ULTRALYTICS:
         return _yolo().rebuild_yolo_base(source, trust_pickle=source.trust_pickle)
     library, model_name = _resolve(source)
-    if weights.kind is WeightsKind.FILE and weights.path is None:
-        raise WeightsFileError(str(weights.name), "the model was built from this weights file, which is needed "
-                               "again to rebuild it; pass its path")
+    if weights.kind is WeightsKind.FILE:
+        weights.checked_file()  # before any work
     pretrained = weights.kind is WeightsKind.PRETRAINED
     build_name = model_name
     if pretrained and weights.tag and library == "timm" and "." not in model_name \
@@ -458,10 +457,7 @@ def rebuild_base(source: ModelSource) -> tuple[nn.Module, ModelSource]:
         tag = getattr(model, "pretrained_cfg", {}).get("tag") if library == "timm" else "DEFAULT"
         weights = replace(WeightsSource.pretrained(tag), seed=weights.seed)
     elif weights.kind is WeightsKind.FILE:
-        assert weights.path is not None
-        if weights.sha256 and file_sha256(weights.path) != weights.sha256:
-            raise WeightsFileError(str(weights.path), f"its sha256 differs from the recorded file's ({weights.name}, "
-                                   f"sha256 {weights.sha256[:12]}...); pass that file")
+        assert weights.path is not None  # checked above
         try:
             weights = replace(load_weights_file(model, weights.path, reinit_classifier="num_classes" in kwargs,
                                                 entry=weights.entry), seed=weights.seed)

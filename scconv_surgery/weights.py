@@ -117,6 +117,21 @@ class WeightsSource:
         checkpoint that also holds ``"state_dict_ema"``); None picks the EMA first, as timm does."""
         return cls(WeightsKind.FILE, path=Path(path), name=Path(path).name, sha256=sha256, entry=entry)
 
+    def checked_file(self) -> Path:
+        """The file of file weights, checked against the record before it is read.
+
+        Raises:
+            WeightsFileError: no path is given (a recorded file is needed again to rebuild the
+                model), or the file's sha256 is not the recorded one.
+        """
+        if self.path is None:
+            raise WeightsFileError(str(self.name), "the model was built from this weights file, which is needed "
+                                   "again to rebuild it; pass its path")
+        if self.sha256 and file_sha256(Path(self.path)) != self.sha256:
+            raise WeightsFileError(str(self.path), f"its sha256 differs from the recorded file's ({self.name}, "
+                                   f"sha256 {self.sha256[:12]}...); pass that file")
+        return Path(self.path)
+
     @property
     def trained(self) -> bool:
         """Pretrained or file weights (not a random initialisation)."""

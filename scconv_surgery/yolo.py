@@ -379,15 +379,11 @@ def rebuild_yolo_base(source: Any, *, trust_pickle: bool = False) -> tuple[BaseM
             model = build_yolo_model(source.name, kwargs)
         record = replace(_carry_over(model, state_dict, path), seed=weights.seed)
         return model.eval(), ModelSource("ultralytics", path.name, kwargs, record)
+    if weights.kind is WeightsKind.FILE:
+        weights.checked_file()  # before any work
     with _seeded(weights.seed):
         model = build_yolo_model(source.name, kwargs)
     if weights.kind is WeightsKind.FILE:
-        if weights.path is None:
-            raise WeightsFileError(str(weights.name), "the model was built from this weights file, which is needed "
-                                   "again to rebuild it; pass its path")
-        if weights.sha256 and file_sha256(weights.path) != weights.sha256:
-            raise WeightsFileError(str(weights.path), f"its sha256 differs from the recorded file's ({weights.name}, "
-                                   f"sha256 {weights.sha256[:12]}...); pass that file")
         try:
             reinit = "nc" in kwargs or "num_classes" in kwargs  # another class count: the class branch starts fresh
             weights = replace(load_weights_file(model, weights.path, reinit_classifier=reinit), seed=weights.seed)
