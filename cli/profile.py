@@ -107,7 +107,7 @@ def profile(
         check_seed(seed)
         resolve_device(device)  # before any work
         if out is not None:
-            check_output_path(out, suffixes=(Path(out).suffix,), example="profile.json")
+            check_output_path(out, suffixes=None, example="profile.json")
         size = parse_input_size(input_size)
         kwargs = parse_model_kwargs(model_kwargs)
         if num_classes is not None:

@@ -90,14 +90,15 @@ class Checkpoint:
         return model.eval()
 
 
-def check_output_path(path: str | os.PathLike, *, overwrite: bool = True, suffixes: tuple[str, ...] = SUFFIXES,
-                      example: str = "model.pt") -> Path:
+def check_output_path(path: str | os.PathLike, *, overwrite: bool = True,
+                      suffixes: tuple[str, ...] | None = SUFFIXES, example: str = "model.pt") -> Path:
     """Check that a checkpoint can be written at ``path``, before any work is done.
 
     Args:
         path: the output file.
         overwrite: allow replacing an existing file.
-        suffixes: the suffixes this kind of file takes (default ``.pt``/``.pth``/``.safetensors``).
+        suffixes: the suffixes this kind of file takes (default ``.pt``/``.pth``/``.safetensors``);
+            None: any.
         example: a file name the messages suggest.
 
     Raises:
@@ -106,7 +107,7 @@ def check_output_path(path: str | os.PathLike, *, overwrite: bool = True, suffix
             a directory, or no file can be created there.
     """
     path = Path(path)
-    if path.suffix not in suffixes:
+    if suffixes is not None and path.suffix not in suffixes:
         raise OutputPathError(str(path), f"unsupported suffix {path.suffix!r}; use one of {', '.join(suffixes)} "
                               f"(e.g. {example})")
     if path.is_dir():

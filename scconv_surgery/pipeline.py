@@ -256,7 +256,7 @@ def run_conversion(model: ModelSource | str, *, output: Destination | str | os.P
     images = check_calibration_source(source.trained, calibration) if calibration else None
     saved_profile = _saved_profile(selection) if selection else None
     if selection is not None and selection.write_rules is not None:  # a rules file it cannot write: before any work
-        check_output_path(selection.write_rules, suffixes=(selection.write_rules.suffix,), example="chosen.yaml")
+        check_output_path(selection.write_rules, suffixes=None, example="chosen.yaml")
     config = config or ScConvConfig()
     on_step(f"building {source.display_name}")
     base, source = rebuild_base(source)
